@@ -1,0 +1,98 @@
+//! What goes through the Raft log: a [`Command`] is one mutation, stamped by the leader with
+//! the time it takes effect so every replica applies it identically.
+
+use shoal_proto::mds as pb;
+
+/// One log entry's payload.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Command {
+    /// When the mutation happens, chosen by the proposing leader.
+    #[prost(message, optional, tag = "1")]
+    pub now: Option<pb::Timespec>,
+    /// The mutation.
+    #[prost(oneof = "Op", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12")]
+    pub op: Option<Op>,
+}
+
+/// The mutations the state machine knows.
+#[derive(Clone, PartialEq, prost::Oneof)]
+pub enum Op {
+    /// Create the root directory if the namespace has none.
+    #[prost(message, tag = "2")]
+    Bootstrap(Bootstrap),
+    /// Change attributes.
+    #[prost(message, tag = "3")]
+    SetAttr(pb::SetAttrRequest),
+    /// Create a file, directory, symlink or special file.
+    #[prost(message, tag = "4")]
+    MakeNode(pb::MakeNodeRequest),
+    /// Remove a name (unlink or rmdir).
+    #[prost(message, tag = "5")]
+    Unlink(pb::UnlinkRequest),
+    /// Rename.
+    #[prost(message, tag = "6")]
+    Rename(pb::RenameRequest),
+    /// Add a hard link.
+    #[prost(message, tag = "7")]
+    Link(pb::LinkRequest),
+    /// Set an xattr.
+    #[prost(message, tag = "8")]
+    SetXattr(pb::SetXattrRequest),
+    /// Remove an xattr.
+    #[prost(message, tag = "9")]
+    RemoveXattr(pb::RemoveXattrRequest),
+    /// Forget an orphaned inode whose data is gone.
+    #[prost(message, tag = "10")]
+    Purge(pb::PurgeRequest),
+    /// An OSD announces itself (address, host, capacity).
+    #[prost(message, tag = "11")]
+    OsdBoot(pb::OsdBootRequest),
+    /// No-op used to confirm leadership.
+    #[prost(message, tag = "12")]
+    Noop(Noop),
+}
+
+/// Payload of [`Op::Bootstrap`].
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Bootstrap {
+    /// Owner of the root directory.
+    #[prost(uint32, tag = "1")]
+    pub uid: u32,
+    /// Group of the root directory.
+    #[prost(uint32, tag = "2")]
+    pub gid: u32,
+}
+
+/// Payload of [`Op::Noop`].
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Noop {}
+
+/// What applying a command returns to the proposer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Applied {
+    /// Nothing to return.
+    Done,
+    /// The inode the command created or changed.
+    Attr(pb::Attr),
+    /// A name was removed; a regular file that lost its last link is returned to be purged.
+    Removed(Option<pb::Attr>),
+    /// The OSD map's new epoch.
+    Epoch(u64),
+}
+
+/// A persisted OSD map entry.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct OsdRecord {
+    /// OSD id.
+    #[prost(uint32, tag = "1")]
+    pub id: u32,
+    /// gRPC address.
+    #[prost(string, tag = "2")]
+    pub addr: String,
+    /// Failure-domain label.
+    #[prost(string, tag = "3")]
+    pub host: String,
+    /// Capacity reported at boot.
+    #[prost(uint64, tag = "4")]
+    pub capacity_bytes: u64,
+}

@@ -1,0 +1,61 @@
+//! The MDS daemon's settings.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Settings of one MDS node. Every field has a default suited to a one-host cluster.
+#[derive(Debug, Clone)]
+pub struct MdsConfig {
+    /// Raft id of this node (non-zero).
+    pub id: u64,
+    /// Directory holding the database (`db/`), the `addr` file and the pid file.
+    pub data_dir: PathBuf,
+    /// Address to serve gRPC on; port 0 picks a free one (written to `data_dir/addr`).
+    pub listen: SocketAddr,
+    /// Raft tick length.
+    pub tick: Duration,
+    /// Ticks without hearing a leader before a follower campaigns.
+    pub election_ticks: usize,
+    /// Ticks between leader heartbeats.
+    pub heartbeat_ticks: usize,
+    /// An OSD not heard from for this long is shown down.
+    pub osd_grace: Duration,
+    /// Owner of a new namespace's root directory.
+    pub root_uid: u32,
+    /// Group of a new namespace's root directory.
+    pub root_gid: u32,
+}
+
+impl Default for MdsConfig {
+    fn default() -> Self {
+        MdsConfig {
+            id: 1,
+            data_dir: PathBuf::from("mds-data"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tick: Duration::from_millis(100),
+            election_ticks: 10,
+            heartbeat_ticks: 3,
+            osd_grace: Duration::from_secs(10),
+            root_uid: 0,
+            root_gid: 0,
+        }
+    }
+}
+
+impl MdsConfig {
+    /// Rejects settings the node cannot run with.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.id != 0, "mds id must be non-zero");
+        anyhow::ensure!(
+            self.heartbeat_ticks >= 1,
+            "heartbeat_ticks must be at least 1"
+        );
+        anyhow::ensure!(
+            self.election_ticks > self.heartbeat_ticks,
+            "election_ticks must exceed heartbeat_ticks"
+        );
+        anyhow::ensure!(!self.tick.is_zero(), "tick must be positive");
+        Ok(())
+    }
+}

@@ -1,0 +1,64 @@
+//! The MDS's error type and its one conversion to `tonic::Status`.
+
+use shoal_proto::error::errno_status;
+use tonic::Status;
+
+/// Everything that can go wrong in the MDS.
+#[derive(Debug, thiserror::Error)]
+pub enum MdsError {
+    /// A filesystem error the application should see as this errno (ENOENT, EEXIST, ...).
+    #[error("{message} (errno {errno})")]
+    Fs {
+        /// The POSIX errno.
+        errno: i32,
+        /// What was wrong, for logs and the client's error text.
+        message: String,
+    },
+    /// This node cannot order writes now: it is not the Raft leader (yet).
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader {
+        /// The leader's Raft id, when known.
+        leader: Option<u64>,
+    },
+    /// RocksDB failed.
+    #[error("storage: {0}")]
+    Storage(#[from] rocksdb::Error),
+    /// raft-rs refused an operation.
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+    /// A record on disk could not be decoded.
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+    /// The node is shutting down.
+    #[error("shutting down")]
+    Shutdown,
+}
+
+impl MdsError {
+    /// A filesystem error.
+    pub fn fs(errno: i32, message: impl Into<String>) -> MdsError {
+        MdsError::Fs {
+            errno,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<MdsError> for Status {
+    fn from(e: MdsError) -> Status {
+        match e {
+            MdsError::Fs { errno, message } => errno_status(errno, message),
+            MdsError::NotLeader { leader } => {
+                let mut st = Status::unavailable("not the leader");
+                if let Some(id) = leader.and_then(|l| l.to_string().parse().ok()) {
+                    st.metadata_mut().insert("shoal-leader", id);
+                }
+                st
+            }
+            MdsError::Storage(e) => errno_status(libc::EIO, format!("mds storage: {e}")),
+            MdsError::Raft(e) => Status::unavailable(format!("raft: {e}")),
+            MdsError::Corrupt(m) => errno_status(libc::EIO, format!("mds corrupt record: {m}")),
+            MdsError::Shutdown => Status::unavailable("mds shutting down"),
+        }
+    }
+}

@@ -1,0 +1,849 @@
+//! The namespace state machine: applies committed [`Command`]s to RocksDB and answers reads.
+//!
+//! Layout of the state (column families in [`crate::store::Cf`]):
+//! - `inodes`: ino → `Attr`; directories keep their parent (for `..` and loop checks) and the
+//!   next readdir cookie.
+//! - `dentries`: (parent, name) → (ino, kind, cookie); `dir_index`: (parent, cookie) →
+//!   (ino, kind, name). The two always change together.
+//! - `orphans`: regular files with no names left, kept until a client purges their data.
+//!
+//! Invariants: a directory's `nlink` is 2 + its subdirectories; a file's `nlink` is its number
+//! of dentries; every command is applied as one batch together with the applied index, so a
+//! crash never leaves half an operation.
+
+use std::collections::BTreeMap;
+
+use prost::Message;
+use shoal_proto::layout;
+use shoal_proto::limits::{self, check_name};
+use shoal_proto::mds::{self as pb, Attr, FileKind, Timespec};
+
+use crate::command::{Applied, Command, Op, OsdRecord};
+use crate::error::MdsError;
+use crate::store::{Cf, Db};
+
+/// The root directory's inode number.
+pub const ROOT_INO: u64 = 1;
+/// First cookie handed to a directory entry (1 and 2 stand for "." and "..").
+pub const FIRST_COOKIE: u64 = 3;
+
+const KEY_APPLIED: &[u8] = b"applied";
+const KEY_NEXT_INO: &[u8] = b"next_ino";
+const KEY_FILES: &[u8] = b"files";
+const KEY_OSD_EPOCH: &[u8] = b"osd_epoch";
+
+const S_ISGID: u32 = 0o2000;
+const RENAME_NOREPLACE: u32 = 1;
+const RENAME_EXCHANGE: u32 = 2;
+const XATTR_CREATE: u32 = 1;
+const XATTR_REPLACE: u32 = 2;
+
+fn fs<T>(errno: i32, msg: impl Into<String>) -> Result<T, MdsError> {
+    Err(MdsError::fs(errno, msg))
+}
+
+fn be(ino: u64) -> [u8; 8] {
+    ino.to_be_bytes()
+}
+
+fn key2(a: u64, rest: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + rest.len());
+    k.extend_from_slice(&a.to_be_bytes());
+    k.extend_from_slice(rest);
+    k
+}
+
+fn u64_at(b: &[u8], at: usize) -> Result<u64, MdsError> {
+    b.get(at..at + 8)
+        .and_then(|s| s.try_into().ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| MdsError::Corrupt("short record".into()))
+}
+
+/// A directory entry as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Dentry {
+    ino: u64,
+    kind: i32,
+    cookie: u64,
+}
+
+impl Dentry {
+    fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(17);
+        v.extend_from_slice(&self.ino.to_be_bytes());
+        v.push(self.kind as u8);
+        v.extend_from_slice(&self.cookie.to_be_bytes());
+        v
+    }
+
+    fn decode(b: &[u8]) -> Result<Dentry, MdsError> {
+        if b.len() != 17 {
+            return Err(MdsError::Corrupt("dentry length".into()));
+        }
+        Ok(Dentry {
+            ino: u64_at(b, 0)?,
+            kind: b[8] as i32,
+            cookie: u64_at(b, 9)?,
+        })
+    }
+}
+
+fn is_dir(a: &Attr) -> bool {
+    a.kind == FileKind::Directory as i32
+}
+
+/// Pending writes of one command, read back by later steps of the same command.
+struct Txn<'a> {
+    db: &'a Db,
+    writes: BTreeMap<(u8, Vec<u8>), (Cf, Option<Vec<u8>>)>,
+}
+
+impl<'a> Txn<'a> {
+    fn new(db: &'a Db) -> Txn<'a> {
+        Txn {
+            db,
+            writes: BTreeMap::new(),
+        }
+    }
+
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, MdsError> {
+        match self.writes.get(&(cf as u8, key.to_vec())) {
+            Some((_, v)) => Ok(v.clone()),
+            None => self.db.get(cf, key),
+        }
+    }
+
+    fn put(&mut self, cf: Cf, key: &[u8], value: Vec<u8>) {
+        self.writes
+            .insert((cf as u8, key.to_vec()), (cf, Some(value)));
+    }
+
+    fn delete(&mut self, cf: Cf, key: &[u8]) {
+        self.writes.insert((cf as u8, key.to_vec()), (cf, None));
+    }
+
+    fn counter(&self, key: &[u8], default: u64) -> Result<u64, MdsError> {
+        match self.get(Cf::Meta, key)? {
+            Some(b) => u64_at(&b, 0),
+            None => Ok(default),
+        }
+    }
+
+    fn set_counter(&mut self, key: &[u8], v: u64) {
+        self.put(Cf::Meta, key, v.to_be_bytes().to_vec());
+    }
+
+    fn inode(&self, ino: u64) -> Result<Attr, MdsError> {
+        match self.get(Cf::Inodes, &be(ino))? {
+            Some(b) => Attr::decode(b.as_slice())
+                .map_err(|e| MdsError::Corrupt(format!("inode {ino}: {e}"))),
+            None => fs(libc::ENOENT, format!("no inode {ino}")),
+        }
+    }
+
+    fn put_inode(&mut self, a: &Attr) {
+        self.put(Cf::Inodes, &be(a.ino), a.encode_to_vec());
+    }
+
+    fn dir(&self, ino: u64) -> Result<Attr, MdsError> {
+        let a = self.inode(ino)?;
+        if !is_dir(&a) {
+            return fs(libc::ENOTDIR, format!("inode {ino} is not a directory"));
+        }
+        Ok(a)
+    }
+
+    fn dentry(&self, parent: u64, name: &[u8]) -> Result<Option<Dentry>, MdsError> {
+        self.get(Cf::Dentries, &key2(parent, name))?
+            .map(|b| Dentry::decode(&b))
+            .transpose()
+    }
+
+    fn add_dentry(&mut self, parent: &mut Attr, name: &[u8], ino: u64, kind: i32) {
+        let cookie = parent.next_cookie.max(FIRST_COOKIE);
+        parent.next_cookie = cookie + 1;
+        let d = Dentry { ino, kind, cookie };
+        self.put(Cf::Dentries, &key2(parent.ino, name), d.encode());
+        let mut idx = Vec::with_capacity(9 + name.len());
+        idx.extend_from_slice(&ino.to_be_bytes());
+        idx.push(kind as u8);
+        idx.extend_from_slice(name);
+        self.put(Cf::DirIndex, &key2(parent.ino, &cookie.to_be_bytes()), idx);
+    }
+
+    fn remove_dentry(&mut self, parent: u64, name: &[u8], d: &Dentry) {
+        self.delete(Cf::Dentries, &key2(parent, name));
+        self.delete(Cf::DirIndex, &key2(parent, &d.cookie.to_be_bytes()));
+    }
+
+    fn dir_is_empty(&self, ino: u64) -> Result<bool, MdsError> {
+        let prefix = be(ino);
+        Ok(self
+            .db
+            .scan(Cf::DirIndex, &prefix, &prefix)
+            .next()
+            .transpose()?
+            .is_none())
+    }
+
+    /// Drops an inode and everything hanging off it.
+    fn destroy_inode(&mut self, ino: u64) -> Result<(), MdsError> {
+        self.delete(Cf::Inodes, &be(ino));
+        self.delete(Cf::Symlinks, &be(ino));
+        self.delete(Cf::Orphans, &be(ino));
+        let prefix = be(ino);
+        let names: Vec<Box<[u8]>> = self
+            .db
+            .scan(Cf::Xattrs, &prefix, &prefix)
+            .map(|r| r.map(|(k, _)| k))
+            .collect::<Result<_, _>>()?;
+        for k in names {
+            self.delete(Cf::Xattrs, &k);
+        }
+        let files = self.counter(KEY_FILES, 0)?;
+        self.set_counter(KEY_FILES, files.saturating_sub(1));
+        Ok(())
+    }
+
+    /// Takes one link away from `victim` (already removed from its directory). Returns the
+    /// inode when it is a regular file that lost its last link and now awaits purge.
+    fn drop_link(&mut self, mut victim: Attr, now: &Timespec) -> Result<Option<Attr>, MdsError> {
+        if is_dir(&victim) {
+            self.destroy_inode(victim.ino)?;
+            return Ok(None);
+        }
+        victim.nlink = victim.nlink.saturating_sub(1);
+        victim.ctime = Some(*now);
+        if victim.nlink > 0 {
+            self.put_inode(&victim);
+            return Ok(None);
+        }
+        if victim.kind == FileKind::Regular as i32 {
+            self.put_inode(&victim);
+            self.put(Cf::Orphans, &be(victim.ino), Vec::new());
+            return Ok(Some(victim));
+        }
+        self.destroy_inode(victim.ino)?;
+        Ok(None)
+    }
+
+    fn commit(self, applied: u64) -> Result<(), MdsError> {
+        let mut b = self.db.batch();
+        for ((_, key), (cf, v)) in self.writes {
+            match v {
+                Some(v) => b.put(cf, &key, &v),
+                None => b.delete(cf, &key),
+            }
+        }
+        b.put(Cf::Meta, KEY_APPLIED, &applied.to_be_bytes());
+        // Not synced: the Raft log is, and anything after `applied` is replayed from it.
+        b.commit(false)
+    }
+}
+
+/// The state machine over the MDS database.
+#[derive(Clone)]
+pub struct Fsm {
+    db: Db,
+}
+
+impl Fsm {
+    /// Wraps the database.
+    pub fn new(db: Db) -> Fsm {
+        Fsm { db }
+    }
+
+    /// The index of the last applied log entry.
+    pub fn applied_index(&self) -> Result<u64, MdsError> {
+        match self.db.get(Cf::Meta, KEY_APPLIED)? {
+            Some(b) => u64_at(&b, 0),
+            None => Ok(0),
+        }
+    }
+
+    /// Records an entry that changes no state (an empty entry or a conf change).
+    pub fn apply_empty(&self, index: u64) -> Result<(), MdsError> {
+        Txn::new(&self.db).commit(index)
+    }
+
+    /// Applies one committed command at log `index`. A filesystem error (say EEXIST) is a
+    /// normal outcome: the entry is still applied (its index recorded), nothing else changes.
+    /// Only storage failures are returned as `Err` on the outer result.
+    pub fn apply(&self, index: u64, cmd: &Command) -> Result<Result<Applied, MdsError>, MdsError> {
+        let mut txn = Txn::new(&self.db);
+        let now = cmd.now.unwrap_or_default();
+        let result = match &cmd.op {
+            Some(op) => apply_op(&mut txn, op, &now),
+            None => fs(libc::EINVAL, "empty command"),
+        };
+        match result {
+            Ok(applied) => {
+                txn.commit(index)?;
+                Ok(Ok(applied))
+            }
+            Err(e @ MdsError::Fs { .. }) => {
+                Txn::new(&self.db).commit(index)?;
+                Ok(Err(e))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    // ---- reads (served from the applied state) ----
+
+    /// Attributes of an inode.
+    pub fn getattr(&self, ino: u64) -> Result<Attr, MdsError> {
+        Txn::new(&self.db).inode(ino)
+    }
+
+    /// Resolves `name` in directory `parent`.
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr, MdsError> {
+        let t = Txn::new(&self.db);
+        t.dir(parent)?;
+        if name.len() > limits::NAME_MAX {
+            return fs(libc::ENAMETOOLONG, "name too long");
+        }
+        match t.dentry(parent, name)? {
+            Some(d) => t.inode(d.ino),
+            None => fs(
+                libc::ENOENT,
+                format!("{} not found", String::from_utf8_lossy(name)),
+            ),
+        }
+    }
+
+    /// A symlink's target.
+    pub fn readlink(&self, ino: u64) -> Result<Vec<u8>, MdsError> {
+        let t = Txn::new(&self.db);
+        let a = t.inode(ino)?;
+        if a.kind != FileKind::Symlink as i32 {
+            return fs(libc::EINVAL, "not a symlink");
+        }
+        t.get(Cf::Symlinks, &be(ino))?
+            .ok_or_else(|| MdsError::Corrupt(format!("symlink {ino} has no target")))
+    }
+
+    /// Up to `limit` entries of directory `ino` after cookie `after`.
+    pub fn readdir(&self, ino: u64, after: u64, limit: u32) -> Result<pb::ReadDirReply, MdsError> {
+        let t = Txn::new(&self.db);
+        t.dir(ino)?;
+        let prefix = be(ino);
+        let start = key2(ino, &(after.saturating_add(1)).to_be_bytes());
+        let limit = limit.clamp(1, 4096) as usize;
+        let mut entries = Vec::new();
+        let mut eof = true;
+        for r in self.db.scan(Cf::DirIndex, &prefix, &start) {
+            let (k, v) = r?;
+            if entries.len() == limit {
+                eof = false;
+                break;
+            }
+            if v.len() < 9 || k.len() != 16 {
+                return Err(MdsError::Corrupt("dir index record".into()));
+            }
+            entries.push(pb::DirEntry {
+                name: v[9..].to_vec().into(),
+                ino: u64_at(&v, 0)?,
+                kind: v[8] as i32,
+                cookie: u64_at(&k, 8)?,
+            });
+        }
+        Ok(pb::ReadDirReply { entries, eof })
+    }
+
+    /// One xattr's value.
+    pub fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>, MdsError> {
+        let t = Txn::new(&self.db);
+        t.inode(ino)?;
+        t.get(Cf::Xattrs, &key2(ino, name))?
+            .ok_or_else(|| MdsError::fs(libc::ENODATA, "no such xattr"))
+    }
+
+    /// The names of an inode's xattrs.
+    pub fn listxattr(&self, ino: u64) -> Result<Vec<Vec<u8>>, MdsError> {
+        Txn::new(&self.db).inode(ino)?;
+        let prefix = be(ino);
+        self.db
+            .scan(Cf::Xattrs, &prefix, &prefix)
+            .map(|r| r.map(|(k, _)| k[8..].to_vec()))
+            .collect()
+    }
+
+    /// Number of inodes in the namespace.
+    pub fn files(&self) -> Result<u64, MdsError> {
+        Txn::new(&self.db).counter(KEY_FILES, 0)
+    }
+
+    /// Whether the root directory exists yet.
+    pub fn bootstrapped(&self) -> Result<bool, MdsError> {
+        Ok(self.db.get(Cf::Inodes, &be(ROOT_INO))?.is_some())
+    }
+
+    /// The persisted OSD records and the map's epoch.
+    pub fn osds(&self) -> Result<(u64, Vec<OsdRecord>), MdsError> {
+        let t = Txn::new(&self.db);
+        let epoch = t.counter(KEY_OSD_EPOCH, 0)?;
+        let osds = self
+            .db
+            .scan(Cf::Osds, &[], &[])
+            .map(|r| {
+                r.and_then(|(_, v)| {
+                    OsdRecord::decode(&*v)
+                        .map_err(|e| MdsError::Corrupt(format!("osd record: {e}")))
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok((epoch, osds))
+    }
+}
+
+fn apply_op(t: &mut Txn<'_>, op: &Op, now: &Timespec) -> Result<Applied, MdsError> {
+    match op {
+        Op::Noop(_) => Ok(Applied::Done),
+        Op::Bootstrap(b) => bootstrap(t, b.uid, b.gid, now),
+        Op::SetAttr(r) => setattr(t, r, now).map(Applied::Attr),
+        Op::MakeNode(r) => make_node(t, r, now).map(Applied::Attr),
+        Op::Unlink(r) => unlink(t, r, now).map(Applied::Removed),
+        Op::Rename(r) => rename(t, r, now).map(Applied::Removed),
+        Op::Link(r) => link(t, r, now).map(Applied::Attr),
+        Op::SetXattr(r) => setxattr(t, r, now),
+        Op::RemoveXattr(r) => removexattr(t, r, now),
+        Op::Purge(r) => purge(t, r.ino),
+        Op::OsdBoot(r) => osd_boot(t, r),
+    }
+}
+
+fn bootstrap(t: &mut Txn<'_>, uid: u32, gid: u32, now: &Timespec) -> Result<Applied, MdsError> {
+    if t.get(Cf::Inodes, &be(ROOT_INO))?.is_some() {
+        return Ok(Applied::Done);
+    }
+    let root = Attr {
+        ino: ROOT_INO,
+        kind: FileKind::Directory as i32,
+        perm: 0o755,
+        nlink: 2,
+        uid,
+        gid,
+        atime: Some(*now),
+        mtime: Some(*now),
+        ctime: Some(*now),
+        layout: Some(layout::default_layout()),
+        next_cookie: FIRST_COOKIE,
+        parent: ROOT_INO,
+        ..Default::default()
+    };
+    t.put_inode(&root);
+    t.set_counter(KEY_NEXT_INO, ROOT_INO + 1);
+    t.set_counter(KEY_FILES, 1);
+    Ok(Applied::Attr(root))
+}
+
+fn setattr(t: &mut Txn<'_>, r: &pb::SetAttrRequest, now: &Timespec) -> Result<Attr, MdsError> {
+    let mut a = t.inode(r.ino)?;
+    if let Some(perm) = r.perm {
+        a.perm = perm & 0o7777;
+    }
+    if let Some(uid) = r.uid {
+        a.uid = uid;
+    }
+    if let Some(gid) = r.gid {
+        a.gid = gid;
+    }
+    if let Some(size) = r.size {
+        if is_dir(&a) {
+            return fs(libc::EISDIR, "cannot truncate a directory");
+        }
+        if a.kind != FileKind::Regular as i32 {
+            return fs(libc::EINVAL, "cannot truncate a special file");
+        }
+        if size > limits::FILE_SIZE_MAX {
+            return fs(libc::EFBIG, "size too large");
+        }
+        a.size = size;
+        a.mtime = Some(*now);
+    }
+    if let Some(grow) = r.grow_size {
+        if a.kind != FileKind::Regular as i32 {
+            return fs(libc::EINVAL, "not a regular file");
+        }
+        a.size = a.size.max(grow.min(limits::FILE_SIZE_MAX));
+        a.mtime = Some(*now);
+    }
+    if let Some(at) = &r.atime {
+        a.atime = Some(if at.now {
+            *now
+        } else {
+            at.time.unwrap_or_default()
+        });
+    }
+    if let Some(mt) = &r.mtime {
+        a.mtime = Some(if mt.now {
+            *now
+        } else {
+            mt.time.unwrap_or_default()
+        });
+    }
+    a.ctime = Some(*now);
+    t.put_inode(&a);
+    Ok(a)
+}
+
+fn make_node(t: &mut Txn<'_>, r: &pb::MakeNodeRequest, now: &Timespec) -> Result<Attr, MdsError> {
+    check_name(&r.name).or_else(|e| fs(e, "bad name"))?;
+    let mut parent = t.dir(r.parent)?;
+    if parent.nlink == 0 {
+        return fs(libc::ENOENT, "directory was removed");
+    }
+    let kind = FileKind::try_from(r.kind).unwrap_or(FileKind::Unspecified);
+    if kind == FileKind::Unspecified {
+        return fs(libc::EINVAL, "unknown file kind");
+    }
+    if let Some(d) = t.dentry(r.parent, &r.name)? {
+        let existing = t.inode(d.ino)?;
+        if !r.exclusive && kind == FileKind::Regular && existing.kind == FileKind::Regular as i32 {
+            return Ok(existing);
+        }
+        return fs(libc::EEXIST, "name exists");
+    }
+    if kind == FileKind::Symlink {
+        if r.target.is_empty() {
+            return fs(libc::ENOENT, "empty symlink target");
+        }
+        if r.target.len() > limits::SYMLINK_MAX {
+            return fs(libc::ENAMETOOLONG, "symlink target too long");
+        }
+    }
+    let ino = t.counter(KEY_NEXT_INO, ROOT_INO + 1)?;
+    t.set_counter(KEY_NEXT_INO, ino + 1);
+    let mut perm = r.perm & 0o7777;
+    let mut gid = r.gid;
+    // A setgid directory hands its group down, and its setgid bit to subdirectories.
+    if parent.perm & S_ISGID != 0 {
+        gid = parent.gid;
+        if kind == FileKind::Directory {
+            perm |= S_ISGID;
+        }
+    }
+    let dir = kind == FileKind::Directory;
+    let attr = Attr {
+        ino,
+        kind: kind as i32,
+        perm,
+        nlink: if dir { 2 } else { 1 },
+        uid: r.uid,
+        gid,
+        size: if kind == FileKind::Symlink {
+            r.target.len() as u64
+        } else {
+            0
+        },
+        rdev: r.rdev,
+        atime: Some(*now),
+        mtime: Some(*now),
+        ctime: Some(*now),
+        layout: match kind {
+            FileKind::Regular | FileKind::Directory => {
+                Some(parent.layout.unwrap_or_else(layout::default_layout))
+            }
+            _ => None,
+        },
+        next_cookie: if dir { FIRST_COOKIE } else { 0 },
+        parent: if dir { parent.ino } else { 0 },
+    };
+    if kind == FileKind::Symlink {
+        t.put(Cf::Symlinks, &be(ino), r.target.to_vec());
+    }
+    t.add_dentry(&mut parent, &r.name, ino, kind as i32);
+    if dir {
+        parent.nlink += 1;
+    }
+    parent.mtime = Some(*now);
+    parent.ctime = Some(*now);
+    t.put_inode(&parent);
+    t.put_inode(&attr);
+    let files = t.counter(KEY_FILES, 0)?;
+    t.set_counter(KEY_FILES, files + 1);
+    Ok(attr)
+}
+
+fn unlink(
+    t: &mut Txn<'_>,
+    r: &pb::UnlinkRequest,
+    now: &Timespec,
+) -> Result<Option<Attr>, MdsError> {
+    let mut parent = t.dir(r.parent)?;
+    if r.name.as_ref() == b"." {
+        return fs(libc::EINVAL, "cannot remove .");
+    }
+    if r.name.as_ref() == b".." {
+        return fs(libc::ENOTEMPTY, "cannot remove ..");
+    }
+    if r.name.len() > limits::NAME_MAX {
+        return fs(libc::ENAMETOOLONG, "name too long");
+    }
+    let d = t
+        .dentry(r.parent, &r.name)?
+        .ok_or_else(|| MdsError::fs(libc::ENOENT, "no such entry"))?;
+    let victim = t.inode(d.ino)?;
+    if r.dir {
+        if !is_dir(&victim) {
+            return fs(libc::ENOTDIR, "not a directory");
+        }
+        if !t.dir_is_empty(victim.ino)? {
+            return fs(libc::ENOTEMPTY, "directory not empty");
+        }
+        parent.nlink = parent.nlink.saturating_sub(1);
+    } else if is_dir(&victim) {
+        return fs(libc::EISDIR, "is a directory");
+    }
+    t.remove_dentry(r.parent, &r.name, &d);
+    parent.mtime = Some(*now);
+    parent.ctime = Some(*now);
+    t.put_inode(&parent);
+    t.drop_link(victim, now)
+}
+
+/// Fails with EINVAL when `dir` lies inside the tree rooted at `ancestor`.
+fn check_not_inside(t: &Txn<'_>, ancestor: u64, mut dir: u64) -> Result<(), MdsError> {
+    // Bounded walk up the parent pointers: a corrupt cycle cannot hang the state machine.
+    for _ in 0..100_000 {
+        if dir == ancestor {
+            return fs(libc::EINVAL, "cannot move a directory into itself");
+        }
+        if dir == ROOT_INO {
+            return Ok(());
+        }
+        dir = t.inode(dir)?.parent;
+    }
+    Err(MdsError::Corrupt("directory parent chain too long".into()))
+}
+
+fn rename(
+    t: &mut Txn<'_>,
+    r: &pb::RenameRequest,
+    now: &Timespec,
+) -> Result<Option<Attr>, MdsError> {
+    check_name(&r.new_name).or_else(|e| fs(e, "bad new name"))?;
+    if r.name.len() > limits::NAME_MAX {
+        return fs(libc::ENAMETOOLONG, "name too long");
+    }
+    if r.flags & !(RENAME_NOREPLACE | RENAME_EXCHANGE) != 0
+        || r.flags == RENAME_NOREPLACE | RENAME_EXCHANGE
+    {
+        return fs(libc::EINVAL, "unknown rename flags");
+    }
+    t.dir(r.parent)?;
+    t.dir(r.new_parent)?;
+    let src = t
+        .dentry(r.parent, &r.name)?
+        .ok_or_else(|| MdsError::fs(libc::ENOENT, "no such entry"))?;
+    let dst = t.dentry(r.new_parent, &r.new_name)?;
+    let mut moved = t.inode(src.ino)?;
+    if let Some(d) = dst {
+        if r.flags & RENAME_NOREPLACE != 0 {
+            return fs(libc::EEXIST, "target exists");
+        }
+        if d.ino == src.ino {
+            return Ok(None); // Two names of one inode: POSIX says do nothing.
+        }
+    } else if r.flags & RENAME_EXCHANGE != 0 {
+        return fs(libc::ENOENT, "exchange target does not exist");
+    }
+    if is_dir(&moved) && r.parent != r.new_parent {
+        check_not_inside(t, moved.ino, r.new_parent)?;
+    }
+
+    if r.flags & RENAME_EXCHANGE != 0 {
+        let d = dst.expect("checked above");
+        let mut other = t.inode(d.ino)?;
+        if is_dir(&other) && r.parent != r.new_parent {
+            check_not_inside(t, other.ino, r.parent)?;
+        }
+        t.remove_dentry(r.parent, &r.name, &src);
+        t.remove_dentry(r.new_parent, &r.new_name, &d);
+        let mut p = t.dir(r.parent)?;
+        t.add_dentry(&mut p, &r.name, other.ino, other.kind);
+        t.put_inode(&p);
+        let mut np = t.dir(r.new_parent)?;
+        t.add_dentry(&mut np, &r.new_name, moved.ino, moved.kind);
+        t.put_inode(&np);
+        if r.parent != r.new_parent {
+            let (md, od) = (is_dir(&moved), is_dir(&other));
+            let mut p = t.dir(r.parent)?;
+            let mut np = t.dir(r.new_parent)?;
+            p.nlink = p.nlink + od as u32 - md as u32;
+            np.nlink = np.nlink + md as u32 - od as u32;
+            t.put_inode(&p);
+            t.put_inode(&np);
+            if md {
+                moved.parent = r.new_parent;
+            }
+            if od {
+                other.parent = r.parent;
+            }
+        }
+        other.ctime = Some(*now);
+        t.put_inode(&other);
+        moved.ctime = Some(*now);
+        t.put_inode(&moved);
+        touch_dirs(t, r.parent, r.new_parent, now)?;
+        return Ok(None);
+    }
+
+    let mut orphan = None;
+    if let Some(d) = dst {
+        let victim = t.inode(d.ino)?;
+        if is_dir(&moved) {
+            if !is_dir(&victim) {
+                return fs(libc::ENOTDIR, "target is not a directory");
+            }
+            if !t.dir_is_empty(victim.ino)? {
+                return fs(libc::ENOTEMPTY, "target directory not empty");
+            }
+            let mut np = t.dir(r.new_parent)?;
+            np.nlink = np.nlink.saturating_sub(1);
+            t.put_inode(&np);
+        } else if is_dir(&victim) {
+            return fs(libc::EISDIR, "target is a directory");
+        }
+        t.remove_dentry(r.new_parent, &r.new_name, &d);
+        orphan = t.drop_link(victim, now)?;
+    }
+    t.remove_dentry(r.parent, &r.name, &src);
+    let mut np = t.dir(r.new_parent)?;
+    t.add_dentry(&mut np, &r.new_name, moved.ino, moved.kind);
+    t.put_inode(&np);
+    if is_dir(&moved) && r.parent != r.new_parent {
+        let mut p = t.dir(r.parent)?;
+        p.nlink = p.nlink.saturating_sub(1);
+        t.put_inode(&p);
+        let mut np = t.dir(r.new_parent)?;
+        np.nlink += 1;
+        t.put_inode(&np);
+        moved.parent = r.new_parent;
+    }
+    moved.ctime = Some(*now);
+    t.put_inode(&moved);
+    touch_dirs(t, r.parent, r.new_parent, now)?;
+    Ok(orphan)
+}
+
+fn touch_dirs(t: &mut Txn<'_>, a: u64, b: u64, now: &Timespec) -> Result<(), MdsError> {
+    for ino in [a, b] {
+        let mut d = t.dir(ino)?;
+        d.mtime = Some(*now);
+        d.ctime = Some(*now);
+        t.put_inode(&d);
+    }
+    Ok(())
+}
+
+fn link(t: &mut Txn<'_>, r: &pb::LinkRequest, now: &Timespec) -> Result<Attr, MdsError> {
+    check_name(&r.new_name).or_else(|e| fs(e, "bad name"))?;
+    let mut a = t.inode(r.ino)?;
+    if is_dir(&a) {
+        return fs(libc::EPERM, "cannot hard-link a directory");
+    }
+    if a.nlink == 0 {
+        return fs(libc::ENOENT, "file was removed");
+    }
+    let mut np = t.dir(r.new_parent)?;
+    if t.dentry(r.new_parent, &r.new_name)?.is_some() {
+        return fs(libc::EEXIST, "name exists");
+    }
+    if a.nlink >= u32::MAX - 1 {
+        return fs(libc::EMLINK, "too many links");
+    }
+    t.add_dentry(&mut np, &r.new_name, a.ino, a.kind);
+    np.mtime = Some(*now);
+    np.ctime = Some(*now);
+    t.put_inode(&np);
+    a.nlink += 1;
+    a.ctime = Some(*now);
+    t.put_inode(&a);
+    Ok(a)
+}
+
+fn check_xattr_name(name: &[u8]) -> Result<(), MdsError> {
+    if name.is_empty() || name.len() > limits::XATTR_NAME_MAX {
+        return fs(libc::ERANGE, "bad xattr name length");
+    }
+    Ok(())
+}
+
+fn setxattr(t: &mut Txn<'_>, r: &pb::SetXattrRequest, now: &Timespec) -> Result<Applied, MdsError> {
+    check_xattr_name(&r.name)?;
+    if r.value.len() > limits::XATTR_VALUE_MAX {
+        return fs(libc::E2BIG, "xattr value too large");
+    }
+    let mut a = t.inode(r.ino)?;
+    let key = key2(r.ino, &r.name);
+    let exists = t.get(Cf::Xattrs, &key)?.is_some();
+    if r.flags & XATTR_CREATE != 0 && exists {
+        return fs(libc::EEXIST, "xattr exists");
+    }
+    if r.flags & XATTR_REPLACE != 0 && !exists {
+        return fs(libc::ENODATA, "no such xattr");
+    }
+    t.put(Cf::Xattrs, &key, r.value.to_vec());
+    a.ctime = Some(*now);
+    t.put_inode(&a);
+    Ok(Applied::Done)
+}
+
+fn removexattr(
+    t: &mut Txn<'_>,
+    r: &pb::RemoveXattrRequest,
+    now: &Timespec,
+) -> Result<Applied, MdsError> {
+    check_xattr_name(&r.name)?;
+    let mut a = t.inode(r.ino)?;
+    let key = key2(r.ino, &r.name);
+    if t.get(Cf::Xattrs, &key)?.is_none() {
+        return fs(libc::ENODATA, "no such xattr");
+    }
+    t.delete(Cf::Xattrs, &key);
+    a.ctime = Some(*now);
+    t.put_inode(&a);
+    Ok(Applied::Done)
+}
+
+fn purge(t: &mut Txn<'_>, ino: u64) -> Result<Applied, MdsError> {
+    if t.get(Cf::Orphans, &be(ino))?.is_none() {
+        return Ok(Applied::Done); // Already purged, or linked again: nothing to do.
+    }
+    let a = t.inode(ino)?;
+    if a.nlink > 0 {
+        t.delete(Cf::Orphans, &be(ino));
+        return Ok(Applied::Done);
+    }
+    t.destroy_inode(ino)?;
+    Ok(Applied::Done)
+}
+
+fn osd_boot(t: &mut Txn<'_>, r: &pb::OsdBootRequest) -> Result<Applied, MdsError> {
+    let rec = OsdRecord {
+        id: r.id,
+        addr: r.addr.clone(),
+        host: r.host.clone(),
+        capacity_bytes: r.capacity_bytes,
+    };
+    let key = r.id.to_be_bytes();
+    let changed = match t.get(Cf::Osds, &key)? {
+        Some(old) => OsdRecord::decode(old.as_slice())
+            .map(|o| o != rec)
+            .unwrap_or(true),
+        None => true,
+    };
+    let mut epoch = t.counter(KEY_OSD_EPOCH, 0)?;
+    if changed {
+        t.put(Cf::Osds, &key, rec.encode_to_vec());
+        epoch += 1;
+        t.set_counter(KEY_OSD_EPOCH, epoch);
+    }
+    Ok(Applied::Epoch(epoch))
+}
+
+#[cfg(test)]
+mod tests;

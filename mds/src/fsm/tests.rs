@@ -1,0 +1,288 @@
+//! State-machine tests driven directly, without Raft or a network.
+
+use super::*;
+use crate::command::Bootstrap;
+
+struct Harness {
+    _dir: tempfile::TempDir,
+    fsm: Fsm,
+    index: u64,
+}
+
+fn ts(sec: i64) -> Timespec {
+    Timespec { sec, nsec: 0 }
+}
+
+impl Harness {
+    fn new() -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let fsm = Fsm::new(Db::open(dir.path()).unwrap());
+        let mut h = Harness {
+            _dir: dir,
+            fsm,
+            index: 0,
+        };
+        h.run(Op::Bootstrap(Bootstrap { uid: 0, gid: 0 })).unwrap();
+        h
+    }
+
+    fn run(&mut self, op: Op) -> Result<Applied, MdsError> {
+        self.index += 1;
+        let cmd = Command {
+            now: Some(ts(self.index as i64)),
+            op: Some(op),
+        };
+        self.fsm.apply(self.index, &cmd).unwrap()
+    }
+
+    fn mk(&mut self, parent: u64, name: &str, kind: FileKind) -> Result<Attr, MdsError> {
+        match self.run(Op::MakeNode(pb::MakeNodeRequest {
+            parent,
+            name: name.as_bytes().to_vec().into(),
+            kind: kind as i32,
+            perm: 0o644,
+            exclusive: true,
+            target: if kind == FileKind::Symlink {
+                b"t".to_vec().into()
+            } else {
+                Default::default()
+            },
+            ..Default::default()
+        }))? {
+            Applied::Attr(a) => Ok(a),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    fn rename(
+        &mut self,
+        p: u64,
+        n: &str,
+        np: u64,
+        nn: &str,
+        flags: u32,
+    ) -> Result<Applied, MdsError> {
+        self.run(Op::Rename(pb::RenameRequest {
+            parent: p,
+            name: n.as_bytes().to_vec().into(),
+            new_parent: np,
+            new_name: nn.as_bytes().to_vec().into(),
+            flags,
+        }))
+    }
+
+    fn unlink(&mut self, p: u64, n: &str, dir: bool) -> Result<Applied, MdsError> {
+        self.run(Op::Unlink(pb::UnlinkRequest {
+            parent: p,
+            name: n.as_bytes().to_vec().into(),
+            dir,
+        }))
+    }
+
+    fn names(&self, dir: u64) -> Vec<String> {
+        let r = self.fsm.readdir(dir, 0, 4096).unwrap();
+        r.entries
+            .iter()
+            .map(|e| String::from_utf8_lossy(&e.name).into_owned())
+            .collect()
+    }
+}
+
+fn errno<T: std::fmt::Debug>(r: Result<T, MdsError>) -> i32 {
+    match r {
+        Err(MdsError::Fs { errno, .. }) => errno,
+        other => panic!("expected an errno, got {other:?}"),
+    }
+}
+
+#[test]
+fn create_lookup_and_counts() {
+    let mut h = Harness::new();
+    let d = h.mk(ROOT_INO, "d", FileKind::Directory).unwrap();
+    let f = h.mk(d.ino, "f", FileKind::Regular).unwrap();
+    assert_eq!(h.fsm.lookup(d.ino, b"f").unwrap().ino, f.ino);
+    assert_eq!(h.fsm.getattr(ROOT_INO).unwrap().nlink, 3);
+    assert_eq!(errno(h.mk(d.ino, "f", FileKind::Regular)), libc::EEXIST);
+    assert_eq!(errno(h.mk(f.ino, "x", FileKind::Regular)), libc::ENOTDIR);
+    assert_eq!(
+        errno(h.mk(d.ino, &"n".repeat(256), FileKind::Regular)),
+        libc::ENAMETOOLONG
+    );
+    assert_eq!(h.fsm.files().unwrap(), 3);
+    assert_eq!(
+        h.fsm.applied_index().unwrap(),
+        h.index,
+        "failed commands still advance applied"
+    );
+}
+
+#[test]
+fn rename_rules() {
+    let mut h = Harness::new();
+    let a = h.mk(ROOT_INO, "a", FileKind::Directory).unwrap();
+    let b = h.mk(a.ino, "b", FileKind::Directory).unwrap();
+    h.mk(b.ino, "inner", FileKind::Regular).unwrap();
+    let e = h.mk(ROOT_INO, "e", FileKind::Directory).unwrap();
+    let f = h.mk(ROOT_INO, "f", FileKind::Regular).unwrap();
+    let g = h.mk(ROOT_INO, "g", FileKind::Regular).unwrap();
+
+    assert_eq!(
+        errno(h.rename(ROOT_INO, "a", b.ino, "x", 0)),
+        libc::EINVAL,
+        "into own subtree"
+    );
+    assert_eq!(
+        errno(h.rename(ROOT_INO, "e", a.ino, "b", 0)),
+        libc::ENOTEMPTY
+    );
+    assert_eq!(
+        errno(h.rename(ROOT_INO, "f", ROOT_INO, "e", 0)),
+        libc::EISDIR
+    );
+    assert_eq!(
+        errno(h.rename(ROOT_INO, "e", ROOT_INO, "f", 0)),
+        libc::ENOTDIR
+    );
+    assert_eq!(
+        errno(h.rename(ROOT_INO, "f", ROOT_INO, "g", RENAME_NOREPLACE)),
+        libc::EEXIST
+    );
+
+    // File over file: the replaced one is orphaned for purge.
+    match h.rename(ROOT_INO, "f", ROOT_INO, "g", 0).unwrap() {
+        Applied::Removed(Some(o)) => assert_eq!(o.ino, g.ino),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(h.fsm.lookup(ROOT_INO, b"g").unwrap().ino, f.ino);
+    // Dir over empty dir, across parents: link counts follow.
+    let before = h.fsm.getattr(ROOT_INO).unwrap().nlink;
+    h.rename(a.ino, "b", ROOT_INO, "e", 0).unwrap();
+    assert_eq!(
+        h.fsm.getattr(ROOT_INO).unwrap().nlink,
+        before,
+        "one dir in, one replaced"
+    );
+    assert_eq!(h.fsm.getattr(a.ino).unwrap().nlink, 2);
+    assert_eq!(h.fsm.getattr(b.ino).unwrap().parent, ROOT_INO);
+    assert_eq!(errno(h.fsm.getattr(e.ino)), libc::ENOENT);
+    assert_eq!(h.names(ROOT_INO), vec!["a", "g", "e"]);
+
+    // Exchange.
+    h.rename(ROOT_INO, "a", ROOT_INO, "g", RENAME_EXCHANGE)
+        .unwrap();
+    assert_eq!(h.fsm.lookup(ROOT_INO, b"g").unwrap().ino, a.ino);
+    assert_eq!(h.fsm.lookup(ROOT_INO, b"a").unwrap().ino, f.ino);
+}
+
+#[test]
+fn unlink_and_links() {
+    let mut h = Harness::new();
+    let f = h.mk(ROOT_INO, "f", FileKind::Regular).unwrap();
+    let d = h.mk(ROOT_INO, "d", FileKind::Directory).unwrap();
+    h.mk(d.ino, "x", FileKind::Symlink).unwrap();
+    let l = h
+        .run(Op::Link(pb::LinkRequest {
+            ino: f.ino,
+            new_parent: d.ino,
+            new_name: b"f2".to_vec().into(),
+        }))
+        .unwrap();
+    assert!(matches!(l, Applied::Attr(ref a) if a.nlink == 2));
+    assert_eq!(errno(h.unlink(ROOT_INO, "d", false)), libc::EISDIR);
+    assert_eq!(errno(h.unlink(ROOT_INO, "f", true)), libc::ENOTDIR);
+    assert_eq!(errno(h.unlink(ROOT_INO, "d", true)), libc::ENOTEMPTY);
+    assert!(matches!(
+        h.unlink(ROOT_INO, "f", false).unwrap(),
+        Applied::Removed(None)
+    ));
+    assert_eq!(h.fsm.getattr(f.ino).unwrap().nlink, 1);
+    match h.unlink(d.ino, "f2", false).unwrap() {
+        Applied::Removed(Some(a)) => assert_eq!((a.ino, a.nlink), (f.ino, 0)),
+        other => panic!("{other:?}"),
+    }
+    // Orphan readable until purged.
+    assert_eq!(h.fsm.getattr(f.ino).unwrap().nlink, 0);
+    h.run(Op::Purge(pb::PurgeRequest { ino: f.ino })).unwrap();
+    assert_eq!(errno(h.fsm.getattr(f.ino)), libc::ENOENT);
+    h.unlink(d.ino, "x", false).unwrap();
+    h.unlink(ROOT_INO, "d", true).unwrap();
+    assert_eq!(h.fsm.getattr(ROOT_INO).unwrap().nlink, 2);
+    assert_eq!(h.fsm.files().unwrap(), 1);
+}
+
+#[test]
+fn readdir_cookies_are_stable() {
+    let mut h = Harness::new();
+    for i in 0..10 {
+        h.mk(ROOT_INO, &format!("f{i}"), FileKind::Regular).unwrap();
+    }
+    let first = h.fsm.readdir(ROOT_INO, 0, 4).unwrap();
+    assert_eq!(first.entries.len(), 4);
+    assert!(!first.eof);
+    // Remove an entry already listed and one not yet listed, add a new one, then resume.
+    h.unlink(ROOT_INO, "f1", false).unwrap();
+    h.unlink(ROOT_INO, "f7", false).unwrap();
+    h.mk(ROOT_INO, "new", FileKind::Regular).unwrap();
+    let rest = h
+        .fsm
+        .readdir(ROOT_INO, first.entries.last().unwrap().cookie, 100)
+        .unwrap();
+    let names: Vec<_> = rest
+        .entries
+        .iter()
+        .map(|e| String::from_utf8_lossy(&e.name).into_owned())
+        .collect();
+    assert_eq!(names, vec!["f4", "f5", "f6", "f8", "f9", "new"]);
+    assert!(rest.eof);
+}
+
+#[test]
+fn xattrs_and_setattr() {
+    let mut h = Harness::new();
+    let f = h.mk(ROOT_INO, "f", FileKind::Regular).unwrap();
+    let set = |flags| {
+        Op::SetXattr(pb::SetXattrRequest {
+            ino: f.ino,
+            name: b"user.a".to_vec().into(),
+            value: b"1".to_vec().into(),
+            flags,
+        })
+    };
+    assert_eq!(errno(h.run(set(XATTR_REPLACE))), libc::ENODATA);
+    h.run(set(XATTR_CREATE)).unwrap();
+    assert_eq!(errno(h.run(set(XATTR_CREATE))), libc::EEXIST);
+    assert_eq!(h.fsm.getxattr(f.ino, b"user.a").unwrap(), b"1");
+    assert_eq!(h.fsm.listxattr(f.ino).unwrap(), vec![b"user.a".to_vec()]);
+    h.run(Op::RemoveXattr(pb::RemoveXattrRequest {
+        ino: f.ino,
+        name: b"user.a".to_vec().into(),
+    }))
+    .unwrap();
+    assert_eq!(errno(h.fsm.getxattr(f.ino, b"user.a")), libc::ENODATA);
+
+    let r = h.run(Op::SetAttr(pb::SetAttrRequest {
+        ino: f.ino,
+        size: Some(100),
+        perm: Some(0o100600),
+        ..Default::default()
+    }));
+    match r.unwrap() {
+        Applied::Attr(a) => {
+            assert_eq!((a.size, a.perm), (100, 0o600));
+            assert_eq!(a.mtime, a.ctime);
+        }
+        other => panic!("{other:?}"),
+    }
+    let r = h.run(Op::SetAttr(pb::SetAttrRequest {
+        ino: f.ino,
+        grow_size: Some(50),
+        ..Default::default()
+    }));
+    assert!(matches!(r.unwrap(), Applied::Attr(a) if a.size == 100));
+    let r = h.run(Op::SetAttr(pb::SetAttrRequest {
+        ino: ROOT_INO,
+        size: Some(0),
+        ..Default::default()
+    }));
+    assert_eq!(errno(r), libc::EISDIR);
+}

@@ -1,0 +1,84 @@
+//! Shoal's metadata service.
+//!
+//! - [`store`]: the RocksDB database — Raft log and hard state ([`store::RaftLog`]) and the
+//!   state machine's column families.
+//! - [`command`]: what a log entry carries, and what applying it returns.
+//! - [`fsm`]: the namespace state machine (inodes, dentries, xattrs, symlinks, orphans, the
+//!   OSD map); applies commands, answers reads.
+//! - [`node`]: the thread that owns the raft-rs `RawNode` and runs the ready loop.
+//! - [`service`]: the gRPC `Mds` service; reads go to the state machine, writes to the node.
+//! - [`config`]: the daemon's settings; [`run`] starts everything.
+//!
+//! A mutation: gRPC handler → `NodeHandle::propose` → Raft log (synced RocksDB write) →
+//! commit → `Fsm::apply` (one WriteBatch with the applied index) → reply.
+
+pub mod command;
+pub mod config;
+pub mod error;
+pub mod fsm;
+pub mod node;
+pub mod service;
+pub mod store;
+
+use std::net::SocketAddr;
+
+use shoal_proto::mds::mds_server::MdsServer;
+use tokio_stream::wrappers::TcpListenerStream;
+use tracing::{info, warn};
+
+pub use config::MdsConfig;
+pub use error::MdsError;
+
+use crate::command::{Bootstrap, Op};
+use crate::node::{Node, NodeConfig};
+
+/// Runs the MDS until `shutdown` resolves.
+pub async fn run(
+    cfg: MdsConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    cfg.validate()?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+    let db = store::Db::open(&cfg.data_dir.join("db")).context("opening the MDS database")?;
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("binding {}", cfg.listen))?;
+    let addr: SocketAddr = listener.local_addr()?;
+    let node_cfg = NodeConfig {
+        id: cfg.id,
+        initial_voters: vec![cfg.id],
+        tick: cfg.tick,
+        election_ticks: cfg.election_ticks,
+        heartbeat_ticks: cfg.heartbeat_ticks,
+    };
+    let (node, join) = Node::start(&node_cfg, db.clone())?;
+    let fsm = fsm::Fsm::new(db);
+
+    // A new namespace gets its root directory, owned by whoever started the cluster.
+    if !fsm.bootstrapped()? {
+        let (uid, gid) = (cfg.root_uid, cfg.root_gid);
+        node.propose(Op::Bootstrap(Bootstrap { uid, gid }))
+            .await
+            .context("creating the root directory")?;
+    }
+
+    // Tell whoever started us where we listen, once we really do.
+    std::fs::write(cfg.data_dir.join("addr"), addr.to_string())?;
+    info!(%addr, id = cfg.id, "mds serving");
+    let svc = service::MdsService::new(node.clone(), fsm, addr.to_string(), cfg.osd_grace);
+    let result = tonic::transport::Server::builder()
+        .add_service(
+            MdsServer::new(svc)
+                .max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(shoal_proto::MAX_MESSAGE_BYTES),
+        )
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await;
+    node.shutdown();
+    if join.join().is_err() {
+        warn!("raft thread panicked");
+    }
+    result.context("grpc server")
+}

@@ -1,0 +1,59 @@
+//! `shoal-mds`: the metadata service daemon.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use shoal_mds::MdsConfig;
+
+/// Shoal metadata service.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Raft id of this node.
+    #[arg(long, default_value_t = 1)]
+    id: u64,
+    /// State directory.
+    #[arg(long)]
+    data: PathBuf,
+    /// gRPC listen address (port 0: any free port, written to DATA/addr).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// Seconds without a report before an OSD is shown down.
+    #[arg(long, default_value_t = 10)]
+    osd_grace_secs: u64,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    std::fs::create_dir_all(&args.data)?;
+    std::fs::write(args.data.join("pid"), std::process::id().to_string())?;
+    // SAFETY: getuid/getgid cannot fail and touch no memory.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let cfg = MdsConfig {
+        id: args.id,
+        data_dir: args.data,
+        listen: args.listen,
+        osd_grace: Duration::from_secs(args.osd_grace_secs),
+        root_uid: uid,
+        root_gid: gid,
+        ..MdsConfig::default()
+    };
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(shoal_mds::run(cfg, shutdown_signal()))
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

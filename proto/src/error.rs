@@ -1,0 +1,105 @@
+//! How a POSIX errno travels in a gRPC status.
+//!
+//! A server turns its error into `tonic::Status` with [`errno_status`]: the status code says
+//! roughly what happened, the `shoal-errno` metadata says exactly which errno the application
+//! should see. A client recovers it with [`status_errno`]; a status without it (a transport
+//! failure, a server crash) is reported as a [`WireError::Transport`] so callers can retry.
+
+use tonic::{Code, Status};
+
+/// Metadata key carrying the errno.
+pub const ERRNO_KEY: &str = "shoal-errno";
+
+/// Builds the status for an errno with a human-readable message.
+pub fn errno_status(errno: i32, message: impl Into<String>) -> Status {
+    use crate::limits::libc_consts::*;
+    let code = match errno {
+        ENOENT | ENODATA => Code::NotFound,
+        EEXIST => Code::AlreadyExists,
+        EPERM => Code::PermissionDenied,
+        EIO => Code::DataLoss,
+        ENOSPC => Code::ResourceExhausted,
+        ETIMEDOUT => Code::DeadlineExceeded,
+        _ => Code::FailedPrecondition,
+    };
+    let mut status = Status::new(code, message);
+    if let Ok(v) = errno.to_string().parse() {
+        status.metadata_mut().insert(ERRNO_KEY, v);
+    }
+    status
+}
+
+/// What a failed call means to a client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// The server answered with a filesystem error: hand this errno to the application.
+    #[error("errno {errno}: {message}")]
+    Errno {
+        /// The POSIX errno.
+        errno: i32,
+        /// The server's explanation.
+        message: String,
+    },
+    /// The call did not reach a server or its answer did not come back; worth retrying.
+    #[error("transport: {0}")]
+    Transport(String),
+    /// The server answered with an error that carries no errno (a bug or a malformed request).
+    #[error("server error {code:?}: {message}")]
+    Server {
+        /// The gRPC status code.
+        code: Code,
+        /// The server's message.
+        message: String,
+    },
+}
+
+impl WireError {
+    /// The errno an application should see for this error.
+    pub fn errno(&self) -> i32 {
+        match self {
+            WireError::Errno { errno, .. } => *errno,
+            WireError::Transport(_) => crate::limits::libc_consts::EIO,
+            WireError::Server { .. } => crate::limits::libc_consts::EIO,
+        }
+    }
+}
+
+/// Classifies a status received by a client.
+pub fn status_errno(status: &Status) -> WireError {
+    if let Some(errno) = status
+        .metadata()
+        .get(ERRNO_KEY)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.parse::<i32>().ok())
+    {
+        return WireError::Errno {
+            errno,
+            message: status.message().to_string(),
+        };
+    }
+    match status.code() {
+        Code::Unavailable | Code::Unknown | Code::Cancelled => {
+            WireError::Transport(status.message().to_string())
+        }
+        code => WireError::Server {
+            code,
+            message: status.message().to_string(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errno_round_trips() {
+        for errno in [1, 2, 5, 17, 22, 39, 61, 95] {
+            let st = errno_status(errno, "x");
+            assert_eq!(status_errno(&st).errno(), errno);
+        }
+        let transport = Status::unavailable("connection refused");
+        assert!(matches!(status_errno(&transport), WireError::Transport(_)));
+        assert_eq!(status_errno(&Status::internal("boom")).errno(), 5);
+    }
+}

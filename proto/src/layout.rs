@@ -1,0 +1,250 @@
+//! File striping: which object holds which byte of a file (Ceph's layout semantics).
+//!
+//! A file is cut into stripe units of `stripe_unit` bytes dealt round-robin over
+//! `stripe_count` objects; once each object of that set holds `object_size` bytes the next
+//! set of `stripe_count` objects starts. With the default layout (4 MiB objects, one stripe
+//! unit per object, stripe count 1) byte `b` lives in object `b / 4 MiB` at `b % 4 MiB`.
+
+use crate::limits::libc_consts::EINVAL;
+use crate::mds::Layout;
+
+/// Default object size: 4 MiB.
+pub const DEFAULT_OBJECT_SIZE: u32 = 4 << 20;
+/// Largest object size accepted.
+pub const MAX_OBJECT_SIZE: u32 = 64 << 20;
+/// Stripe units are multiples of this.
+pub const STRIPE_ALIGN: u32 = 4096;
+
+/// The layout new files get unless their directory says otherwise.
+pub fn default_layout() -> Layout {
+    Layout {
+        object_size: DEFAULT_OBJECT_SIZE,
+        stripe_unit: DEFAULT_OBJECT_SIZE,
+        stripe_count: 1,
+    }
+}
+
+/// Checks a layout; EINVAL when it cannot be used.
+pub fn validate(l: &Layout) -> Result<(), i32> {
+    let ok = l.stripe_unit >= STRIPE_ALIGN
+        && l.stripe_unit % STRIPE_ALIGN == 0
+        && l.object_size >= l.stripe_unit
+        && l.object_size <= MAX_OBJECT_SIZE
+        && l.object_size % l.stripe_unit == 0
+        && l.stripe_count >= 1
+        && l.stripe_count <= 256;
+    if ok {
+        Ok(())
+    } else {
+        Err(EINVAL)
+    }
+}
+
+/// The name of object `objno` of inode `ino`, as OSDs store it.
+pub fn object_name(ino: u64, objno: u64) -> String {
+    format!("{ino:016x}.{objno:08x}")
+}
+
+/// Parses an object name back into (ino, objno); None if it is not one.
+pub fn parse_object_name(name: &str) -> Option<(u64, u64)> {
+    let (ino, objno) = name.split_once('.')?;
+    if ino.len() != 16 || objno.len() < 8 || objno.len() > 16 {
+        return None;
+    }
+    Some((
+        u64::from_str_radix(ino, 16).ok()?,
+        u64::from_str_radix(objno, 16).ok()?,
+    ))
+}
+
+/// A piece of a file range that lies in one object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    /// Object number within the file.
+    pub objno: u64,
+    /// Offset within the object.
+    pub obj_off: u64,
+    /// Length in bytes.
+    pub len: u64,
+    /// Offset of this piece within the caller's buffer (relative to the range start).
+    pub buf_off: u64,
+}
+
+/// Maps file bytes `[off, off+len)` to object extents, in file order. Adjacent pieces that
+/// continue each other in the same object are merged.
+pub fn file_to_extents(l: &Layout, off: u64, len: u64) -> Vec<Extent> {
+    let su = l.stripe_unit as u64;
+    let sc = l.stripe_count as u64;
+    let per_object = (l.object_size / l.stripe_unit) as u64;
+    let mut out: Vec<Extent> = Vec::new();
+    let mut cur = off;
+    let end = off.saturating_add(len);
+    while cur < end {
+        let blockno = cur / su;
+        let in_block = cur % su;
+        let stripeno = blockno / sc;
+        let stripepos = blockno % sc;
+        let objectset = stripeno / per_object;
+        let objno = objectset * sc + stripepos;
+        let obj_off = (stripeno % per_object) * su + in_block;
+        let n = (su - in_block).min(end - cur);
+        let buf_off = cur - off;
+        match out.last_mut() {
+            Some(last) if last.objno == objno && last.obj_off + last.len == obj_off => {
+                last.len += n
+            }
+            _ => out.push(Extent {
+                objno,
+                obj_off,
+                len: n,
+                buf_off,
+            }),
+        }
+        cur += n;
+    }
+    out
+}
+
+/// The file offset of byte `obj_off` of object `objno`.
+pub fn object_to_file(l: &Layout, objno: u64, obj_off: u64) -> u64 {
+    let su = l.stripe_unit as u64;
+    let sc = l.stripe_count as u64;
+    let per_object = (l.object_size / l.stripe_unit) as u64;
+    let objectset = objno / sc;
+    let stripepos = objno % sc;
+    let stripeno = objectset * per_object + obj_off / su;
+    (stripeno * sc + stripepos) * su + obj_off % su
+}
+
+/// How many bytes of object `objno` lie below file size `size`: the length the object
+/// must be cut to when the file is truncated to `size` (0 means delete it).
+pub fn object_len_below(l: &Layout, objno: u64, size: u64) -> u64 {
+    let su = l.stripe_unit as u64;
+    let per_object = (l.object_size / l.stripe_unit) as u64;
+    let mut keep = 0;
+    // File offsets grow with the object offset, so stop at the first unit at or past `size`.
+    for unit in 0..per_object {
+        let start = object_to_file(l, objno, unit * su);
+        if start >= size {
+            break;
+        }
+        keep = unit * su + (size - start).min(su);
+    }
+    keep
+}
+
+/// The objects that hold any byte of `[from, to)`, each once, ascending.
+pub fn objects_in_range(l: &Layout, from: u64, to: u64) -> Vec<u64> {
+    if to <= from {
+        return Vec::new();
+    }
+    let mut objs: Vec<u64> = file_to_extents(l, from, to - from)
+        .iter()
+        .map(|e| e.objno)
+        .collect();
+    objs.sort_unstable();
+    objs.dedup();
+    objs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lay(os: u32, su: u32, sc: u32) -> Layout {
+        Layout {
+            object_size: os,
+            stripe_unit: su,
+            stripe_count: sc,
+        }
+    }
+
+    #[test]
+    fn default_layout_is_one_object_per_4mib() {
+        let l = default_layout();
+        let e = file_to_extents(&l, (4 << 20) - 10, 20);
+        assert_eq!(
+            e,
+            vec![
+                Extent {
+                    objno: 0,
+                    obj_off: (4 << 20) - 10,
+                    len: 10,
+                    buf_off: 0
+                },
+                Extent {
+                    objno: 1,
+                    obj_off: 0,
+                    len: 10,
+                    buf_off: 10
+                },
+            ]
+        );
+        assert_eq!(object_len_below(&l, 0, 100), 100);
+        assert_eq!(object_len_below(&l, 1, 100), 0);
+        assert_eq!(object_len_below(&l, 0, 5 << 20), 4 << 20);
+        assert_eq!(object_len_below(&l, 1, 5 << 20), 1 << 20);
+    }
+
+    #[test]
+    fn striping_round_trips_and_covers_every_byte_once() {
+        for l in [
+            lay(16384, 4096, 3),
+            lay(8192, 8192, 1),
+            lay(16384, 4096, 1),
+            lay(65536, 4096, 4),
+        ] {
+            validate(&l).unwrap();
+            let total = 200_000u64;
+            let mut seen = std::collections::HashSet::new();
+            let mut covered = 0;
+            for e in file_to_extents(&l, 1234, total) {
+                for i in 0..e.len {
+                    let f = object_to_file(&l, e.objno, e.obj_off + i);
+                    assert_eq!(f, 1234 + e.buf_off + i, "layout {l:?}");
+                    assert!(seen.insert((e.objno, e.obj_off + i)));
+                }
+                covered += e.len;
+            }
+            assert_eq!(covered, total);
+        }
+    }
+
+    #[test]
+    fn truncate_lengths_match_byte_ownership() {
+        let l = lay(16384, 4096, 3);
+        let size = 50_000;
+        for objno in 0..12 {
+            let keep = object_len_below(&l, objno, size);
+            for b in 0..l.object_size as u64 {
+                let below = object_to_file(&l, objno, b) < size;
+                // Every byte below `keep` that maps under `size` is kept, none above it does.
+                if b >= keep {
+                    assert!(!below, "obj {objno} byte {b} keep {keep}");
+                }
+            }
+            if keep > 0 {
+                assert!(object_to_file(&l, objno, keep - 1) < size);
+            }
+        }
+        assert_eq!(objects_in_range(&l, 0, 4096 * 4), vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn validation() {
+        assert!(validate(&default_layout()).is_ok());
+        assert_eq!(validate(&lay(4096, 8192, 1)), Err(EINVAL));
+        assert_eq!(validate(&lay(12288, 8192, 1)), Err(EINVAL));
+        assert_eq!(validate(&lay(8192, 4096, 0)), Err(EINVAL));
+        assert_eq!(validate(&lay(8192, 1000, 1)), Err(EINVAL));
+    }
+
+    #[test]
+    fn object_names() {
+        let n = object_name(0x10000000001, 3);
+        assert_eq!(n, "0000010000000001.00000003");
+        assert_eq!(parse_object_name(&n), Some((0x10000000001, 3)));
+        assert_eq!(parse_object_name("../etc/passwd"), None);
+        assert_eq!(parse_object_name("zz"), None);
+    }
+}

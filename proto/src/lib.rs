@@ -1,0 +1,30 @@
+//! Shoal's wire contract, shared by every daemon and client.
+//!
+//! - [`mds`], [`osd`]: the generated gRPC services and messages (`proto/*.proto`).
+//! - [`error`]: how a POSIX errno travels inside a `tonic::Status`, both directions.
+//! - [`layout`]: file striping math — which object holds which byte of a file, and object names.
+//! - [`placement`]: which OSD stores an object, a pure function of the OSD map.
+//! - [`limits`]: name and size limits both ends enforce.
+//!
+//! Both ends of a wire compute striping and placement with this crate, so they always agree.
+
+pub mod error;
+pub mod layout;
+pub mod limits;
+pub mod placement;
+
+/// Metadata service messages and gRPC stubs (`proto/mds.proto`).
+#[allow(clippy::all, missing_docs)]
+pub mod mds {
+    tonic::include_proto!("shoal.mds");
+}
+
+/// Object storage daemon messages and gRPC stubs (`proto/osd.proto`).
+#[allow(clippy::all, missing_docs)]
+pub mod osd {
+    tonic::include_proto!("shoal.osd");
+}
+
+/// Largest gRPC message any Shoal endpoint accepts or sends: a data RPC carries up to one
+/// object (4 MiB by default, 64 MiB at most) plus framing.
+pub const MAX_MESSAGE_BYTES: usize = 80 << 20;

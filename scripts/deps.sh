@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs the system packages Shoal needs to build and run on Debian/Ubuntu:
+#   libclang-dev  — RocksDB's bindings are generated with bindgen
+#   fuse3         — fusermount3 and /etc/fuse.conf for FUSE mounts
+#   pkg-config, g++, make — RocksDB is built from source
+#   git           — the test suite commits into a Shoal mount
+# protoc is not needed: shoal-proto takes it from the protoc-bin-vendored crate.
+# Run as root it installs what is missing with apt; otherwise it names what to install.
+set -euo pipefail
+
+need=()
+have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+for p in libclang-dev fuse3 pkg-config g++ make git; do
+  have_pkg "$p" || need+=("$p")
+done
+
+if [ ${#need[@]} -eq 0 ]; then
+  exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+  echo "shoal: missing system packages: ${need[*]}" >&2
+  echo "shoal: install them with:  sudo apt-get install -y ${need[*]}" >&2
+  exit 1
+fi
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "shoal: missing system packages: ${need[*]} (no apt-get here; install them with your package manager)" >&2
+  exit 1
+fi
+echo "shoal: installing ${need[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq >/dev/null || true
+apt-get install -y -qq "${need[@]}" >/dev/null
