@@ -17,11 +17,13 @@ use crate::fsm::Fsm;
 use crate::node::NodeHandle;
 
 /// Usage and last report of one OSD.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Liveness {
     last_heard: Instant,
     capacity: u64,
     used: u64,
+    free: u64,
+    device: String,
 }
 
 /// The service state shared by all handlers.
@@ -90,7 +92,9 @@ impl MdsService {
                     up: heard.is_some_and(|h| h < self.osd_grace),
                     capacity_bytes: l.map_or(r.capacity_bytes, |l| l.capacity),
                     used_bytes: l.map_or(0, |l| l.used),
+                    free_bytes: l.map_or(0, |l| l.free),
                     last_heard_ms: heard.map_or(0, |h| h.as_millis() as u64),
+                    device: l.map_or_else(String::new, |l| l.device.clone()),
                 }
             })
             .collect();
@@ -101,14 +105,16 @@ impl MdsService {
         })
     }
 
-    fn heard(&self, id: u32, capacity: u64, used: u64) {
+    fn heard(&self, r: OsdReportRequest) {
         let mut live = self.liveness.lock().unwrap_or_else(|p| p.into_inner());
         live.insert(
-            id,
+            r.id,
             Liveness {
                 last_heard: Instant::now(),
-                capacity,
-                used,
+                capacity: r.capacity_bytes,
+                used: r.used_bytes,
+                free: r.free_bytes,
+                device: r.device,
             },
         );
     }
@@ -168,13 +174,21 @@ impl Mds for MdsService {
     }
 
     async fn stat_fs(&self, _req: Request<StatFsRequest>) -> Reply<StatFsReply> {
+        // Each device counts once: OSDs sharing a disk share its capacity and free space.
         let map = self.osd_map()?;
-        let capacity: u64 = map.osds.iter().map(|o| o.capacity_bytes).sum();
-        let used: u64 = map.osds.iter().map(|o| o.used_bytes).sum();
+        let mut devices = std::collections::HashSet::new();
+        let (mut capacity, mut free, mut used) = (0u64, 0u64, 0u64);
+        for o in map.osds.iter().filter(|o| o.up) {
+            used += o.used_bytes;
+            if o.device.is_empty() || devices.insert(o.device.as_str()) {
+                capacity += o.capacity_bytes;
+                free += o.free_bytes;
+            }
+        }
         Ok(Response::new(StatFsReply {
             capacity_bytes: capacity,
             used_bytes: used,
-            free_bytes: capacity.saturating_sub(used),
+            free_bytes: free,
             files: self.fsm.files()?,
         }))
     }
@@ -217,7 +231,13 @@ impl Mds for MdsService {
                 r.addr
             )));
         }
-        let (id, cap, used) = (r.id, r.capacity_bytes, r.used_bytes);
+        let report = OsdReportRequest {
+            id: r.id,
+            capacity_bytes: r.capacity_bytes,
+            used_bytes: r.used_bytes,
+            free_bytes: r.capacity_bytes.saturating_sub(r.used_bytes),
+            device: String::new(),
+        };
         let epoch = match self.propose(Op::OsdBoot(r)).await? {
             Applied::Epoch(e) => e,
             other => {
@@ -226,7 +246,7 @@ impl Mds for MdsService {
                 )))
             }
         };
-        self.heard(id, cap, used);
+        self.heard(report);
         Ok(Response::new(OsdBootReply { epoch }))
     }
 
@@ -236,7 +256,7 @@ impl Mds for MdsService {
         if !records.iter().any(|o| o.id == r.id) {
             return Err(Status::not_found(format!("osd.{} has not booted", r.id)));
         }
-        self.heard(r.id, r.capacity_bytes, r.used_bytes);
+        self.heard(r);
         Ok(Response::new(Empty {}))
     }
 

@@ -1,1 +1,150 @@
+//! Shoal's object storage daemon.
+//!
+//! - [`store`]: objects as local files with a crc32 per 4 KiB block beside them; every read is
+//!   verified, every write fdatasync'd before it is acknowledged.
+//! - [`service`]: the gRPC `Osd` service (read, write, truncate, delete, stat by object name).
+//! - [`config`]: the daemon's settings; [`run`] starts everything.
+//!
+//! At start the OSD registers with the MDS (`OsdBoot`: id, address, host, capacity), then
+//! reports usage every few seconds; those reports are its heartbeat.
 
+pub mod config;
+pub mod service;
+pub mod store;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use shoal_proto::mds::mds_client::MdsClient;
+use shoal_proto::mds::{OsdBootRequest, OsdReportRequest};
+use shoal_proto::osd::osd_server::OsdServer;
+use tokio_stream::wrappers::TcpListenerStream;
+use tracing::{info, warn};
+
+pub use config::OsdConfig;
+
+/// Size and free space of the filesystem under a path.
+#[derive(Debug, Clone)]
+pub struct DiskSpace {
+    /// Total bytes.
+    pub capacity: u64,
+    /// Bytes available to us.
+    pub free: u64,
+    /// Identifies the filesystem, so co-located OSDs are not counted twice.
+    pub device: String,
+}
+
+/// Asks the kernel about the filesystem holding `path`.
+pub fn disk_space(path: &Path) -> std::io::Result<DiskSpace> {
+    use std::os::unix::fs::MetadataExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: statvfs is plain old data; `c` is a valid NUL-terminated path.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are valid for the duration of the call.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let dev = std::fs::metadata(path)?.dev();
+    let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+    Ok(DiskSpace {
+        capacity: st.f_blocks as u64 * st.f_frsize as u64,
+        free: st.f_bavail as u64 * st.f_frsize as u64,
+        device: format!("{}:{dev}", host.trim()),
+    })
+}
+
+/// Runs the OSD until `shutdown` resolves.
+pub async fn run(
+    cfg: OsdConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    cfg.validate()?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+    let store = Arc::new(
+        store::ObjectStore::open(&cfg.data_dir)
+            .with_context(|| format!("opening objects under {}", cfg.data_dir.display()))?,
+    );
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("binding {}", cfg.listen))?;
+    let addr = listener.local_addr()?;
+    std::fs::write(cfg.data_dir.join("addr"), addr.to_string())?;
+    info!(%addr, osd = cfg.id, "osd serving");
+
+    let reporter = tokio::spawn(report_loop(cfg.clone(), addr.to_string(), store.clone()));
+    let svc = service::OsdService::new(cfg.id, store);
+    let result = tonic::transport::Server::builder()
+        .add_service(
+            OsdServer::new(svc)
+                .max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(shoal_proto::MAX_MESSAGE_BYTES),
+        )
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await;
+    reporter.abort();
+    result.context("serving gRPC")
+}
+
+/// Registers with the MDS, then reports usage forever; re-registers if the MDS forgot us.
+async fn report_loop(cfg: OsdConfig, addr: String, store: Arc<store::ObjectStore>) {
+    let host = if cfg.host.is_empty() {
+        format!("host-{}", cfg.id)
+    } else {
+        cfg.host.clone()
+    };
+    let mut booted = false;
+    let mut next = 0usize;
+    loop {
+        let usage = store.usage();
+        let disk = disk_space(store.root()).unwrap_or(DiskSpace {
+            capacity: 0,
+            free: 0,
+            device: String::new(),
+        });
+        let mds = &cfg.mds[next % cfg.mds.len()];
+        let result = async {
+            let mut client = MdsClient::connect(format!("http://{mds}")).await?;
+            if !booted {
+                let reply = client
+                    .osd_boot(OsdBootRequest {
+                        id: cfg.id,
+                        addr: addr.clone(),
+                        host: host.clone(),
+                        capacity_bytes: disk.capacity,
+                        used_bytes: usage.bytes,
+                    })
+                    .await?;
+                info!(
+                    osd = cfg.id,
+                    epoch = reply.get_ref().epoch,
+                    "registered with the mds"
+                );
+                booted = true;
+            }
+            client
+                .osd_report(OsdReportRequest {
+                    id: cfg.id,
+                    capacity_bytes: disk.capacity,
+                    used_bytes: usage.bytes,
+                    free_bytes: disk.free,
+                    device: disk.device.clone(),
+                })
+                .await?;
+            anyhow::Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            warn!(osd = cfg.id, mds = %mds, error = %e, "cannot reach the mds; will retry");
+            next += 1;
+            // If the MDS lost its state or we were never acknowledged, register again.
+            booted = false;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        }
+        tokio::time::sleep(cfg.report_interval).await;
+    }
+}

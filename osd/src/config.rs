@@ -1,0 +1,47 @@
+//! The OSD daemon's settings.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Settings of one OSD. Every field has a default suited to a one-host cluster.
+#[derive(Debug, Clone)]
+pub struct OsdConfig {
+    /// The OSD's id in the cluster map.
+    pub id: u32,
+    /// Directory holding `objects/`, the `addr` file and the pid file.
+    pub data_dir: PathBuf,
+    /// Address to serve gRPC on; port 0 picks a free one (written to `data_dir/addr`).
+    pub listen: SocketAddr,
+    /// Metadata service addresses to register with (any member; the leader answers).
+    pub mds: Vec<String>,
+    /// Failure-domain label (defaults to `host-<id>` so each OSD is its own domain).
+    pub host: String,
+    /// How often usage is reported; it doubles as the heartbeat.
+    pub report_interval: Duration,
+}
+
+impl Default for OsdConfig {
+    fn default() -> Self {
+        OsdConfig {
+            id: 0,
+            data_dir: PathBuf::from("osd-data"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            mds: Vec::new(),
+            host: String::new(),
+            report_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+impl OsdConfig {
+    /// Rejects settings the OSD cannot run with.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(!self.mds.is_empty(), "at least one MDS address is needed");
+        anyhow::ensure!(
+            !self.report_interval.is_zero(),
+            "report_interval must be positive"
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,64 @@
+//! `shoal-osd`: the object storage daemon.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use shoal_osd::OsdConfig;
+
+/// Shoal object storage daemon.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// This OSD's id in the cluster map.
+    #[arg(long)]
+    id: u32,
+    /// State directory (objects live under DATA/objects).
+    #[arg(long)]
+    data: PathBuf,
+    /// gRPC listen address (port 0: any free port, written to DATA/addr).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// Metadata service address(es), comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    mds: Vec<String>,
+    /// Failure-domain label (default host-<id>).
+    #[arg(long, default_value = "")]
+    host: String,
+    /// Seconds between usage reports (the heartbeat).
+    #[arg(long, default_value_t = 2)]
+    report_secs: u64,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    std::fs::create_dir_all(&args.data)?;
+    std::fs::write(args.data.join("pid"), std::process::id().to_string())?;
+    let cfg = OsdConfig {
+        id: args.id,
+        data_dir: args.data,
+        listen: args.listen,
+        mds: args.mds,
+        host: args.host,
+        report_interval: Duration::from_secs(args.report_secs),
+    };
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(shoal_osd::run(cfg, shutdown_signal()))
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
