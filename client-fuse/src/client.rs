@@ -1,0 +1,478 @@
+//! The client's view of the filesystem, by inode number: what FUSE calls, minus FUSE.
+//!
+//! Owns the state of files open on this mount ([`FileState`]): the size and mtime reached by
+//! local writes not yet sent to the MDS, and whether the file was unlinked while open.
+//!
+//! Invariants:
+//! - File data goes straight to the OSDs (durable when the write returns); only the size and
+//!   mtime are deferred, and they reach the MDS on flush, fsync, close and before any setattr,
+//!   so an explicit utimes() or truncate is never overridden by an older write.
+//! - An attribute handed out overlays the local unflushed size/mtime on the MDS's answer.
+//! - A file unlinked while open here keeps its data until its last close on this mount; then
+//!   its objects are deleted and the MDS purges the inode.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use libc::{EBADF, EFBIG, EISDIR};
+use shoal_proto::mds::*;
+use tracing::warn;
+
+use crate::cluster::Cluster;
+use crate::error::ClientError;
+
+type Result<T> = std::result::Result<T, ClientError>;
+
+/// A file open on this mount.
+#[derive(Debug, Clone)]
+struct FileState {
+    /// Open handles on this mount.
+    open: u32,
+    layout: Layout,
+    /// Size as last heard from the MDS.
+    size: u64,
+    /// Size reached by local writes the MDS has not seen yet.
+    pending: Option<u64>,
+    /// Time of the newest unflushed write.
+    dirty_mtime: Option<Timespec>,
+    /// Bumped by every write, so a flush knows whether it covered the latest one.
+    generation: u64,
+    /// Unlinked while open: delete its data at last close.
+    orphan: bool,
+}
+
+/// One mount's client.
+pub struct Client {
+    cluster: Arc<Cluster>,
+    files: Mutex<HashMap<u64, FileState>>,
+}
+
+fn now() -> Timespec {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
+    Timespec {
+        sec: d.as_secs() as i64,
+        nsec: d.subsec_nanos(),
+    }
+}
+
+fn attr_of(reply: AttrReply) -> Result<Attr> {
+    reply
+        .attr
+        .ok_or_else(|| ClientError::Protocol("mds reply without attributes".into()))
+}
+
+impl Client {
+    /// A client over a connected cluster.
+    pub fn new(cluster: Arc<Cluster>) -> Client {
+        Client {
+            cluster,
+            files: Mutex::default(),
+        }
+    }
+
+    /// The cluster connections.
+    pub fn cluster(&self) -> &Arc<Cluster> {
+        &self.cluster
+    }
+
+    fn files(&self) -> std::sync::MutexGuard<'_, HashMap<u64, FileState>> {
+        self.files.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Lays local unflushed writes over an attribute from the MDS.
+    fn overlay(&self, mut attr: Attr) -> Attr {
+        if let Some(st) = self.files().get(&attr.ino) {
+            if let Some(p) = st.pending {
+                attr.size = attr.size.max(p);
+            }
+            if let Some(m) = st.dirty_mtime {
+                attr.mtime = Some(m);
+                attr.ctime = Some(m);
+            }
+        }
+        attr
+    }
+
+    /// Looks `name` up in directory `parent`.
+    pub async fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr> {
+        let req = LookupRequest {
+            parent,
+            name: Bytes::copy_from_slice(name),
+        };
+        let r = self
+            .cluster
+            .mds("lookup", |mut c| {
+                let req = req.clone();
+                async move { c.lookup(req).await }
+            })
+            .await?;
+        Ok(self.overlay(attr_of(r)?))
+    }
+
+    async fn getattr_raw(&self, ino: u64) -> Result<Attr> {
+        let r = self
+            .cluster
+            .mds("getattr", |mut c| async move {
+                c.get_attr(GetAttrRequest { ino }).await
+            })
+            .await?;
+        attr_of(r)
+    }
+
+    /// The attributes of `ino`.
+    pub async fn getattr(&self, ino: u64) -> Result<Attr> {
+        Ok(self.overlay(self.getattr_raw(ino).await?))
+    }
+
+    /// Changes attributes. A size change cuts the file's objects first, then the MDS.
+    pub async fn setattr(&self, req: SetAttrRequest) -> Result<Attr> {
+        let ino = req.ino;
+        self.flush(ino).await?;
+        if let Some(new_size) = req.size {
+            let attr = self.getattr_raw(ino).await?;
+            if attr.kind == FileKind::Directory as i32 {
+                return Err(ClientError::errno_msg(
+                    EISDIR,
+                    "cannot truncate a directory",
+                ));
+            }
+            if attr.kind == FileKind::Regular as i32 && new_size < attr.size {
+                let layout = attr
+                    .layout
+                    .unwrap_or_else(shoal_proto::layout::default_layout);
+                self.cluster
+                    .truncate(ino, &layout, new_size, attr.size)
+                    .await?;
+            }
+        }
+        let r = self
+            .cluster
+            .mds("setattr", |mut c| {
+                let req = req.clone();
+                async move { c.set_attr(req).await }
+            })
+            .await?;
+        let attr = attr_of(r)?;
+        if let Some(st) = self.files().get_mut(&ino) {
+            st.size = attr.size;
+        }
+        Ok(self.overlay(attr))
+    }
+
+    /// Creates a file, directory, device, fifo, socket or symlink.
+    pub async fn make_node(&self, req: MakeNodeRequest) -> Result<Attr> {
+        let r = self
+            .cluster
+            .mds("make_node", |mut c| {
+                let req = req.clone();
+                async move { c.make_node(req).await }
+            })
+            .await?;
+        attr_of(r)
+    }
+
+    /// Creates (or, without `exclusive`, opens an existing) regular file and opens it.
+    pub async fn create(&self, req: MakeNodeRequest) -> Result<Attr> {
+        let attr = self.make_node(req).await?;
+        self.opened(&attr);
+        Ok(self.overlay(attr))
+    }
+
+    /// Opens a file: registers it so writes can track its size.
+    pub async fn open(&self, ino: u64) -> Result<Attr> {
+        let attr = self.getattr_raw(ino).await?;
+        if attr.kind == FileKind::Regular as i32 {
+            self.opened(&attr);
+        }
+        Ok(self.overlay(attr))
+    }
+
+    fn opened(&self, attr: &Attr) {
+        let mut files = self.files();
+        let st = files.entry(attr.ino).or_insert_with(|| FileState {
+            open: 0,
+            layout: attr
+                .layout
+                .unwrap_or_else(shoal_proto::layout::default_layout),
+            size: attr.size,
+            pending: None,
+            dirty_mtime: None,
+            generation: 0,
+            orphan: false,
+        });
+        st.open += 1;
+    }
+
+    fn open_state(&self, ino: u64) -> Result<FileState> {
+        self.files()
+            .get(&ino)
+            .cloned()
+            .ok_or_else(|| ClientError::errno_msg(EBADF, format!("inode {ino} is not open")))
+    }
+
+    /// Reads up to `len` bytes at `off` of an open file.
+    pub async fn read(&self, ino: u64, off: u64, len: u32) -> Result<Bytes> {
+        let st = self.open_state(ino)?;
+        let size = st.pending.unwrap_or(0).max(st.size);
+        // The size may have grown through another mount; ask when reading past what we know.
+        let size = if off + len as u64 > size {
+            let fresh = self.getattr_raw(ino).await?.size;
+            if let Some(s) = self.files().get_mut(&ino) {
+                s.size = fresh;
+            }
+            fresh.max(size)
+        } else {
+            size
+        };
+        if off >= size {
+            return Ok(Bytes::new());
+        }
+        let len = (len as u64).min(size - off);
+        self.cluster.read(ino, &st.layout, off, len).await
+    }
+
+    /// Writes `data` at `off` of an open file; durable on the OSDs when this returns.
+    pub async fn write(&self, ino: u64, off: u64, data: Bytes) -> Result<u32> {
+        let st = self.open_state(ino)?;
+        let len = data.len() as u64;
+        let end = off
+            .checked_add(len)
+            .filter(|&e| e <= shoal_proto::limits::FILE_SIZE_MAX);
+        let Some(end) = end else {
+            return Err(ClientError::errno_msg(
+                EFBIG,
+                "write past the largest file size",
+            ));
+        };
+        self.cluster.write(ino, &st.layout, off, data).await?;
+        if let Some(s) = self.files().get_mut(&ino) {
+            if end > s.size {
+                s.pending = Some(s.pending.unwrap_or(0).max(end));
+            }
+            s.dirty_mtime = Some(now());
+            s.generation += 1;
+        }
+        Ok(len as u32)
+    }
+
+    /// Sends the size and mtime of local writes to the MDS.
+    pub async fn flush(&self, ino: u64) -> Result<()> {
+        let (pending, size, generation) = match self.files().get(&ino) {
+            Some(s) if s.dirty_mtime.is_some() => (s.pending, s.size, s.generation),
+            _ => return Ok(()),
+        };
+        let req = SetAttrRequest {
+            ino,
+            grow_size: Some(pending.unwrap_or(size)),
+            ..Default::default()
+        };
+        let r = self
+            .cluster
+            .mds("flush", |mut c| {
+                let req = req.clone();
+                async move { c.set_attr(req).await }
+            })
+            .await?;
+        let attr = attr_of(r)?;
+        if let Some(s) = self.files().get_mut(&ino) {
+            s.size = attr.size;
+            if s.generation == generation {
+                s.pending = None;
+                s.dirty_mtime = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes one handle; the last close of an unlinked file deletes its data.
+    pub async fn release(&self, ino: u64) -> Result<()> {
+        let flushed = self.flush(ino).await;
+        let last = {
+            let mut files = self.files();
+            match files.get_mut(&ino) {
+                Some(s) if s.open > 1 => {
+                    s.open -= 1;
+                    None
+                }
+                Some(_) => files.remove(&ino),
+                None => None,
+            }
+        };
+        if let Some(st) = last.filter(|s| s.orphan) {
+            let size = st.size.max(st.pending.unwrap_or(0));
+            self.purge(ino, &st.layout, size).await?;
+        }
+        flushed
+    }
+
+    /// Deletes an orphan's objects, then its inode.
+    async fn purge(&self, ino: u64, layout: &Layout, size: u64) -> Result<()> {
+        self.cluster.delete_data(ino, layout, size).await?;
+        self.cluster
+            .mds("purge", |mut c| async move {
+                c.purge(PurgeRequest { ino }).await
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// A file lost its last link: purge it now, or at its last close here.
+    async fn on_orphan(&self, orphan: Option<Orphaned>) -> Result<()> {
+        let Some(attr) = orphan.and_then(|o| o.attr) else {
+            return Ok(());
+        };
+        {
+            let mut files = self.files();
+            if let Some(st) = files.get_mut(&attr.ino) {
+                st.orphan = true;
+                return Ok(());
+            }
+        }
+        let layout = attr
+            .layout
+            .unwrap_or_else(shoal_proto::layout::default_layout);
+        if let Err(e) = self.purge(attr.ino, &layout, attr.size).await {
+            // The name is gone either way; the inode stays listed as an orphan on the MDS.
+            warn!(ino = attr.ino, error = %e, "cannot purge an unlinked file");
+        }
+        Ok(())
+    }
+
+    /// Removes a name (`dir`: rmdir).
+    pub async fn unlink(&self, parent: u64, name: &[u8], dir: bool) -> Result<()> {
+        let req = UnlinkRequest {
+            parent,
+            name: Bytes::copy_from_slice(name),
+            dir,
+        };
+        let r = self
+            .cluster
+            .mds("unlink", |mut c| {
+                let req = req.clone();
+                async move { c.unlink(req).await }
+            })
+            .await?;
+        self.on_orphan(r.orphan).await
+    }
+
+    /// Renames, with renameat2 flags.
+    pub async fn rename(&self, req: RenameRequest) -> Result<()> {
+        let r = self
+            .cluster
+            .mds("rename", |mut c| {
+                let req = req.clone();
+                async move { c.rename(req).await }
+            })
+            .await?;
+        self.on_orphan(r.orphan).await
+    }
+
+    /// Adds a hard link.
+    pub async fn link(&self, ino: u64, new_parent: u64, new_name: &[u8]) -> Result<Attr> {
+        let req = LinkRequest {
+            ino,
+            new_parent,
+            new_name: Bytes::copy_from_slice(new_name),
+        };
+        let r = self
+            .cluster
+            .mds("link", |mut c| {
+                let req = req.clone();
+                async move { c.link(req).await }
+            })
+            .await?;
+        Ok(self.overlay(attr_of(r)?))
+    }
+
+    /// A symlink's target.
+    pub async fn readlink(&self, ino: u64) -> Result<Bytes> {
+        let r = self
+            .cluster
+            .mds("readlink", |mut c| async move {
+                c.read_link(ReadLinkRequest { ino }).await
+            })
+            .await?;
+        Ok(r.target)
+    }
+
+    /// One page of a directory, after cookie `after`.
+    pub async fn readdir(&self, ino: u64, after: u64, limit: u32) -> Result<ReadDirReply> {
+        self.cluster
+            .mds("readdir", |mut c| async move {
+                c.read_dir(ReadDirRequest { ino, after, limit }).await
+            })
+            .await
+    }
+
+    /// Capacity and usage of the cluster.
+    pub async fn statfs(&self) -> Result<StatFsReply> {
+        self.cluster
+            .mds("statfs", |mut c| async move {
+                c.stat_fs(StatFsRequest {}).await
+            })
+            .await
+    }
+
+    /// An extended attribute's value.
+    pub async fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Bytes> {
+        let req = GetXattrRequest {
+            ino,
+            name: Bytes::copy_from_slice(name),
+        };
+        let r = self
+            .cluster
+            .mds("getxattr", |mut c| {
+                let req = req.clone();
+                async move { c.get_xattr(req).await }
+            })
+            .await?;
+        Ok(r.value)
+    }
+
+    /// Sets an extended attribute (flags: XATTR_CREATE / XATTR_REPLACE).
+    pub async fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: u32) -> Result<()> {
+        let req = SetXattrRequest {
+            ino,
+            name: Bytes::copy_from_slice(name),
+            value: Bytes::copy_from_slice(value),
+            flags,
+        };
+        self.cluster
+            .mds("setxattr", |mut c| {
+                let req = req.clone();
+                async move { c.set_xattr(req).await }
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// The names of a file's extended attributes.
+    pub async fn listxattr(&self, ino: u64) -> Result<Vec<Bytes>> {
+        let r = self
+            .cluster
+            .mds("listxattr", |mut c| async move {
+                c.list_xattr(ListXattrRequest { ino }).await
+            })
+            .await?;
+        Ok(r.names)
+    }
+
+    /// Removes an extended attribute.
+    pub async fn removexattr(&self, ino: u64, name: &[u8]) -> Result<()> {
+        let req = RemoveXattrRequest {
+            ino,
+            name: Bytes::copy_from_slice(name),
+        };
+        self.cluster
+            .mds("removexattr", |mut c| {
+                let req = req.clone();
+                async move { c.remove_xattr(req).await }
+            })
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,333 @@
+//! Talking to the cluster: the MDS (with retries across restarts) and the OSDs (striped,
+//! parallel object I/O placed by the OSD map).
+//!
+//! Retries: a call that fails at the transport level (daemon down, connection reset) is retried
+//! with backoff until `retry_for` has passed, refreshing the OSD map in between, since a
+//! restarted OSD may listen elsewhere. A call answered with an errno is never retried.
+//! Known limit: a mutation whose reply was lost is re-sent, which is not yet exactly-once.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures::future::try_join_all;
+use futures::{stream, StreamExt, TryStreamExt};
+use shoal_proto::error::{status_errno, WireError};
+use shoal_proto::layout::{file_to_extents, object_len_below, object_name, objects_in_range};
+use shoal_proto::mds::mds_client::MdsClient;
+use shoal_proto::mds::{GetOsdMapRequest, Layout, OsdMap};
+use shoal_proto::osd::osd_client::OsdClient;
+use shoal_proto::osd::{DeleteRequest, ReadRequest, TruncateRequest, WriteRequest};
+use shoal_proto::placement::{object_pg, pg_osd};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Response, Status};
+use tracing::{debug, warn};
+
+use crate::error::ClientError;
+
+/// The OSD map as the client uses it: placement inputs and a channel per OSD.
+struct MapView {
+    epoch: u64,
+    pg_count: u32,
+    ids: Vec<u32>,
+    clients: HashMap<u32, (String, OsdClient<Channel>)>,
+}
+
+/// Connections to one cluster.
+pub struct Cluster {
+    mds: Vec<MdsClient<Channel>>,
+    map: RwLock<Arc<MapView>>,
+    retry_for: Duration,
+}
+
+fn channel(addr: &str) -> Result<Channel, ClientError> {
+    let ep = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| ClientError::Protocol(format!("bad address {addr:?}: {e}")))?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5));
+    Ok(ep.connect_lazy())
+}
+
+impl Cluster {
+    /// Connects (lazily) to the MDS at `mds` addresses and loads the OSD map.
+    pub async fn connect(mds: &[String], retry_for: Duration) -> Result<Arc<Cluster>, ClientError> {
+        if mds.is_empty() {
+            return Err(ClientError::Protocol("no MDS address given".into()));
+        }
+        let mds = mds
+            .iter()
+            .map(|a| {
+                Ok(MdsClient::new(channel(a)?)
+                    .max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(shoal_proto::MAX_MESSAGE_BYTES))
+            })
+            .collect::<Result<Vec<_>, ClientError>>()?;
+        let cluster = Arc::new(Cluster {
+            mds,
+            map: RwLock::new(Arc::new(MapView {
+                epoch: 0,
+                pg_count: 1,
+                ids: Vec::new(),
+                clients: HashMap::new(),
+            })),
+            retry_for,
+        });
+        cluster.refresh_map().await?;
+        Ok(cluster)
+    }
+
+    /// Calls the MDS, retrying transport failures (trying each member in turn) until the
+    /// retry window closes.
+    pub async fn mds<T, F, Fut>(&self, what: &str, f: F) -> Result<T, ClientError>
+    where
+        F: Fn(MdsClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        let start = Instant::now();
+        let mut backoff = Duration::from_millis(50);
+        let mut i = 0usize;
+        loop {
+            let client = self.mds[i % self.mds.len()].clone();
+            match f(client).await {
+                Ok(r) => return Ok(r.into_inner()),
+                Err(status) => match status_errno(&status) {
+                    WireError::Transport(m) => {
+                        if start.elapsed() >= self.retry_for {
+                            return Err(ClientError::Unavailable {
+                                what: format!("mds {what}"),
+                                last: m,
+                            });
+                        }
+                        debug!(op = what, error = %m, "mds unreachable, retrying");
+                        i += 1;
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                    }
+                    other => return Err(other.into()),
+                },
+            }
+        }
+    }
+
+    /// Fetches the OSD map and (re)connects to OSDs whose address changed.
+    pub async fn refresh_map(&self) -> Result<(), ClientError> {
+        let map: OsdMap = self
+            .mds("get_osd_map", |mut c| async move {
+                c.get_osd_map(GetOsdMapRequest {}).await
+            })
+            .await?;
+        let old = self.map.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut clients = HashMap::new();
+        for o in &map.osds {
+            let client = match old.clients.get(&o.id) {
+                Some((addr, c)) if *addr == o.addr => c.clone(),
+                _ => OsdClient::new(channel(&o.addr)?)
+                    .max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(shoal_proto::MAX_MESSAGE_BYTES),
+            };
+            clients.insert(o.id, (o.addr.clone(), client));
+        }
+        let mut ids: Vec<u32> = map.osds.iter().map(|o| o.id).collect();
+        ids.sort_unstable();
+        *self.map.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(MapView {
+            epoch: map.epoch,
+            pg_count: map.pg_count.max(1),
+            ids,
+            clients,
+        });
+        Ok(())
+    }
+
+    /// The OSD map epoch the client currently uses.
+    pub fn map_epoch(&self) -> u64 {
+        self.map.read().unwrap_or_else(|p| p.into_inner()).epoch
+    }
+
+    /// Calls the OSD holding `object`, retrying transport failures with map refreshes.
+    async fn osd<T, F, Fut>(&self, object: &str, f: F) -> Result<T, ClientError>
+    where
+        F: Fn(OsdClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        let start = Instant::now();
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let target = {
+                let map = self.map.read().unwrap_or_else(|p| p.into_inner()).clone();
+                let pg = object_pg(object, map.pg_count);
+                pg_osd(pg, map.ids.iter().copied())
+                    .and_then(|id| map.clients.get(&id).map(|(_, c)| (id, c.clone())))
+            };
+            let last = match target {
+                None => "no OSDs in the cluster map".to_string(),
+                Some((id, client)) => match f(client).await {
+                    Ok(r) => return Ok(r.into_inner()),
+                    Err(status) => match status_errno(&status) {
+                        WireError::Transport(m) => format!("osd.{id}: {m}"),
+                        other => return Err(other.into()),
+                    },
+                },
+            };
+            if start.elapsed() >= self.retry_for {
+                return Err(ClientError::Unavailable {
+                    what: format!("object {object}"),
+                    last,
+                });
+            }
+            debug!(object, error = %last, "osd unreachable, retrying");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+            if let Err(e) = self.refresh_map().await {
+                warn!(error = %e, "cannot refresh the osd map");
+            }
+        }
+    }
+
+    /// Writes `data` at file offset `off` of inode `ino`: one request per object, all in
+    /// parallel; each carries a slice of `data` (no copy).
+    pub async fn write(
+        &self,
+        ino: u64,
+        layout: &Layout,
+        off: u64,
+        data: Bytes,
+    ) -> Result<(), ClientError> {
+        let extents = file_to_extents(layout, off, data.len() as u64);
+        try_join_all(extents.into_iter().map(|e| {
+            let object = object_name(ino, e.objno);
+            let piece = data.slice(e.buf_off as usize..(e.buf_off + e.len) as usize);
+            async move {
+                self.osd(&object, |mut c| {
+                    let req = WriteRequest {
+                        object: object.clone(),
+                        offset: e.obj_off,
+                        data: piece.clone(),
+                    };
+                    async move { c.write(req).await }
+                })
+                .await
+            }
+        }))
+        .await?;
+        Ok(())
+    }
+
+    /// Reads `len` bytes at `off` (the caller bounds it by the file size); holes and missing
+    /// objects read as zeros.
+    pub async fn read(
+        &self,
+        ino: u64,
+        layout: &Layout,
+        off: u64,
+        len: u64,
+    ) -> Result<Bytes, ClientError> {
+        let extents = file_to_extents(layout, off, len);
+        if let [e] = extents.as_slice() {
+            // One object: hand its bytes through unless it is short.
+            let data = self.read_extent(ino, e.objno, e.obj_off, e.len).await?;
+            if data.len() as u64 == len {
+                return Ok(data);
+            }
+        }
+        let pieces = try_join_all(
+            extents
+                .iter()
+                .map(|e| self.read_extent(ino, e.objno, e.obj_off, e.len)),
+        )
+        .await?;
+        let mut out = BytesMut::zeroed(len as usize);
+        for (e, piece) in extents.iter().zip(pieces) {
+            let at = e.buf_off as usize;
+            out[at..at + piece.len()].copy_from_slice(&piece);
+        }
+        Ok(out.freeze())
+    }
+
+    async fn read_extent(
+        &self,
+        ino: u64,
+        objno: u64,
+        obj_off: u64,
+        len: u64,
+    ) -> Result<Bytes, ClientError> {
+        let object = object_name(ino, objno);
+        let reply = self
+            .osd(&object, |mut c| {
+                let req = ReadRequest {
+                    object: object.clone(),
+                    offset: obj_off,
+                    len: len as u32,
+                };
+                async move { c.read(req).await }
+            })
+            .await?;
+        if reply.data.len() as u64 > len {
+            return Err(ClientError::Protocol(format!(
+                "object {object}: asked {len} bytes, got {}",
+                reply.data.len()
+            )));
+        }
+        Ok(reply.data)
+    }
+
+    /// Cuts the objects of a file that shrinks from `old_size` to `new_size`: objects wholly
+    /// past the end are deleted, the one holding the new end is shortened.
+    pub async fn truncate(
+        &self,
+        ino: u64,
+        layout: &Layout,
+        new_size: u64,
+        old_size: u64,
+    ) -> Result<(), ClientError> {
+        // Bounded fan-out: a huge sparse file can span thousands of objects.
+        let objects = objects_in_range(layout, new_size, old_size);
+        stream::iter(objects.into_iter().map(|objno| {
+            let object = object_name(ino, objno);
+            let keep = object_len_below(layout, objno, new_size);
+            async move {
+                if keep == 0 {
+                    self.delete_object(&object).await
+                } else {
+                    self.osd(&object, |mut c| {
+                        let req = TruncateRequest {
+                            object: object.clone(),
+                            size: keep,
+                        };
+                        async move { c.truncate(req).await }
+                    })
+                    .await
+                    .map(|_| ())
+                }
+            }
+        }))
+        .buffer_unordered(64)
+        .try_collect::<Vec<()>>()
+        .await?;
+        Ok(())
+    }
+
+    /// Deletes every object of a file of `size` bytes.
+    pub async fn delete_data(
+        &self,
+        ino: u64,
+        layout: &Layout,
+        size: u64,
+    ) -> Result<(), ClientError> {
+        self.truncate(ino, layout, 0, size).await
+    }
+
+    async fn delete_object(&self, object: &str) -> Result<(), ClientError> {
+        self.osd(object, |mut c| {
+            let req = DeleteRequest {
+                object: object.to_string(),
+            };
+            async move { c.delete(req).await }
+        })
+        .await
+        .map(|_| ())
+    }
+}

@@ -1,0 +1,653 @@
+//! The FUSE face of the client: each kernel request is handed to a tokio task that calls
+//! [`Client`] and replies from there, so slow I/O never blocks the FUSE dispatch threads.
+//!
+//! Inode numbers are the MDS's; FUSE's root (1) is the MDS root. Directory offsets are the
+//! MDS's stable readdir cookies; 1 and 2 are "." and "..".
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use fuser::{
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use shoal_proto::limits::check_name;
+use shoal_proto::mds::{
+    Attr, FileKind, MakeNodeRequest, RenameRequest, SetAttrRequest, SetTime, Timespec,
+};
+use tracing::warn;
+
+use crate::client::Client;
+use crate::error::ClientError;
+
+/// Largest write the kernel sends us in one request.
+pub const MAX_WRITE: u32 = 1 << 20;
+/// Directory entries fetched from the MDS per readdir call.
+const READDIR_PAGE: u32 = 256;
+
+/// The mounted filesystem.
+pub struct ShoalFs {
+    client: Arc<Client>,
+    rt: tokio::runtime::Handle,
+    ttl: Duration,
+}
+
+fn ts_to_system(t: Option<Timespec>) -> SystemTime {
+    let t = t.unwrap_or_default();
+    let nsec = Duration::from_nanos(t.nsec.min(999_999_999) as u64);
+    if t.sec >= 0 {
+        UNIX_EPOCH + Duration::from_secs(t.sec as u64) + nsec
+    } else {
+        UNIX_EPOCH - Duration::from_secs(t.sec.unsigned_abs()) + nsec
+    }
+}
+
+fn system_to_ts(t: SystemTime) -> Timespec {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => Timespec {
+            sec: d.as_secs() as i64,
+            nsec: d.subsec_nanos(),
+        },
+        Err(e) => {
+            let d = e.duration();
+            let (mut sec, mut nsec) = (-(d.as_secs() as i64), d.subsec_nanos());
+            if nsec > 0 {
+                sec -= 1;
+                nsec = 1_000_000_000 - nsec;
+            }
+            Timespec { sec, nsec }
+        }
+    }
+}
+
+fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
+    t.map(|t| match t {
+        TimeOrNow::Now => SetTime {
+            now: true,
+            time: None,
+        },
+        TimeOrNow::SpecificTime(t) => SetTime {
+            now: false,
+            time: Some(system_to_ts(t)),
+        },
+    })
+}
+
+fn file_type(kind: i32) -> Result<FileType, ClientError> {
+    Ok(match FileKind::try_from(kind) {
+        Ok(FileKind::Regular) => FileType::RegularFile,
+        Ok(FileKind::Directory) => FileType::Directory,
+        Ok(FileKind::Symlink) => FileType::Symlink,
+        Ok(FileKind::Fifo) => FileType::NamedPipe,
+        Ok(FileKind::CharDevice) => FileType::CharDevice,
+        Ok(FileKind::BlockDevice) => FileType::BlockDevice,
+        Ok(FileKind::Socket) => FileType::Socket,
+        Ok(FileKind::Unspecified) | Err(_) => {
+            return Err(ClientError::Protocol(format!("unknown file kind {kind}")))
+        }
+    })
+}
+
+fn kind_of_mode(mode: u32) -> Option<FileKind> {
+    Some(match mode & libc::S_IFMT {
+        libc::S_IFREG | 0 => FileKind::Regular,
+        libc::S_IFDIR => FileKind::Directory,
+        libc::S_IFLNK => FileKind::Symlink,
+        libc::S_IFIFO => FileKind::Fifo,
+        libc::S_IFCHR => FileKind::CharDevice,
+        libc::S_IFBLK => FileKind::BlockDevice,
+        libc::S_IFSOCK => FileKind::Socket,
+        _ => return None,
+    })
+}
+
+/// Converts the MDS's attributes to FUSE's, refusing malformed ones.
+pub fn fuse_attr(a: &Attr) -> Result<FileAttr, ClientError> {
+    Ok(FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.size.div_ceil(512),
+        atime: ts_to_system(a.atime),
+        mtime: ts_to_system(a.mtime),
+        ctime: ts_to_system(a.ctime),
+        crtime: ts_to_system(a.ctime),
+        kind: file_type(a.kind)?,
+        perm: (a.perm & 0o7777) as u16,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: a.rdev,
+        blksize: MAX_WRITE,
+        flags: 0,
+    })
+}
+
+fn errno(e: &ClientError) -> Errno {
+    match e {
+        ClientError::Errno { .. } => {}
+        ClientError::Unavailable { .. } | ClientError::Protocol(_) => {
+            warn!(error = %e, "request failed");
+        }
+    }
+    Errno::from_i32(e.errno())
+}
+
+fn name_ok(name: &OsStr) -> Result<Vec<u8>, ClientError> {
+    check_name(name.as_bytes()).map_err(|e| ClientError::errno_msg(e, "invalid name"))?;
+    Ok(name.as_bytes().to_vec())
+}
+
+impl ShoalFs {
+    /// A filesystem served by `client`, its work run on `rt`.
+    pub fn new(client: Arc<Client>, rt: tokio::runtime::Handle, ttl: Duration) -> ShoalFs {
+        ShoalFs { client, rt, ttl }
+    }
+
+    fn go<F>(&self, f: impl FnOnce(Arc<Client>) -> F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.rt.spawn(f(self.client.clone()));
+    }
+
+    /// Creates a non-regular node; `node` is (kind, mode, rdev, symlink target).
+    fn make_node(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        node: (FileKind, u32, u32, &[u8]),
+        reply: ReplyEntry,
+    ) {
+        let (kind, perm, rdev, target) = node;
+        let name = match name_ok(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        let mk = MakeNodeRequest {
+            parent: parent.0,
+            name: name.into(),
+            kind: kind as i32,
+            perm: perm & 0o7777,
+            uid: req.uid(),
+            gid: req.gid(),
+            rdev,
+            target: Bytes::copy_from_slice(target),
+            exclusive: true,
+        };
+        let r = EntryReplier { ttl: self.ttl };
+        self.go(move |c| async move { r.reply(reply, c.make_node(mk).await) });
+    }
+}
+
+/// Replies to entry requests from tasks (which cannot borrow the filesystem).
+struct EntryReplier {
+    ttl: Duration,
+}
+
+impl EntryReplier {
+    fn reply(&self, reply: ReplyEntry, r: Result<Attr, ClientError>) {
+        match r.and_then(|a| fuse_attr(&a)) {
+            Ok(a) => reply.entry(&self.ttl, &a, Generation(0)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+}
+
+fn reply_empty(reply: ReplyEmpty, r: Result<(), ClientError>) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
+fn reply_attr(ttl: Duration, reply: ReplyAttr, r: Result<Attr, ClientError>) {
+    match r.and_then(|a| fuse_attr(&a)) {
+        Ok(a) => reply.attr(&ttl, &a),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
+fn reply_xattr(reply: ReplyXattr, size: u32, r: Result<Vec<u8>, ClientError>) {
+    match r {
+        Ok(v) if size == 0 => reply.size(v.len() as u32),
+        Ok(v) if v.len() > size as usize => reply.error(Errno::from_i32(libc::ERANGE)),
+        Ok(v) => reply.data(&v),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
+impl Filesystem for ShoalFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Each is best effort: an older kernel simply keeps its default.
+        let _ = config.set_max_write(MAX_WRITE);
+        let _ = config.set_max_readahead(MAX_WRITE);
+        let _ = config.add_capabilities(
+            InitFlags::FUSE_ASYNC_READ
+                | InitFlags::FUSE_BIG_WRITES
+                | InitFlags::FUSE_PARALLEL_DIROPS,
+        );
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let name = match name_ok(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        let r = EntryReplier { ttl: self.ttl };
+        self.go(move |c| async move { r.reply(reply, c.lookup(parent.0, &name).await) });
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let ttl = self.ttl;
+        self.go(move |c| async move { reply_attr(ttl, reply, c.getattr(ino.0).await) });
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let req = SetAttrRequest {
+            ino: ino.0,
+            perm: mode.map(|m| m & 0o7777),
+            uid,
+            gid,
+            size,
+            atime: set_time(atime),
+            mtime: set_time(mtime),
+            grow_size: None,
+        };
+        let ttl = self.ttl;
+        self.go(move |c| async move { reply_attr(ttl, reply, c.setattr(req).await) });
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.go(move |c| async move {
+            match c.readlink(ino.0).await {
+                Ok(t) => reply.data(&t),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        match kind_of_mode(mode) {
+            Some(FileKind::Directory | FileKind::Symlink) | None => reply.error(Errno::EINVAL),
+            Some(kind) => self.make_node(req, parent, name, (kind, mode, rdev, &[]), reply),
+        }
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        self.make_node(
+            req,
+            parent,
+            name,
+            (FileKind::Directory, mode, 0, &[]),
+            reply,
+        );
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = name.as_bytes().to_vec();
+        self.go(move |c| async move { reply_empty(reply, c.unlink(parent.0, &name, false).await) });
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = name.as_bytes().to_vec();
+        self.go(move |c| async move { reply_empty(reply, c.unlink(parent.0, &name, true).await) });
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let target = target.as_os_str().as_bytes();
+        if target.len() > shoal_proto::limits::SYMLINK_MAX {
+            return reply.error(Errno::from_i32(libc::ENAMETOOLONG));
+        }
+        self.make_node(
+            req,
+            parent,
+            link_name,
+            (FileKind::Symlink, 0o777, 0, target),
+            reply,
+        );
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        if flags.contains(RenameFlags::RENAME_WHITEOUT) {
+            return reply.error(Errno::EINVAL);
+        }
+        let new_name = match name_ok(newname) {
+            Ok(n) => n,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        let req = RenameRequest {
+            parent: parent.0,
+            name: Bytes::copy_from_slice(name.as_bytes()),
+            new_parent: newparent.0,
+            new_name: new_name.into(),
+            flags: flags.bits(),
+        };
+        self.go(move |c| async move { reply_empty(reply, c.rename(req).await) });
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let name = match name_ok(newname) {
+            Ok(n) => n,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        let r = EntryReplier { ttl: self.ttl };
+        self.go(move |c| async move { r.reply(reply, c.link(ino.0, newparent.0, &name).await) });
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.go(move |c| async move {
+            match c.open(ino.0).await {
+                Ok(_) => reply.opened(FileHandle(0), FopenFlags::empty()),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        self.go(move |c| async move {
+            match c.read(ino.0, offset, size).await {
+                Ok(data) => reply.data(&data),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        // The one copy of written data: out of FUSE's request buffer into a shared Bytes that
+        // every per-object request slices.
+        let data = Bytes::copy_from_slice(data);
+        self.go(move |c| async move {
+            match c.write(ino.0, offset, data).await {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        self.go(move |c| async move { reply_empty(reply, c.flush(ino.0).await) });
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.go(move |c| async move { reply_empty(reply, c.release(ino.0).await) });
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        // Data is durable on the OSDs when each write returns; what is left is the size.
+        self.go(move |c| async move { reply_empty(reply, c.flush(ino.0).await) });
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        self.go(move |c| async move {
+            if offset < 2 {
+                let parent = match c.getattr(ino.0).await {
+                    Ok(a) if a.kind == FileKind::Directory as i32 => a.parent.max(1),
+                    Ok(_) => return reply.error(Errno::ENOTDIR),
+                    Err(e) => return reply.error(errno(&e)),
+                };
+                if offset == 0 && reply.add(ino, 1, FileType::Directory, ".") {
+                    return reply.ok();
+                }
+                if reply.add(INodeNo(parent), 2, FileType::Directory, "..") {
+                    return reply.ok();
+                }
+            }
+            let mut after = if offset <= 2 { 0 } else { offset };
+            loop {
+                let page = match c.readdir(ino.0, after, READDIR_PAGE).await {
+                    Ok(p) => p,
+                    Err(e) => return reply.error(errno(&e)),
+                };
+                for e in &page.entries {
+                    let kind = match file_type(e.kind) {
+                        Ok(k) => k,
+                        Err(err) => return reply.error(errno(&err)),
+                    };
+                    if reply.add(INodeNo(e.ino), e.cookie, kind, OsStr::from_bytes(&e.name)) {
+                        return reply.ok();
+                    }
+                    after = e.cookie;
+                }
+                if page.eof || page.entries.is_empty() {
+                    return reply.ok();
+                }
+            }
+        });
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        // Namespace changes are durable in the MDS log before they are acknowledged.
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        self.go(move |c| async move {
+            match c.statfs().await {
+                Ok(s) => {
+                    const BSIZE: u64 = 4096;
+                    // Inodes are only bounded by MDS disk space; report a large, stable pool.
+                    const INODES: u64 = 1 << 32;
+                    reply.statfs(
+                        s.capacity_bytes / BSIZE,
+                        s.free_bytes / BSIZE,
+                        s.free_bytes / BSIZE,
+                        INODES,
+                        INODES.saturating_sub(s.files),
+                        BSIZE as u32,
+                        shoal_proto::limits::NAME_MAX as u32,
+                        BSIZE as u32,
+                    )
+                }
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let (name, value) = (name.as_bytes().to_vec(), value.to_vec());
+        self.go(move |c| async move {
+            reply_empty(reply, c.setxattr(ino.0, &name, &value, flags as u32).await)
+        });
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let name = name.as_bytes().to_vec();
+        self.go(move |c| async move {
+            reply_xattr(
+                reply,
+                size,
+                c.getxattr(ino.0, &name).await.map(|v| v.to_vec()),
+            )
+        });
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        self.go(move |c| async move {
+            let r = c.listxattr(ino.0).await.map(|names| {
+                let mut out = Vec::new();
+                for n in names {
+                    out.extend_from_slice(&n);
+                    out.push(0);
+                }
+                out
+            });
+            reply_xattr(reply, size, r)
+        });
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = name.as_bytes().to_vec();
+        self.go(move |c| async move { reply_empty(reply, c.removexattr(ino.0, &name).await) });
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // The kernel checks permissions itself (default_permissions).
+        reply.ok();
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let name = match name_ok(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        let mk = MakeNodeRequest {
+            parent: parent.0,
+            name: name.into(),
+            kind: FileKind::Regular as i32,
+            perm: mode & 0o7777,
+            uid: req.uid(),
+            gid: req.gid(),
+            rdev: 0,
+            target: Bytes::new(),
+            exclusive: flags & libc::O_EXCL != 0,
+        };
+        let ttl = self.ttl;
+        self.go(move |c| async move {
+            match c.create(mk).await.and_then(|a| fuse_attr(&a)) {
+                Ok(a) => reply.created(&ttl, &a, Generation(0), FileHandle(0), FopenFlags::empty()),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+}

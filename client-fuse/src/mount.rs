@@ -1,0 +1,334 @@
+//! Serving a mount: option parsing, stale-mount cleanup, the `mount.fuse.shoal` helper, and
+//! [`run`], which serves until the filesystem is unmounted or the process is told to stop.
+//!
+//! `mount -t fuse.shoal SOURCE MNT -o OPTS` runs `mount.fuse.shoal SOURCE MNT -o OPTS` (a link
+//! to `shoal-fuse`). SOURCE is `ADDR[,ADDR...]` of MDS members, or a cluster's data directory
+//! (`shoal up --data DIR`), whose `mds.*/addr` files name them. The helper starts the mount in
+//! the background and returns once it is live, as mount(8) expects.
+
+use std::ffi::OsString;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use fuser::{MountOption, SessionACL};
+use tracing::{info, warn};
+
+use crate::client::Client;
+use crate::cluster::Cluster;
+use crate::fuse::ShoalFs;
+
+/// Everything a mount needs.
+#[derive(Debug, Clone)]
+pub struct MountConfig {
+    /// MDS addresses.
+    pub mds: Vec<String>,
+    /// Where to mount.
+    pub mountpoint: PathBuf,
+    /// `-o` options (comma-separated lists allowed).
+    pub options: Vec<String>,
+    /// How long a call is retried while a daemon is unreachable before the application gets
+    /// ETIMEDOUT.
+    pub retry_for: Duration,
+    /// How long the kernel may cache attributes and names.
+    pub attr_ttl: Duration,
+    /// Written with our pid once mounted.
+    pub pid_file: Option<PathBuf>,
+}
+
+impl Default for MountConfig {
+    fn default() -> Self {
+        MountConfig {
+            mds: Vec::new(),
+            mountpoint: PathBuf::new(),
+            options: Vec::new(),
+            retry_for: Duration::from_secs(60),
+            attr_ttl: Duration::from_secs(1),
+            pid_file: None,
+        }
+    }
+}
+
+/// The mount options and access mode for a list of `-o` options; unknown ones are reported
+/// and ignored, as mount(8) passes generic ones (`_netdev`, `noauto`, `user`, ...) along.
+pub fn fuse_options(opts: &[String], fsname: &str) -> (Vec<MountOption>, SessionACL) {
+    let mut out = vec![
+        MountOption::FSName(fsname.to_string()),
+        MountOption::Subtype("shoal".into()),
+        MountOption::DefaultPermissions,
+    ];
+    // SAFETY: geteuid cannot fail and touches no memory.
+    let root = unsafe { libc::geteuid() } == 0;
+    let mut acl = if root {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    for o in opts
+        .iter()
+        .flat_map(|s| s.split(','))
+        .filter(|s| !s.is_empty())
+    {
+        match o {
+            "ro" => out.push(MountOption::RO),
+            "rw" => out.push(MountOption::RW),
+            "allow_other" => acl = SessionACL::All,
+            "allow_root" => acl = SessionACL::RootAndOwner,
+            "noatime" => out.push(MountOption::NoAtime),
+            "nosuid" => out.push(MountOption::NoSuid),
+            "suid" => out.push(MountOption::Suid),
+            "nodev" => out.push(MountOption::NoDev),
+            "dev" => out.push(MountOption::Dev),
+            "noexec" => out.push(MountOption::NoExec),
+            "exec" => out.push(MountOption::Exec),
+            "defaults" | "auto" | "noauto" | "_netdev" | "user" | "nouser" | "users" | "nofail" => {
+            }
+            other => warn!(option = other, "ignoring unknown mount option"),
+        }
+    }
+    (out, acl)
+}
+
+/// MDS addresses from a mount source: `ADDR[,ADDR...]` or a cluster data directory.
+pub fn resolve_source(source: &str) -> anyhow::Result<Vec<String>> {
+    let dir = Path::new(source);
+    if dir.is_dir() {
+        let mut addrs = Vec::new();
+        for e in std::fs::read_dir(dir)? {
+            let e = e?;
+            if e.file_name().to_string_lossy().starts_with("mds.") {
+                if let Ok(a) = std::fs::read_to_string(e.path().join("addr")) {
+                    addrs.push(a.trim().to_string());
+                }
+            }
+        }
+        if addrs.is_empty() {
+            bail!("{source} holds no mds.*/addr: is it a Shoal data directory?");
+        }
+        addrs.sort();
+        return Ok(addrs);
+    }
+    let addrs: Vec<String> = source
+        .split(',')
+        .map(|s| s.trim().trim_start_matches("shoal://").to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    for a in &addrs {
+        if !a.contains(':') {
+            bail!("mount source {a:?} is not HOST:PORT nor a data directory");
+        }
+    }
+    if addrs.is_empty() {
+        bail!("empty mount source");
+    }
+    Ok(addrs)
+}
+
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The filesystem type mounted at `path`, if any.
+pub fn mounted_fstype(path: &Path) -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = path.to_string_lossy();
+    let mut found = None;
+    for line in info.lines() {
+        let mut fields = line.split(' ');
+        let Some(mnt) = fields.nth(4) else { continue };
+        if unescape_mountinfo(mnt) == want {
+            // Fields after the " - " separator: fstype, source, options.
+            let fstype = line.split(" - ").nth(1)?.split(' ').next()?.to_string();
+            found = Some(fstype);
+        }
+    }
+    found
+}
+
+/// Unmounts a mount left behind by a client that died ("Transport endpoint is not
+/// connected"), so the directory can be mounted again.
+pub fn clear_stale_mount(path: &Path) -> anyhow::Result<()> {
+    match std::fs::metadata(path) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            warn!(path = %path.display(), "clearing a stale mount");
+            lazy_unmount(path)
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Detaches whatever is mounted at `path` (root: umount2; otherwise fusermount3 -uz).
+pub fn lazy_unmount(path: &Path) -> anyhow::Result<()> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
+    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
+        return Ok(());
+    }
+    let status = Command::new("fusermount3")
+        .arg("-u")
+        .arg("-z")
+        .arg(path)
+        .stderr(Stdio::null())
+        .status()
+        .context("running fusermount3")?;
+    if !status.success() {
+        bail!("cannot unmount {}", path.display());
+    }
+    Ok(())
+}
+
+/// Mounts and serves until unmounted or until `shutdown` resolves (then unmounts).
+pub fn run(
+    cfg: MountConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("shoal-client")
+        .build()?;
+    clear_stale_mount(&cfg.mountpoint)?;
+    let mnt = cfg
+        .mountpoint
+        .canonicalize()
+        .with_context(|| format!("mount point {}", cfg.mountpoint.display()))?;
+    let cluster = rt
+        .block_on(Cluster::connect(&cfg.mds, cfg.retry_for))
+        .with_context(|| format!("connecting to the cluster at {}", cfg.mds.join(",")))?;
+    // Keep the OSD map fresh in the background; failures are retried at the next tick.
+    let bg = cluster.clone();
+    rt.spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            let _ = bg.refresh_map().await;
+        }
+    });
+    let client = Arc::new(Client::new(cluster));
+    let fs = ShoalFs::new(client, rt.handle().clone(), cfg.attr_ttl);
+    let (options, acl) = fuse_options(&cfg.options, &format!("shoal:{}", cfg.mds.join(",")));
+    let mut config = fuser::Config::default();
+    config.mount_options = options;
+    config.acl = acl;
+    config.n_threads = Some(2);
+    let mut session = fuser::Session::new(fs, &mnt, &config)
+        .with_context(|| format!("mounting at {}", mnt.display()))?;
+    let mut unmounter = session.unmount_callable();
+    if let Some(p) = &cfg.pid_file {
+        std::fs::write(p, std::process::id().to_string())?;
+    }
+    info!(mountpoint = %mnt.display(), "mounted");
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("fuse-session".into())
+        .spawn(move || {
+            let _ = tx.send(session.run());
+        })?;
+    rt.block_on(async {
+        tokio::pin!(rx);
+        tokio::select! {
+            r = &mut rx => {
+                info!("unmounted");
+                r.unwrap_or(Ok(())).context("fuse session")
+            }
+            _ = shutdown => {
+                info!("stopping: unmounting");
+                if let Err(e) = unmounter.unmount() {
+                    warn!(error = %e, "unmount failed; detaching");
+                    lazy_unmount(&mnt)?;
+                }
+                let _ = tokio::time::timeout(Duration::from_secs(10), rx).await;
+                Ok(())
+            }
+        }
+    })
+}
+
+/// `mount.fuse.shoal SOURCE MNT [-o OPTS] [-n] [-s] [-f] [-v]`: starts `shoal-fuse` in the
+/// background and returns once the mount is live.
+pub fn helper_main(args: &[OsString]) -> anyhow::Result<()> {
+    let mut positional = Vec::new();
+    let mut opts = Vec::new();
+    let mut it = args.iter().skip(1);
+    while let Some(a) = it.next() {
+        match a.to_str() {
+            Some("-o") => opts.push(
+                it.next()
+                    .and_then(|o| o.to_str())
+                    .context("-o needs an option list")?
+                    .to_string(),
+            ),
+            Some(s) if s.starts_with("-o") => opts.push(s[2..].to_string()),
+            Some("-n" | "-s" | "-f" | "-v" | "-N") => {}
+            Some(s) if s.starts_with('-') && s.len() > 1 && !s.contains(':') => {
+                bail!("unknown flag {s}")
+            }
+            _ => positional.push(PathBuf::from(a)),
+        }
+    }
+    let [source, mnt] = positional.as_slice() else {
+        bail!("usage: mount.fuse.shoal SOURCE MOUNTPOINT [-o OPTIONS]");
+    };
+    let source = source.to_string_lossy();
+    let mds = resolve_source(&source)?;
+    let mnt = mnt
+        .canonicalize()
+        .with_context(|| format!("mount point {}", mnt.display()))?;
+    let exe = std::env::current_exe()?;
+    let exe = exe.canonicalize().unwrap_or(exe);
+    let mut cmd = Command::new(exe);
+    cmd.arg("--mds").arg(mds.join(",")).arg(&mnt);
+    for o in &opts {
+        cmd.arg("-o").arg(o);
+    }
+    // Its own process group: the mount outlives the shell that ran mount(8).
+    let mut child = cmd
+        .process_group(0)
+        .arg0("shoal-fuse")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting shoal-fuse")?;
+    wait_mounted(&mnt, &mut child, Duration::from_secs(30))
+}
+
+/// Waits until a FUSE filesystem is mounted at `mnt`, failing if `child` exits first.
+pub fn wait_mounted(
+    mnt: &Path,
+    child: &mut std::process::Child,
+    limit: Duration,
+) -> anyhow::Result<()> {
+    let start = Instant::now();
+    loop {
+        if mounted_fstype(mnt).is_some_and(|t| t.starts_with("fuse")) {
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "shoal-fuse exited ({status}) before {} was mounted",
+                mnt.display()
+            );
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            bail!("{} not mounted after {limit:?}", mnt.display());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
