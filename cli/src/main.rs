@@ -1,1 +1,412 @@
-fn main() {}
+//! `shoal`: start, stop, mount and inspect a Shoal cluster.
+
+use std::ffi::OsString;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use shoal_cli::procs::{self, ClusterFile, Member};
+use shoal_cli::status;
+
+/// Shoal: a distributed POSIX filesystem.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Start (or restart the stopped parts of) an all-in-one cluster on 127.0.0.1.
+    Up(UpArgs),
+    /// Unmount and stop every daemon of a cluster.
+    Down(DataArg),
+    /// Mount the cluster once more at MNT.
+    Mount(MountArgs),
+    /// Show MDS members, OSDs and a health word.
+    Status(StatusArgs),
+}
+
+#[derive(Args, Debug)]
+struct DataArg {
+    /// Cluster state directory.
+    #[arg(long, default_value = "shoal-data")]
+    data: PathBuf,
+}
+
+#[derive(Args, Debug)]
+struct UpArgs {
+    /// Cluster state directory.
+    #[arg(long, default_value = "shoal-data")]
+    data: PathBuf,
+    /// Mount the filesystem here.
+    #[arg(long)]
+    mount: Option<PathBuf>,
+    /// Number of MDS nodes (default 1).
+    #[arg(long)]
+    mds: Option<usize>,
+    /// Number of OSDs (default 3).
+    #[arg(long)]
+    osds: Option<usize>,
+    /// Return once everything is up instead of staying in the foreground.
+    #[arg(long)]
+    detach: bool,
+}
+
+#[derive(Args, Debug)]
+struct MountArgs {
+    /// Cluster state directory (used unless --mds is given).
+    #[arg(long, default_value = "shoal-data")]
+    data: PathBuf,
+    /// MDS address(es), comma-separated, instead of a data directory.
+    #[arg(long)]
+    mds: Option<String>,
+    /// Where to mount.
+    mountpoint: PathBuf,
+}
+
+#[derive(Args, Debug)]
+struct StatusArgs {
+    /// Cluster state directory (used unless --mds is given).
+    #[arg(long, default_value = "shoal-data")]
+    data: PathBuf,
+    /// MDS address(es), comma-separated.
+    #[arg(long)]
+    mds: Option<String>,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Up(a) => up(a),
+        Cmd::Down(a) => down(&a.data),
+        Cmd::Mount(a) => mount(a),
+        Cmd::Status(a) => status_cmd(a),
+    };
+    if let Err(e) = result {
+        eprintln!("shoal: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
+    fs::create_dir_all(p).with_context(|| format!("creating {}", p.display()))?;
+    Ok(p.canonicalize()?)
+}
+
+fn port_of(addr: &str) -> anyhow::Result<u16> {
+    addr.rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .with_context(|| format!("bad address {addr:?}"))
+}
+
+/// Polls the MDS until `ready` holds for its status.
+fn wait_status(
+    addrs: &[String],
+    what: &str,
+    limit: Duration,
+    ready: impl Fn(&shoal_proto::mds::StatusReply) -> bool,
+) -> anyhow::Result<()> {
+    let rt = runtime()?;
+    let start = Instant::now();
+    loop {
+        match rt.block_on(status::fetch(addrs)) {
+            Ok(st) if ready(&st) => return Ok(()),
+            Ok(_) => {}
+            Err(e) if start.elapsed() > limit => {
+                return Err(e.context(format!("waiting for {what}")))
+            }
+            Err(_) => {}
+        }
+        if start.elapsed() > limit {
+            bail!("timed out waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn up(a: UpArgs) -> anyhow::Result<()> {
+    let dir = absolute(&a.data)?;
+    let mut cf = match ClusterFile::load(&dir)? {
+        Some(cf) => {
+            if a.mds.is_some_and(|n| n != cf.mds.len())
+                || a.osds.is_some_and(|n| n != cf.osds.len())
+            {
+                bail!(
+                    "{} holds a cluster of {} MDS and {} OSDs; changing its size is not supported yet",
+                    dir.display(),
+                    cf.mds.len(),
+                    cf.osds.len()
+                );
+            }
+            cf
+        }
+        None => {
+            let (n_mds, n_osds) = (a.mds.unwrap_or(1), a.osds.unwrap_or(3));
+            if n_osds == 0 {
+                bail!("--osds must be at least 1");
+            }
+            ClusterFile {
+                mds: (1..=n_mds as u64)
+                    .map(|id| Member { id, port: 0 })
+                    .collect(),
+                osds: (0..n_osds as u64)
+                    .map(|id| Member { id, port: 0 })
+                    .collect(),
+                mount: None,
+            }
+        }
+    };
+    if cf.mds.len() != 1 {
+        bail!("only a single MDS is supported so far (--mds 1); a replicated MDS group is planned");
+    }
+    if let Some(m) = &a.mount {
+        cf.mount = Some(absolute(m)?);
+    }
+    let mut children: Vec<(String, Child)> = Vec::new();
+    let limit = Duration::from_secs(60);
+
+    for (i, m) in cf.mds.iter_mut().enumerate() {
+        let name = format!("mds.{i}");
+        if procs::running_pid(&dir, &name).is_some() {
+            continue;
+        }
+        let args: Vec<OsString> = vec![
+            "--id".into(),
+            m.id.to_string().into(),
+            "--data".into(),
+            dir.join(&name).into(),
+            "--listen".into(),
+            format!("127.0.0.1:{}", m.port).into(),
+        ];
+        let mut child = procs::spawn(&dir, &name, &procs::bin_path("shoal-mds")?, &args)?;
+        m.port = port_of(&procs::wait_addr(&dir, &name, &mut child, limit)?)?;
+        children.push((name, child));
+    }
+    cf.save(&dir)?;
+    let mds = cf.mds_addrs();
+    wait_status(&mds, "an MDS leader", limit, |st| st.leader_id != 0)?;
+
+    for o in cf.osds.iter_mut() {
+        let name = format!("osd.{}", o.id);
+        if procs::running_pid(&dir, &name).is_some() {
+            continue;
+        }
+        let args: Vec<OsString> = vec![
+            "--id".into(),
+            o.id.to_string().into(),
+            "--data".into(),
+            dir.join(&name).into(),
+            "--listen".into(),
+            format!("127.0.0.1:{}", o.port).into(),
+            "--mds".into(),
+            mds.join(",").into(),
+        ];
+        let mut child = procs::spawn(&dir, &name, &procs::bin_path("shoal-osd")?, &args)?;
+        o.port = port_of(&procs::wait_addr(&dir, &name, &mut child, limit)?)?;
+        children.push((name, child));
+    }
+    cf.save(&dir)?;
+    let n_osds = cf.osds.len();
+    wait_status(&mds, "every OSD to report", limit, |st| {
+        st.osd_map
+            .as_ref()
+            .is_some_and(|m| m.osds.iter().filter(|o| o.up).count() == n_osds)
+    })?;
+
+    if let Some(mnt) = &cf.mount {
+        let live = procs::running_pid(&dir, "client.0").is_some() && fs::metadata(mnt).is_ok();
+        if !live {
+            procs::unmount(Some(&dir), "client.0", mnt)?;
+            fs::create_dir_all(dir.join("client.0"))?;
+            fs::write(
+                dir.join("client.0").join("mountpoint"),
+                mnt.as_os_str().as_encoded_bytes(),
+            )?;
+            let child = procs::start_mount(&dir, "client.0", &mds, mnt)?;
+            children.push(("client.0".into(), child));
+        }
+    }
+
+    let rt = runtime()?;
+    if let Ok(st) = rt.block_on(status::fetch(&mds)) {
+        print!("{}", status::render(&status::report(&st)));
+    }
+    match &cf.mount {
+        Some(m) => println!(
+            "Shoal is up: data in {}, mounted at {}",
+            dir.display(),
+            m.display()
+        ),
+        None => println!(
+            "Shoal is up: data in {}, MDS at {}",
+            dir.display(),
+            mds.join(",")
+        ),
+    }
+    if a.detach {
+        return Ok(());
+    }
+    println!("Press Ctrl-C to stop it.");
+    rt.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                _ = term.recv() => break,
+                _ = tick.tick() => {
+                    // Reap daemons that exit, and say so.
+                    children.retain_mut(|(name, child)| match child.try_wait() {
+                        Ok(Some(status)) => {
+                            eprintln!("shoal: {name} exited ({status}); `shoal up` restarts it");
+                            false
+                        }
+                        _ => true,
+                    });
+                }
+            }
+        }
+        anyhow::Ok(())
+    })?;
+    println!("stopping...");
+    down(&dir)?;
+    for (_, mut child) in children {
+        let _ = child.wait();
+    }
+    Ok(())
+}
+
+fn down(data: &Path) -> anyhow::Result<()> {
+    let dir = data
+        .canonicalize()
+        .with_context(|| format!("no cluster at {}", data.display()))?;
+    let Some(cf) = ClusterFile::load(&dir)? else {
+        bail!("no cluster at {} (cluster.json missing)", dir.display());
+    };
+    let mut names: Vec<String> = fs::read_dir(&dir)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("client."))
+        .collect();
+    names.sort();
+    for name in &names {
+        let mnt = fs::read(dir.join(name).join("mountpoint"))
+            .ok()
+            .map(|b| PathBuf::from(String::from_utf8_lossy(&b).into_owned()));
+        match mnt {
+            Some(m) => procs::unmount(Some(&dir), name, &m)?,
+            None => procs::stop(&dir, name),
+        }
+    }
+    for o in &cf.osds {
+        procs::stop(&dir, &format!("osd.{}", o.id));
+    }
+    for i in 0..cf.mds.len() {
+        procs::stop(&dir, &format!("mds.{i}"));
+    }
+    println!("Shoal at {} is down", dir.display());
+    Ok(())
+}
+
+fn mount(a: MountArgs) -> anyhow::Result<()> {
+    match a.mds {
+        Some(addrs) => {
+            let mds = shoal_client::mount::resolve_source(&addrs)?;
+            fs::create_dir_all(&a.mountpoint)?;
+            let mnt = a.mountpoint.canonicalize()?;
+            let mut cmd = std::process::Command::new(procs::bin_path("shoal-fuse")?);
+            use std::os::unix::process::CommandExt;
+            let mut child = cmd
+                .arg("--mds")
+                .arg(mds.join(","))
+                .arg(&mnt)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .process_group(0)
+                .spawn()?;
+            shoal_client::mount::wait_mounted(&mnt, &mut child, Duration::from_secs(60))?;
+            println!(
+                "mounted at {} (stop with: umount {})",
+                mnt.display(),
+                mnt.display()
+            );
+        }
+        None => {
+            let dir = a
+                .data
+                .canonicalize()
+                .with_context(|| format!("no cluster at {}", a.data.display()))?;
+            let Some(cf) = ClusterFile::load(&dir)? else {
+                bail!("no cluster at {} (cluster.json missing)", dir.display());
+            };
+            let name = (1..)
+                .map(|n| format!("client.{n}"))
+                .find(|n| procs::running_pid(&dir, n).is_none())
+                .context("no free client name")?;
+            fs::create_dir_all(dir.join(&name))?;
+            let mnt = absolute(&a.mountpoint)?;
+            fs::write(
+                dir.join(&name).join("mountpoint"),
+                mnt.as_os_str().as_encoded_bytes(),
+            )?;
+            procs::start_mount(&dir, &name, &cf.mds_addrs(), &mnt)?;
+            println!("mounted at {} as {name}", mnt.display());
+        }
+    }
+    Ok(())
+}
+
+fn status_cmd(a: StatusArgs) -> anyhow::Result<()> {
+    let addrs = match a.mds {
+        Some(m) => shoal_client::mount::resolve_source(&m)?,
+        None => {
+            let Some(cf) = ClusterFile::load(&a.data)? else {
+                bail!(
+                    "no cluster at {} (cluster.json missing); use --mds ADDR",
+                    a.data.display()
+                );
+            };
+            cf.mds_addrs()
+        }
+    };
+    let rt = runtime()?;
+    match rt.block_on(status::fetch(&addrs)) {
+        Ok(st) => {
+            let r = status::report(&st);
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print!("{}", status::render(&r));
+            }
+            Ok(())
+        }
+        Err(e) => {
+            let reason = format!("no MDS answers at {}: {e:#}", addrs.join(","));
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"health": "HEALTH_ERR", "reasons": [reason]})
+                );
+            } else {
+                println!("health: HEALTH_ERR\n  - {reason}");
+            }
+            std::process::exit(1);
+        }
+    }
+}
