@@ -28,6 +28,8 @@ use crate::error::ClientError;
 
 /// Largest write the kernel sends us in one request.
 pub const MAX_WRITE: u32 = 1 << 20;
+/// How long a close() waits for the MDS to take the file's new size.
+const FLUSH_WAIT: Duration = Duration::from_secs(2);
 /// Directory entries fetched from the MDS per readdir call.
 const READDIR_PAGE: u32 = 256;
 
@@ -458,7 +460,21 @@ impl Filesystem for ShoalFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        self.go(move |c| async move { reply_empty(reply, c.flush(ino.0).await) });
+        // The kernel flushes on every close of every copy of a descriptor, including the
+        // copies a forking process closes at exec. So a close waits for the MDS only briefly:
+        // if the MDS is away the size stays dirty here and the flush finishes in the
+        // background (fsync and release still wait for it).
+        self.go(move |c| async move {
+            let task = tokio::spawn(async move { c.flush(ino.0).await });
+            match tokio::time::timeout(FLUSH_WAIT, task).await {
+                Ok(Ok(r)) => reply_empty(reply, r),
+                Ok(Err(e)) => reply_empty(
+                    reply,
+                    Err(ClientError::Protocol(format!("flush task: {e}"))),
+                ),
+                Err(_) => reply.ok(),
+            }
+        });
     }
 
     fn release(

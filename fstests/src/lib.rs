@@ -1,1 +1,199 @@
+//! The test-cluster kit: starts a real all-in-one cluster (`shoal up --detach`: MDS, OSDs and
+//! a FUSE client as separate processes on loopback) in a temporary directory, and tears it
+//! down in `Drop` even when a test fails.
+//!
+//! Binaries are found beside the test executable (`target/<profile>/`), so run
+//! `cargo build --workspace --bins` before the tests (the README's test command does).
 
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+/// A running cluster with one mount.
+pub struct TestCluster {
+    /// Holds `data/` and `mnt/`; removed on drop.
+    pub root: tempfile::TempDir,
+    /// The cluster's state directory (`shoal up --data`).
+    pub data: PathBuf,
+    /// Where client.0 mounts it.
+    pub mnt: PathBuf,
+}
+
+/// Path of a workspace binary.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let mut dir = exe
+        .parent()
+        .expect("test executable directory")
+        .to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let p = dir.join(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        p.display()
+    );
+    p
+}
+
+fn check(out: Output, what: &str) -> Output {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+impl TestCluster {
+    /// Starts a cluster with `osds` OSDs and mounts it.
+    pub fn start_with(osds: usize) -> TestCluster {
+        let mut root = tempfile::Builder::new()
+            .prefix("shoal-test-")
+            .tempdir()
+            .expect("temp dir");
+        // SHOAL_TEST_KEEP=1 keeps each test's daemon logs and data for a post-mortem.
+        root.disable_cleanup(std::env::var_os("SHOAL_TEST_KEEP").is_some());
+        let data = root.path().join("data");
+        let mnt = root.path().join("mnt");
+        let c = TestCluster { root, data, mnt };
+        let osds = osds.to_string();
+        c.shoal_ok(&[
+            "up",
+            "--osds",
+            &osds,
+            "--mount",
+            c.mnt.to_str().unwrap(),
+            "--detach",
+        ]);
+        c
+    }
+
+    /// Starts the default cluster (1 MDS, 3 OSDs) and mounts it.
+    pub fn start() -> TestCluster {
+        Self::start_with(3)
+    }
+
+    /// Runs `shoal ARGS --data DATA` and returns its output.
+    pub fn shoal(&self, args: &[&str]) -> Output {
+        Command::new(bin("shoal"))
+            .args(args)
+            .arg("--data")
+            .arg(&self.data)
+            .output()
+            .expect("running shoal")
+    }
+
+    /// Runs `shoal ARGS --data DATA`, asserting success.
+    pub fn shoal_ok(&self, args: &[&str]) -> Output {
+        check(self.shoal(args), &format!("shoal {}", args.join(" ")))
+    }
+
+    /// `shoal up --detach` again: restarts whatever is not running.
+    pub fn up(&self) {
+        self.shoal_ok(&["up", "--detach"]);
+    }
+
+    /// The pid of daemon `name` (`mds.0`, `osd.1`, `client.0`).
+    pub fn pid(&self, name: &str) -> i32 {
+        std::fs::read_to_string(self.data.join(name).join("pid"))
+            .unwrap_or_else(|e| panic!("pid of {name}: {e}"))
+            .trim()
+            .parse()
+            .expect("pid file holds a number")
+    }
+
+    /// SIGKILLs daemon `name` and waits until it is gone.
+    pub fn kill9(&self, name: &str) {
+        let pid = self.pid(name);
+        // SAFETY: kill has no memory effects.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let start = Instant::now();
+        while alive(pid) {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{name} did not die"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A path inside the mount.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+
+    /// `shoal status --json`, parsed.
+    pub fn status(&self) -> serde_json::Value {
+        let out = self.shoal_ok(&["status", "--json"]);
+        serde_json::from_slice(&out.stdout).expect("status --json is JSON")
+    }
+
+    /// Object files of every OSD (data files, not checksums).
+    pub fn object_files(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for osd in std::fs::read_dir(&self.data)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if !osd.file_name().to_string_lossy().starts_with("osd.") {
+                continue;
+            }
+            walk(&osd.path().join("objects"), &mut out);
+        }
+        out.retain(|p| p.extension().is_none_or(|e| e != "crc"));
+        out
+    }
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            walk(&p, out);
+        } else {
+            out.push(p);
+        }
+    }
+}
+
+/// Whether a process exists and is not a zombie.
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s
+            .rsplit_once(')')
+            .is_some_and(|(_, r)| !r.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        let _ = Command::new(bin("shoal"))
+            .arg("down")
+            .arg("--data")
+            .arg(&self.data)
+            .output();
+        // Whatever is left (a test that killed the client): detach it so the temp dir goes.
+        let _ = Command::new("umount").arg("-l").arg(&self.mnt).output();
+        for e in std::fs::read_dir(&self.data)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if let Ok(p) = std::fs::read_to_string(e.path().join("pid")) {
+                if let Ok(pid) = p.trim().parse::<i32>() {
+                    if alive(pid) {
+                        // SAFETY: kill has no memory effects.
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,1 +1,6 @@
+//! Shoal through real daemons and a real FUSE mount. Each test starts its own cluster.
 
+mod data;
+mod faults;
+mod namespace;
+mod tools;

@@ -42,6 +42,7 @@ pub async fn run(
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
     let db = store::Db::open(&cfg.data_dir.join("db")).context("opening the MDS database")?;
+    info!("database open");
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("binding {}", cfg.listen))?;

@@ -32,6 +32,7 @@ fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
+    tracing::info!(data = %args.data.display(), "shoal-mds starting");
     std::fs::create_dir_all(&args.data)?;
     std::fs::write(args.data.join("pid"), std::process::id().to_string())?;
     // SAFETY: getuid/getgid cannot fail and touch no memory.

@@ -1,0 +1,219 @@
+//! File data: large files, random offsets, sparse files past 4 GiB, truncate, fsync.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+
+use rand::{Rng, RngCore, SeedableRng};
+use shoal_fstests::TestCluster;
+
+fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut v);
+    v
+}
+
+#[test]
+fn a_256_mib_file_reads_back_byte_exact() {
+    let c = TestCluster::start();
+    let path = c.path("big");
+    let chunk = 1 << 20;
+    let mut f = File::create(&path).unwrap();
+    for i in 0..256u64 {
+        f.write_all(&random_bytes(i, chunk)).unwrap();
+    }
+    f.sync_all().unwrap();
+    drop(f);
+    assert_eq!(fs::metadata(&path).unwrap().len(), 256 << 20);
+    // A fresh open drops the kernel's cached pages, so these bytes come from the OSDs.
+    let mut f = File::open(&path).unwrap();
+    let mut buf = vec![0u8; chunk];
+    for i in 0..256u64 {
+        f.read_exact(&mut buf).unwrap();
+        assert!(buf == random_bytes(i, chunk), "MiB {i} differs");
+    }
+    assert_eq!(f.read(&mut buf).unwrap(), 0, "no bytes past the end");
+    // 64 objects of 4 MiB spread over all three OSDs.
+    let objects = c.object_files();
+    assert_eq!(objects.len(), 64);
+    for osd in ["osd.0", "osd.1", "osd.2"] {
+        assert!(
+            objects.iter().any(|p| p.starts_with(c.data.join(osd))),
+            "{osd} holds no object"
+        );
+    }
+}
+
+#[test]
+fn random_writes_match_a_local_reference() {
+    let c = TestCluster::start();
+    let dir = tempfile::tempdir().unwrap();
+    let ref_path = dir.path().join("ref");
+    let reference = File::create(&ref_path).unwrap();
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(c.path("rand"))
+        .unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    const SPAN: u64 = 24 << 20;
+    for _ in 0..600 {
+        let off = rng.gen_range(0..SPAN);
+        let len = rng.gen_range(1..300_000usize);
+        let data: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+        f.write_all_at(&data, off).unwrap();
+        reference.write_all_at(&data, off).unwrap();
+    }
+    f.sync_all().unwrap();
+    drop(f);
+    let want = fs::read(&ref_path).unwrap();
+    let got = fs::read(c.path("rand")).unwrap();
+    assert_eq!(got.len(), want.len());
+    assert!(got == want, "contents differ from the reference");
+    // Reads at random offsets and sizes, including across object boundaries and past EOF.
+    let f = File::open(c.path("rand")).unwrap();
+    for _ in 0..300 {
+        let off = rng.gen_range(0..want.len() as u64 + 1000);
+        let len = rng.gen_range(1..2_000_000usize);
+        let mut buf = vec![0u8; len];
+        let n = read_full_at(&f, &mut buf, off);
+        let end = (off as usize + len).min(want.len());
+        let expect = want.get(off as usize..end).unwrap_or(&[]);
+        assert_eq!(&buf[..n], expect, "read at {off}+{len}");
+    }
+}
+
+fn read_full_at(f: &File, buf: &mut [u8], off: u64) -> usize {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read_at(&mut buf[n..], off + n as u64).unwrap() {
+            0 => break,
+            k => n += k,
+        }
+    }
+    n
+}
+
+#[test]
+fn sparse_file_past_5_gib_and_truncate() {
+    let c = TestCluster::start();
+    let path = c.path("sparse");
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let far = (5u64 << 30) + 12345;
+    let tail = random_bytes(1, 3 << 20);
+    f.write_all_at(b"head", 0).unwrap();
+    f.write_all_at(&tail, far).unwrap();
+    f.sync_all().unwrap();
+    let size = far + tail.len() as u64;
+    assert_eq!(fs::metadata(&path).unwrap().len(), size);
+    drop(f);
+
+    let f = File::open(&path).unwrap();
+    let mut buf = vec![0u8; tail.len()];
+    assert_eq!(read_full_at(&f, &mut buf, far), tail.len());
+    assert!(buf == tail);
+    // Holes read as zeros, before 4 GiB and past it.
+    for off in [4096u64, 1 << 30, (4u64 << 30) - 10, 4u64 << 30, far - 100] {
+        let mut hole = vec![0xffu8; 64];
+        assert_eq!(read_full_at(&f, &mut hole, off), 64);
+        assert!(hole.iter().all(|&b| b == 0), "hole at {off} is not zeros");
+    }
+    let mut head = [0u8; 4];
+    f.read_exact_at(&mut head, 0).unwrap();
+    assert_eq!(&head, b"head");
+    drop(f);
+
+    // Truncate down into the tail, then up again: the cut bytes come back as zeros.
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let cut = far + 1000;
+    f.set_len(cut).unwrap();
+    assert_eq!(fs::metadata(&path).unwrap().len(), cut);
+    f.set_len(far + 5000).unwrap();
+    let mut buf = vec![0xffu8; 5000];
+    assert_eq!(read_full_at(&f, &mut buf, far), 5000);
+    assert_eq!(&buf[..1000], &tail[..1000]);
+    assert!(
+        buf[1000..].iter().all(|&b| b == 0),
+        "truncated bytes came back"
+    );
+    // Truncate to 2 bytes frees the far objects.
+    f.set_len(2).unwrap();
+    drop(f);
+    assert_eq!(fs::read(&path).unwrap(), b"he");
+    assert_eq!(
+        c.object_files().len(),
+        1,
+        "objects past the new end are deleted"
+    );
+    let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+    f.write_all(b"llo").unwrap();
+    drop(f);
+    assert_eq!(fs::read(&path).unwrap(), b"hello");
+}
+
+#[test]
+fn statfs_reports_real_capacity_and_unlinked_open_files_live_until_close() {
+    let c = TestCluster::start();
+    // statfs: the OSDs share this host's disk, so the cluster reports that disk once.
+    let st = statvfs(&c.mnt);
+    let local = statvfs(&c.data);
+    let cap = st.f_blocks * st.f_frsize;
+    let local_cap = local.f_blocks * local.f_frsize;
+    assert!(cap > 0);
+    assert!(
+        cap.abs_diff(local_cap) <= local_cap / 100,
+        "cluster {cap} vs disk {local_cap}"
+    );
+
+    // A file unlinked while open stays readable and writable until its last close.
+    let path = c.path("doomed");
+    let mut f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let data = random_bytes(3, 5 << 20);
+    f.write_all(&data).unwrap();
+    fs::remove_file(&path).unwrap();
+    assert!(!path.exists());
+    f.write_all(b"more").unwrap();
+    f.seek(SeekFrom::Start(0)).unwrap();
+    let mut back = Vec::new();
+    f.read_to_end(&mut back).unwrap();
+    assert_eq!(back.len(), data.len() + 4);
+    assert!(back[..data.len()] == data[..]);
+    assert!(!c.object_files().is_empty());
+    drop(f);
+    // Last close: its objects are deleted. FUSE sends the release after close() returns.
+    let start = std::time::Instant::now();
+    while !c.object_files().is_empty() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "objects remain: {:?}",
+            c.object_files()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+fn statvfs(p: &std::path::Path) -> libc::statvfs {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: plain old data, valid pointers for the call.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+    st
+}

@@ -1,0 +1,225 @@
+//! Daemons killed with SIGKILL mid-session, corrupt bytes on disk, the CLI's restart paths,
+//! and the mount(8) helper.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use shoal_fstests::{alive, bin, TestCluster};
+
+fn content(i: usize) -> Vec<u8> {
+    format!("file {i} ").repeat(1000 + i).into_bytes()
+}
+
+/// Writes, fsyncs and records files until told to stop; every recorded file was acknowledged.
+fn writer(c: &TestCluster, stop: &AtomicBool, done: &Mutex<Vec<usize>>) {
+    let mut i = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let mut f = File::create(c.path(&format!("w/{i}"))).unwrap();
+        f.write_all(&content(i)).unwrap();
+        f.sync_all().unwrap();
+        done.lock().unwrap().push(i);
+        i += 1;
+    }
+}
+
+fn check_all(c: &TestCluster, done: &[usize]) {
+    assert!(!done.is_empty());
+    for &i in done {
+        assert_eq!(
+            fs::read(c.path(&format!("w/{i}"))).unwrap(),
+            content(i),
+            "file {i}"
+        );
+    }
+}
+
+#[test]
+fn mds_killed_mid_write_loses_nothing_acknowledged() {
+    let c = TestCluster::start();
+    fs::create_dir(c.path("w")).unwrap();
+    let stop = AtomicBool::new(false);
+    let done = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        s.spawn(|| writer(&c, &stop, &done));
+        for _ in 0..3 {
+            std::thread::sleep(Duration::from_millis(700));
+            c.kill9("mds.0");
+            std::thread::sleep(Duration::from_millis(300));
+            c.up();
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        stop.store(true, Ordering::Relaxed);
+    });
+    let done = done.into_inner().unwrap();
+    check_all(&c, &done);
+    // Nothing half-applied: every listed name is a complete file, and nothing extra.
+    assert!(fs::read_dir(c.path("w")).unwrap().count() <= done.len() + 1);
+    assert_eq!(c.status()["health"], "HEALTH_OK");
+}
+
+#[test]
+fn each_osd_killed_and_restarted_keeps_fsynced_data() {
+    let c = TestCluster::start();
+    fs::create_dir(c.path("w")).unwrap();
+    let stop = AtomicBool::new(false);
+    let done = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        s.spawn(|| writer(&c, &stop, &done));
+        for osd in ["osd.0", "osd.1", "osd.2"] {
+            std::thread::sleep(Duration::from_millis(500));
+            let before = c.pid(osd);
+            c.kill9(osd);
+            std::thread::sleep(Duration::from_millis(300));
+            c.up();
+            assert_ne!(c.pid(osd), before, "{osd} was restarted");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        stop.store(true, Ordering::Relaxed);
+    });
+    check_all(&c, &done.into_inner().unwrap());
+}
+
+#[test]
+fn client_killed_then_remounted_by_up() {
+    let c = TestCluster::start();
+    let mut f = File::create(c.path("kept")).unwrap();
+    f.write_all(b"survives the client").unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    c.kill9("client.0");
+    // The dead mount answers with an error, never with data.
+    assert!(fs::read(c.path("kept")).is_err());
+    let others = (c.pid("mds.0"), c.pid("osd.0"));
+    c.up();
+    assert_eq!(fs::read(c.path("kept")).unwrap(), b"survives the client");
+    // Only the missing daemon was started.
+    assert_eq!((c.pid("mds.0"), c.pid("osd.0")), others);
+}
+
+#[test]
+fn a_flipped_byte_on_disk_reads_as_eio() {
+    let c = TestCluster::start();
+    let data = vec![0xabu8; 100_000];
+    fs::write(c.path("victim"), &data).unwrap();
+    let objects = c.object_files();
+    assert_eq!(objects.len(), 1);
+    let mut raw = fs::read(&objects[0]).unwrap();
+    raw[50_000] ^= 0x40;
+    fs::write(&objects[0], &raw).unwrap();
+    // A fresh open drops cached pages; the read must fail, not return the flipped byte.
+    let mut f = File::open(c.path("victim")).unwrap();
+    let mut buf = Vec::new();
+    let err = f.read_to_end(&mut buf).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO));
+    // Bytes in intact blocks still read.
+    let mut f = File::open(c.path("victim")).unwrap();
+    let mut head = vec![0u8; 4096];
+    f.read_exact(&mut head).unwrap();
+    assert!(head.iter().all(|&b| b == 0xab));
+    // Nothing crashed.
+    for d in ["mds.0", "osd.0", "osd.1", "osd.2", "client.0"] {
+        assert!(alive(c.pid(d)), "{d} died");
+    }
+    // Rewriting the file heals it.
+    fs::write(c.path("victim"), &data).unwrap();
+    assert_eq!(fs::read(c.path("victim")).unwrap(), data);
+}
+
+#[test]
+fn up_twice_status_and_second_mount() {
+    let c = TestCluster::start();
+    let pids: Vec<i32> = ["mds.0", "osd.0", "osd.1", "osd.2", "client.0"]
+        .iter()
+        .map(|d| c.pid(d))
+        .collect();
+    c.up();
+    let again: Vec<i32> = ["mds.0", "osd.0", "osd.1", "osd.2", "client.0"]
+        .iter()
+        .map(|d| c.pid(d))
+        .collect();
+    assert_eq!(pids, again, "up on a running cluster starts nothing");
+    let st = c.status();
+    assert_eq!(st["health"], "HEALTH_OK");
+    assert_eq!(st["osds"].as_array().unwrap().len(), 3);
+    assert_eq!(st["mds_leader"], 1);
+    let text = String::from_utf8(c.shoal_ok(&["status"]).stdout).unwrap();
+    assert!(
+        text.contains("HEALTH_OK") && text.contains("osd.2"),
+        "{text}"
+    );
+
+    // A second mount sees the first one's files.
+    fs::write(c.path("shared"), b"one namespace").unwrap();
+    let second = c.root.path().join("mnt2");
+    c.shoal_ok(&["mount", second.to_str().unwrap()]);
+    assert_eq!(fs::read(second.join("shared")).unwrap(), b"one namespace");
+    let out = Command::new("umount").arg(&second).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn mount_helper_and_mount_t_fuse_shoal() {
+    let c = TestCluster::start();
+    fs::write(c.path("hello"), b"via helper").unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    // The helper as mount(8) calls it: argv[0] mount.fuse.shoal, SOURCE MNT -o OPTIONS.
+    let helper = tmp.path().join("mount.fuse.shoal");
+    std::os::unix::fs::symlink(bin("shoal-fuse"), &helper).unwrap();
+    let mnt = tmp.path().join("m1");
+    fs::create_dir(&mnt).unwrap();
+    let out = Command::new(&helper)
+        .arg(&c.data)
+        .arg(&mnt)
+        .args(["-o", "rw,noatime,_netdev"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(fs::read(mnt.join("hello")).unwrap(), b"via helper");
+    assert!(Command::new("umount").arg(&mnt).status().unwrap().success());
+
+    // mount -t fuse.shoal through /sbin/mount.fuse.shoal, as /etc/fstab uses it (root only).
+    // SAFETY: geteuid has no memory effects.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("not root: skipping mount -t fuse.shoal");
+        return;
+    }
+    let sbin = std::path::Path::new("/sbin/mount.fuse.shoal");
+    if fs::read_link(sbin).ok().as_deref() != Some(bin("shoal-fuse").as_path()) {
+        let _ = fs::remove_file(sbin);
+        std::os::unix::fs::symlink(bin("shoal-fuse"), sbin).unwrap();
+    }
+    let addr = fs::read_to_string(c.data.join("mds.0/addr")).unwrap();
+    let mnt = tmp.path().join("m2");
+    fs::create_dir(&mnt).unwrap();
+    let out = Command::new("mount")
+        .args(["-t", "fuse.shoal", addr.trim()])
+        .arg(&mnt)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut f = OpenOptions::new()
+        .read(true)
+        .open(mnt.join("hello"))
+        .unwrap();
+    let mut s = String::new();
+    f.read_to_string(&mut s).unwrap();
+    assert_eq!(s, "via helper");
+    drop(f);
+    assert!(Command::new("umount").arg(&mnt).status().unwrap().success());
+}

@@ -1,0 +1,246 @@
+//! The namespace: many files, trees, renames, links, symlinks, xattrs, modes and times.
+
+use std::collections::BTreeSet;
+use std::fs::{self, File};
+use std::io::{ErrorKind, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use shoal_fstests::TestCluster;
+
+fn errno_of(r: std::io::Result<()>) -> i32 {
+    r.expect_err("the call should fail")
+        .raw_os_error()
+        .unwrap_or(0)
+}
+
+#[test]
+fn ten_thousand_files_in_one_directory() {
+    let c = TestCluster::start();
+    let dir = c.path("many");
+    fs::create_dir(&dir).unwrap();
+    const N: usize = 10_000;
+    // Four writers, so the MDS can batch their log appends.
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let dir = &dir;
+            s.spawn(move || {
+                for i in (t..N).step_by(4) {
+                    File::create(dir.join(format!("f{i:05}"))).unwrap();
+                }
+            });
+        }
+    });
+    let names: BTreeSet<String> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names.len(), N);
+    assert!(names.iter().all(|n| n.starts_with('f') && n.len() == 6));
+    let mut inos = BTreeSet::new();
+    for n in &names {
+        let m = fs::metadata(dir.join(n)).unwrap();
+        assert!(m.is_file());
+        assert_eq!(m.len(), 0);
+        inos.insert(m.ino());
+    }
+    assert_eq!(inos.len(), N, "every file has its own inode");
+    for n in &names {
+        fs::remove_file(dir.join(n)).unwrap();
+    }
+    assert_eq!(fs::read_dir(&dir).unwrap().count(), 0);
+    fs::remove_dir(&dir).unwrap();
+}
+
+#[test]
+fn nested_tree_and_directory_rules() {
+    let c = TestCluster::start();
+    let deep = c.path("a/b/c/d/e/f/g/h");
+    fs::create_dir_all(&deep).unwrap();
+    fs::write(deep.join("leaf"), b"leaf").unwrap();
+    for i in 0..5 {
+        for j in 0..5 {
+            let d = c.path(&format!("t/{i}/{j}"));
+            fs::create_dir_all(&d).unwrap();
+            fs::write(d.join("f"), format!("{i}{j}")).unwrap();
+        }
+    }
+    assert_eq!(fs::read(c.path("a/b/c/d/e/f/g/h/leaf")).unwrap(), b"leaf");
+    assert_eq!(fs::read_to_string(c.path("t/3/4/f")).unwrap(), "34");
+    // A directory's link count: 2 plus one per subdirectory.
+    assert_eq!(fs::metadata(c.path("t")).unwrap().nlink(), 2 + 5);
+    // rmdir of a non-empty directory fails; of an empty one works.
+    assert_eq!(errno_of(fs::remove_dir(c.path("t/0"))), libc::ENOTEMPTY);
+    fs::remove_dir_all(c.path("t")).unwrap();
+    assert!(!c.path("t").exists());
+    // Names: too long, already there, not a directory.
+    let long = "x".repeat(256);
+    assert_eq!(
+        errno_of(File::create(c.path(&long)).map(drop)),
+        libc::ENAMETOOLONG
+    );
+    assert_eq!(errno_of(fs::create_dir(c.path("a"))), libc::EEXIST);
+    assert_eq!(errno_of(fs::create_dir(deep.join("leaf/x"))), libc::ENOTDIR);
+    assert_eq!(
+        fs::metadata(c.path("missing")).unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+}
+
+#[test]
+fn rename_cases() {
+    let c = TestCluster::start();
+    let p = |s: &str| c.path(s);
+    fs::write(p("a"), b"A").unwrap();
+    fs::write(p("b"), b"B").unwrap();
+    // Over a file: the target's contents are replaced.
+    fs::rename(p("a"), p("b")).unwrap();
+    assert!(!p("a").exists());
+    assert_eq!(fs::read(p("b")).unwrap(), b"A");
+    // A directory over an empty directory, across parents.
+    fs::create_dir_all(p("d1/sub")).unwrap();
+    fs::write(p("d1/sub/x"), b"x").unwrap();
+    fs::create_dir_all(p("d2/empty")).unwrap();
+    fs::rename(p("d1/sub"), p("d2/empty")).unwrap();
+    assert_eq!(fs::read(p("d2/empty/x")).unwrap(), b"x");
+    assert!(!p("d1/sub").exists());
+    // Over a non-empty directory: ENOTEMPTY.
+    fs::create_dir_all(p("d3/full")).unwrap();
+    fs::write(p("d3/full/y"), b"y").unwrap();
+    fs::create_dir(p("d4")).unwrap();
+    assert_eq!(errno_of(fs::rename(p("d4"), p("d3/full"))), libc::ENOTEMPTY);
+    // A directory into its own subtree: EINVAL.
+    assert_eq!(
+        errno_of(fs::rename(p("d2"), p("d2/empty/inside"))),
+        libc::EINVAL
+    );
+    // File over directory and directory over file.
+    assert_eq!(errno_of(fs::rename(p("b"), p("d4"))), libc::EISDIR);
+    assert_eq!(errno_of(fs::rename(p("d4"), p("b"))), libc::ENOTDIR);
+    // Cross-directory file rename keeps the inode; ".." follows a moved directory.
+    let ino = fs::metadata(p("b")).unwrap().ino();
+    fs::rename(p("b"), p("d3/b2")).unwrap();
+    assert_eq!(fs::metadata(p("d3/b2")).unwrap().ino(), ino);
+    fs::rename(p("d4"), p("d3/d4")).unwrap();
+    assert_eq!(
+        fs::metadata(p("d3/d4/..")).unwrap().ino(),
+        fs::metadata(p("d3")).unwrap().ino()
+    );
+    let names: BTreeSet<String> = fs::read_dir(p("d3"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["b2", "d4", "full"].iter().map(|s| s.to_string()).collect()
+    );
+}
+
+#[test]
+fn hard_links_symlinks_xattrs_modes_times() {
+    let c = TestCluster::start();
+    let p = |s: &str| c.path(s);
+    fs::write(p("f"), b"data").unwrap();
+    fs::hard_link(p("f"), p("g")).unwrap();
+    fs::create_dir(p("d")).unwrap();
+    fs::hard_link(p("f"), p("d/h")).unwrap();
+    assert_eq!(fs::metadata(p("f")).unwrap().nlink(), 3);
+    assert_eq!(
+        fs::metadata(p("g")).unwrap().ino(),
+        fs::metadata(p("f")).unwrap().ino()
+    );
+    fs::remove_file(p("f")).unwrap();
+    assert_eq!(fs::metadata(p("g")).unwrap().nlink(), 2);
+    assert_eq!(fs::read(p("d/h")).unwrap(), b"data");
+    assert_eq!(errno_of(fs::hard_link(p("d"), p("dlink"))), libc::EPERM);
+
+    std::os::unix::fs::symlink("d/h", p("s")).unwrap();
+    assert_eq!(fs::read_link(p("s")).unwrap(), Path::new("d/h"));
+    assert_eq!(fs::read(p("s")).unwrap(), b"data");
+    assert!(fs::symlink_metadata(p("s"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    std::os::unix::fs::symlink("nowhere", p("dangling")).unwrap();
+    assert_eq!(
+        fs::read(p("dangling")).unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+
+    // chmod and utimes persist; ctime moves on chmod.
+    fs::set_permissions(p("g"), fs::Permissions::from_mode(0o640)).unwrap();
+    assert_eq!(fs::metadata(p("g")).unwrap().mode() & 0o7777, 0o640);
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
+    File::options()
+        .write(true)
+        .open(p("g"))
+        .unwrap()
+        .set_modified(t)
+        .unwrap();
+    assert_eq!(fs::metadata(p("g")).unwrap().mtime(), 1_000_000_000);
+    // A write after utimes moves mtime forward again, and survives close.
+    let mut f = File::options().append(true).open(p("g")).unwrap();
+    f.write_all(b"!").unwrap();
+    drop(f);
+    assert!(fs::metadata(p("g")).unwrap().mtime() > 1_000_000_000);
+    assert_eq!(fs::read(p("g")).unwrap(), b"data!");
+
+    // xattrs through the real syscalls.
+    let path = std::ffi::CString::new(p("g").into_os_string().into_encoded_bytes()).unwrap();
+    let name = c"user.color";
+    // SAFETY: valid C strings and buffers for each call.
+    unsafe {
+        assert_eq!(
+            libc::setxattr(path.as_ptr(), name.as_ptr(), b"blue".as_ptr().cast(), 4, 0),
+            0
+        );
+        let mut buf = [0u8; 16];
+        let n = libc::getxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        );
+        assert_eq!(n, 4);
+        assert_eq!(&buf[..4], b"blue");
+        let n = libc::listxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len());
+        assert_eq!(&buf[..n as usize], b"user.color\0");
+        // XATTR_CREATE on an existing name fails; remove then get fails with ENODATA.
+        assert_eq!(
+            libc::setxattr(
+                path.as_ptr(),
+                name.as_ptr(),
+                b"red".as_ptr().cast(),
+                3,
+                libc::XATTR_CREATE
+            ),
+            -1
+        );
+        assert_eq!(
+            std::io::Error::last_os_error().raw_os_error(),
+            Some(libc::EEXIST)
+        );
+        assert_eq!(libc::removexattr(path.as_ptr(), name.as_ptr()), 0);
+        assert_eq!(
+            libc::getxattr(
+                path.as_ptr(),
+                name.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len()
+            ),
+            -1
+        );
+        assert_eq!(
+            std::io::Error::last_os_error().raw_os_error(),
+            Some(libc::ENODATA)
+        );
+    }
+
+    // mknod: a fifo.
+    let fifo = std::ffi::CString::new(p("fifo").into_os_string().into_encoded_bytes()).unwrap();
+    // SAFETY: valid C string.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    assert!(std::os::unix::fs::FileTypeExt::is_fifo(
+        &fs::metadata(p("fifo")).unwrap().file_type()
+    ));
+}
