@@ -2,7 +2,7 @@
 # Installs the system packages Shoal needs to build and run on Debian/Ubuntu:
 #   libclang-dev  — RocksDB's bindings are generated with bindgen
 #   fuse3         — fusermount3 and /etc/fuse.conf for FUSE mounts
-#   pkg-config, g++, make — RocksDB is built from source
+#   pkg-config, g++, make — RocksDB is built from source; gcc — the suite compiles C in a mount
 #   git           — the test suite commits into a Shoal mount
 # protoc is not needed: shoal-proto takes it from the protoc-bin-vendored crate.
 # Run as root it installs what is missing with apt; otherwise it names what to install.
@@ -10,7 +10,7 @@ set -euo pipefail
 
 need=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-for p in libclang-dev fuse3 pkg-config g++ make git; do
+for p in libclang-dev fuse3 pkg-config gcc g++ make git; do
   have_pkg "$p" || need+=("$p")
 done
 

@@ -151,10 +151,7 @@ impl Client {
         }
         let r = self
             .cluster
-            .mds("setattr", |mut c| {
-                let req = req.clone();
-                async move { c.set_attr(req).await }
-            })
+            .mds("setattr", |mut c| async move { c.set_attr(req).await })
             .await?;
         let attr = attr_of(r)?;
         if let Some(st) = self.files().get_mut(&ino) {
@@ -272,10 +269,7 @@ impl Client {
         };
         let r = self
             .cluster
-            .mds("flush", |mut c| {
-                let req = req.clone();
-                async move { c.set_attr(req).await }
-            })
+            .mds("flush", |mut c| async move { c.set_attr(req).await })
             .await?;
         let attr = attr_of(r)?;
         if let Some(s) = self.files().get_mut(&ino) {

@@ -93,10 +93,13 @@ fn is_dir(a: &Attr) -> bool {
     a.kind == FileKind::Directory as i32
 }
 
+/// A pending write: the column family and the new value (`None`: delete).
+type PendingWrite = (Cf, Option<Vec<u8>>);
+
 /// Pending writes of one command, read back by later steps of the same command.
 struct Txn<'a> {
     db: &'a Db,
-    writes: BTreeMap<(u8, Vec<u8>), (Cf, Option<Vec<u8>>)>,
+    writes: BTreeMap<(u8, Vec<u8>), PendingWrite>,
 }
 
 impl<'a> Txn<'a> {

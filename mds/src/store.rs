@@ -17,6 +17,9 @@ use rocksdb::{ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
 
 use crate::error::MdsError;
 
+/// A key and value read from RocksDB.
+pub type KeyValue = (Box<[u8]>, Box<[u8]>);
+
 /// Column families of the MDS database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Cf {
@@ -110,7 +113,7 @@ impl Db {
         cf: Cf,
         prefix: &[u8],
         start: &[u8],
-    ) -> impl Iterator<Item = Result<(Box<[u8]>, Box<[u8]>), MdsError>> + '_ {
+    ) -> impl Iterator<Item = Result<KeyValue, MdsError>> + '_ {
         let prefix = prefix.to_vec();
         self.inner
             .iterator_cf(
@@ -202,8 +205,10 @@ impl RaftLog {
         let conf_state = match db.get(Cf::Raft, KEY_CONF_STATE)? {
             Some(b) => ConfState::parse_from_bytes(&b).map_err(|e| corrupt("conf state", e))?,
             None => {
-                let mut cs = ConfState::default();
-                cs.voters = voters.to_vec();
+                let cs = ConfState {
+                    voters: voters.to_vec(),
+                    ..Default::default()
+                };
                 let mut b = db.batch();
                 b.put(
                     Cf::Raft,
@@ -391,11 +396,12 @@ mod tests {
     use raft::Storage;
 
     fn entry(index: u64, term: u64) -> Entry {
-        let mut e = Entry::default();
-        e.index = index;
-        e.term = term;
-        e.data = vec![index as u8; 3].into();
-        e
+        Entry {
+            index,
+            term,
+            data: vec![index as u8; 3].into(),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -407,9 +413,11 @@ mod tests {
             assert_eq!(log.last_index().unwrap(), 0);
             log.append(&[entry(1, 1), entry(2, 1), entry(3, 1)], None)
                 .unwrap();
-            let mut hs = HardState::default();
-            hs.term = 2;
-            hs.commit = 1;
+            let hs = HardState {
+                term: 2,
+                commit: 1,
+                ..Default::default()
+            };
             log.append(&[entry(2, 2)], Some(&hs)).unwrap();
             assert_eq!(log.last_index().unwrap(), 2);
         }

@@ -360,7 +360,7 @@ impl ObjectStore {
         if size < old_size {
             // The new last block keeps a prefix of a verified old block.
             first = size / BLOCK;
-            if size % BLOCK != 0 {
+            if !size.is_multiple_of(BLOCK) {
                 let old = self.read_verified(object, &file, &crcs, first, old_size)?;
                 sums.extend_from_slice(
                     &crc32fast::hash(&old[..(size % BLOCK) as usize]).to_le_bytes(),

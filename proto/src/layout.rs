@@ -27,10 +27,10 @@ pub fn default_layout() -> Layout {
 /// Checks a layout; EINVAL when it cannot be used.
 pub fn validate(l: &Layout) -> Result<(), i32> {
     let ok = l.stripe_unit >= STRIPE_ALIGN
-        && l.stripe_unit % STRIPE_ALIGN == 0
+        && l.stripe_unit.is_multiple_of(STRIPE_ALIGN)
         && l.object_size >= l.stripe_unit
         && l.object_size <= MAX_OBJECT_SIZE
-        && l.object_size % l.stripe_unit == 0
+        && l.object_size.is_multiple_of(l.stripe_unit)
         && l.stripe_count >= 1
         && l.stripe_count <= 256;
     if ok {
