@@ -27,8 +27,27 @@ enum Cmd {
     Down(DataArg),
     /// Mount the cluster once more at MNT.
     Mount(MountArgs),
-    /// Show MDS members, OSDs and a health word.
+    /// Show MDS members, OSDs, PG states and a health word.
     Status(StatusArgs),
+    /// Scrub every PG now: compare the versions of all copies, or with --deep read every
+    /// block of every copy, verify its crc32, compare the copies and repair bad ones.
+    Scrub(ScrubArgs),
+}
+
+#[derive(Args, Debug)]
+struct ScrubArgs {
+    /// Cluster state directory (used unless --mds is given).
+    #[arg(long, default_value = "shoal-data")]
+    data: PathBuf,
+    /// MDS address(es), comma-separated.
+    #[arg(long)]
+    mds: Option<String>,
+    /// Read and compare every copy, not only versions.
+    #[arg(long)]
+    deep: bool,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -52,6 +71,17 @@ struct UpArgs {
     /// Number of OSDs (default 3).
     #[arg(long)]
     osds: Option<usize>,
+    /// Copies of every object (default: 3, or the number of OSDs if fewer). Set when the
+    /// cluster is created.
+    #[arg(long)]
+    replicas: Option<u32>,
+    /// Seconds without a heartbeat before an OSD is marked down (default 10).
+    #[arg(long)]
+    osd_grace: Option<u64>,
+    /// Seconds an OSD stays down before it is marked out and its data re-replicated
+    /// elsewhere (default 600).
+    #[arg(long)]
+    osd_out: Option<u64>,
     /// Return once everything is up instead of staying in the foreground.
     #[arg(long)]
     detach: bool,
@@ -89,6 +119,7 @@ fn main() {
         Cmd::Down(a) => down(&a.data),
         Cmd::Mount(a) => mount(a),
         Cmd::Status(a) => status_cmd(a),
+        Cmd::Scrub(a) => scrub_cmd(a),
     };
     if let Err(e) = result {
         eprintln!("shoal: {e:#}");
@@ -144,12 +175,14 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
         Some(cf) => {
             if a.mds.is_some_and(|n| n != cf.mds.len())
                 || a.osds.is_some_and(|n| n != cf.osds.len())
+                || a.replicas.is_some_and(|r| r != cf.replicas)
             {
                 bail!(
-                    "{} holds a cluster of {} MDS and {} OSDs; changing its size is not supported yet",
+                    "{} holds a cluster of {} MDS and {} OSDs with {} replicas; changing that is not supported yet",
                     dir.display(),
                     cf.mds.len(),
-                    cf.osds.len()
+                    cf.osds.len(),
+                    cf.replicas
                 );
             }
             cf
@@ -159,6 +192,13 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
             if n_osds == 0 {
                 bail!("--osds must be at least 1");
             }
+            let replicas = a.replicas.unwrap_or(3.min(n_osds as u32));
+            if !(1..=16).contains(&replicas) {
+                bail!("--replicas must be 1 to 16");
+            }
+            if replicas as usize > n_osds {
+                bail!("--replicas {replicas} needs at least {replicas} OSDs (each copy on its own host)");
+            }
             ClusterFile {
                 mds: (1..=n_mds as u64)
                     .map(|id| Member { id, port: 0 })
@@ -167,9 +207,18 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
                     .map(|id| Member { id, port: 0 })
                     .collect(),
                 mount: None,
+                replicas,
+                osd_grace_secs: 0,
+                osd_out_secs: 0,
             }
         }
     };
+    if let Some(g) = a.osd_grace {
+        cf.osd_grace_secs = g;
+    }
+    if let Some(o) = a.osd_out {
+        cf.osd_out_secs = o;
+    }
     if cf.mds.len() != 1 {
         bail!("only a single MDS is supported so far (--mds 1); a replicated MDS group is planned");
     }
@@ -184,7 +233,7 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
         if procs::running_pid(&dir, &name).is_some() {
             continue;
         }
-        let args: Vec<OsString> = vec![
+        let mut args: Vec<OsString> = vec![
             "--id".into(),
             m.id.to_string().into(),
             "--data".into(),
@@ -192,6 +241,16 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
             "--listen".into(),
             format!("127.0.0.1:{}", m.port).into(),
         ];
+        for (flag, v) in [
+            ("--pool-size", cf.replicas as u64),
+            ("--osd-grace-secs", cf.osd_grace_secs),
+            ("--osd-out-secs", cf.osd_out_secs),
+        ] {
+            if v > 0 {
+                args.push(flag.into());
+                args.push(v.to_string().into());
+            }
+        }
         let mut child = procs::spawn(&dir, &name, &procs::bin_path("shoal-mds")?, &args)?;
         m.port = port_of(&procs::wait_addr(&dir, &name, &mut child, limit)?)?;
         children.push((name, child));
@@ -372,19 +431,49 @@ fn mount(a: MountArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn status_cmd(a: StatusArgs) -> anyhow::Result<()> {
-    let addrs = match a.mds {
+/// MDS addresses from --mds, or from the cluster file in DATA.
+fn mds_addrs(mds: Option<String>, data: &Path) -> anyhow::Result<Vec<String>> {
+    Ok(match mds {
         Some(m) => shoal_client::mount::resolve_source(&m)?,
         None => {
-            let Some(cf) = ClusterFile::load(&a.data)? else {
+            let Some(cf) = ClusterFile::load(data)? else {
                 bail!(
                     "no cluster at {} (cluster.json missing); use --mds ADDR",
-                    a.data.display()
+                    data.display()
                 );
             };
             cf.mds_addrs()
         }
-    };
+    })
+}
+
+fn scrub_cmd(a: ScrubArgs) -> anyhow::Result<()> {
+    let addrs = mds_addrs(a.mds, &a.data)?;
+    let rt = runtime()?;
+    let totals = rt.block_on(status::scrub(&addrs, a.deep))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&totals)?);
+    } else {
+        println!(
+            "{} scrub: {} objects on {} OSDs, {} bad copies found, {} repaired",
+            if a.deep { "deep" } else { "light" },
+            totals.objects,
+            totals.osds,
+            totals.inconsistent,
+            totals.repaired
+        );
+        for e in &totals.errors {
+            println!("  - {e}");
+        }
+    }
+    if !totals.errors.is_empty() || totals.repaired < totals.inconsistent {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+fn status_cmd(a: StatusArgs) -> anyhow::Result<()> {
+    let addrs = mds_addrs(a.mds, &a.data)?;
     let rt = runtime()?;
     match rt.block_on(status::fetch(&addrs)) {
         Ok(st) => {

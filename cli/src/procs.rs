@@ -34,6 +34,15 @@ pub struct ClusterFile {
     pub osds: Vec<Member>,
     /// Where `up` mounts the cluster (client.0), if anywhere.
     pub mount: Option<PathBuf>,
+    /// Copies per object the cluster was created with.
+    #[serde(default)]
+    pub replicas: u32,
+    /// Seconds without a heartbeat before the MDS marks an OSD down (0: the MDS default).
+    #[serde(default)]
+    pub osd_grace_secs: u64,
+    /// Seconds an OSD stays down before it is marked out (0: the MDS default).
+    #[serde(default)]
+    pub osd_out_secs: u64,
 }
 
 impl ClusterFile {

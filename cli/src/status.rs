@@ -1,5 +1,6 @@
 //! Cluster health from the MDS's `Status` answer.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -20,6 +21,8 @@ pub struct OsdStatus {
     pub host: String,
     /// Heard from within the grace period.
     pub up: bool,
+    /// Part of the data placement.
+    pub in_cluster: bool,
     /// Bytes of objects it stores.
     pub used_bytes: u64,
     /// Size of its disk.
@@ -51,6 +54,94 @@ pub struct Report {
     pub osds: Vec<OsdStatus>,
     /// Inodes in the namespace.
     pub files: u64,
+    /// The data pool's settings.
+    pub pool: PoolStatus,
+    /// Placement groups.
+    pub pgs: PgSummary,
+}
+
+/// The data pool.
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolStatus {
+    /// Copies per object.
+    pub size: u32,
+    /// Copies durable before a write is acknowledged.
+    pub min_size: u32,
+    /// Placement groups.
+    pub pg_count: u32,
+}
+
+/// One PG that is not active+clean.
+#[derive(Debug, Clone, Serialize)]
+pub struct PgStatus {
+    /// PG number.
+    pub pg: u32,
+    /// Its state (`unknown` when no primary reported it at the current epoch).
+    pub state: String,
+    /// Acting set, primary first.
+    pub acting: Vec<u32>,
+    /// Copies left to recover.
+    pub missing: u64,
+}
+
+/// PG states summed up.
+#[derive(Debug, Clone, Serialize)]
+pub struct PgSummary {
+    /// PGs per state.
+    pub states: BTreeMap<String, u32>,
+    /// Every PG reported active+clean at the current map epoch.
+    pub all_clean: bool,
+    /// Objects stored (each counted once).
+    pub objects: u64,
+    /// Object copies left to recover.
+    pub missing_copies: u64,
+    /// Copies recovered per second lately.
+    pub recovery_per_sec: f64,
+    /// Copies scrub found bad and could not yet repair.
+    pub inconsistent: u64,
+    /// Bad copies repaired (since the primaries started).
+    pub repaired: u64,
+    /// The PGs that are not active+clean.
+    pub unclean: Vec<PgStatus>,
+}
+
+fn pg_summary(st: &StatusReply, map: &shoal_proto::mds::OsdMap) -> PgSummary {
+    let mut by_pg: BTreeMap<u32, &shoal_proto::mds::PgStat> = BTreeMap::new();
+    for p in st.pgs.iter().filter(|p| p.epoch == map.epoch) {
+        by_pg.insert(p.pg, p);
+    }
+    let mut s = PgSummary {
+        states: BTreeMap::new(),
+        all_clean: map.pg_count > 0,
+        objects: 0,
+        missing_copies: 0,
+        recovery_per_sec: st.recovery_per_sec,
+        inconsistent: 0,
+        repaired: st.pgs.iter().map(|p| p.repaired).sum(),
+        unclean: Vec::new(),
+    };
+    for pg in 0..map.pg_count {
+        let (state, acting, missing) = match by_pg.get(&pg) {
+            Some(p) => {
+                s.objects += p.objects;
+                s.missing_copies += p.missing;
+                s.inconsistent += p.inconsistent;
+                (p.state.clone(), p.acting.clone(), p.missing)
+            }
+            None => ("unknown".to_string(), Vec::new(), 0),
+        };
+        *s.states.entry(state.clone()).or_default() += 1;
+        if state != "active+clean" {
+            s.all_clean = false;
+            s.unclean.push(PgStatus {
+                pg,
+                state,
+                acting,
+                missing,
+            });
+        }
+    }
+    s
 }
 
 /// Judges a `Status` answer.
@@ -64,6 +155,7 @@ pub fn report(st: &StatusReply) -> Report {
             addr: o.addr.clone(),
             host: o.host.clone(),
             up: o.up,
+            in_cluster: o.in_cluster,
             used_bytes: o.used_bytes,
             capacity_bytes: o.capacity_bytes,
             free_bytes: o.free_bytes,
@@ -83,8 +175,39 @@ pub fn report(st: &StatusReply) -> Report {
         .map(|o| format!("osd.{}", o.id))
         .collect();
     if !down.is_empty() {
-        // Without replication, an OSD that is down makes its objects unavailable.
-        err.push(format!("{} down: {}", down.len(), down.join(", ")));
+        warn.push(format!("{} osd(s) down: {}", down.len(), down.join(", ")));
+    }
+    let pgs = pg_summary(st, &map);
+    let count = |pred: &dyn Fn(&str) -> bool| -> u32 {
+        pgs.states
+            .iter()
+            .filter(|(k, _)| pred(k))
+            .map(|(_, n)| n)
+            .sum()
+    };
+    let inactive = count(&|k| k.starts_with("inactive"));
+    if inactive > 0 {
+        err.push(format!(
+            "{inactive} pg(s) inactive: fewer than min_size {} copies up, their I/O waits",
+            map.min_size
+        ));
+    }
+    if pgs.inconsistent > 0 {
+        err.push(format!(
+            "{} bad object copies found by scrub",
+            pgs.inconsistent
+        ));
+    }
+    let degraded = count(&|k| k.contains("degraded"));
+    if degraded > 0 {
+        warn.push(format!(
+            "{degraded} pg(s) degraded, {} object copies to recover",
+            pgs.missing_copies
+        ));
+    }
+    let unknown = count(&|k| k == "unknown" || k == "peering");
+    if unknown > 0 && !osds.is_empty() {
+        warn.push(format!("{unknown} pg(s) peering or not yet reported"));
     }
     for o in osds.iter().filter(|o| o.up && o.capacity_bytes > 0) {
         let used = 1.0 - o.free_bytes as f64 / o.capacity_bytes as f64;
@@ -111,7 +234,61 @@ pub fn report(st: &StatusReply) -> Report {
         osd_epoch: map.epoch,
         osds,
         files: st.files,
+        pool: PoolStatus {
+            size: map.size,
+            min_size: map.min_size,
+            pg_count: map.pg_count,
+        },
+        pgs,
     }
+}
+
+/// What a scrub of the whole cluster found.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ScrubTotals {
+    /// OSDs that scrubbed their PGs.
+    pub osds: u32,
+    /// Objects scrubbed.
+    pub objects: u64,
+    /// Bad or disagreeing copies found.
+    pub inconsistent: u64,
+    /// Of those, repaired.
+    pub repaired: u64,
+    /// OSDs that could not scrub.
+    pub errors: Vec<String>,
+}
+
+/// Asks every up OSD to scrub the PGs it is primary of, all at once, and sums the answers.
+pub async fn scrub(addrs: &[String], deep: bool) -> anyhow::Result<ScrubTotals> {
+    let st = fetch(addrs).await?;
+    let map = st.osd_map.unwrap_or_default();
+    let calls = map.osds.iter().filter(|o| o.up).map(|o| async move {
+        let result = async {
+            let ep = tonic::transport::Endpoint::from_shared(format!("http://{}", o.addr))?
+                .connect_timeout(Duration::from_secs(2));
+            let mut c = shoal_proto::osd::osd_client::OsdClient::new(ep.connect().await?);
+            let r = c
+                .scrub(shoal_proto::osd::ScrubRequest { deep })
+                .await?
+                .into_inner();
+            anyhow::Ok(r)
+        }
+        .await;
+        (o.id, result)
+    });
+    let mut totals = ScrubTotals::default();
+    for (id, r) in futures::future::join_all(calls).await {
+        match r {
+            Ok(r) => {
+                totals.osds += 1;
+                totals.objects += r.objects;
+                totals.inconsistent += r.inconsistent;
+                totals.repaired += r.repaired;
+            }
+            Err(e) => totals.errors.push(format!("osd.{id}: {e:#}")),
+        }
+    }
+    Ok(totals)
 }
 
 /// Asks the first MDS that answers.
@@ -165,9 +342,10 @@ pub fn render(r: &Report) -> String {
     );
     for o in &r.osds {
         out += &format!(
-            "  osd.{:<3} {:<4} {:<21} {:<10} used {:>10}  disk {:>10} free of {:>10}\n",
+            "  osd.{:<3} {:<4} {:<3} {:<21} {:<10} used {:>10}  disk {:>10} free of {:>10}\n",
             o.id,
             if o.up { "up" } else { "down" },
+            if o.in_cluster { "in" } else { "out" },
             o.addr,
             o.host,
             gib(o.used_bytes),
@@ -175,6 +353,29 @@ pub fn render(r: &Report) -> String {
             gib(o.capacity_bytes)
         );
     }
-    out += &format!("files: {}\n", r.files);
+    out += &format!(
+        "pool: size {}, min_size {}, {} pgs\n",
+        r.pool.size, r.pool.min_size, r.pool.pg_count
+    );
+    let states: Vec<String> = r
+        .pgs
+        .states
+        .iter()
+        .map(|(k, n)| format!("{n} {k}"))
+        .collect();
+    out += &format!("pgs: {}\n", states.join(", "));
+    if r.pgs.missing_copies > 0 || r.pgs.recovery_per_sec > 0.0 {
+        out += &format!(
+            "recovery: {} object copies left, {:.1} copies/s\n",
+            r.pgs.missing_copies, r.pgs.recovery_per_sec
+        );
+    }
+    if r.pgs.repaired > 0 || r.pgs.inconsistent > 0 {
+        out += &format!(
+            "scrub: {} bad copies repaired, {} inconsistent\n",
+            r.pgs.repaired, r.pgs.inconsistent
+        );
+    }
+    out += &format!("objects: {}, files: {}\n", r.pgs.objects, r.files);
     out
 }

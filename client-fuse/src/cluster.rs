@@ -1,9 +1,11 @@
 //! Talking to the cluster: the MDS (with retries across restarts) and the OSDs (striped,
-//! parallel object I/O placed by the OSD map).
+//! parallel object I/O, each object's requests sent to its PG's primary by the OSD map).
 //!
-//! Retries: a call that fails at the transport level (daemon down, connection reset) is retried
-//! with backoff until `retry_for` has passed, refreshing the OSD map in between, since a
-//! restarted OSD may listen elsewhere. A call answered with an errno is never retried.
+//! Retries: a call that fails at the transport level (daemon down, connection reset) or that
+//! the OSD cannot serve yet (its PG is peering or has fewer than min_size copies up) is retried
+//! with backoff until `retry_for` has passed, refreshing the OSD map in between. An OSD that
+//! placed the request by a newer map says so; the client fetches that map and resends at once.
+//! A call answered with an errno is never retried.
 //! Known limit: a mutation whose reply was lost is re-sent, which is not yet exactly-once.
 
 use std::collections::HashMap;
@@ -20,7 +22,7 @@ use shoal_proto::mds::mds_client::MdsClient;
 use shoal_proto::mds::{GetOsdMapRequest, Layout, OsdMap};
 use shoal_proto::osd::osd_client::OsdClient;
 use shoal_proto::osd::{DeleteRequest, ReadRequest, TruncateRequest, WriteRequest};
-use shoal_proto::placement::{object_pg, pg_osd};
+use shoal_proto::placement::Placement;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Response, Status};
 use tracing::{debug, warn};
@@ -29,9 +31,7 @@ use crate::error::ClientError;
 
 /// The OSD map as the client uses it: placement inputs and a channel per OSD.
 struct MapView {
-    epoch: u64,
-    pg_count: u32,
-    ids: Vec<u32>,
+    placement: Placement,
     clients: HashMap<u32, (String, OsdClient<Channel>)>,
 }
 
@@ -69,9 +69,7 @@ impl Cluster {
         let cluster = Arc::new(Cluster {
             mds,
             map: RwLock::new(Arc::new(MapView {
-                epoch: 0,
-                pg_count: 1,
-                ids: Vec::new(),
+                placement: Placement::default(),
                 clients: HashMap::new(),
             })),
             retry_for,
@@ -131,43 +129,59 @@ impl Cluster {
             };
             clients.insert(o.id, (o.addr.clone(), client));
         }
-        let mut ids: Vec<u32> = map.osds.iter().map(|o| o.id).collect();
-        ids.sort_unstable();
-        *self.map.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(MapView {
-            epoch: map.epoch,
-            pg_count: map.pg_count.max(1),
-            ids,
-            clients,
-        });
+        let mut view = self.map.write().unwrap_or_else(|p| p.into_inner());
+        // Two refreshes may race; never step back to an older map.
+        if map.epoch >= view.placement.epoch {
+            *view = Arc::new(MapView {
+                placement: Placement::from_map(&map),
+                clients,
+            });
+        }
         Ok(())
     }
 
     /// The OSD map epoch the client currently uses.
     pub fn map_epoch(&self) -> u64 {
-        self.map.read().unwrap_or_else(|p| p.into_inner()).epoch
+        self.map
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .placement
+            .epoch
     }
 
-    /// Calls the OSD holding `object`, retrying transport failures with map refreshes.
+    /// Calls the primary of `object`'s PG with the map epoch it was placed by, retrying
+    /// transport failures and unavailable PGs with map refreshes.
     async fn osd<T, F, Fut>(&self, object: &str, f: F) -> Result<T, ClientError>
     where
-        F: Fn(OsdClient<Channel>) -> Fut,
+        F: Fn(OsdClient<Channel>, u64) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         let start = Instant::now();
         let mut backoff = Duration::from_millis(50);
         loop {
-            let target = {
+            let (epoch, target) = {
                 let map = self.map.read().unwrap_or_else(|p| p.into_inner()).clone();
-                let pg = object_pg(object, map.pg_count);
-                pg_osd(pg, map.ids.iter().copied())
-                    .and_then(|id| map.clients.get(&id).map(|(_, c)| (id, c.clone())))
+                let pl = &map.placement;
+                let target = pl
+                    .primary(pl.pg_of(object))
+                    .and_then(|id| map.clients.get(&id).map(|(_, c)| (id, c.clone())));
+                (pl.epoch, target)
             };
             let last = match target {
-                None => "no OSDs in the cluster map".to_string(),
-                Some((id, client)) => match f(client).await {
+                None => format!("no OSD of the object's PG is up at map epoch {epoch}"),
+                Some((id, client)) => match f(client, epoch).await {
                     Ok(r) => return Ok(r.into_inner()),
                     Err(status) => match status_errno(&status) {
                         WireError::Transport(m) => format!("osd.{id}: {m}"),
+                        WireError::Remap { epoch: theirs, .. } if theirs > epoch => {
+                            // Placed by an old map: fetch the new one and resend at once.
+                            debug!(object, osd = id, theirs, "osd map moved on");
+                            if let Err(e) = self.refresh_map().await {
+                                warn!(error = %e, "cannot refresh the osd map");
+                            }
+                            continue;
+                        }
+                        WireError::Remap { message, .. } => format!("osd.{id}: {message}"),
                         other => return Err(other.into()),
                     },
                 },
@@ -201,11 +215,12 @@ impl Cluster {
             let object = object_name(ino, e.objno);
             let piece = data.slice(e.buf_off as usize..(e.buf_off + e.len) as usize);
             async move {
-                self.osd(&object, |mut c| {
+                self.osd(&object, |mut c, epoch| {
                     let req = WriteRequest {
                         object: object.clone(),
                         offset: e.obj_off,
                         data: piece.clone(),
+                        epoch,
                     };
                     async move { c.write(req).await }
                 })
@@ -256,11 +271,12 @@ impl Cluster {
     ) -> Result<Bytes, ClientError> {
         let object = object_name(ino, objno);
         let reply = self
-            .osd(&object, |mut c| {
+            .osd(&object, |mut c, epoch| {
                 let req = ReadRequest {
                     object: object.clone(),
                     offset: obj_off,
                     len: len as u32,
+                    epoch,
                 };
                 async move { c.read(req).await }
             })
@@ -292,10 +308,11 @@ impl Cluster {
                 if keep == 0 {
                     self.delete_object(&object).await
                 } else {
-                    self.osd(&object, |mut c| {
+                    self.osd(&object, |mut c, epoch| {
                         let req = TruncateRequest {
                             object: object.clone(),
                             size: keep,
+                            epoch,
                         };
                         async move { c.truncate(req).await }
                     })
@@ -321,9 +338,10 @@ impl Cluster {
     }
 
     async fn delete_object(&self, object: &str) -> Result<(), ClientError> {
-        self.osd(object, |mut c| {
+        self.osd(object, |mut c, epoch| {
             let req = DeleteRequest {
                 object: object.to_string(),
+                epoch,
             };
             async move { c.delete(req).await }
         })

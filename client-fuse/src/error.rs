@@ -54,6 +54,10 @@ impl From<WireError> for ClientError {
                 what: "daemon".into(),
                 last: m,
             },
+            e @ WireError::Remap { .. } => ClientError::Unavailable {
+                what: "osd".into(),
+                last: e.to_string(),
+            },
             WireError::Server { code, message } => {
                 ClientError::Protocol(format!("server error {code:?}: {message}"))
             }

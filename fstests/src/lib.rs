@@ -52,6 +52,11 @@ fn check(out: Output, what: &str) -> Output {
 impl TestCluster {
     /// Starts a cluster with `osds` OSDs and mounts it.
     pub fn start_with(osds: usize) -> TestCluster {
+        Self::start_args(&["--osds", &osds.to_string()])
+    }
+
+    /// Starts a cluster with extra `shoal up` arguments and mounts it.
+    pub fn start_args(extra: &[&str]) -> TestCluster {
         let mut root = tempfile::Builder::new()
             .prefix("shoal-test-")
             .tempdir()
@@ -61,15 +66,9 @@ impl TestCluster {
         let data = root.path().join("data");
         let mnt = root.path().join("mnt");
         let c = TestCluster { root, data, mnt };
-        let osds = osds.to_string();
-        c.shoal_ok(&[
-            "up",
-            "--osds",
-            &osds,
-            "--mount",
-            c.mnt.to_str().unwrap(),
-            "--detach",
-        ]);
+        let mut args = vec!["up", "--mount", c.mnt.to_str().unwrap(), "--detach"];
+        args.extend_from_slice(extra);
+        c.shoal_ok(&args);
         c
     }
 
@@ -131,6 +130,32 @@ impl TestCluster {
     pub fn status(&self) -> serde_json::Value {
         let out = self.shoal_ok(&["status", "--json"]);
         serde_json::from_slice(&out.stdout).expect("status --json is JSON")
+    }
+
+    /// Waits until `shoal status` reports every PG active+clean; panics with the last status
+    /// after `limit`.
+    pub fn wait_clean(&self, limit: Duration) -> serde_json::Value {
+        let start = Instant::now();
+        loop {
+            let st = self.status();
+            if st["pgs"]["all_clean"] == true {
+                return st;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "PGs not clean after {limit:?}: {}",
+                serde_json::to_string_pretty(&st["pgs"]).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// Data files of one daemon's objects (`osd.1`).
+    pub fn object_files_of(&self, osd: &str) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        walk(&self.data.join(osd).join("objects"), &mut out);
+        out.retain(|p| p.extension().is_none_or(|e| e != "crc" && e != "tmp"));
+        out
     }
 
     /// Object files of every OSD (data files, not checksums).

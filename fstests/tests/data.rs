@@ -33,9 +33,9 @@ fn a_256_mib_file_reads_back_byte_exact() {
         assert!(buf == random_bytes(i, chunk), "MiB {i} differs");
     }
     assert_eq!(f.read(&mut buf).unwrap(), 0, "no bytes past the end");
-    // 64 objects of 4 MiB spread over all three OSDs.
+    // 64 objects of 4 MiB, three copies each, spread over all three OSDs.
     let objects = c.object_files();
-    assert_eq!(objects.len(), 64);
+    assert_eq!(objects.len(), 64 * 3);
     for osd in ["osd.0", "osd.1", "osd.2"] {
         assert!(
             objects.iter().any(|p| p.starts_with(c.data.join(osd))),
@@ -154,8 +154,8 @@ fn sparse_file_past_5_gib_and_truncate() {
     assert_eq!(fs::read(&path).unwrap(), b"he");
     assert_eq!(
         c.object_files().len(),
-        1,
-        "objects past the new end are deleted"
+        3,
+        "objects past the new end are deleted (one object left, three copies)"
     );
     let mut f = OpenOptions::new().append(true).open(&path).unwrap();
     f.write_all(b"llo").unwrap();
@@ -166,11 +166,12 @@ fn sparse_file_past_5_gib_and_truncate() {
 #[test]
 fn statfs_reports_real_capacity_and_unlinked_open_files_live_until_close() {
     let c = TestCluster::start();
-    // statfs: the OSDs share this host's disk, so the cluster reports that disk once.
+    // statfs: the OSDs share this host's disk, so the cluster reports that disk once, and
+    // every byte is stored three times, so files can use a third of it.
     let st = statvfs(&c.mnt);
     let local = statvfs(&c.data);
     let cap = st.f_blocks * st.f_frsize;
-    let local_cap = local.f_blocks * local.f_frsize;
+    let local_cap = local.f_blocks * local.f_frsize / 3;
     assert!(cap > 0);
     assert!(
         cap.abs_diff(local_cap) <= local_cap / 100,

@@ -3,4 +3,5 @@
 mod data;
 mod faults;
 mod namespace;
+mod replication;
 mod tools;

@@ -10,7 +10,7 @@ pub struct Command {
     #[prost(message, optional, tag = "1")]
     pub now: Option<pb::Timespec>,
     /// The mutation.
-    #[prost(oneof = "Op", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12")]
+    #[prost(oneof = "Op", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14")]
     pub op: Option<Op>,
 }
 
@@ -50,6 +50,40 @@ pub enum Op {
     /// No-op used to confirm leadership.
     #[prost(message, tag = "12")]
     Noop(Noop),
+    /// Mark an OSD up/down or in/out (the leader's failure detector).
+    #[prost(message, tag = "13")]
+    SetOsdState(SetOsdState),
+    /// Set the pool's replication settings.
+    #[prost(message, tag = "14")]
+    SetPool(Pool),
+}
+
+/// Payload of [`Op::SetOsdState`].
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SetOsdState {
+    /// OSD id.
+    #[prost(uint32, tag = "1")]
+    pub id: u32,
+    /// New up state.
+    #[prost(bool, tag = "2")]
+    pub up: bool,
+    /// New in state.
+    #[prost(bool, tag = "3")]
+    pub in_cluster: bool,
+}
+
+/// The data pool's settings.
+#[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
+pub struct Pool {
+    /// Copies per object.
+    #[prost(uint32, tag = "1")]
+    pub size: u32,
+    /// Copies durable before a write is acknowledged.
+    #[prost(uint32, tag = "2")]
+    pub min_size: u32,
+    /// Placement groups.
+    #[prost(uint32, tag = "3")]
+    pub pg_count: u32,
 }
 
 /// Payload of [`Op::Bootstrap`].
@@ -95,4 +129,16 @@ pub struct OsdRecord {
     /// Capacity reported at boot.
     #[prost(uint64, tag = "4")]
     pub capacity_bytes: u64,
+    /// Answering heartbeats.
+    #[prost(bool, tag = "5")]
+    pub up: bool,
+    /// Part of the data placement.
+    #[prost(bool, tag = "6")]
+    pub in_cluster: bool,
+    /// When it was marked down (seconds since the epoch, leader's clock); 0 while up.
+    #[prost(int64, tag = "7")]
+    pub down_since: i64,
+    /// Map epoch of its last boot.
+    #[prost(uint64, tag = "8")]
+    pub up_from: u64,
 }

@@ -19,8 +19,14 @@ pub struct MdsConfig {
     pub election_ticks: usize,
     /// Ticks between leader heartbeats.
     pub heartbeat_ticks: usize,
-    /// An OSD not heard from for this long is shown down.
+    /// An OSD not heard from for this long is marked down.
     pub osd_grace: Duration,
+    /// An OSD down for this long is marked out and its PGs move elsewhere.
+    pub osd_out_after: Duration,
+    /// Copies per object for a new cluster's pool.
+    pub pool_size: u32,
+    /// Copies durable before a write is acknowledged (0: a majority of `pool_size`).
+    pub pool_min_size: u32,
     /// Owner of a new namespace's root directory.
     pub root_uid: u32,
     /// Group of a new namespace's root directory.
@@ -37,6 +43,9 @@ impl Default for MdsConfig {
             election_ticks: 10,
             heartbeat_ticks: 3,
             osd_grace: Duration::from_secs(10),
+            osd_out_after: Duration::from_secs(600),
+            pool_size: shoal_proto::placement::DEFAULT_SIZE,
+            pool_min_size: 0,
             root_uid: 0,
             root_gid: 0,
         }
@@ -56,6 +65,14 @@ impl MdsConfig {
             "election_ticks must exceed heartbeat_ticks"
         );
         anyhow::ensure!(!self.tick.is_zero(), "tick must be positive");
+        anyhow::ensure!(
+            (1..=16).contains(&self.pool_size),
+            "pool size must be 1 to 16 copies"
+        );
+        anyhow::ensure!(
+            self.pool_min_size <= self.pool_size,
+            "pool min_size cannot exceed its size"
+        );
         Ok(())
     }
 }

@@ -18,7 +18,7 @@ use shoal_proto::layout;
 use shoal_proto::limits::{self, check_name};
 use shoal_proto::mds::{self as pb, Attr, FileKind, Timespec};
 
-use crate::command::{Applied, Command, Op, OsdRecord};
+use crate::command::{Applied, Command, Op, OsdRecord, Pool, SetOsdState};
 use crate::error::MdsError;
 use crate::store::{Cf, Db};
 
@@ -31,6 +31,7 @@ const KEY_APPLIED: &[u8] = b"applied";
 const KEY_NEXT_INO: &[u8] = b"next_ino";
 const KEY_FILES: &[u8] = b"files";
 const KEY_OSD_EPOCH: &[u8] = b"osd_epoch";
+const KEY_POOL: &[u8] = b"pool";
 
 const S_ISGID: u32 = 0o2000;
 const RENAME_NOREPLACE: u32 = 1;
@@ -383,6 +384,16 @@ impl Fsm {
         Ok(self.db.get(Cf::Inodes, &be(ROOT_INO))?.is_some())
     }
 
+    /// The pool's settings, if they were ever set.
+    pub fn pool(&self) -> Result<Option<Pool>, MdsError> {
+        self.db
+            .get(Cf::Meta, KEY_POOL)?
+            .map(|v| {
+                Pool::decode(v.as_slice()).map_err(|e| MdsError::Corrupt(format!("pool: {e}")))
+            })
+            .transpose()
+    }
+
     /// The persisted OSD records and the map's epoch.
     pub fn osds(&self) -> Result<(u64, Vec<OsdRecord>), MdsError> {
         let t = Txn::new(&self.db);
@@ -414,6 +425,8 @@ fn apply_op(t: &mut Txn<'_>, op: &Op, now: &Timespec) -> Result<Applied, MdsErro
         Op::RemoveXattr(r) => removexattr(t, r, now),
         Op::Purge(r) => purge(t, r.ino),
         Op::OsdBoot(r) => osd_boot(t, r),
+        Op::SetOsdState(r) => set_osd_state(t, r, now),
+        Op::SetPool(p) => set_pool(t, p),
     }
 }
 
@@ -825,26 +838,67 @@ fn purge(t: &mut Txn<'_>, ino: u64) -> Result<Applied, MdsError> {
     Ok(Applied::Done)
 }
 
+/// A boot always starts a new epoch: the OSD lost its in-memory PG state, so its PGs re-peer.
 fn osd_boot(t: &mut Txn<'_>, r: &pb::OsdBootRequest) -> Result<Applied, MdsError> {
+    let epoch = t.counter(KEY_OSD_EPOCH, 0)? + 1;
     let rec = OsdRecord {
         id: r.id,
         addr: r.addr.clone(),
         host: r.host.clone(),
         capacity_bytes: r.capacity_bytes,
+        up: true,
+        in_cluster: true,
+        down_since: 0,
+        up_from: epoch,
     };
-    let key = r.id.to_be_bytes();
-    let changed = match t.get(Cf::Osds, &key)? {
-        Some(old) => OsdRecord::decode(old.as_slice())
-            .map(|o| o != rec)
-            .unwrap_or(true),
-        None => true,
+    t.put(Cf::Osds, &r.id.to_be_bytes(), rec.encode_to_vec());
+    t.set_counter(KEY_OSD_EPOCH, epoch);
+    Ok(Applied::Epoch(epoch))
+}
+
+fn osd_record(t: &Txn<'_>, id: u32) -> Result<Option<OsdRecord>, MdsError> {
+    t.get(Cf::Osds, &id.to_be_bytes())?
+        .map(|v| {
+            OsdRecord::decode(v.as_slice())
+                .map_err(|e| MdsError::Corrupt(format!("osd record: {e}")))
+        })
+        .transpose()
+}
+
+fn set_osd_state(t: &mut Txn<'_>, r: &SetOsdState, now: &Timespec) -> Result<Applied, MdsError> {
+    let Some(mut rec) = osd_record(t, r.id)? else {
+        return fs(limits::libc_consts::ENOENT, format!("no osd.{}", r.id));
     };
     let mut epoch = t.counter(KEY_OSD_EPOCH, 0)?;
-    if changed {
-        t.put(Cf::Osds, &key, rec.encode_to_vec());
-        epoch += 1;
-        t.set_counter(KEY_OSD_EPOCH, epoch);
+    if rec.up == r.up && rec.in_cluster == r.in_cluster {
+        return Ok(Applied::Epoch(epoch));
     }
+    if rec.up && !r.up {
+        rec.down_since = now.sec;
+    } else if r.up {
+        rec.down_since = 0;
+    }
+    rec.up = r.up;
+    rec.in_cluster = r.in_cluster;
+    epoch += 1;
+    t.put(Cf::Osds, &r.id.to_be_bytes(), rec.encode_to_vec());
+    t.set_counter(KEY_OSD_EPOCH, epoch);
+    Ok(Applied::Epoch(epoch))
+}
+
+fn set_pool(t: &mut Txn<'_>, p: &Pool) -> Result<Applied, MdsError> {
+    if p.size == 0 || p.min_size == 0 || p.min_size > p.size || p.pg_count == 0 {
+        return fs(
+            limits::libc_consts::EINVAL,
+            format!(
+                "invalid pool: size {} min_size {} pg_count {}",
+                p.size, p.min_size, p.pg_count
+            ),
+        );
+    }
+    let epoch = t.counter(KEY_OSD_EPOCH, 0)? + 1;
+    t.put(Cf::Meta, KEY_POOL, p.encode_to_vec());
+    t.set_counter(KEY_OSD_EPOCH, epoch);
     Ok(Applied::Epoch(epoch))
 }
 

@@ -29,7 +29,7 @@ use tracing::{info, warn};
 pub use config::MdsConfig;
 pub use error::MdsError;
 
-use crate::command::{Bootstrap, Op};
+use crate::command::{Bootstrap, Op, Pool};
 use crate::node::{Node, NodeConfig};
 
 /// Runs the MDS until `shutdown` resolves.
@@ -65,10 +65,31 @@ pub async fn run(
             .context("creating the root directory")?;
     }
 
+    // A new cluster gets its pool settings once; later starts keep what is stored.
+    if fsm.pool()?.is_none() {
+        let size = cfg.pool_size;
+        let min_size = match cfg.pool_min_size {
+            0 => shoal_proto::placement::default_min_size(size),
+            n => n,
+        };
+        node.propose(Op::SetPool(Pool {
+            size,
+            min_size,
+            pg_count: shoal_proto::placement::DEFAULT_PG_COUNT,
+        }))
+        .await
+        .context("setting the pool")?;
+    }
+
     // Tell whoever started us where we listen, once we really do.
     std::fs::write(cfg.data_dir.join("addr"), addr.to_string())?;
     info!(%addr, id = cfg.id, "mds serving");
-    let svc = service::MdsService::new(node.clone(), fsm, addr.to_string(), cfg.osd_grace);
+    let settings = service::MapSettings {
+        osd_grace: cfg.osd_grace,
+        osd_out_after: cfg.osd_out_after,
+    };
+    let svc = service::MdsService::new(node.clone(), fsm, addr.to_string(), settings);
+    let monitor = tokio::spawn(svc.clone().monitor());
     let result = tonic::transport::Server::builder()
         .add_service(
             MdsServer::new(svc)
@@ -77,6 +98,7 @@ pub async fn run(
         )
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await;
+    monitor.abort();
     node.shutdown();
     if join.join().is_err() {
         warn!("raft thread panicked");

@@ -20,9 +20,18 @@ struct Args {
     /// gRPC listen address (port 0: any free port, written to DATA/addr).
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
-    /// Seconds without a report before an OSD is shown down.
+    /// Seconds without a heartbeat before an OSD is marked down.
     #[arg(long, default_value_t = 10)]
     osd_grace_secs: u64,
+    /// Seconds an OSD stays down before it is marked out and its PGs move elsewhere.
+    #[arg(long, default_value_t = 600)]
+    osd_out_secs: u64,
+    /// Copies per object (used when the cluster is created).
+    #[arg(long, default_value_t = 3)]
+    pool_size: u32,
+    /// Copies durable before a write is acknowledged (default: a majority of pool-size).
+    #[arg(long, default_value_t = 0)]
+    pool_min_size: u32,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -42,6 +51,9 @@ fn main() -> anyhow::Result<()> {
         data_dir: args.data,
         listen: args.listen,
         osd_grace: Duration::from_secs(args.osd_grace_secs),
+        osd_out_after: Duration::from_secs(args.osd_out_secs),
+        pool_size: args.pool_size,
+        pool_min_size: args.pool_min_size,
         root_uid: uid,
         root_gid: gid,
         ..MdsConfig::default()

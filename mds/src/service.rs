@@ -4,17 +4,18 @@
 // add a conversion at every handler.
 #![allow(clippy::result_large_err)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use shoal_proto::limits::check_name;
 use shoal_proto::mds::mds_server::Mds;
 use shoal_proto::mds::*;
-use shoal_proto::placement::DEFAULT_PG_COUNT;
+use shoal_proto::placement::{default_min_size, DEFAULT_PG_COUNT, DEFAULT_SIZE};
 use tonic::{Request, Response, Status};
+use tracing::{info, warn};
 
-use crate::command::{Applied, Op};
+use crate::command::{Applied, Op, Pool, SetOsdState};
 use crate::error::MdsError;
 use crate::fsm::Fsm;
 use crate::node::NodeHandle;
@@ -29,17 +30,41 @@ struct Liveness {
     device: String,
 }
 
+/// What the leader learns from heartbeats: soft state, rebuilt from reports after a restart.
+#[derive(Default)]
+struct Reports {
+    osds: HashMap<u32, Liveness>,
+    /// Latest stat of each PG, from the primary at the newest epoch.
+    pgs: HashMap<u32, PgStat>,
+    /// Per OSD, the recovered-copies total it last reported.
+    recovered_total: HashMap<u32, u64>,
+    /// (when, copies recovered) for the recovery rate.
+    recovered_log: VecDeque<(Instant, u64)>,
+}
+
+/// Failure-detector and pool settings of the service.
+#[derive(Debug, Clone)]
+pub struct MapSettings {
+    /// An OSD not heard from for this long is marked down.
+    pub osd_grace: Duration,
+    /// An OSD down for this long is marked out, and its PGs move.
+    pub osd_out_after: Duration,
+}
+
 /// The service state shared by all handlers.
 #[derive(Clone)]
 pub struct MdsService {
     node: NodeHandle,
     fsm: Fsm,
     addr: String,
-    osd_grace: Duration,
-    liveness: Arc<Mutex<HashMap<u32, Liveness>>>,
+    settings: MapSettings,
+    started: Instant,
+    reports: Arc<Mutex<Reports>>,
 }
 
 type Reply<T> = Result<Response<T>, Status>;
+
+const RATE_WINDOW: Duration = Duration::from_secs(10);
 
 fn attr_reply(a: Applied) -> Reply<AttrReply> {
     match a {
@@ -59,19 +84,29 @@ fn orphan(a: Applied) -> Result<Option<Orphaned>, Status> {
     }
 }
 
+fn epoch_of(a: Applied) -> Result<u64, Status> {
+    match a {
+        Applied::Epoch(e) => Ok(e),
+        other => Err(Status::internal(format!(
+            "unexpected apply result {other:?}"
+        ))),
+    }
+}
+
 fn name_ok(name: &[u8]) -> Result<(), Status> {
     check_name(name).map_err(|e| MdsError::fs(e, "invalid name").into())
 }
 
 impl MdsService {
     /// Builds the service over a running node.
-    pub fn new(node: NodeHandle, fsm: Fsm, addr: String, osd_grace: Duration) -> MdsService {
+    pub fn new(node: NodeHandle, fsm: Fsm, addr: String, settings: MapSettings) -> MdsService {
         MdsService {
             node,
             fsm,
             addr,
-            osd_grace,
-            liveness: Arc::default(),
+            settings,
+            started: Instant::now(),
+            reports: Arc::default(),
         }
     }
 
@@ -79,20 +114,31 @@ impl MdsService {
         Ok(self.node.propose(op).await?)
     }
 
+    fn reports(&self) -> std::sync::MutexGuard<'_, Reports> {
+        self.reports.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn osd_map(&self) -> Result<OsdMap, MdsError> {
         let (epoch, records) = self.fsm.osds()?;
-        let live = self.liveness.lock().unwrap_or_else(|p| p.into_inner());
+        let pool = self.fsm.pool()?.unwrap_or(Pool {
+            size: DEFAULT_SIZE,
+            min_size: default_min_size(DEFAULT_SIZE),
+            pg_count: DEFAULT_PG_COUNT,
+        });
+        let reports = self.reports();
         let now = Instant::now();
         let osds = records
             .into_iter()
             .map(|r| {
-                let l = live.get(&r.id);
+                let l = reports.osds.get(&r.id);
                 let heard = l.map(|l| now.duration_since(l.last_heard));
                 OsdInfo {
                     id: r.id,
                     addr: r.addr,
                     host: r.host,
-                    up: heard.is_some_and(|h| h < self.osd_grace),
+                    up: r.up,
+                    in_cluster: r.in_cluster,
+                    up_from: r.up_from,
                     capacity_bytes: l.map_or(r.capacity_bytes, |l| l.capacity),
                     used_bytes: l.map_or(0, |l| l.used),
                     free_bytes: l.map_or(0, |l| l.free),
@@ -104,22 +150,117 @@ impl MdsService {
         Ok(OsdMap {
             epoch,
             osds,
-            pg_count: DEFAULT_PG_COUNT,
+            pg_count: pool.pg_count,
+            size: pool.size,
+            min_size: pool.min_size,
         })
     }
 
-    fn heard(&self, r: OsdReportRequest) {
-        let mut live = self.liveness.lock().unwrap_or_else(|p| p.into_inner());
-        live.insert(
+    fn heard(&self, r: &OsdReportRequest) {
+        let mut rep = self.reports();
+        rep.osds.insert(
             r.id,
             Liveness {
                 last_heard: Instant::now(),
                 capacity: r.capacity_bytes,
                 used: r.used_bytes,
                 free: r.free_bytes,
-                device: r.device,
+                device: r.device.clone(),
             },
         );
+        let total: u64 = r.pgs.iter().map(|p| p.recovered).sum();
+        let last = rep.recovered_total.insert(r.id, total).unwrap_or(0);
+        let delta = total.checked_sub(last).unwrap_or(total);
+        let now = Instant::now();
+        if delta > 0 {
+            rep.recovered_log.push_back((now, delta));
+        }
+        while rep
+            .recovered_log
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) > RATE_WINDOW)
+        {
+            rep.recovered_log.pop_front();
+        }
+        for p in &r.pgs {
+            let newer = rep.pgs.get(&p.pg).is_none_or(|old| old.epoch <= p.epoch);
+            if newer {
+                rep.pgs.insert(p.pg, p.clone());
+            }
+        }
+    }
+
+    /// The leader's failure detector: marks silent OSDs down after the grace period and down
+    /// OSDs out after the out interval. Runs until the process ends.
+    pub async fn monitor(self) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let st = self.node.status();
+            if st.leader_id != st.id {
+                continue;
+            }
+            if let Err(e) = self.check_osds().await {
+                warn!(error = %e, "osd failure check failed");
+            }
+        }
+    }
+
+    async fn check_osds(&self) -> Result<(), Status> {
+        let (_, records) = self.fsm.osds()?;
+        let now = Instant::now();
+        let wall = crate::node::now().sec;
+        for r in records {
+            let heard = self
+                .reports()
+                .osds
+                .get(&r.id)
+                .map(|l| l.last_heard)
+                // Heard of by a previous leader: give it a grace period from our start.
+                .unwrap_or(self.started);
+            let silent = now.duration_since(heard);
+            let change = if r.up && silent > self.settings.osd_grace {
+                warn!(
+                    osd = r.id,
+                    silent_ms = silent.as_millis() as u64,
+                    "marking osd down"
+                );
+                Some((false, r.in_cluster))
+            } else if !r.up
+                && r.in_cluster
+                && wall.saturating_sub(r.down_since) as u64 >= self.settings.osd_out_after.as_secs()
+            {
+                warn!(osd = r.id, "osd down too long: marking it out");
+                Some((false, false))
+            } else {
+                None
+            };
+            if let Some((up, in_cluster)) = change {
+                let epoch = epoch_of(
+                    self.propose(Op::SetOsdState(SetOsdState {
+                        id: r.id,
+                        up,
+                        in_cluster,
+                    }))
+                    .await?,
+                )?;
+                info!(osd = r.id, up, in_cluster, epoch, "osd map changed");
+            }
+        }
+        Ok(())
+    }
+
+    fn pg_stats(&self, map: &OsdMap) -> (Vec<PgStat>, f64) {
+        let rep = self.reports();
+        let mut pgs: Vec<PgStat> = rep
+            .pgs
+            .values()
+            .filter(|p| p.pg < map.pg_count)
+            .cloned()
+            .collect();
+        pgs.sort_by_key(|p| p.pg);
+        let recovered: u64 = rep.recovered_log.iter().map(|(_, n)| n).sum();
+        (pgs, recovered as f64 / RATE_WINDOW.as_secs_f64())
     }
 }
 
@@ -177,7 +318,8 @@ impl Mds for MdsService {
     }
 
     async fn stat_fs(&self, _req: Request<StatFsRequest>) -> Reply<StatFsReply> {
-        // Each device counts once: OSDs sharing a disk share its capacity and free space.
+        // Each device counts once: OSDs sharing a disk share its capacity and free space. Every
+        // byte is stored `size` times, so what files can use is the raw space over `size`.
         let map = self.osd_map()?;
         let mut devices = std::collections::HashSet::new();
         let (mut capacity, mut free, mut used) = (0u64, 0u64, 0u64);
@@ -188,10 +330,11 @@ impl Mds for MdsService {
                 free += o.free_bytes;
             }
         }
+        let copies = map.size.max(1) as u64;
         Ok(Response::new(StatFsReply {
-            capacity_bytes: capacity,
-            used_bytes: used,
-            free_bytes: free,
+            capacity_bytes: capacity / copies,
+            used_bytes: used / copies,
+            free_bytes: free / copies,
             files: self.fsm.files()?,
         }))
     }
@@ -239,28 +382,23 @@ impl Mds for MdsService {
             capacity_bytes: r.capacity_bytes,
             used_bytes: r.used_bytes,
             free_bytes: r.capacity_bytes.saturating_sub(r.used_bytes),
-            device: String::new(),
+            ..Default::default()
         };
-        let epoch = match self.propose(Op::OsdBoot(r)).await? {
-            Applied::Epoch(e) => e,
-            other => {
-                return Err(Status::internal(format!(
-                    "unexpected apply result {other:?}"
-                )))
-            }
-        };
-        self.heard(report);
+        let id = r.id;
+        let epoch = epoch_of(self.propose(Op::OsdBoot(r)).await?)?;
+        info!(osd = id, epoch, "osd booted");
+        self.heard(&report);
         Ok(Response::new(OsdBootReply { epoch }))
     }
 
-    async fn osd_report(&self, req: Request<OsdReportRequest>) -> Reply<Empty> {
+    async fn osd_report(&self, req: Request<OsdReportRequest>) -> Reply<OsdReportReply> {
         let r = req.into_inner();
-        let (_, records) = self.fsm.osds()?;
+        let (epoch, records) = self.fsm.osds()?;
         if !records.iter().any(|o| o.id == r.id) {
             return Err(Status::not_found(format!("osd.{} has not booted", r.id)));
         }
-        self.heard(r);
-        Ok(Response::new(Empty {}))
+        self.heard(&r);
+        Ok(Response::new(OsdReportReply { epoch }))
     }
 
     async fn get_osd_map(&self, _req: Request<GetOsdMapRequest>) -> Reply<OsdMap> {
@@ -268,6 +406,8 @@ impl Mds for MdsService {
     }
 
     async fn status(&self, _req: Request<StatusRequest>) -> Reply<StatusReply> {
+        let map = self.osd_map()?;
+        let (pgs, recovery_per_sec) = self.pg_stats(&map);
         let st = self.node.status();
         let members = st
             .voters
@@ -288,8 +428,10 @@ impl Mds for MdsService {
             term: st.term,
             commit_index: st.commit,
             applied_index: st.applied,
-            osd_map: Some(self.osd_map()?),
+            osd_map: Some(map),
             files: self.fsm.files()?,
+            pgs,
+            recovery_per_sec,
         }))
     }
 }

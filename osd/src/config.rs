@@ -19,6 +19,8 @@ pub struct OsdConfig {
     pub host: String,
     /// How often usage is reported; it doubles as the heartbeat.
     pub report_interval: Duration,
+    /// How often every PG this OSD is primary of re-peers (compares every copy's version).
+    pub light_scrub_interval: Duration,
 }
 
 impl Default for OsdConfig {
@@ -30,6 +32,7 @@ impl Default for OsdConfig {
             mds: Vec::new(),
             host: String::new(),
             report_interval: Duration::from_secs(2),
+            light_scrub_interval: Duration::from_secs(300),
         }
     }
 }

@@ -1,14 +1,20 @@
 //! Shoal's object storage daemon.
 //!
-//! - [`store`]: objects as local files with a crc32 per 4 KiB block beside them; every read is
-//!   verified, every write fdatasync'd before it is acknowledged.
-//! - [`service`]: the gRPC `Osd` service (read, write, truncate, delete, stat by object name).
+//! - [`store`]: objects as local files with a version and a crc32 per 4 KiB block beside them;
+//!   every read is verified, every change fdatasync'd before it is acknowledged.
+//! - [`daemon`]: the OSD's shared state — its OSD map, per-object ordering, and the primary's
+//!   data path (primary-copy replication to the PG's acting set).
+//! - [`peering`]: peering on each new map, recovery and backfill, strays, deep scrub.
+//! - [`service`]: the gRPC `Osd` service (client I/O, replication, peering, scrub).
 //! - [`config`]: the daemon's settings; [`run`] starts everything.
 //!
 //! At start the OSD registers with the MDS (`OsdBoot`: id, address, host, capacity), then
-//! reports usage every few seconds; those reports are its heartbeat.
+//! reports usage and its PGs' states every few seconds; those reports are its heartbeat, and
+//! their replies carry the map epoch, so the OSD fetches a new map only when there is one.
 
 pub mod config;
+pub mod daemon;
+pub mod peering;
 pub mod service;
 pub mod store;
 
@@ -75,8 +81,9 @@ pub async fn run(
     std::fs::write(cfg.data_dir.join("addr"), addr.to_string())?;
     info!(%addr, osd = cfg.id, "osd serving");
 
-    let reporter = tokio::spawn(report_loop(cfg.clone(), addr.to_string(), store.clone()));
-    let svc = service::OsdService::new(cfg.id, store);
+    let osd = daemon::Osd::new(cfg.id, store, cfg.mds.clone());
+    let reporter = tokio::spawn(report_loop(cfg.clone(), addr.to_string(), osd.clone()));
+    let svc = service::OsdService::new(osd);
     let result = tonic::transport::Server::builder()
         .add_service(
             OsdServer::new(svc)
@@ -89,8 +96,11 @@ pub async fn run(
     result.context("serving gRPC")
 }
 
-/// Registers with the MDS, then reports usage forever; re-registers if the MDS forgot us.
-async fn report_loop(cfg: OsdConfig, addr: String, store: Arc<store::ObjectStore>) {
+/// Registers with the MDS, then reports usage and PG states forever; registers again if the
+/// MDS forgot us or marked us down while we run. A re-peer every few minutes doubles as a
+/// light scrub (every copy's version compared).
+async fn report_loop(cfg: OsdConfig, addr: String, osd: Arc<daemon::Osd>) {
+    use std::sync::atomic::Ordering;
     let host = if cfg.host.is_empty() {
         format!("host-{}", cfg.id)
     } else {
@@ -98,13 +108,17 @@ async fn report_loop(cfg: OsdConfig, addr: String, store: Arc<store::ObjectStore
     };
     let mut booted = false;
     let mut next = 0usize;
+    let mut last_peer = tokio::time::Instant::now();
     loop {
-        let usage = store.usage();
-        let disk = disk_space(store.root()).unwrap_or(DiskSpace {
+        let usage = osd.store.usage();
+        let disk = disk_space(osd.store.root()).unwrap_or(DiskSpace {
             capacity: 0,
             free: 0,
             device: String::new(),
         });
+        if osd.wrongly_down.swap(false, Ordering::Relaxed) {
+            booted = false;
+        }
         let mds = &cfg.mds[next % cfg.mds.len()];
         let result = async {
             let mut client = MdsClient::connect(format!("http://{mds}")).await?;
@@ -118,22 +132,23 @@ async fn report_loop(cfg: OsdConfig, addr: String, store: Arc<store::ObjectStore
                         used_bytes: usage.bytes,
                     })
                     .await?;
-                info!(
-                    osd = cfg.id,
-                    epoch = reply.get_ref().epoch,
-                    "registered with the mds"
-                );
+                let epoch = reply.get_ref().epoch;
+                info!(osd = cfg.id, epoch, "registered with the mds");
                 booted = true;
+                osd.ensure_epoch(epoch).await;
             }
-            client
+            let reply = client
                 .osd_report(OsdReportRequest {
                     id: cfg.id,
                     capacity_bytes: disk.capacity,
                     used_bytes: usage.bytes,
                     free_bytes: disk.free,
                     device: disk.device.clone(),
+                    epoch: osd.epoch(),
+                    pgs: osd.pg_stats(),
                 })
                 .await?;
+            osd.ensure_epoch(reply.get_ref().epoch).await;
             anyhow::Ok(())
         }
         .await;
@@ -144,6 +159,11 @@ async fn report_loop(cfg: OsdConfig, addr: String, store: Arc<store::ObjectStore
             booted = false;
             tokio::time::sleep(Duration::from_millis(500)).await;
             continue;
+        }
+        if last_peer.elapsed() >= cfg.light_scrub_interval {
+            last_peer = tokio::time::Instant::now();
+            let (o, epoch) = (osd.clone(), osd.epoch());
+            tokio::spawn(async move { o.peer_all(epoch).await });
         }
         tokio::time::sleep(cfg.report_interval).await;
     }

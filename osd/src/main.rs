@@ -47,6 +47,7 @@ fn main() -> anyhow::Result<()> {
         mds: args.mds,
         host: args.host,
         report_interval: Duration::from_secs(args.report_secs),
+        ..OsdConfig::default()
     };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(shoal_osd::run(cfg, shutdown_signal()))

@@ -1,6 +1,8 @@
-//! The `Osd` gRPC service over the [`ObjectStore`]. Disk work runs on the blocking pool; the
-//! request's `Bytes` is handed to the store without a copy.
+//! The `Osd` gRPC service: client requests go to [`crate::daemon::Osd`]'s primary path,
+//! replication, peering and scrub requests from other OSDs to their handlers. Disk work runs on
+//! the blocking pool; a request's `Bytes` reaches the store without a copy.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use shoal_proto::error::errno_status;
@@ -10,13 +12,13 @@ use shoal_proto::osd::*;
 use tonic::{Request, Response, Status};
 use tracing::error;
 
-use crate::store::{ObjectStore, StoreError};
+use crate::daemon::{is_corrupt, Mutation, Osd as OsdState};
+use crate::store::{ObjMeta, StoreError};
 
-/// The service state shared by all handlers.
+/// The service: a thin layer over [`Osd`].
 #[derive(Clone)]
 pub struct OsdService {
-    id: u32,
-    store: Arc<ObjectStore>,
+    osd: Arc<OsdState>,
 }
 
 type Reply<T> = Result<Response<T>, Status>;
@@ -39,20 +41,9 @@ impl From<StoreError> for Status {
 }
 
 impl OsdService {
-    /// Builds the service over a store.
-    pub fn new(id: u32, store: Arc<ObjectStore>) -> OsdService {
-        OsdService { id, store }
-    }
-
-    async fn blocking<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&ObjectStore) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, Status> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || f(&store))
-            .await
-            .map_err(|e| Status::internal(format!("store task failed: {e}")))?
-            .map_err(Status::from)
+    /// Builds the service over the OSD's state.
+    pub fn new(osd: Arc<OsdState>) -> OsdService {
+        OsdService { osd }
     }
 }
 
@@ -60,16 +51,19 @@ impl OsdService {
 impl Osd for OsdService {
     async fn write(&self, req: Request<WriteRequest>) -> Reply<WriteReply> {
         let r = req.into_inner();
-        let object_size = self
-            .blocking(move |s| s.write(&r.object, r.offset, &r.data))
-            .await?;
+        let m = Mutation::Write {
+            offset: r.offset,
+            data: r.data,
+        };
+        let object_size = self.osd.client_mutate(r.object, m, r.epoch).await?;
         Ok(Response::new(WriteReply { object_size }))
     }
 
     async fn read(&self, req: Request<ReadRequest>) -> Reply<ReadReply> {
         let r = req.into_inner();
         let data = self
-            .blocking(move |s| s.read(&r.object, r.offset, r.len as u64))
+            .osd
+            .client_read(r.object, r.offset, r.len as u64, r.epoch)
             .await?;
         Ok(Response::new(ReadReply {
             exists: data.is_some(),
@@ -79,26 +73,117 @@ impl Osd for OsdService {
 
     async fn truncate(&self, req: Request<TruncateRequest>) -> Reply<Empty> {
         let r = req.into_inner();
-        self.blocking(move |s| s.truncate(&r.object, r.size))
-            .await?;
+        let m = Mutation::Truncate { size: r.size };
+        self.osd.client_mutate(r.object, m, r.epoch).await?;
         Ok(Response::new(Empty {}))
     }
 
     async fn delete(&self, req: Request<DeleteRequest>) -> Reply<Empty> {
         let r = req.into_inner();
-        self.blocking(move |s| s.delete(&r.object)).await?;
+        self.osd
+            .client_mutate(r.object, Mutation::Delete, r.epoch)
+            .await?;
         Ok(Response::new(Empty {}))
     }
 
     async fn stat(&self, _req: Request<StatRequest>) -> Reply<StatReply> {
-        let usage = self.store.usage();
-        let disk =
-            crate::disk_space(self.store.root()).map_err(|e| Status::internal(e.to_string()))?;
+        let usage = self.osd.store.usage();
+        let disk = crate::disk_space(self.osd.store.root())
+            .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(StatReply {
-            id: self.id,
+            id: self.osd.id,
             capacity_bytes: disk.capacity,
             used_bytes: usage.bytes,
             objects: usage.objects,
         }))
+    }
+
+    async fn rep_op(&self, req: Request<RepOpRequest>) -> Reply<Empty> {
+        self.osd.replica_op(req.into_inner()).await?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn list_pgs(&self, req: Request<ListPgsRequest>) -> Reply<ListPgsReply> {
+        let r = req.into_inner();
+        self.osd.ensure_epoch(r.epoch).await;
+        let pgs: HashSet<u32> = r.pgs.into_iter().collect();
+        let entries = self
+            .osd
+            .store
+            .list(&pgs, r.pg_count.max(1))
+            .into_iter()
+            .map(|(object, pg, m)| ObjectEntry {
+                object,
+                pg,
+                version: m.version,
+                deleted: m.deleted,
+                size: m.size,
+            })
+            .collect();
+        Ok(Response::new(ListPgsReply { entries }))
+    }
+
+    async fn pull(&self, req: Request<PullRequest>) -> Reply<ObjectCopy> {
+        let r = req.into_inner();
+        let o = r.object.clone();
+        match self.osd.blocking(move |s| s.read_copy(&o)).await? {
+            Some((meta, data)) => Ok(Response::new(ObjectCopy {
+                object: r.object,
+                version: meta.version,
+                deleted: meta.deleted,
+                data,
+            })),
+            None => Err(Status::not_found(format!("no copy of {}", r.object))),
+        }
+    }
+
+    async fn push(&self, req: Request<PushRequest>) -> Reply<Empty> {
+        let r = req.into_inner();
+        self.osd.ensure_epoch(r.epoch).await;
+        let c = r
+            .copy
+            .ok_or_else(|| Status::invalid_argument("push without a copy"))?;
+        let meta = ObjMeta {
+            version: c.version,
+            deleted: c.deleted,
+            size: c.data.len() as u64,
+        };
+        self.osd
+            .blocking(move |s| s.install(&c.object, meta, &c.data))
+            .await?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn drop_pg(&self, req: Request<DropPgRequest>) -> Reply<Empty> {
+        self.osd.drop_pg(req.into_inner()).await?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn digest(&self, req: Request<DigestRequest>) -> Reply<DigestReply> {
+        let r = req.into_inner();
+        let o = r.object.clone();
+        let reply = match self.osd.blocking(move |s| s.read_copy(&o)).await {
+            Ok(Some((meta, data))) => DigestReply {
+                exists: true,
+                version: meta.version,
+                deleted: meta.deleted,
+                intact: true,
+                crc: crc32fast::hash(&data),
+                size: data.len() as u64,
+            },
+            Ok(None) => DigestReply::default(),
+            Err(st) if is_corrupt(&st) => DigestReply {
+                exists: true,
+                version: self.osd.store.meta(&r.object).map_or(0, |m| m.version),
+                intact: false,
+                ..DigestReply::default()
+            },
+            Err(st) => return Err(st),
+        };
+        Ok(Response::new(reply))
+    }
+
+    async fn scrub(&self, req: Request<ScrubRequest>) -> Reply<ScrubReply> {
+        Ok(Response::new(self.osd.scrub(req.into_inner().deep).await?))
     }
 }

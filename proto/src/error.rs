@@ -9,6 +9,18 @@ use tonic::{Code, Status};
 
 /// Metadata key carrying the errno.
 pub const ERRNO_KEY: &str = "shoal-errno";
+/// Metadata key carrying the OSD map epoch of an OSD that refused a request placed by an
+/// older map (it is not the PG's primary any more, or not yet).
+pub const EPOCH_KEY: &str = "shoal-epoch";
+
+/// The status an OSD answers when a request was placed by a map it does not agree with.
+pub fn remap_status(epoch: u64, message: impl Into<String>) -> Status {
+    let mut status = Status::new(Code::Aborted, message);
+    if let Ok(v) = epoch.to_string().parse() {
+        status.metadata_mut().insert(EPOCH_KEY, v);
+    }
+    status
+}
 
 /// Builds the status for an errno with a human-readable message.
 pub fn errno_status(errno: i32, message: impl Into<String>) -> Status {
@@ -40,6 +52,14 @@ pub enum WireError {
         /// The server's explanation.
         message: String,
     },
+    /// The OSD placed the request differently at map `epoch`: refresh the map and resend.
+    #[error("placed by an old map (osd is at epoch {epoch}): {message}")]
+    Remap {
+        /// The OSD's map epoch.
+        epoch: u64,
+        /// The OSD's explanation.
+        message: String,
+    },
     /// The call did not reach a server or its answer did not come back; worth retrying.
     #[error("transport: {0}")]
     Transport(String),
@@ -58,7 +78,7 @@ impl WireError {
     pub fn errno(&self) -> i32 {
         match self {
             WireError::Errno { errno, .. } => *errno,
-            WireError::Transport(_) => crate::limits::libc_consts::EIO,
+            WireError::Transport(_) | WireError::Remap { .. } => crate::limits::libc_consts::EIO,
             WireError::Server { .. } => crate::limits::libc_consts::EIO,
         }
     }
@@ -74,6 +94,17 @@ pub fn status_errno(status: &Status) -> WireError {
     {
         return WireError::Errno {
             errno,
+            message: status.message().to_string(),
+        };
+    }
+    if let Some(epoch) = status
+        .metadata()
+        .get(EPOCH_KEY)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.parse::<u64>().ok())
+    {
+        return WireError::Remap {
+            epoch,
             message: status.message().to_string(),
         };
     }
@@ -101,5 +132,12 @@ mod tests {
         let transport = Status::unavailable("connection refused");
         assert!(matches!(status_errno(&transport), WireError::Transport(_)));
         assert_eq!(status_errno(&Status::internal("boom")).errno(), 5);
+        assert_eq!(
+            status_errno(&remap_status(9, "not primary")),
+            WireError::Remap {
+                epoch: 9,
+                message: "not primary".into()
+            }
+        );
     }
 }

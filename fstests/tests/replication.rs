@@ -1,0 +1,210 @@
+//! Replicated data through real mounts: OSDs killed and wiped, copies damaged on disk, and the
+//! cluster healing itself back to active+clean.
+
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use rand::{RngCore, SeedableRng};
+use shoal_fstests::TestCluster;
+
+const MIB: usize = 1 << 20;
+
+/// Chunk `i` of a reproducible pseudo-random stream.
+fn chunk(seed: u64, i: usize, len: usize) -> Vec<u8> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ (i as u64).wrapping_mul(0x9e37_79b9));
+    let mut buf = vec![0u8; len];
+    rng.fill_bytes(&mut buf);
+    buf
+}
+
+/// Reads `path` back and compares it, chunk by chunk, with the stream it was written from.
+fn verify(path: &std::path::Path, seed: u64, chunks: usize, len: usize) {
+    let mut f = File::open(path).unwrap();
+    let mut buf = vec![0u8; len];
+    for i in 0..chunks {
+        f.read_exact(&mut buf)
+            .unwrap_or_else(|e| panic!("reading chunk {i}: {e}"));
+        assert!(buf == chunk(seed, i, len), "chunk {i} differs");
+    }
+    assert_eq!(f.read(&mut buf).unwrap(), 0, "file is longer than written");
+}
+
+fn scrub_deep(c: &TestCluster) -> serde_json::Value {
+    let out = c.shoal_ok(&["scrub", "--deep", "--json"]);
+    serde_json::from_slice(&out.stdout).expect("scrub --json is JSON")
+}
+
+/// How many OSDs hold a data file for each object name.
+fn copies_per_object(c: &TestCluster, osds: &[&str]) -> std::collections::HashMap<String, usize> {
+    let mut per = std::collections::HashMap::new();
+    for osd in osds {
+        for p in c.object_files_of(osd) {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            *per.entry(name).or_default() += 1;
+        }
+    }
+    per
+}
+
+#[test]
+fn osd_killed_during_a_1_gib_write_then_healed_and_deep_scrubbed() {
+    let c = TestCluster::start_args(&["--osds", "3", "--replicas", "3", "--osd-grace", "3"]);
+    let path = c.path("big");
+    let chunks = 1024;
+    std::thread::scope(|s| {
+        let writer = s.spawn(|| {
+            let mut f = File::create(&path).unwrap();
+            for i in 0..chunks {
+                f.write_all(&chunk(1, i, MIB)).unwrap();
+            }
+            f.sync_all().unwrap();
+        });
+        std::thread::sleep(Duration::from_secs(2));
+        c.kill9("osd.1");
+        writer
+            .join()
+            .expect("the write completes with one OSD down");
+    });
+    verify(&path, 1, chunks, MIB);
+    let st = c.status();
+    assert_eq!(st["pool"]["size"], 3);
+    assert_eq!(st["pool"]["min_size"], 2);
+    assert_eq!(st["health"], "HEALTH_WARN", "{st}");
+
+    c.up();
+    let st = c.wait_clean(Duration::from_secs(180));
+    assert_eq!(st["health"], "HEALTH_OK", "{st}");
+    let scrub = scrub_deep(&c);
+    assert!(scrub["objects"].as_u64().unwrap() >= 256, "{scrub}");
+    assert_eq!(scrub["inconsistent"], 0, "{scrub}");
+    // Every object has exactly three copies on disk.
+    let per = copies_per_object(&c, &["osd.0", "osd.1", "osd.2"]);
+    assert!(per.len() >= 256);
+    assert!(per.values().all(|&n| n == 3), "{per:?}");
+    verify(&path, 1, chunks, MIB);
+}
+
+#[test]
+fn two_of_three_osds_down_blocks_io_then_resumes_without_remount() {
+    let c = TestCluster::start_args(&["--osd-grace", "3"]);
+    fs::write(c.path("before"), chunk(2, 0, 3 * MIB)).unwrap();
+    c.kill9("osd.0");
+    c.kill9("osd.2");
+    let done = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let io = s.spawn(|| {
+            // Blocks while PGs have fewer than min_size copies; must never see wrong bytes.
+            let r = fs::read(c.path("before"));
+            let w = fs::write(c.path("during"), chunk(3, 0, 2 * MIB));
+            done.store(true, Ordering::SeqCst);
+            (r, w)
+        });
+        std::thread::sleep(Duration::from_secs(8));
+        assert!(
+            !done.load(Ordering::SeqCst),
+            "I/O finished with two of three copies down"
+        );
+        let st = c.status();
+        assert_eq!(st["health"], "HEALTH_ERR", "{st}");
+        // One OSD back: min_size copies are up again and the waiting I/O goes through.
+        c.up();
+        let started = Instant::now();
+        let (r, w) = io.join().unwrap();
+        assert!(started.elapsed() < Duration::from_secs(60));
+        match r {
+            Ok(data) => assert!(data == chunk(2, 0, 3 * MIB), "read returned wrong bytes"),
+            Err(e) => panic!("read failed after recovery: {e}"),
+        }
+        w.expect("write completes once an OSD is back");
+    });
+    assert!(fs::read(c.path("during")).unwrap() == chunk(3, 0, 2 * MIB));
+    assert!(fs::read(c.path("before")).unwrap() == chunk(2, 0, 3 * MIB));
+}
+
+#[test]
+fn a_flipped_byte_in_one_copy_reads_right_and_scrub_repairs_it() {
+    let c = TestCluster::start();
+    let data = chunk(4, 0, 100_000);
+    fs::write(c.path("victim"), &data).unwrap();
+    let copies = c.object_files();
+    assert_eq!(copies.len(), 3, "one object, three copies");
+    // Damage one copy: whichever OSD serves reads, the data comes back right.
+    for (n, path) in copies.iter().enumerate() {
+        let mut raw = fs::read(path).unwrap();
+        raw[50_000] ^= 0x40;
+        fs::write(path, &raw).unwrap();
+        let mut f = File::open(c.path("victim")).unwrap();
+        let mut got = Vec::new();
+        f.read_to_end(&mut got).unwrap();
+        assert!(got == data, "wrong data with copy {n} damaged");
+        let scrub = scrub_deep(&c);
+        // The primary may have repaired its own copy on the read already.
+        assert!(scrub["inconsistent"].as_u64().unwrap() <= 1, "{scrub}");
+        assert_eq!(scrub["inconsistent"], scrub["repaired"], "{scrub}");
+        let again = scrub_deep(&c);
+        assert_eq!(again["inconsistent"], 0, "repair did not stick: {again}");
+        assert!(fs::read(path).unwrap() == data, "copy {n} repaired on disk");
+    }
+    // The repairs show in `shoal status` once the primaries report (every 2 s).
+    let start = Instant::now();
+    loop {
+        let st = c.status();
+        if st["pgs"]["repaired"].as_u64().unwrap() >= 2 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "{}", st["pgs"]);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn every_copy_damaged_reads_as_eio_never_wrong_bytes() {
+    let c = TestCluster::start();
+    let data = vec![0xabu8; 100_000];
+    fs::write(c.path("victim"), &data).unwrap();
+    for path in c.object_files() {
+        let mut raw = fs::read(&path).unwrap();
+        raw[50_000] ^= 0x40;
+        fs::write(&path, &raw).unwrap();
+    }
+    let mut f = File::open(c.path("victim")).unwrap();
+    let mut buf = Vec::new();
+    let err = f.read_to_end(&mut buf).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO));
+    // Bytes in intact blocks still read.
+    let mut f = File::open(c.path("victim")).unwrap();
+    let mut head = vec![0u8; 4096];
+    f.read_exact(&mut head).unwrap();
+    assert!(head.iter().all(|&b| b == 0xab));
+    for d in ["mds.0", "osd.0", "osd.1", "osd.2", "client.0"] {
+        assert!(shoal_fstests::alive(c.pid(d)), "{d} died");
+    }
+    // Rewriting the file heals it.
+    fs::write(c.path("victim"), &data).unwrap();
+    assert_eq!(fs::read(c.path("victim")).unwrap(), data);
+}
+
+#[test]
+fn a_wiped_osd_is_rebuilt_to_three_copies() {
+    let c = TestCluster::start_args(&["--osd-grace", "3"]);
+    fs::create_dir(c.path("d")).unwrap();
+    for i in 0..20 {
+        fs::write(c.path(&format!("d/{i}")), chunk(5, i, 300_000 + i * 1000)).unwrap();
+    }
+    let before = c.object_files_of("osd.2").len();
+    assert!(before >= 20);
+    c.kill9("osd.2");
+    fs::remove_dir_all(c.data.join("osd.2").join("objects")).unwrap();
+    c.up();
+    c.wait_clean(Duration::from_secs(120));
+    assert_eq!(c.object_files_of("osd.2").len(), before);
+    let per = copies_per_object(&c, &["osd.0", "osd.1", "osd.2"]);
+    assert!(per.values().all(|&n| n == 3), "{per:?}");
+    let scrub = scrub_deep(&c);
+    assert_eq!(scrub["inconsistent"], 0, "{scrub}");
+    for i in 0..20 {
+        assert!(fs::read(c.path(&format!("d/{i}"))).unwrap() == chunk(5, i, 300_000 + i * 1000));
+    }
+}

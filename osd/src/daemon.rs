@@ -1,0 +1,470 @@
+//! The OSD's shared state and its client-facing data path: the OSD map it works at, per-object
+//! ordering, and primary-copy replication.
+//!
+//! A client mutation reaches the PG's primary, which (under the object's lock) stamps a new
+//! version, applies it locally and sends it to every other acting member in parallel, and
+//! answers once `min_size` copies are durable. A replica applies an op only on top of the
+//! version the primary had (`prior_version`); a replica that missed something refuses and is
+//! recorded as missing the object, to be brought up to date by recovery.
+//!
+//! Versions are `max(previous + 1, epoch << 32)`: a primary in a newer epoch always writes
+//! newer versions than any earlier primary, so "highest version wins" during peering.
+
+// `tonic::Status` is what these paths hand back to gRPC handlers; boxing it would only add a
+// conversion at every call.
+#![allow(clippy::result_large_err)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::join_all;
+use shoal_proto::error::{remap_status, status_errno, WireError};
+use shoal_proto::mds::mds_client::MdsClient;
+use shoal_proto::mds::{GetOsdMapRequest, OsdMap};
+use shoal_proto::osd::osd_client::OsdClient;
+use shoal_proto::osd::{ObjectCopy, PullRequest, RepKind, RepOpRequest};
+use shoal_proto::placement::{stable_hash, Placement};
+use tokio::sync::{Notify, OwnedMutexGuard, Semaphore};
+use tonic::transport::{Channel, Endpoint};
+use tonic::Status;
+use tracing::{debug, info, warn};
+
+use crate::peering::PgInfo;
+use crate::store::{ObjMeta, ObjectStore, StoreError};
+
+const OBJECT_LOCKS: usize = 1024;
+/// How long a client op waits for its PG to finish peering before asking the client to retry.
+const PEERING_WAIT: Duration = Duration::from_secs(5);
+
+/// A mutation a client asks of an object.
+#[derive(Debug, Clone)]
+pub enum Mutation {
+    /// Write bytes at an offset.
+    Write { offset: u64, data: Bytes },
+    /// Set the size.
+    Truncate { size: u64 },
+    /// Remove the object.
+    Delete,
+}
+
+/// The map an OSD works at, and connections to its peers.
+pub struct MapState {
+    /// The raw map.
+    pub map: OsdMap,
+    /// Placement answers for it.
+    pub placement: Placement,
+    peers: HashMap<u32, (String, OsdClient<Channel>)>,
+}
+
+/// The OSD's state, shared by the gRPC service, the heartbeat and the recovery tasks.
+pub struct Osd {
+    /// This OSD's id.
+    pub id: u32,
+    /// Local objects.
+    pub store: Arc<ObjectStore>,
+    mds: Vec<String>,
+    map: RwLock<Arc<MapState>>,
+    refreshing: tokio::sync::Mutex<()>,
+    locks: Vec<Arc<tokio::sync::Mutex<()>>>,
+    /// PGs this OSD is primary of, as last peered.
+    pub pgs: Mutex<HashMap<u32, PgInfo>>,
+    /// Woken when a PG finishes peering.
+    pub peered: Notify,
+    /// Bounds background recovery so client I/O keeps the disks.
+    pub recovery_slots: Semaphore,
+    /// Set when the map says this OSD is down while it runs: the heartbeat boots again.
+    pub wrongly_down: std::sync::atomic::AtomicBool,
+}
+
+fn channel(addr: &str) -> Result<Channel, Status> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| Status::internal(format!("bad peer address {addr:?}: {e}")))?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .connect_lazy())
+}
+
+/// The next version of an object written at `epoch`.
+pub fn next_version(prior: u64, epoch: u64) -> u64 {
+    (prior + 1).max(epoch << 32)
+}
+
+/// The version a replica must hold for an op stamped on top of `meta`.
+pub fn version_of(meta: Option<ObjMeta>) -> u64 {
+    meta.map_or(0, |m| m.version)
+}
+
+impl Osd {
+    /// A new OSD state over `store`, talking to the MDS at `mds`.
+    pub fn new(id: u32, store: Arc<ObjectStore>, mds: Vec<String>) -> Arc<Osd> {
+        Arc::new(Osd {
+            id,
+            store,
+            mds,
+            map: RwLock::new(Arc::new(MapState {
+                map: OsdMap::default(),
+                placement: Placement::default(),
+                peers: HashMap::new(),
+            })),
+            refreshing: tokio::sync::Mutex::new(()),
+            locks: (0..OBJECT_LOCKS)
+                .map(|_| Arc::new(tokio::sync::Mutex::new(())))
+                .collect(),
+            pgs: Mutex::new(HashMap::new()),
+            peered: Notify::new(),
+            recovery_slots: Semaphore::new(2),
+            wrongly_down: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// The map the OSD works at now.
+    pub fn map(&self) -> Arc<MapState> {
+        self.map.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Epoch of the current map.
+    pub fn epoch(&self) -> u64 {
+        self.map().placement.epoch
+    }
+
+    /// A client for peer `id`, if the map knows it.
+    pub fn peer(&self, id: u32) -> Option<OsdClient<Channel>> {
+        self.map().peers.get(&id).map(|(_, c)| c.clone())
+    }
+
+    /// Makes sure the OSD works at `epoch` or newer, fetching the map if it is behind.
+    /// Only one fetch runs at a time; callers that arrive meanwhile share its result.
+    pub async fn ensure_epoch(self: &Arc<Self>, epoch: u64) {
+        if self.epoch() >= epoch {
+            return;
+        }
+        let _one = self.refreshing.lock().await;
+        if self.epoch() >= epoch {
+            return;
+        }
+        if let Err(e) = self.fetch_map().await {
+            warn!(error = %e, "cannot fetch the osd map");
+        }
+    }
+
+    async fn fetch_map(self: &Arc<Self>) -> anyhow::Result<()> {
+        let mut last = None;
+        for addr in &self.mds {
+            let result = async {
+                let mut c = MdsClient::connect(format!("http://{addr}")).await?;
+                anyhow::Ok(c.get_osd_map(GetOsdMapRequest {}).await?.into_inner())
+            }
+            .await;
+            match result {
+                Ok(map) => {
+                    self.install_map(map)?;
+                    return Ok(());
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("no MDS address")))
+    }
+
+    /// Adopts `map` if it is newer than the current one, then re-peers.
+    pub fn install_map(self: &Arc<Self>, map: OsdMap) -> anyhow::Result<()> {
+        let old = self.map();
+        if map.epoch <= old.placement.epoch {
+            return Ok(());
+        }
+        let mut peers = HashMap::new();
+        for o in &map.osds {
+            let client = match old.peers.get(&o.id) {
+                Some((addr, c)) if *addr == o.addr => c.clone(),
+                _ => OsdClient::new(channel(&o.addr)?)
+                    .max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(shoal_proto::MAX_MESSAGE_BYTES),
+            };
+            peers.insert(o.id, (o.addr.clone(), client));
+        }
+        let me_down = map.osds.iter().any(|o| o.id == self.id && !o.up);
+        let placement = Placement::from_map(&map);
+        let epoch = placement.epoch;
+        *self.map.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(MapState {
+            map,
+            placement,
+            peers,
+        });
+        if me_down {
+            warn!(
+                osd = self.id,
+                epoch, "the map says this osd is down; booting again"
+            );
+            self.wrongly_down
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        info!(osd = self.id, epoch, "new osd map");
+        let me = self.clone();
+        tokio::spawn(async move { me.peer_all(epoch).await });
+        Ok(())
+    }
+
+    /// The lock that orders every change to `object` on this OSD.
+    pub async fn lock_object(&self, object: &str) -> OwnedMutexGuard<()> {
+        let i = (stable_hash(object.as_bytes()) >> 16) as usize % OBJECT_LOCKS;
+        self.locks[i].clone().lock_owned().await
+    }
+
+    /// Runs store work on the blocking pool.
+    pub async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&ObjectStore) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, Status> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| Status::internal(format!("store task failed: {e}")))?
+            .map_err(Status::from)
+    }
+
+    /// Waits until this OSD is the active primary of `object`'s PG at a map no older than
+    /// `client_epoch`; returns the map and the PG.
+    async fn primary_of(
+        self: &Arc<Self>,
+        object: &str,
+        client_epoch: u64,
+    ) -> Result<(Arc<MapState>, u32), Status> {
+        self.ensure_epoch(client_epoch).await;
+        let deadline = tokio::time::Instant::now() + PEERING_WAIT;
+        loop {
+            let m = self.map();
+            let pl = &m.placement;
+            let pg = pl.pg_of(object);
+            if pl.primary(pg) != Some(self.id) {
+                return Err(remap_status(
+                    pl.epoch,
+                    format!(
+                        "osd.{} is not the primary of pg {pg} at epoch {}",
+                        self.id, pl.epoch
+                    ),
+                ));
+            }
+            let acting = pl.acting(pg).len() as u32;
+            if acting < pl.min_size {
+                return Err(Status::unavailable(format!(
+                    "pg {pg} has {acting} of {} copies up (min_size {})",
+                    pl.size, pl.min_size
+                )));
+            }
+            let notified = self.peered.notified();
+            if self.pg_active(pg, pl.epoch) {
+                return Ok((m, pg));
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(Status::unavailable(format!("pg {pg} is still peering")));
+            }
+        }
+    }
+
+    fn pg_active(&self, pg: u32, epoch: u64) -> bool {
+        self.pgs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&pg)
+            .is_some_and(|p| p.epoch == epoch)
+    }
+
+    /// A client read at the primary: the local copy, brought up to date first if peering
+    /// found it behind, and repaired from a replica if it fails its checksums.
+    pub async fn client_read(
+        self: &Arc<Self>,
+        object: String,
+        offset: u64,
+        len: u64,
+        client_epoch: u64,
+    ) -> Result<Option<Bytes>, Status> {
+        let (_m, pg) = self.primary_of(&object, client_epoch).await?;
+        if self.locally_missing(pg, &object) {
+            let _g = self.lock_object(&object).await;
+            self.recover_object(pg, &object).await?;
+        }
+        let o = object.clone();
+        match self.blocking(move |s| s.read(&o, offset, len)).await {
+            Err(st) if is_corrupt(&st) => {
+                let _g = self.lock_object(&object).await;
+                self.repair_local(pg, &object).await?;
+                let o = object.clone();
+                self.blocking(move |s| s.read(&o, offset, len)).await
+            }
+            other => other,
+        }
+    }
+
+    /// A client mutation at the primary; returns the object's size afterwards.
+    pub async fn client_mutate(
+        self: &Arc<Self>,
+        object: String,
+        mutation: Mutation,
+        client_epoch: u64,
+    ) -> Result<u64, Status> {
+        let (m, pg) = self.primary_of(&object, client_epoch).await?;
+        let _g = self.lock_object(&object).await;
+        if self.locally_missing(pg, &object) {
+            self.recover_object(pg, &object).await?;
+        }
+        let meta = self.store.meta(&object);
+        let live = meta.filter(|m| !m.deleted);
+        match (&mutation, live) {
+            // Nothing to delete or cut: no new version, nothing to replicate.
+            (Mutation::Delete, None) | (Mutation::Truncate { size: 0 }, None) => return Ok(0),
+            _ => {}
+        }
+        let prior = version_of(meta);
+        let version = next_version(prior, m.placement.epoch);
+        let acting = m.placement.acting(pg);
+        let local = {
+            let (o, mu) = (object.clone(), mutation.clone());
+            self.blocking(move |s| apply(s, &o, &mu, version))
+        };
+        let replicas = join_all(acting.iter().filter(|&&id| id != self.id).map(|&id| {
+            let req = RepOpRequest {
+                object: object.clone(),
+                epoch: m.placement.epoch,
+                from: self.id,
+                version,
+                prior_version: prior,
+                kind: match &mutation {
+                    Mutation::Write { .. } => RepKind::RepWrite,
+                    Mutation::Truncate { .. } => RepKind::RepTruncate,
+                    Mutation::Delete => RepKind::RepDelete,
+                } as i32,
+                offset: match &mutation {
+                    Mutation::Write { offset, .. } => *offset,
+                    _ => 0,
+                },
+                data: match &mutation {
+                    Mutation::Write { data, .. } => data.clone(),
+                    _ => Bytes::new(),
+                },
+                size: match &mutation {
+                    Mutation::Truncate { size } => *size,
+                    _ => 0,
+                },
+            };
+            let client = self.peer(id);
+            async move {
+                let Some(mut c) = client else {
+                    return (id, Err(Status::unavailable(format!("osd.{id} unknown"))));
+                };
+                (id, c.rep_op(req).await.map(|_| ()))
+            }
+        }));
+        let (local, replicas) = tokio::join!(local, replicas);
+        let mut durable = 0u32;
+        let mut newer_epoch = None;
+        let mut behind = Vec::new();
+        for (id, r) in replicas {
+            match r {
+                Ok(()) => durable += 1,
+                Err(st) => {
+                    if let WireError::Remap { epoch, .. } = status_errno(&st) {
+                        newer_epoch = Some(epoch);
+                    }
+                    debug!(osd = id, object = %object, error = %st.message(), "replica behind");
+                    behind.push(id);
+                }
+            }
+        }
+        let size = match local {
+            Ok(size) => {
+                durable += 1;
+                size
+            }
+            Err(st) => {
+                if is_corrupt(&st) {
+                    // The local copy is damaged: take a good one from a replica; the client's
+                    // retry then applies its change on top.
+                    self.mark_missing(pg, &object, &[self.id]);
+                    self.repair_local(pg, &object).await?;
+                    return Err(Status::unavailable(format!(
+                        "object {object}: local copy repaired, retry"
+                    )));
+                }
+                return Err(st);
+            }
+        };
+        self.mark_missing(pg, &object, &behind);
+        if let Some(epoch) = newer_epoch {
+            self.ensure_epoch(epoch).await;
+        }
+        if durable < m.placement.min_size {
+            return Err(Status::unavailable(format!(
+                "object {object}: {durable} copies durable, {} needed",
+                m.placement.min_size
+            )));
+        }
+        Ok(size)
+    }
+
+    /// A replica applying a primary's op.
+    pub async fn replica_op(self: &Arc<Self>, r: RepOpRequest) -> Result<(), Status> {
+        self.ensure_epoch(r.epoch).await;
+        let m = self.map();
+        let pl = &m.placement;
+        let pg = pl.pg_of(&r.object);
+        if pl.epoch > r.epoch && pl.primary(pg) != Some(r.from) {
+            return Err(remap_status(
+                pl.epoch,
+                format!(
+                    "osd.{} is not the primary of pg {pg} at epoch {}",
+                    r.from, pl.epoch
+                ),
+            ));
+        }
+        let have = version_of(self.store.meta(&r.object));
+        if have != r.prior_version {
+            return Err(Status::failed_precondition(format!(
+                "object {}: copy at version {have:#x}, op expects {:#x}",
+                r.object, r.prior_version
+            )));
+        }
+        let mutation = match RepKind::try_from(r.kind) {
+            Ok(RepKind::RepWrite) => Mutation::Write {
+                offset: r.offset,
+                data: r.data,
+            },
+            Ok(RepKind::RepTruncate) => Mutation::Truncate { size: r.size },
+            Ok(RepKind::RepDelete) => Mutation::Delete,
+            Err(_) => return Err(Status::invalid_argument(format!("bad op kind {}", r.kind))),
+        };
+        let (o, v) = (r.object, r.version);
+        self.blocking(move |s| apply(s, &o, &mutation, v).map(|_| ()))
+            .await
+    }
+
+    /// Fetches a whole object from peer `from`.
+    pub async fn pull_from(&self, from: u32, object: &str) -> Result<ObjectCopy, Status> {
+        let mut c = self
+            .peer(from)
+            .ok_or_else(|| Status::unavailable(format!("osd.{from} unknown")))?;
+        Ok(c.pull(PullRequest {
+            object: object.to_string(),
+            epoch: self.epoch(),
+        })
+        .await?
+        .into_inner())
+    }
+}
+
+/// Applies a mutation to the local store at `version`; returns the object's size.
+pub fn apply(s: &ObjectStore, object: &str, m: &Mutation, version: u64) -> Result<u64, StoreError> {
+    match m {
+        Mutation::Write { offset, data } => s.write(object, *offset, data, version),
+        Mutation::Truncate { size } => s.truncate(object, *size, version).map(|_| *size),
+        Mutation::Delete => s.delete(object, version).map(|_| 0),
+    }
+}
+
+/// Whether a status says a stored copy failed its checksums.
+pub fn is_corrupt(st: &Status) -> bool {
+    st.code() == tonic::Code::DataLoss
+}
