@@ -429,6 +429,10 @@ impl Client {
 
     /// Sets an extended attribute (flags: XATTR_CREATE / XATTR_REPLACE).
     pub async fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: u32) -> Result<()> {
+        if shoal_proto::layout::layout_xattr(name).is_some() {
+            // The MDS refuses a new layout for a file with data: let it see our writes.
+            self.flush(ino).await?;
+        }
         let req = SetXattrRequest {
             ino,
             name: Bytes::copy_from_slice(name),
@@ -441,6 +445,13 @@ impl Client {
                 async move { c.set_xattr(req).await }
             })
             .await?;
+        if shoal_proto::layout::layout_xattr(name).is_some() {
+            // An open (still empty) file now stripes by its new layout.
+            let attr = self.getattr_raw(ino).await?;
+            if let (Some(st), Some(l)) = (self.files().get_mut(&ino), attr.layout) {
+                st.layout = l;
+            }
+        }
         Ok(())
     }
 

@@ -208,3 +208,124 @@ fn a_wiped_osd_is_rebuilt_to_three_copies() {
         assert!(fs::read(c.path(&format!("d/{i}"))).unwrap() == chunk(5, i, 300_000 + i * 1000));
     }
 }
+
+fn cpath(p: &std::path::Path) -> std::ffi::CString {
+    std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap()
+}
+
+fn set_xattr(p: &std::path::Path, name: &str, value: &str) -> Result<(), i32> {
+    let n = std::ffi::CString::new(name).unwrap();
+    // SAFETY: valid NUL-terminated strings and a buffer of the given length.
+    let r = unsafe {
+        libc::setxattr(
+            cpath(p).as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+    }
+}
+
+fn get_xattr(p: &std::path::Path, name: &str) -> Result<String, i32> {
+    let n = std::ffi::CString::new(name).unwrap();
+    let mut buf = vec![0u8; 256];
+    // SAFETY: valid NUL-terminated strings and a buffer of the given length.
+    let r = unsafe {
+        libc::getxattr(
+            cpath(p).as_ptr(),
+            n.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
+    }
+    buf.truncate(r as usize);
+    Ok(String::from_utf8(buf).unwrap())
+}
+
+#[test]
+fn a_striped_file_at_random_offsets_matches_a_reference() {
+    use rand::Rng;
+    use std::os::unix::fs::FileExt;
+    let c = TestCluster::start();
+    let path = c.path("striped");
+    File::create(&path).unwrap();
+    assert_eq!(
+        get_xattr(&path, "shoal.layout").unwrap(),
+        "object_size=4194304 stripe_unit=4194304 stripe_count=1"
+    );
+    set_xattr(&path, "shoal.layout", "stripe_unit=65536 stripe_count=4").unwrap();
+    assert_eq!(get_xattr(&path, "shoal.layout.stripe_count").unwrap(), "4");
+    assert_eq!(
+        get_xattr(&path, "shoal.layout.stripe_unit").unwrap(),
+        "65536"
+    );
+    assert_eq!(
+        set_xattr(&path, "shoal.layout", "stripe_unit=1000"),
+        Err(libc::EINVAL)
+    );
+    assert_eq!(get_xattr(&path, "shoal.dir.layout"), Err(libc::ENODATA));
+
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let mut reference: Vec<u8> = Vec::new();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(6);
+    for _ in 0..150 {
+        let off = rng.gen_range(0..10 * MIB);
+        let len = rng.gen_range(1..300_000);
+        let data: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+        f.write_all_at(&data, off as u64).unwrap();
+        if reference.len() < off + len {
+            reference.resize(off + len, 0);
+        }
+        reference[off..off + len].copy_from_slice(&data);
+    }
+    f.sync_all().unwrap();
+    // Not empty any more: the layout is fixed.
+    assert_eq!(
+        set_xattr(&path, "shoal.layout.stripe_count", "2"),
+        Err(libc::ENOTEMPTY)
+    );
+    drop(f);
+    let f = File::open(&path).unwrap();
+    for _ in 0..100 {
+        let off = rng.gen_range(0..reference.len());
+        let len = rng.gen_range(1..400_000).min(reference.len() - off);
+        let mut buf = vec![0u8; len];
+        f.read_exact_at(&mut buf, off as u64).unwrap();
+        assert!(buf == reference[off..off + len], "read at {off}+{len}");
+    }
+    assert!(fs::read(&path).unwrap() == reference);
+    // 64 KiB units dealt over 4 objects per 4 MiB object set: the file spans many objects.
+    let ino = std::os::unix::fs::MetadataExt::ino(&fs::metadata(&path).unwrap());
+    let per = copies_per_object(&c, &["osd.0", "osd.1", "osd.2"]);
+    let mine = per
+        .keys()
+        .filter(|n| n.starts_with(&format!("{ino:016x}.")))
+        .count();
+    assert!(mine >= 4, "{mine} objects");
+
+    // A directory's layout is what new files in it get.
+    let dir = c.path("wide");
+    fs::create_dir(&dir).unwrap();
+    set_xattr(&dir, "shoal.dir.layout.stripe_count", "3").unwrap();
+    set_xattr(&dir, "shoal.dir.layout.stripe_unit", "131072").unwrap();
+    fs::write(dir.join("child"), b"inherits").unwrap();
+    assert_eq!(
+        get_xattr(&dir.join("child"), "shoal.layout").unwrap(),
+        "object_size=4194304 stripe_unit=131072 stripe_count=3"
+    );
+    assert_eq!(fs::read(dir.join("child")).unwrap(), b"inherits");
+    assert_eq!(get_xattr(&dir, "shoal.layout"), Err(libc::ENODATA));
+}

@@ -356,10 +356,15 @@ impl Fsm {
         Ok(pb::ReadDirReply { entries, eof })
     }
 
-    /// One xattr's value.
+    /// One xattr's value (the layout xattrs are computed from the inode).
     pub fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>, MdsError> {
         let t = Txn::new(&self.db);
-        t.inode(ino)?;
+        let a = t.inode(ino)?;
+        if let Some((dir, field)) = layout::layout_xattr(name) {
+            layout_target(&a, dir, libc::ENODATA)?;
+            let l = a.layout.unwrap_or_else(layout::default_layout);
+            return Ok(layout::format_layout(&l, field).into_bytes());
+        }
         t.get(Cf::Xattrs, &key2(ino, name))?
             .ok_or_else(|| MdsError::fs(libc::ENODATA, "no such xattr"))
     }
@@ -788,8 +793,58 @@ fn check_xattr_name(name: &[u8]) -> Result<(), MdsError> {
     Ok(())
 }
 
+/// Checks that a layout xattr fits the inode: `shoal.dir.layout` on directories,
+/// `shoal.layout` on regular files; `errno` otherwise.
+fn layout_target(a: &Attr, dir: bool, errno: i32) -> Result<(), MdsError> {
+    let kind = if dir {
+        FileKind::Directory
+    } else {
+        FileKind::Regular
+    };
+    if a.kind != kind as i32 {
+        return fs(
+            errno,
+            if dir {
+                "shoal.dir.layout is for directories"
+            } else {
+                "shoal.layout is for regular files"
+            },
+        );
+    }
+    Ok(())
+}
+
+/// Sets a file's or directory's layout through its virtual xattr. A file's layout changes only
+/// while it holds no data, since its objects are cut by it.
+fn set_layout(
+    t: &mut Txn<'_>,
+    r: &pb::SetXattrRequest,
+    dir: bool,
+    field: Option<layout::Field>,
+    now: &Timespec,
+) -> Result<Applied, MdsError> {
+    let mut a = t.inode(r.ino)?;
+    layout_target(&a, dir, libc::EINVAL)?;
+    if !dir && a.size > 0 {
+        return fs(
+            libc::ENOTEMPTY,
+            "a file's layout can change only while it is empty",
+        );
+    }
+    let cur = a.layout.unwrap_or_else(layout::default_layout);
+    let new = layout::parse_layout(&cur, field, &r.value)
+        .map_err(|e| MdsError::fs(e, "invalid layout"))?;
+    a.layout = Some(new);
+    a.ctime = Some(*now);
+    t.put_inode(&a);
+    Ok(Applied::Attr(a))
+}
+
 fn setxattr(t: &mut Txn<'_>, r: &pb::SetXattrRequest, now: &Timespec) -> Result<Applied, MdsError> {
     check_xattr_name(&r.name)?;
+    if let Some((dir, field)) = layout::layout_xattr(&r.name) {
+        return set_layout(t, r, dir, field, now);
+    }
     if r.value.len() > limits::XATTR_VALUE_MAX {
         return fs(libc::E2BIG, "xattr value too large");
     }
@@ -815,6 +870,17 @@ fn removexattr(
 ) -> Result<Applied, MdsError> {
     check_xattr_name(&r.name)?;
     let mut a = t.inode(r.ino)?;
+    if let Some((dir, field)) = layout::layout_xattr(&r.name) {
+        // A directory's layout can be dropped (new files get the default); a file's cannot.
+        layout_target(&a, dir, libc::ENODATA)?;
+        if !dir || field.is_some() {
+            return fs(libc::EINVAL, "a layout can be changed, not removed");
+        }
+        a.layout = Some(layout::default_layout());
+        a.ctime = Some(*now);
+        t.put_inode(&a);
+        return Ok(Applied::Done);
+    }
     let key = key2(r.ino, &r.name);
     if t.get(Cf::Xattrs, &key)?.is_none() {
         return fs(libc::ENODATA, "no such xattr");

@@ -40,6 +40,108 @@ pub fn validate(l: &Layout) -> Result<(), i32> {
     }
 }
 
+/// The virtual xattr holding a regular file's layout.
+pub const FILE_LAYOUT_XATTR: &str = "shoal.layout";
+/// The virtual xattr holding the layout a directory gives the files created in it.
+pub const DIR_LAYOUT_XATTR: &str = "shoal.dir.layout";
+
+/// One field of a layout, as its own virtual xattr (`shoal.layout.stripe_unit`, …).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    /// `object_size`
+    ObjectSize,
+    /// `stripe_unit`
+    StripeUnit,
+    /// `stripe_count`
+    StripeCount,
+}
+
+const FIELDS: [(&str, Field); 3] = [
+    ("object_size", Field::ObjectSize),
+    ("stripe_unit", Field::StripeUnit),
+    ("stripe_count", Field::StripeCount),
+];
+
+/// Which layout xattr `name` is: (a directory's?, one field or the whole layout). `None` for
+/// any other name.
+pub fn layout_xattr(name: &[u8]) -> Option<(bool, Option<Field>)> {
+    let name = std::str::from_utf8(name).ok()?;
+    for (prefix, dir) in [(DIR_LAYOUT_XATTR, true), (FILE_LAYOUT_XATTR, false)] {
+        if name == prefix {
+            return Some((dir, None));
+        }
+        if let Some(field) = name
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.strip_prefix('.'))
+        {
+            return FIELDS
+                .iter()
+                .find(|(n, _)| *n == field)
+                .map(|(_, f)| (dir, Some(*f)));
+        }
+    }
+    None
+}
+
+fn field_value(l: &Layout, f: Field) -> u32 {
+    match f {
+        Field::ObjectSize => l.object_size,
+        Field::StripeUnit => l.stripe_unit,
+        Field::StripeCount => l.stripe_count,
+    }
+}
+
+/// A layout xattr's value: `object_size=N stripe_unit=N stripe_count=N`, or one number.
+pub fn format_layout(l: &Layout, field: Option<Field>) -> String {
+    match field {
+        Some(f) => field_value(l, f).to_string(),
+        None => FIELDS
+            .iter()
+            .map(|(n, f)| format!("{n}={}", field_value(l, *f)))
+            .collect::<Vec<_>>()
+            .join(" "),
+    }
+}
+
+/// `cur` changed by a layout xattr value: a number for one field, or `key=value` pairs
+/// (any subset, space separated) for the whole layout. EINVAL if it does not parse or the
+/// result is not a usable layout.
+pub fn parse_layout(cur: &Layout, field: Option<Field>, value: &[u8]) -> Result<Layout, i32> {
+    let text = std::str::from_utf8(value).map_err(|_| EINVAL)?;
+    let text = text.trim_matches(|c: char| c.is_whitespace() || c == '\0');
+    let mut l = *cur;
+    let mut set = |f: Field, v: &str| -> Result<(), i32> {
+        let v: u32 = v.trim().parse().map_err(|_| EINVAL)?;
+        match f {
+            Field::ObjectSize => l.object_size = v,
+            Field::StripeUnit => l.stripe_unit = v,
+            Field::StripeCount => l.stripe_count = v,
+        }
+        Ok(())
+    };
+    match field {
+        Some(f) => set(f, text)?,
+        None => {
+            let mut any = false;
+            for pair in text.split_whitespace() {
+                let (k, v) = pair.split_once('=').ok_or(EINVAL)?;
+                let f = FIELDS
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, f)| *f)
+                    .ok_or(EINVAL)?;
+                set(f, v)?;
+                any = true;
+            }
+            if !any {
+                return Err(EINVAL);
+            }
+        }
+    }
+    validate(&l)?;
+    Ok(l)
+}
+
 /// The name of object `objno` of inode `ino`, as OSDs store it.
 pub fn object_name(ino: u64, objno: u64) -> String {
     format!("{ino:016x}.{objno:08x}")
@@ -237,6 +339,42 @@ mod tests {
         assert_eq!(validate(&lay(12288, 8192, 1)), Err(EINVAL));
         assert_eq!(validate(&lay(8192, 4096, 0)), Err(EINVAL));
         assert_eq!(validate(&lay(8192, 1000, 1)), Err(EINVAL));
+    }
+
+    #[test]
+    fn layout_xattrs_parse_and_format() {
+        assert_eq!(layout_xattr(b"shoal.layout"), Some((false, None)));
+        assert_eq!(
+            layout_xattr(b"shoal.dir.layout.stripe_count"),
+            Some((true, Some(Field::StripeCount)))
+        );
+        assert_eq!(layout_xattr(b"shoal.layout.pool"), None);
+        assert_eq!(layout_xattr(b"user.x"), None);
+        let d = default_layout();
+        assert_eq!(
+            format_layout(&d, None),
+            "object_size=4194304 stripe_unit=4194304 stripe_count=1"
+        );
+        let l = parse_layout(&d, None, b"stripe_unit=65536 stripe_count=4").unwrap();
+        assert_eq!(l, lay(4 << 20, 65536, 4));
+        assert_eq!(format_layout(&l, Some(Field::StripeUnit)), "65536");
+        assert_eq!(
+            parse_layout(&l, Some(Field::ObjectSize), b"1048576").unwrap(),
+            lay(1 << 20, 65536, 4)
+        );
+        for bad in [
+            &b"stripe_unit=1000"[..],
+            b"bogus=1",
+            b"",
+            b"stripe_count=x",
+            b"object_size",
+        ] {
+            assert_eq!(parse_layout(&d, None, bad), Err(EINVAL), "{bad:?}");
+        }
+        assert_eq!(
+            parse_layout(&d, Some(Field::StripeCount), b"0"),
+            Err(EINVAL)
+        );
     }
 
     #[test]
