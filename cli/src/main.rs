@@ -174,16 +174,22 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
     let mut cf = match ClusterFile::load(&dir)? {
         Some(cf) => {
             if a.mds.is_some_and(|n| n != cf.mds.len())
-                || a.osds.is_some_and(|n| n != cf.osds.len())
+                || a.osds.is_some_and(|n| n < cf.osds.len())
                 || a.replicas.is_some_and(|r| r != cf.replicas)
             {
                 bail!(
-                    "{} holds a cluster of {} MDS and {} OSDs with {} replicas; changing that is not supported yet",
+                    "{} holds a cluster of {} MDS and {} OSDs with {} replicas; only adding OSDs is supported so far",
                     dir.display(),
                     cf.mds.len(),
                     cf.osds.len(),
                     cf.replicas
                 );
+            }
+            let mut cf = cf;
+            // More OSDs: new members join, and PGs backfill onto them.
+            while a.osds.is_some_and(|n| n > cf.osds.len()) {
+                let id = cf.osds.iter().map(|o| o.id + 1).max().unwrap_or(0);
+                cf.osds.push(Member { id, port: 0 });
             }
             cf
         }

@@ -329,3 +329,47 @@ fn a_striped_file_at_random_offsets_matches_a_reference() {
     assert_eq!(fs::read(dir.join("child")).unwrap(), b"inherits");
     assert_eq!(get_xattr(&dir, "shoal.layout"), Err(libc::ENODATA));
 }
+
+#[test]
+fn a_fourth_osd_added_under_load_is_backfilled() {
+    let c = TestCluster::start();
+    fs::create_dir(c.path("d")).unwrap();
+    let files = 24;
+    for i in 0..files {
+        fs::write(c.path(&format!("d/{i}")), chunk(7, i, 500_000 + i * 999)).unwrap();
+    }
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        // Load while the PGs move: rewrite and re-read files, checking every byte.
+        let load = s.spawn(|| {
+            let mut round = 0usize;
+            while !stop.load(Ordering::SeqCst) {
+                for i in 0..files {
+                    let want = chunk(7, i, 500_000 + i * 999);
+                    let got = fs::read(c.path(&format!("d/{i}"))).unwrap();
+                    assert!(got == want, "file {i} read wrong during backfill");
+                }
+                let p = c.path(&format!("new-{round}"));
+                fs::write(&p, chunk(8, round, 200_000)).unwrap();
+                assert!(fs::read(&p).unwrap() == chunk(8, round, 200_000));
+                round += 1;
+            }
+            round
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        c.shoal_ok(&["up", "--osds", "4", "--detach"]);
+        c.wait_clean(Duration::from_secs(120));
+        stop.store(true, Ordering::SeqCst);
+        let rounds = load.join().expect("load saw only right bytes");
+        assert!(rounds >= 1);
+    });
+    let st = c.status();
+    assert_eq!(st["osds"].as_array().unwrap().len(), 4);
+    assert!(!c.object_files_of("osd.3").is_empty(), "osd.3 got no PGs");
+    // Strays dropped their copies: still exactly three per object, now over four OSDs.
+    let per = copies_per_object(&c, &["osd.0", "osd.1", "osd.2", "osd.3"]);
+    assert!(per.values().all(|&n| n == 3), "{per:?}");
+    for i in 0..files {
+        assert!(fs::read(c.path(&format!("d/{i}"))).unwrap() == chunk(7, i, 500_000 + i * 999));
+    }
+}
