@@ -75,6 +75,11 @@ struct UpArgs {
     /// cluster is created.
     #[arg(long)]
     replicas: Option<u32>,
+    /// Spread the OSDs over this many host labels (OSD i on host-<i mod H>), as if they ran
+    /// on H machines; copies of an object always go to different hosts. Default: one host
+    /// per OSD. Set when the cluster is created.
+    #[arg(long)]
+    hosts: Option<u32>,
     /// Seconds without a heartbeat before an OSD is marked down (default 10).
     #[arg(long)]
     osd_grace: Option<u64>,
@@ -176,6 +181,7 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
             if a.mds.is_some_and(|n| n != cf.mds.len())
                 || a.osds.is_some_and(|n| n < cf.osds.len())
                 || a.replicas.is_some_and(|r| r != cf.replicas)
+                || a.hosts.is_some_and(|h| h != cf.hosts)
             {
                 bail!(
                     "{} holds a cluster of {} MDS and {} OSDs with {} replicas; only adding OSDs is supported so far",
@@ -205,6 +211,10 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
             if replicas as usize > n_osds {
                 bail!("--replicas {replicas} needs at least {replicas} OSDs (each copy on its own host)");
             }
+            let hosts = a.hosts.unwrap_or(0);
+            if hosts > 0 && replicas > hosts {
+                bail!("--replicas {replicas} needs at least {replicas} hosts (--hosts {hosts})");
+            }
             ClusterFile {
                 mds: (1..=n_mds as u64)
                     .map(|id| Member { id, port: 0 })
@@ -216,6 +226,7 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
                 replicas,
                 osd_grace_secs: 0,
                 osd_out_secs: 0,
+                hosts,
             }
         }
     };
@@ -265,6 +276,7 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
     let mds = cf.mds_addrs();
     wait_status(&mds, "an MDS leader", limit, |st| st.leader_id != 0)?;
 
+    let hosts = cf.hosts;
     for o in cf.osds.iter_mut() {
         let name = format!("osd.{}", o.id);
         if procs::running_pid(&dir, &name).is_some() {
@@ -279,6 +291,8 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
             format!("127.0.0.1:{}", o.port).into(),
             "--mds".into(),
             mds.join(",").into(),
+            "--host".into(),
+            procs::host_label(hosts, o.id).into(),
         ];
         let mut child = procs::spawn(&dir, &name, &procs::bin_path("shoal-osd")?, &args)?;
         o.port = port_of(&procs::wait_addr(&dir, &name, &mut child, limit)?)?;

@@ -43,6 +43,18 @@ pub struct ClusterFile {
     /// Seconds an OSD stays down before it is marked out (0: the MDS default).
     #[serde(default)]
     pub osd_out_secs: u64,
+    /// Host labels the OSDs are spread over (OSD i on `host-<i % hosts>`); 0: one per OSD.
+    #[serde(default)]
+    pub hosts: u32,
+}
+
+/// The failure-domain label of OSD `id` when OSDs are spread over `hosts` labels (0: one
+/// label per OSD).
+pub fn host_label(hosts: u32, id: u64) -> String {
+    match hosts {
+        0 => format!("host-{id}"),
+        h => format!("host-{}", id % h as u64),
+    }
 }
 
 impl ClusterFile {

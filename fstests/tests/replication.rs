@@ -373,3 +373,72 @@ fn a_fourth_osd_added_under_load_is_backfilled() {
         assert!(fs::read(c.path(&format!("d/{i}"))).unwrap() == chunk(7, i, 500_000 + i * 999));
     }
 }
+
+#[test]
+fn copies_go_to_distinct_hosts_and_an_osd_down_too_long_is_replaced() {
+    // Four OSDs on two host labels, two copies: every object has one copy per host.
+    let c = TestCluster::start_args(&[
+        "--osds",
+        "4",
+        "--hosts",
+        "2",
+        "--replicas",
+        "2",
+        "--osd-grace",
+        "2",
+        "--osd-out",
+        "4",
+    ]);
+    fs::create_dir(c.path("d")).unwrap();
+    for i in 0..16 {
+        fs::write(c.path(&format!("d/{i}")), chunk(9, i, 200_000)).unwrap();
+    }
+    let st = c.status();
+    assert_eq!(st["pool"]["size"], 2);
+    assert_eq!(st["pool"]["min_size"], 1);
+    let host = |osd: &str| {
+        if osd == "osd.0" || osd == "osd.2" {
+            0
+        } else {
+            1
+        }
+    };
+    let mut hosts_of: std::collections::HashMap<String, Vec<u8>> = Default::default();
+    for osd in ["osd.0", "osd.1", "osd.2", "osd.3"] {
+        for p in c.object_files_of(osd) {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            hosts_of.entry(name).or_default().push(host(osd));
+        }
+    }
+    assert!(hosts_of.len() >= 16);
+    for (name, hosts) in &hosts_of {
+        let mut h = hosts.clone();
+        h.sort_unstable();
+        assert_eq!(h, vec![0, 1], "{name}: copies on hosts {hosts:?}");
+    }
+
+    // osd.3 dies: down after the grace period, out after the out interval, and its PGs are
+    // re-replicated on the others without anyone doing anything.
+    c.kill9("osd.3");
+    let start = Instant::now();
+    loop {
+        let st = c.status();
+        let osd3 = &st["osds"].as_array().unwrap()[3];
+        if osd3["up"] == false && osd3["in_cluster"] == false && st["pgs"]["all_clean"] == true {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "osd.3 not replaced: {}",
+            st["pgs"]["states"]
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let per = copies_per_object(&c, &["osd.0", "osd.1", "osd.2"]);
+    for name in hosts_of.keys() {
+        assert_eq!(per.get(name), Some(&2), "{name} not back to two copies");
+    }
+    for i in 0..16 {
+        assert!(fs::read(c.path(&format!("d/{i}"))).unwrap() == chunk(9, i, 200_000));
+    }
+}
