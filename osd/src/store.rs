@@ -395,6 +395,14 @@ impl ObjectStore {
             file.write_all_at(data, offset).map_err(&io)?;
             crcs.write_all_at(&sums, HEADER + first * 4).map_err(&io)?;
         }
+        self.seal(object, &file, &crcs, version, new_size)?;
+        Ok(new_size)
+    }
+
+    /// Finishes a change in place: stamps the version, syncs data and checksums, and records
+    /// the object's new state in the index.
+    fn seal(&self, object: &str, file: &File, crcs: &File, version: u64, size: u64) -> Result<()> {
+        let io = Self::io_err(object);
         crcs.write_all_at(&header(version, false), 0).map_err(&io)?;
         file.sync_data().map_err(&io)?;
         crcs.sync_data().map_err(&io)?;
@@ -403,10 +411,10 @@ impl ObjectStore {
             Some(ObjMeta {
                 version,
                 deleted: false,
-                size: new_size,
+                size,
             }),
         );
-        Ok(new_size)
+        Ok(())
     }
 
     /// Reads block `b` of an object whose size is `size` and checks it against its crc.
@@ -584,18 +592,7 @@ impl ObjectStore {
         crcs.write_all_at(&sums, HEADER + first * 4).map_err(&io)?;
         crcs.set_len(HEADER + size.div_ceil(BLOCK) * 4)
             .map_err(&io)?;
-        crcs.write_all_at(&header(version, false), 0).map_err(&io)?;
-        file.sync_data().map_err(&io)?;
-        crcs.sync_data().map_err(&io)?;
-        self.index().set(
-            object,
-            Some(ObjMeta {
-                version,
-                deleted: false,
-                size,
-            }),
-        );
-        Ok(())
+        self.seal(object, &file, &crcs, version, size)
     }
 
     /// Deletes the object, leaving a tombstone at `version`.
