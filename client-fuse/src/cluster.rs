@@ -42,6 +42,13 @@ pub struct Cluster {
     retry_for: Duration,
 }
 
+/// Refuses a layout the striping math cannot use (it comes from the MDS, never from the
+/// kernel, but a damaged record must be an error, not a division by zero).
+fn usable(layout: &Layout) -> Result<(), ClientError> {
+    shoal_proto::layout::validate(layout)
+        .map_err(|_| ClientError::Protocol(format!("unusable file layout {layout:?}")))
+}
+
 fn channel(addr: &str) -> Result<Channel, ClientError> {
     let ep = Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| ClientError::Protocol(format!("bad address {addr:?}: {e}")))?
@@ -210,6 +217,7 @@ impl Cluster {
         off: u64,
         data: Bytes,
     ) -> Result<(), ClientError> {
+        usable(layout)?;
         let extents = file_to_extents(layout, off, data.len() as u64);
         try_join_all(extents.into_iter().map(|e| {
             let object = object_name(ino, e.objno);
@@ -240,6 +248,7 @@ impl Cluster {
         off: u64,
         len: u64,
     ) -> Result<Bytes, ClientError> {
+        usable(layout)?;
         let extents = file_to_extents(layout, off, len);
         if let [e] = extents.as_slice() {
             // One object: hand its bytes through unless it is short.
@@ -299,6 +308,7 @@ impl Cluster {
         new_size: u64,
         old_size: u64,
     ) -> Result<(), ClientError> {
+        usable(layout)?;
         // Bounded fan-out: a huge sparse file can span thousands of objects.
         let objects = objects_in_range(layout, new_size, old_size);
         stream::iter(objects.into_iter().map(|objno| {

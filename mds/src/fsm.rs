@@ -953,7 +953,8 @@ fn set_osd_state(t: &mut Txn<'_>, r: &SetOsdState, now: &Timespec) -> Result<App
 }
 
 fn set_pool(t: &mut Txn<'_>, p: &Pool) -> Result<Applied, MdsError> {
-    if p.size == 0 || p.min_size == 0 || p.min_size > p.size || p.pg_count == 0 {
+    let pgs_ok = (1..=shoal_proto::placement::MAX_PG_COUNT).contains(&p.pg_count);
+    if p.size == 0 || p.min_size == 0 || p.min_size > p.size || !pgs_ok {
         return fs(
             limits::libc_consts::EINVAL,
             format!(

@@ -228,7 +228,9 @@ impl MdsService {
                 Some((false, r.in_cluster))
             } else if !r.up
                 && r.in_cluster
-                && wall.saturating_sub(r.down_since) as u64 >= self.settings.osd_out_after.as_secs()
+                // A clock that went backwards counts as no time down.
+                && wall.saturating_sub(r.down_since).max(0) as u64
+                    >= self.settings.osd_out_after.as_secs()
             {
                 warn!(osd = r.id, "osd down too long: marking it out");
                 Some((false, false))

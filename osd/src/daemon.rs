@@ -7,7 +7,7 @@
 //! version the primary had (`prior_version`); a replica that missed something refuses and is
 //! recorded as missing the object, to be brought up to date by recovery.
 //!
-//! Versions are `max(previous + 1, epoch << 32)`: a primary in a newer epoch always writes
+//! Versions are `max(previous + 1, epoch << 32)` (saturating): a primary in a newer epoch always writes
 //! newer versions than any earlier primary, so "highest version wins" during peering.
 
 // `tonic::Status` is what these paths hand back to gRPC handlers; boxing it would only add a
@@ -49,11 +49,9 @@ pub enum Mutation {
     Delete,
 }
 
-/// The map an OSD works at, and connections to its peers.
+/// Placement by the map an OSD works at, and connections to its peers.
 pub struct MapState {
-    /// The raw map.
-    pub map: OsdMap,
-    /// Placement answers for it.
+    /// Placement answers for the map.
     pub placement: Placement,
     peers: HashMap<u32, (String, OsdClient<Channel>)>,
 }
@@ -90,7 +88,7 @@ fn channel(addr: &str) -> Result<Channel, Status> {
 
 /// The next version of an object written at `epoch`.
 pub fn next_version(prior: u64, epoch: u64) -> u64 {
-    (prior + 1).max(epoch << 32)
+    prior.saturating_add(1).max(epoch.saturating_mul(1 << 32))
 }
 
 /// The version a replica must hold for an op stamped on top of `meta`.
@@ -106,7 +104,6 @@ impl Osd {
             store,
             mds,
             map: RwLock::new(Arc::new(MapState {
-                map: OsdMap::default(),
                 placement: Placement::default(),
                 peers: HashMap::new(),
             })),
@@ -189,11 +186,8 @@ impl Osd {
         let me_down = map.osds.iter().any(|o| o.id == self.id && !o.up);
         let placement = Placement::from_map(&map);
         let epoch = placement.epoch;
-        *self.map.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(MapState {
-            map,
-            placement,
-            peers,
-        });
+        *self.map.write().unwrap_or_else(|p| p.into_inner()) =
+            Arc::new(MapState { placement, peers });
         if me_down {
             warn!(
                 osd = self.id,
@@ -467,4 +461,20 @@ pub fn apply(s: &ObjectStore, object: &str, m: &Mutation, version: u64) -> Resul
 /// Whether a status says a stored copy failed its checksums.
 pub fn is_corrupt(st: &Status) -> bool {
     st.code() == tonic::Code::DataLoss
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_grow_within_and_across_epochs_and_never_overflow() {
+        assert_eq!(next_version(0, 1), 1 << 32);
+        assert_eq!(next_version(1 << 32, 1), (1 << 32) + 1);
+        // A newer epoch beats anything an older one wrote.
+        assert!(next_version((1 << 32) + 5000, 2) > (1 << 32) + 5001);
+        // A damaged header claiming the largest version cannot panic the OSD.
+        assert_eq!(next_version(u64::MAX, 3), u64::MAX);
+        assert_eq!(next_version(0, u64::MAX), u64::MAX);
+    }
 }

@@ -251,7 +251,7 @@ impl Osd {
                         .collect();
                     info.missing.insert(
                         object,
-                        crate::peering::Missing {
+                        Missing {
                             version: newest.version,
                             deleted: newest.deleted,
                             holders,

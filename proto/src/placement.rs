@@ -14,6 +14,8 @@ use crate::mds::{OsdInfo, OsdMap};
 
 /// PGs in the default pool.
 pub const DEFAULT_PG_COUNT: u32 = 256;
+/// Most PGs a pool may have (the placement table is computed for all of them per map).
+pub const MAX_PG_COUNT: u32 = 1 << 16;
 /// Copies of every object by default.
 pub const DEFAULT_SIZE: u32 = 3;
 

@@ -286,3 +286,56 @@ fn xattrs_and_setattr() {
     }));
     assert_eq!(errno(r), libc::EISDIR);
 }
+
+#[test]
+fn osd_map_epochs_pool_checks_and_out_marking() {
+    let mut h = Harness::new();
+    let pool = |size, min_size, pg_count| {
+        Op::SetPool(Pool {
+            size,
+            min_size,
+            pg_count,
+        })
+    };
+    for bad in [(0, 0, 256), (2, 3, 256), (3, 2, 0), (3, 2, (1 << 16) + 1)] {
+        assert_eq!(
+            errno(h.run(pool(bad.0, bad.1, bad.2))),
+            libc::EINVAL,
+            "{bad:?}"
+        );
+    }
+    assert_eq!(h.run(pool(3, 2, 256)).unwrap(), Applied::Epoch(1));
+    let boot = pb::OsdBootRequest {
+        id: 4,
+        addr: "127.0.0.1:9".into(),
+        host: "h".into(),
+        ..Default::default()
+    };
+    assert_eq!(h.run(Op::OsdBoot(boot.clone())).unwrap(), Applied::Epoch(2));
+    let mark = |up, in_cluster| {
+        Op::SetOsdState(SetOsdState {
+            id: 4,
+            up,
+            in_cluster,
+        })
+    };
+    assert_eq!(h.run(mark(false, true)).unwrap(), Applied::Epoch(3));
+    // No change, no new epoch.
+    assert_eq!(h.run(mark(false, true)).unwrap(), Applied::Epoch(3));
+    let (_, osds) = h.fsm.osds().unwrap();
+    assert!(!osds[0].up && osds[0].in_cluster && osds[0].down_since > 0);
+    assert_eq!(h.run(mark(false, false)).unwrap(), Applied::Epoch(4));
+    // A boot brings it back up and in, in a new epoch.
+    assert_eq!(h.run(Op::OsdBoot(boot)).unwrap(), Applied::Epoch(5));
+    let (epoch, osds) = h.fsm.osds().unwrap();
+    assert_eq!(epoch, 5);
+    assert!(osds[0].up && osds[0].in_cluster && osds[0].up_from == 5);
+    assert_eq!(
+        errno(h.run(Op::SetOsdState(SetOsdState {
+            id: 9,
+            up: true,
+            in_cluster: true
+        }))),
+        libc::ENOENT
+    );
+}
