@@ -21,6 +21,11 @@ pub struct OsdConfig {
     pub report_interval: Duration,
     /// How often every PG this OSD is primary of re-peers (compares every copy's version).
     pub light_scrub_interval: Duration,
+    /// Objects recovered at a time while no client uses this OSD.
+    pub recovery_max_active: u32,
+    /// Percent of the time background recovery may take while clients use this OSD (one
+    /// object at a time, then a pause); 100 puts recovery on an equal footing with clients.
+    pub recovery_busy_share: u32,
 }
 
 impl Default for OsdConfig {
@@ -33,6 +38,8 @@ impl Default for OsdConfig {
             host: String::new(),
             report_interval: Duration::from_secs(2),
             light_scrub_interval: Duration::from_secs(300),
+            recovery_max_active: 2,
+            recovery_busy_share: 20,
         }
     }
 }
@@ -44,6 +51,14 @@ impl OsdConfig {
         anyhow::ensure!(
             !self.report_interval.is_zero(),
             "report_interval must be positive"
+        );
+        anyhow::ensure!(
+            self.recovery_max_active >= 1,
+            "recovery_max_active must be at least 1"
+        );
+        anyhow::ensure!(
+            (1..=100).contains(&self.recovery_busy_share),
+            "recovery_busy_share is a percentage from 1 to 100"
         );
         Ok(())
     }

@@ -26,12 +26,13 @@ use shoal_proto::mds::{GetOsdMapRequest, OsdMap};
 use shoal_proto::osd::osd_client::OsdClient;
 use shoal_proto::osd::{ObjectCopy, PullRequest, RepKind, RepOpRequest};
 use shoal_proto::placement::{stable_hash, Placement};
-use tokio::sync::{Notify, OwnedMutexGuard, Semaphore};
+use tokio::sync::{Notify, OwnedMutexGuard};
 use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
 use tracing::{debug, info, warn};
 
 use crate::peering::PgInfo;
+use crate::qos::Qos;
 use crate::store::{ObjMeta, ObjectStore, StoreError};
 
 const OBJECT_LOCKS: usize = 1024;
@@ -70,8 +71,8 @@ pub struct Osd {
     pub pgs: Mutex<HashMap<u32, PgInfo>>,
     /// Woken when a PG finishes peering.
     pub peered: Notify,
-    /// Bounds background recovery so client I/O keeps the disks.
-    pub recovery_slots: Semaphore,
+    /// Client load, and the recovery turns that yield to it.
+    pub qos: Qos,
     /// Set when the map says this OSD is down while it runs: the heartbeat boots again.
     pub wrongly_down: std::sync::atomic::AtomicBool,
 }
@@ -98,7 +99,8 @@ pub fn version_of(meta: Option<ObjMeta>) -> u64 {
 
 impl Osd {
     /// A new OSD state over `store`, talking to the MDS at `mds`.
-    pub fn new(id: u32, store: Arc<ObjectStore>, mds: Vec<String>) -> Arc<Osd> {
+    /// Background recovery follows `qos`.
+    pub fn new(id: u32, store: Arc<ObjectStore>, mds: Vec<String>, qos: Qos) -> Arc<Osd> {
         Arc::new(Osd {
             id,
             store,
@@ -113,7 +115,7 @@ impl Osd {
                 .collect(),
             pgs: Mutex::new(HashMap::new()),
             peered: Notify::new(),
-            recovery_slots: Semaphore::new(2),
+            qos,
             wrongly_down: std::sync::atomic::AtomicBool::new(false),
         })
     }
@@ -276,6 +278,7 @@ impl Osd {
         len: u64,
         client_epoch: u64,
     ) -> Result<Option<Bytes>, Status> {
+        let _load = self.qos.client_op();
         let (_m, pg) = self.primary_of(&object, client_epoch).await?;
         if self.locally_missing(pg, &object) {
             let _g = self.lock_object(&object).await;
@@ -300,6 +303,7 @@ impl Osd {
         mutation: Mutation,
         client_epoch: u64,
     ) -> Result<u64, Status> {
+        let _load = self.qos.client_op();
         let (m, pg) = self.primary_of(&object, client_epoch).await?;
         let _g = self.lock_object(&object).await;
         if self.locally_missing(pg, &object) {
@@ -401,6 +405,7 @@ impl Osd {
 
     /// A replica applying a primary's op.
     pub async fn replica_op(self: &Arc<Self>, r: RepOpRequest) -> Result<(), Status> {
+        let _load = self.qos.client_op();
         self.ensure_epoch(r.epoch).await;
         let m = self.map();
         let pl = &m.placement;

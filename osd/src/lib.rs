@@ -15,6 +15,7 @@
 pub mod config;
 pub mod daemon;
 pub mod peering;
+pub mod qos;
 pub mod service;
 pub mod store;
 
@@ -81,7 +82,8 @@ pub async fn run(
     std::fs::write(cfg.data_dir.join("addr"), addr.to_string())?;
     info!(%addr, osd = cfg.id, "osd serving");
 
-    let osd = daemon::Osd::new(cfg.id, store, cfg.mds.clone());
+    let qos = qos::Qos::new(cfg.recovery_max_active, cfg.recovery_busy_share);
+    let osd = daemon::Osd::new(cfg.id, store, cfg.mds.clone(), qos);
     let reporter = tokio::spawn(report_loop(cfg.clone(), addr.to_string(), osd.clone()));
     let svc = service::OsdService::new(osd);
     let result = tonic::transport::Server::builder()

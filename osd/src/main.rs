@@ -29,6 +29,13 @@ struct Args {
     /// Seconds between usage reports (the heartbeat).
     #[arg(long, default_value_t = 2)]
     report_secs: u64,
+    /// Objects recovered at a time while no client uses this OSD.
+    #[arg(long, default_value_t = 2, env = "SHOAL_RECOVERY_MAX_ACTIVE")]
+    recovery_max_active: u32,
+    /// Percent of the time recovery may take while clients use this OSD (1-100; 100 = no
+    /// priority for clients).
+    #[arg(long, default_value_t = 20, env = "SHOAL_RECOVERY_BUSY_SHARE")]
+    recovery_busy_share: u32,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -47,6 +54,8 @@ fn main() -> anyhow::Result<()> {
         mds: args.mds,
         host: args.host,
         report_interval: Duration::from_secs(args.report_secs),
+        recovery_max_active: args.recovery_max_active,
+        recovery_busy_share: args.recovery_busy_share,
         ..OsdConfig::default()
     };
     let rt = tokio::runtime::Runtime::new()?;

@@ -358,14 +358,16 @@ impl Osd {
                 if self.epoch() != epoch {
                     break;
                 }
-                let Ok(_slot) = self.recovery_slots.acquire().await else {
+                let Some(turn) = self.qos.recovery_turn().await else {
                     return;
                 };
-                let _g = self.lock_object(object).await;
+                let g = self.lock_object(object).await;
                 if let Err(e) = self.recover_object(pg, object).await {
                     failed += 1;
                     warn!(pg, object = %object, error = %e.message(), "recovery failed; will retry");
                 }
+                drop(g);
+                turn.finish().await;
             }
             let done = {
                 let mut pgs = self.pgs_lock();

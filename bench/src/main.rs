@@ -1,0 +1,342 @@
+//! `shoal-bench`: measurements of Shoal through real mounts.
+//!
+//! `shoal-bench recovery` answers "does client I/O keep its speed while the cluster heals?":
+//! it starts a 3-OSD, 3-replica cluster, fills it, measures sequential write and read
+//! throughput through the mount, then wipes one OSD's disk, restarts it and measures the same
+//! workloads while that OSD is rebuilt. Each run reports the ratios of the two, and how fast
+//! recovery moved meanwhile. With `--compare` it runs a second cluster whose OSDs give
+//! recovery an equal share (no client priority), so the effect of the priority is visible in
+//! the same run.
+
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use rand::RngCore;
+use shoal_fstests::TestCluster;
+
+const MIB: usize = 1 << 20;
+/// Files of the fill and of the write workload are this large.
+const FILE_MIB: usize = 64;
+
+/// Shoal benchmarks through real mounts.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Client throughput while an OSD is rebuilt, against the same cluster healthy.
+    Recovery(RecoveryArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+struct RecoveryArgs {
+    /// Data written before the OSD is wiped (what recovery has to rebuild), MiB.
+    #[arg(long, default_value_t = 3072)]
+    fill_mib: usize,
+    /// Length of each measured window (write, then read), seconds.
+    #[arg(long, default_value_t = 8)]
+    window_secs: u64,
+    /// Also run a cluster whose recovery gets an equal share of the OSDs, and compare.
+    #[arg(long)]
+    compare: bool,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Recovery(a) => recovery(&a),
+    }
+}
+
+/// Throughput of one window, and what recovery did meanwhile.
+#[derive(Debug, Clone, Copy, Default)]
+struct Window {
+    mb_per_sec: f64,
+    /// Copies still to recover at the start and at the end of the window.
+    missing_before: u64,
+    missing_after: u64,
+    secs: f64,
+}
+
+impl Window {
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "mb_per_sec": round(self.mb_per_sec),
+            "missing_before": self.missing_before,
+            "missing_after": self.missing_after,
+            "secs": round(self.secs),
+        })
+    }
+}
+
+/// One cluster's run: healthy and recovering windows.
+#[derive(Debug, Clone, Copy, Default)]
+struct Run {
+    write_healthy: Window,
+    read_healthy: Window,
+    write_recovering: Window,
+    read_recovering: Window,
+    /// Seconds from the OSD's restart until every PG was clean again.
+    rebuild_secs: f64,
+    /// Copies the rebuild had to make.
+    rebuilt_copies: u64,
+}
+
+impl Run {
+    fn write_ratio(&self) -> f64 {
+        self.write_recovering.mb_per_sec / self.write_healthy.mb_per_sec.max(f64::MIN_POSITIVE)
+    }
+    fn read_ratio(&self) -> f64 {
+        self.read_recovering.mb_per_sec / self.read_healthy.mb_per_sec.max(f64::MIN_POSITIVE)
+    }
+    /// Whether recovery was still under way when both recovering windows ended.
+    fn overlapped(&self) -> bool {
+        self.write_recovering.missing_before > 0 && self.read_recovering.missing_after > 0
+    }
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "healthy": {"write": self.write_healthy.json(), "read": self.read_healthy.json()},
+            "recovering": {"write": self.write_recovering.json(), "read": self.read_recovering.json()},
+            "write_ratio": round(self.write_ratio()),
+            "read_ratio": round(self.read_ratio()),
+            "recovery_overlapped_windows": self.overlapped(),
+            "rebuild_secs": round(self.rebuild_secs),
+            "rebuilt_copies": self.rebuilt_copies,
+        })
+    }
+}
+
+fn round(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+fn recovery(a: &RecoveryArgs) -> anyhow::Result<()> {
+    if a.fill_mib < FILE_MIB || a.window_secs == 0 {
+        bail!("--fill-mib must be at least {FILE_MIB} and --window-secs positive");
+    }
+    let prioritized = recovery_run(a, None)?;
+    let equal = if a.compare {
+        Some(recovery_run(a, Some("100"))?)
+    } else {
+        None
+    };
+    if a.json {
+        let mut out = serde_json::json!({ "prioritized": prioritized.json() });
+        if let Some(e) = &equal {
+            out["equal_share"] = e.json();
+        }
+        println!("{out}");
+        return Ok(());
+    }
+    println!(
+        "fill {} MiB, 3 OSDs, 3 replicas, {} s windows; one OSD wiped and rebuilt",
+        a.fill_mib, a.window_secs
+    );
+    println!(
+        "{:<22} {:>12} {:>12} {:>8} {:>12} {:>12} {:>8} {:>10}",
+        "recovery",
+        "write MB/s",
+        "(healthy)",
+        "ratio",
+        "read MB/s",
+        "(healthy)",
+        "ratio",
+        "rebuild s"
+    );
+    let mut rows = vec![("client first", prioritized)];
+    if let Some(e) = equal {
+        rows.push(("equal share", e));
+    }
+    for (name, r) in rows {
+        println!(
+            "{:<22} {:>12.1} {:>12.1} {:>8.2} {:>12.1} {:>12.1} {:>8.2} {:>10.1}{}",
+            name,
+            r.write_recovering.mb_per_sec,
+            r.write_healthy.mb_per_sec,
+            r.write_ratio(),
+            r.read_recovering.mb_per_sec,
+            r.read_healthy.mb_per_sec,
+            r.read_ratio(),
+            r.rebuild_secs,
+            if r.overlapped() {
+                ""
+            } else {
+                "  (recovery ended inside a window: use a larger --fill-mib)"
+            }
+        );
+    }
+    Ok(())
+}
+
+/// One cluster: fill, measure healthy, wipe osd.2, measure while it is rebuilt.
+/// `share` sets the OSDs' recovery share under client load (percent), if given.
+fn recovery_run(a: &RecoveryArgs, share: Option<&str>) -> anyhow::Result<Run> {
+    match share {
+        // SAFETY (edition 2021: safe fn): set before any thread of ours runs; the cluster's
+        // daemons inherit it.
+        Some(s) => std::env::set_var("SHOAL_RECOVERY_BUSY_SHARE", s),
+        None => std::env::remove_var("SHOAL_RECOVERY_BUSY_SHARE"),
+    }
+    let c = TestCluster::start_args(&["--osds", "3", "--replicas", "3", "--osd-grace", "3"]);
+    let window = Duration::from_secs(a.window_secs);
+    eprintln!("# filling {} MiB", a.fill_mib);
+    let fill_dir = c.path("fill");
+    fs::create_dir(&fill_dir)?;
+    let mut block = vec![0u8; MIB];
+    rand::thread_rng().fill_bytes(&mut block);
+    let mut fill = Vec::new();
+    for i in 0..a.fill_mib / FILE_MIB {
+        let p = fill_dir.join(format!("f{i}"));
+        write_file(&p, &mut block, FILE_MIB, None)?;
+        fill.push(p);
+    }
+    c.wait_clean(Duration::from_secs(120));
+
+    eprintln!("# healthy windows");
+    let write_healthy = write_window(&c, "healthy", &mut block, window)?;
+    let read_healthy = read_window(&c, &fill, window)?;
+
+    eprintln!("# wiping osd.2 and restarting it");
+    c.kill9("osd.2");
+    fs::remove_dir_all(c.data.join("osd.2").join("objects"))?;
+    let restarted = Instant::now();
+    c.up();
+    let started = Instant::now();
+    let rebuilt_copies = loop {
+        let m = missing(&c);
+        if m > 0 {
+            break m;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            bail!("recovery did not start within 60 s of the restart");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!("# recovering windows ({rebuilt_copies} copies to rebuild)");
+    let write_recovering = write_window(&c, "recovering", &mut block, window)?;
+    let read_recovering = read_window(&c, &fill, window)?;
+    c.wait_clean(Duration::from_secs(1800));
+    let rebuild_secs = restarted.elapsed().as_secs_f64();
+    // Everything written stayed readable and whole.
+    for p in &fill {
+        let n = fs::metadata(p)?.len();
+        if n != (FILE_MIB * MIB) as u64 {
+            bail!("{} has {n} bytes after the rebuild", p.display());
+        }
+    }
+    Ok(Run {
+        write_healthy,
+        read_healthy,
+        write_recovering,
+        read_recovering,
+        rebuild_secs,
+        rebuilt_copies,
+    })
+}
+
+/// Copies the cluster still has to recover.
+fn missing(c: &TestCluster) -> u64 {
+    c.status()["pgs"]["missing_copies"].as_u64().unwrap_or(0)
+}
+
+/// Writes `mib` MiB of `block` (each MiB stamped with its index) and fsyncs; stops early at
+/// `until`. Returns the bytes written.
+fn write_file(
+    p: &Path,
+    block: &mut [u8],
+    mib: usize,
+    until: Option<Instant>,
+) -> anyhow::Result<u64> {
+    let mut f = File::create(p).with_context(|| format!("creating {}", p.display()))?;
+    let mut n = 0u64;
+    for i in 0..mib {
+        if until.is_some_and(|u| Instant::now() >= u) {
+            break;
+        }
+        block[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        f.write_all(block)
+            .with_context(|| format!("writing {}", p.display()))?;
+        n += block.len() as u64;
+    }
+    f.sync_all()
+        .with_context(|| format!("fsync of {}", p.display()))?;
+    Ok(n)
+}
+
+/// Sequential writes of 64 MiB files, 1 MiB at a time, each fsynced, for `window`.
+fn write_window(
+    c: &TestCluster,
+    tag: &str,
+    block: &mut [u8],
+    window: Duration,
+) -> anyhow::Result<Window> {
+    let dir = c.path(tag);
+    fs::create_dir(&dir)?;
+    let missing_before = missing(c);
+    let start = Instant::now();
+    let until = start + window;
+    let mut bytes = 0;
+    let mut i = 0;
+    while Instant::now() < until {
+        bytes += write_file(&dir.join(format!("w{i}")), block, FILE_MIB, Some(until))?;
+        i += 1;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    Ok(Window {
+        mb_per_sec: bytes as f64 / 1e6 / secs,
+        missing_before,
+        missing_after: missing(c),
+        secs,
+    })
+}
+
+/// Sequential reads of the fill files (page cache dropped first), for `window` or until all
+/// are read.
+fn read_window(c: &TestCluster, files: &[PathBuf], window: Duration) -> anyhow::Result<Window> {
+    drop_caches()?;
+    let missing_before = missing(c);
+    let start = Instant::now();
+    let mut buf = vec![0u8; MIB];
+    let mut bytes = 0u64;
+    'files: for p in files {
+        let mut f = File::open(p).with_context(|| format!("opening {}", p.display()))?;
+        loop {
+            if start.elapsed() >= window {
+                break 'files;
+            }
+            let n = f
+                .read(&mut buf)
+                .with_context(|| format!("reading {}", p.display()))?;
+            if n == 0 {
+                break;
+            }
+            bytes += n as u64;
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    Ok(Window {
+        mb_per_sec: bytes as f64 / 1e6 / secs,
+        missing_before,
+        missing_after: missing(c),
+        secs,
+    })
+}
+
+/// Empties the page cache so reads reach the cluster (needs root).
+fn drop_caches() -> anyhow::Result<()> {
+    // SAFETY: sync has no memory effects.
+    unsafe { libc::sync() };
+    fs::write("/proc/sys/vm/drop_caches", "3").context("dropping the page cache (run as root)")?;
+    Ok(())
+}
