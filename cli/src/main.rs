@@ -236,9 +236,19 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
     if let Some(o) = a.osd_out {
         cf.osd_out_secs = o;
     }
-    if cf.mds.len() != 1 {
-        bail!("only a single MDS is supported so far (--mds 1); a replicated MDS group is planned");
+    if !matches!(cf.mds.len(), 1 | 3 | 5) {
+        bail!("--mds must be 1, 3 or 5 (a Raft group needs an odd number of members)");
     }
+    // Members find each other by address, so every port is chosen before any member starts.
+    for m in cf.mds.iter_mut().filter(|m| m.port == 0) {
+        m.port = procs::free_port()?;
+    }
+    let peers = cf
+        .mds
+        .iter()
+        .map(|m| format!("{}=127.0.0.1:{}", m.id, m.port))
+        .collect::<Vec<_>>()
+        .join(",");
     if let Some(m) = &a.mount {
         cf.mount = Some(absolute(m)?);
     }
@@ -257,6 +267,8 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
             dir.join(&name).into(),
             "--listen".into(),
             format!("127.0.0.1:{}", m.port).into(),
+            "--peers".into(),
+            peers.clone().into(),
         ];
         for (flag, v) in [
             ("--pool-size", cf.replicas as u64),
@@ -274,7 +286,9 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
     }
     cf.save(&dir)?;
     let mds = cf.mds_addrs();
-    wait_status(&mds, "an MDS leader", limit, |st| st.leader_id != 0)?;
+    wait_status(&mds, "an MDS leader", limit, |st| {
+        st.leader_id != 0 && st.bootstrapped
+    })?;
 
     let hosts = cf.hosts;
     for o in cf.osds.iter_mut() {

@@ -88,6 +88,13 @@ impl ClusterFile {
     }
 }
 
+/// A TCP port on 127.0.0.1 that is free now (the kernel picks it; it stays free unless
+/// another program binds it before the daemon does).
+pub fn free_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(l.local_addr()?.port())
+}
+
 /// Where the Shoal binaries are: beside this executable (or its parent, for test binaries
 /// that live in `target/*/deps`).
 pub fn bin_path(name: &str) -> anyhow::Result<PathBuf> {

@@ -31,6 +31,23 @@ pub struct OsdStatus {
     pub free_bytes: u64,
 }
 
+/// One MDS member as the leader sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct MdsMemberStatus {
+    /// Raft id.
+    pub id: u64,
+    /// gRPC address.
+    pub addr: String,
+    /// Whether it leads.
+    pub leader: bool,
+    /// Heard from by the leader recently.
+    pub active: bool,
+    /// Highest log index known to be on it.
+    pub matched: u64,
+    /// Entries it is behind the leader's log.
+    pub lag: u64,
+}
+
 /// The whole report.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -42,6 +59,8 @@ pub struct Report {
     pub mds_members: Vec<u64>,
     /// Current leader (0: none).
     pub mds_leader: u64,
+    /// Each member: address, role, and how far behind the leader it is.
+    pub mds: Vec<MdsMemberStatus>,
     /// Raft term.
     pub term: u64,
     /// Raft commit index.
@@ -166,6 +185,18 @@ pub fn report(st: &StatusReply) -> Report {
     if st.leader_id == 0 {
         err.push("the MDS has no leader".to_string());
     }
+    let inactive: Vec<String> = st
+        .members
+        .iter()
+        .filter(|m| !m.active)
+        .map(|m| format!("mds.{} ({})", m.id, m.addr))
+        .collect();
+    if !inactive.is_empty() && st.leader_id != 0 {
+        warn.push(format!(
+            "MDS member(s) not answering the leader: {}",
+            inactive.join(", ")
+        ));
+    }
     if osds.is_empty() {
         err.push("no OSDs have registered".to_string());
     }
@@ -228,6 +259,18 @@ pub fn report(st: &StatusReply) -> Report {
         reasons: err,
         mds_members: st.members.iter().map(|m| m.id).collect(),
         mds_leader: st.leader_id,
+        mds: st
+            .members
+            .iter()
+            .map(|m| MdsMemberStatus {
+                id: m.id,
+                addr: m.addr.clone(),
+                leader: m.leader,
+                active: m.active,
+                matched: m.matched,
+                lag: m.lag,
+            })
+            .collect(),
         term: st.term,
         commit_index: st.commit_index,
         applied_index: st.applied_index,
@@ -333,6 +376,23 @@ pub fn render(r: &Report) -> String {
         r.commit_index,
         r.applied_index
     );
+    if r.mds.len() > 1 {
+        for m in &r.mds {
+            out += &format!(
+                "  mds.{} {} {}{}\n",
+                m.id,
+                m.addr,
+                if m.leader { "leader" } else { "follower" },
+                if m.leader {
+                    String::new()
+                } else if m.active {
+                    format!(", {} entries behind", m.lag)
+                } else {
+                    ", not answering".to_string()
+                }
+            );
+        }
+    }
     let up = r.osds.iter().filter(|o| o.up).count();
     out += &format!(
         "osd: {} total, {} up, map epoch {}\n",

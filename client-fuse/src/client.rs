@@ -151,7 +151,11 @@ impl Client {
         }
         let r = self
             .cluster
-            .mds("setattr", |mut c| async move { c.set_attr(req).await })
+            .mds_mutate(
+                "setattr",
+                req,
+                |mut c, r| async move { c.set_attr(r).await },
+            )
             .await?;
         let attr = attr_of(r)?;
         if let Some(st) = self.files().get_mut(&ino) {
@@ -164,10 +168,11 @@ impl Client {
     pub async fn make_node(&self, req: MakeNodeRequest) -> Result<Attr> {
         let r = self
             .cluster
-            .mds("make_node", |mut c| {
-                let req = req.clone();
-                async move { c.make_node(req).await }
-            })
+            .mds_mutate(
+                "make_node",
+                req,
+                |mut c, r| async move { c.make_node(r).await },
+            )
             .await?;
         attr_of(r)
     }
@@ -269,7 +274,7 @@ impl Client {
         };
         let r = self
             .cluster
-            .mds("flush", |mut c| async move { c.set_attr(req).await })
+            .mds_mutate("flush", req, |mut c, r| async move { c.set_attr(r).await })
             .await?;
         let attr = attr_of(r)?;
         if let Some(s) = self.files().get_mut(&ino) {
@@ -307,8 +312,8 @@ impl Client {
     async fn purge(&self, ino: u64, layout: &Layout, size: u64) -> Result<()> {
         self.cluster.delete_data(ino, layout, size).await?;
         self.cluster
-            .mds("purge", |mut c| async move {
-                c.purge(PurgeRequest { ino }).await
+            .mds_mutate("purge", PurgeRequest { ino }, |mut c, r| async move {
+                c.purge(r).await
             })
             .await?;
         Ok(())
@@ -345,10 +350,7 @@ impl Client {
         };
         let r = self
             .cluster
-            .mds("unlink", |mut c| {
-                let req = req.clone();
-                async move { c.unlink(req).await }
-            })
+            .mds_mutate("unlink", req, |mut c, r| async move { c.unlink(r).await })
             .await?;
         self.on_orphan(r.orphan).await
     }
@@ -357,10 +359,7 @@ impl Client {
     pub async fn rename(&self, req: RenameRequest) -> Result<()> {
         let r = self
             .cluster
-            .mds("rename", |mut c| {
-                let req = req.clone();
-                async move { c.rename(req).await }
-            })
+            .mds_mutate("rename", req, |mut c, r| async move { c.rename(r).await })
             .await?;
         self.on_orphan(r.orphan).await
     }
@@ -374,10 +373,7 @@ impl Client {
         };
         let r = self
             .cluster
-            .mds("link", |mut c| {
-                let req = req.clone();
-                async move { c.link(req).await }
-            })
+            .mds_mutate("link", req, |mut c, r| async move { c.link(r).await })
             .await?;
         Ok(self.overlay(attr_of(r)?))
     }
@@ -440,10 +436,11 @@ impl Client {
             flags,
         };
         self.cluster
-            .mds("setxattr", |mut c| {
-                let req = req.clone();
-                async move { c.set_xattr(req).await }
-            })
+            .mds_mutate(
+                "setxattr",
+                req,
+                |mut c, r| async move { c.set_xattr(r).await },
+            )
             .await?;
         if shoal_proto::layout::layout_xattr(name).is_some() {
             // An open (still empty) file now stripes by its new layout.
@@ -473,9 +470,8 @@ impl Client {
             name: Bytes::copy_from_slice(name),
         };
         self.cluster
-            .mds("removexattr", |mut c| {
-                let req = req.clone();
-                async move { c.remove_xattr(req).await }
+            .mds_mutate("removexattr", req, |mut c, r| async move {
+                c.remove_xattr(r).await
             })
             .await?;
         Ok(())

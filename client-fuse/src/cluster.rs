@@ -8,9 +8,11 @@
 //! A call answered with an errno is never retried.
 //! Known limit: a mutation whose reply was lost is re-sent, which is not yet exactly-once.
 
+use std::collections::BTreeSet;
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -23,8 +25,9 @@ use shoal_proto::mds::{GetOsdMapRequest, Layout, OsdMap};
 use shoal_proto::osd::osd_client::OsdClient;
 use shoal_proto::osd::{DeleteRequest, ReadRequest, TruncateRequest, WriteRequest};
 use shoal_proto::placement::Placement;
+use shoal_proto::request::ReqId;
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Response, Status};
+use tonic::{Request, Response, Status};
 use tracing::{debug, warn};
 
 use crate::error::ClientError;
@@ -37,7 +40,14 @@ struct MapView {
 
 /// Connections to one cluster.
 pub struct Cluster {
-    mds: Vec<MdsClient<Channel>>,
+    /// MDS members by address; calls go to `mds_at` (the leader, as far as we know).
+    mds: RwLock<Vec<(String, MdsClient<Channel>)>>,
+    mds_at: AtomicUsize,
+    /// This mount's session for exactly-once mutations, and its request numbers.
+    session: u64,
+    next_seq: AtomicU64,
+    /// Request numbers sent and not yet answered.
+    in_flight: Mutex<BTreeSet<u64>>,
     map: RwLock<Arc<MapView>>,
     retry_for: Duration,
 }
@@ -59,6 +69,12 @@ fn channel(addr: &str) -> Result<Channel, ClientError> {
     Ok(ep.connect_lazy())
 }
 
+fn mds_client(addr: &str) -> Result<MdsClient<Channel>, ClientError> {
+    Ok(MdsClient::new(channel(addr)?)
+        .max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(shoal_proto::MAX_MESSAGE_BYTES))
+}
+
 impl Cluster {
     /// Connects (lazily) to the MDS at `mds` addresses and loads the OSD map.
     pub async fn connect(mds: &[String], retry_for: Duration) -> Result<Arc<Cluster>, ClientError> {
@@ -67,14 +83,14 @@ impl Cluster {
         }
         let mds = mds
             .iter()
-            .map(|a| {
-                Ok(MdsClient::new(channel(a)?)
-                    .max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES)
-                    .max_encoding_message_size(shoal_proto::MAX_MESSAGE_BYTES))
-            })
+            .map(|a| Ok((a.clone(), mds_client(a)?)))
             .collect::<Result<Vec<_>, ClientError>>()?;
         let cluster = Arc::new(Cluster {
-            mds,
+            mds: RwLock::new(mds),
+            mds_at: AtomicUsize::new(0),
+            session: rand::random::<u64>().max(1),
+            next_seq: AtomicU64::new(1),
+            in_flight: Mutex::new(BTreeSet::new()),
             map: RwLock::new(Arc::new(MapView {
                 placement: Placement::default(),
                 clients: HashMap::new(),
@@ -85,8 +101,36 @@ impl Cluster {
         Ok(cluster)
     }
 
-    /// Calls the MDS, retrying transport failures (trying each member in turn) until the
-    /// retry window closes.
+    /// The MDS member calls go to now.
+    fn mds_member(&self) -> (usize, MdsClient<Channel>) {
+        let members = self.mds.read().unwrap_or_else(|p| p.into_inner());
+        let i = self.mds_at.load(Ordering::Relaxed) % members.len().max(1);
+        (i, members[i].1.clone())
+    }
+
+    /// Points calls at `leader` (added to the members if new), or at the member after
+    /// `failed` when the leader is unknown.
+    fn switch_mds(&self, failed: usize, leader: Option<&str>) -> Result<(), ClientError> {
+        let mut members = self.mds.write().unwrap_or_else(|p| p.into_inner());
+        let next = match leader {
+            Some(addr) => match members.iter().position(|(a, _)| a == addr) {
+                Some(i) => i,
+                None => {
+                    members.push((addr.to_string(), mds_client(addr)?));
+                    members.len() - 1
+                }
+            },
+            None => (failed + 1) % members.len().max(1),
+        };
+        // Only move on if nobody else already did.
+        let _ = self
+            .mds_at
+            .compare_exchange(failed, next, Ordering::Relaxed, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Calls the MDS leader, following redirects from followers and retrying transport
+    /// failures (trying each member in turn) until the retry window closes.
     pub async fn mds<T, F, Fut>(&self, what: &str, f: F) -> Result<T, ClientError>
     where
         F: Fn(MdsClient<Channel>) -> Fut,
@@ -94,28 +138,83 @@ impl Cluster {
     {
         let start = Instant::now();
         let mut backoff = Duration::from_millis(50);
-        let mut i = 0usize;
+        let mut hops = 0;
         loop {
-            let client = self.mds[i % self.mds.len()].clone();
-            match f(client).await {
+            let (i, client) = self.mds_member();
+            let last = match f(client).await {
                 Ok(r) => return Ok(r.into_inner()),
                 Err(status) => match status_errno(&status) {
-                    WireError::Transport(m) => {
-                        if start.elapsed() >= self.retry_for {
-                            return Err(ClientError::Unavailable {
-                                what: format!("mds {what}"),
-                                last: m,
-                            });
+                    WireError::NotLeader {
+                        leader: Some(leader),
+                    } => {
+                        // A typed redirect: go to the leader at once (members that disagree
+                        // about the leader during an election get the usual backoff).
+                        debug!(op = what, %leader, "mds redirect");
+                        self.switch_mds(i, Some(&leader))?;
+                        hops += 1;
+                        if hops <= 2 && start.elapsed() < self.retry_for {
+                            continue;
                         }
-                        debug!(op = what, error = %m, "mds unreachable, retrying");
-                        i += 1;
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                        format!("redirected to {leader}")
+                    }
+                    WireError::NotLeader { leader: None } => {
+                        self.switch_mds(i, None)?;
+                        "no mds leader elected".to_string()
+                    }
+                    WireError::Transport(m) => {
+                        self.switch_mds(i, None)?;
+                        m
                     }
                     other => return Err(other.into()),
                 },
+            };
+            if start.elapsed() >= self.retry_for {
+                return Err(ClientError::Unavailable {
+                    what: format!("mds {what}"),
+                    last,
+                });
+            }
+            debug!(op = what, error = %last, "mds unavailable, retrying");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    /// Calls the MDS with a mutation, exactly once: every attempt carries the same request
+    /// id, so a retry after a lost reply (a leader failover) gets the first attempt's reply
+    /// instead of applying the mutation again.
+    pub async fn mds_mutate<Q, T, F, Fut>(&self, what: &str, req: Q, f: F) -> Result<T, ClientError>
+    where
+        Q: Clone,
+        F: Fn(MdsClient<Channel>, Request<Q>) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        self.in_flight().insert(seq);
+        // Answered, failed or abandoned: the MDS may forget the reply once it learns so.
+        struct Done<'a>(&'a Cluster, u64);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.in_flight().remove(&self.1);
             }
         }
+        let _done = Done(self, seq);
+        self.mds(what, |c| {
+            let oldest = self.in_flight().first().copied().unwrap_or(seq).min(seq);
+            let mut r = Request::new(req.clone());
+            ReqId {
+                session: self.session,
+                seq,
+                oldest,
+            }
+            .insert(r.metadata_mut());
+            f(c, r)
+        })
+        .await
+    }
+
+    fn in_flight(&self) -> std::sync::MutexGuard<'_, BTreeSet<u64>> {
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Fetches the OSD map and (re)connects to OSDs whose address changed.

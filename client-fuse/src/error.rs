@@ -58,6 +58,10 @@ impl From<WireError> for ClientError {
                 what: "osd".into(),
                 last: e.to_string(),
             },
+            e @ WireError::NotLeader { .. } => ClientError::Unavailable {
+                what: "mds".into(),
+                last: e.to_string(),
+            },
             WireError::Server { code, message } => {
                 ClientError::Protocol(format!("server error {code:?}: {message}"))
             }

@@ -2,6 +2,7 @@
 
 mod data;
 mod faults;
+mod mds_ha;
 mod namespace;
 mod replication;
 mod tools;

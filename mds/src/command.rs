@@ -12,6 +12,105 @@ pub struct Command {
     /// The mutation.
     #[prost(oneof = "Op", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14")]
     pub op: Option<Op>,
+    /// The client request this mutation answers, for exactly-once retries.
+    #[prost(message, optional, tag = "20")]
+    pub req: Option<RequestId>,
+}
+
+/// A client request's identity in the log (see `shoal_proto::request`).
+#[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
+pub struct RequestId {
+    /// The client's session.
+    #[prost(uint64, tag = "1")]
+    pub session: u64,
+    /// The request's number.
+    #[prost(uint64, tag = "2")]
+    pub seq: u64,
+    /// The lowest number the client still waits for.
+    #[prost(uint64, tag = "3")]
+    pub oldest: u64,
+}
+
+impl From<shoal_proto::request::ReqId> for RequestId {
+    fn from(r: shoal_proto::request::ReqId) -> RequestId {
+        RequestId {
+            session: r.session,
+            seq: r.seq,
+            oldest: r.oldest,
+        }
+    }
+}
+
+/// A reply kept for retries of the request that produced it.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct StoredReply {
+    /// 0 done, 1 attr, 2 removed, 3 epoch, 4 error.
+    #[prost(uint32, tag = "1")]
+    pub kind: u32,
+    /// The inode of `Attr` and `Removed`.
+    #[prost(message, optional, tag = "2")]
+    pub attr: Option<pb::Attr>,
+    /// The epoch of `Epoch`.
+    #[prost(uint64, tag = "3")]
+    pub epoch: u64,
+    /// The errno of an error.
+    #[prost(int32, tag = "4")]
+    pub errno: i32,
+    /// The message of an error.
+    #[prost(string, tag = "5")]
+    pub message: String,
+}
+
+impl StoredReply {
+    /// The reply to keep for `outcome`; `None` for outcomes that are not filesystem results.
+    pub fn of(outcome: &Result<Applied, crate::error::MdsError>) -> Option<StoredReply> {
+        use crate::error::MdsError;
+        let r = StoredReply::default();
+        Some(match outcome {
+            Ok(Applied::Done) => r,
+            Ok(Applied::Attr(a)) => StoredReply {
+                kind: 1,
+                attr: Some(*a),
+                ..r
+            },
+            Ok(Applied::Removed(a)) => StoredReply {
+                kind: 2,
+                attr: *a,
+                ..r
+            },
+            Ok(Applied::Epoch(e)) => StoredReply {
+                kind: 3,
+                epoch: *e,
+                ..r
+            },
+            Err(MdsError::Fs { errno, message }) => StoredReply {
+                kind: 4,
+                errno: *errno,
+                message: message.clone(),
+                ..r
+            },
+            Err(_) => return None,
+        })
+    }
+
+    /// The outcome this reply stands for.
+    pub fn outcome(self) -> Result<Applied, crate::error::MdsError> {
+        match self.kind {
+            0 => Ok(Applied::Done),
+            1 => self.attr.map(Applied::Attr).ok_or_else(|| {
+                crate::error::MdsError::Corrupt("stored reply without its inode".into())
+            }),
+            2 => Ok(Applied::Removed(self.attr)),
+            3 => Ok(Applied::Epoch(self.epoch)),
+            4 => Err(crate::error::MdsError::Fs {
+                errno: self.errno,
+                message: self.message,
+            }),
+            k => Err(crate::error::MdsError::Corrupt(format!(
+                "stored reply of unknown kind {k}"
+            ))),
+        }
+    }
 }
 
 /// The mutations the state machine knows.

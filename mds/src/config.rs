@@ -13,6 +13,9 @@ pub struct MdsConfig {
     pub data_dir: PathBuf,
     /// Address to serve gRPC on; port 0 picks a free one (written to `data_dir/addr`).
     pub listen: SocketAddr,
+    /// Members of a new group as (id, address), this node included; empty: a group of one.
+    /// Peers are reached at these addresses.
+    pub peers: Vec<(u64, String)>,
     /// Raft tick length.
     pub tick: Duration,
     /// Ticks without hearing a leader before a follower campaigns.
@@ -39,6 +42,7 @@ impl Default for MdsConfig {
             id: 1,
             data_dir: PathBuf::from("mds-data"),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            peers: Vec::new(),
             tick: Duration::from_millis(100),
             election_ticks: 10,
             heartbeat_ticks: 3,
@@ -56,6 +60,16 @@ impl MdsConfig {
     /// Rejects settings the node cannot run with.
     pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(self.id != 0, "mds id must be non-zero");
+        anyhow::ensure!(
+            self.peers.is_empty() || self.peers.iter().any(|(id, _)| *id == self.id),
+            "the member list must include this node (id {})",
+            self.id
+        );
+        let mut ids: Vec<u64> = self.peers.iter().map(|(id, _)| *id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        anyhow::ensure!(ids.len() == self.peers.len(), "member ids must be unique");
+        anyhow::ensure!(!ids.contains(&0), "member ids must be non-zero");
         anyhow::ensure!(
             self.heartbeat_ticks >= 1,
             "heartbeat_ticks must be at least 1"

@@ -14,11 +14,11 @@ pub enum MdsError {
         /// What was wrong, for logs and the client's error text.
         message: String,
     },
-    /// This node cannot order writes now: it is not the Raft leader (yet).
+    /// This node cannot order writes or answer reads now: it is not the Raft leader.
     #[error("not the leader (leader: {leader:?})")]
     NotLeader {
-        /// The leader's Raft id, when known.
-        leader: Option<u64>,
+        /// The leader's address, when known.
+        leader: Option<String>,
     },
     /// RocksDB failed.
     #[error("storage: {0}")]
@@ -49,11 +49,7 @@ impl From<MdsError> for Status {
         match e {
             MdsError::Fs { errno, message } => errno_status(errno, message),
             MdsError::NotLeader { leader } => {
-                let mut st = Status::unavailable("not the leader");
-                if let Some(id) = leader.and_then(|l| l.to_string().parse().ok()) {
-                    st.metadata_mut().insert("shoal-leader", id);
-                }
-                st
+                shoal_proto::error::not_leader_status(leader.as_deref())
             }
             MdsError::Storage(e) => errno_status(libc::EIO, format!("mds storage: {e}")),
             MdsError::Raft(e) => Status::unavailable(format!("raft: {e}")),

@@ -18,7 +18,7 @@ use shoal_proto::layout;
 use shoal_proto::limits::{self, check_name};
 use shoal_proto::mds::{self as pb, Attr, FileKind, Timespec};
 
-use crate::command::{Applied, Command, Op, OsdRecord, Pool, SetOsdState};
+use crate::command::{Applied, Command, Op, OsdRecord, Pool, SetOsdState, StoredReply};
 use crate::error::MdsError;
 use crate::store::{Cf, Db};
 
@@ -101,6 +101,8 @@ type PendingWrite = (Cf, Option<Vec<u8>>);
 struct Txn<'a> {
     db: &'a Db,
     writes: BTreeMap<(u8, Vec<u8>), PendingWrite>,
+    /// Key ranges deleted before `writes` are applied.
+    erased: Vec<(Cf, Vec<u8>, Vec<u8>)>,
 }
 
 impl<'a> Txn<'a> {
@@ -108,6 +110,7 @@ impl<'a> Txn<'a> {
         Txn {
             db,
             writes: BTreeMap::new(),
+            erased: Vec::new(),
         }
     }
 
@@ -234,6 +237,9 @@ impl<'a> Txn<'a> {
 
     fn commit(self, applied: u64) -> Result<(), MdsError> {
         let mut b = self.db.batch();
+        for (cf, from, to) in &self.erased {
+            b.delete_range(*cf, from, to);
+        }
         for ((_, key), (cf, v)) in self.writes {
             match v {
                 Some(v) => b.put(cf, &key, &v),
@@ -275,23 +281,46 @@ impl Fsm {
     /// normal outcome: the entry is still applied (its index recorded), nothing else changes.
     /// Only storage failures are returned as `Err` on the outer result.
     pub fn apply(&self, index: u64, cmd: &Command) -> Result<Result<Applied, MdsError>, MdsError> {
+        // A retried request gets the reply its first application produced.
+        let req_key = cmd.req.map(|r| key2(r.session, &r.seq.to_be_bytes()));
+        if let Some(k) = &req_key {
+            if let Some(b) = self.db.get(Cf::Sessions, k)? {
+                let stored = StoredReply::decode(b.as_slice())
+                    .map_err(|e| MdsError::Corrupt(format!("stored reply: {e}")))?;
+                Txn::new(&self.db).commit(index)?;
+                return Ok(stored.outcome());
+            }
+        }
         let mut txn = Txn::new(&self.db);
         let now = cmd.now.unwrap_or_default();
         let result = match &cmd.op {
             Some(op) => apply_op(&mut txn, op, &now),
             None => fs(libc::EINVAL, "empty command"),
         };
-        match result {
-            Ok(applied) => {
-                txn.commit(index)?;
-                Ok(Ok(applied))
+        let result = match result {
+            // Storage or decoding trouble: not an outcome of the command.
+            Err(e) if !matches!(e, MdsError::Fs { .. }) => return Err(e),
+            r => r,
+        };
+        // A failed mutation changes nothing but the applied index (and its stored reply).
+        let mut txn = if result.is_ok() {
+            txn
+        } else {
+            Txn::new(&self.db)
+        };
+        if let (Some(r), Some(k)) = (cmd.req, req_key) {
+            if let Some(stored) = StoredReply::of(&result) {
+                txn.put(Cf::Sessions, &k, stored.encode_to_vec());
             }
-            Err(e @ MdsError::Fs { .. }) => {
-                Txn::new(&self.db).commit(index)?;
-                Ok(Err(e))
-            }
-            Err(e) => Err(e),
+            // Replies the client no longer waits for are dropped.
+            txn.erased.push((
+                Cf::Sessions,
+                key2(r.session, &0u64.to_be_bytes()),
+                key2(r.session, &r.oldest.to_be_bytes()),
+            ));
         }
+        txn.commit(index)?;
+        Ok(result)
     }
 
     // ---- reads (served from the applied state) ----

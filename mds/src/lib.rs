@@ -7,6 +7,7 @@
 //!   OSD map); applies commands, answers reads.
 //! - [`node`]: the thread that owns the raft-rs `RawNode` and runs the ready loop.
 //! - [`service`]: the gRPC `Mds` service; reads go to the state machine, writes to the node.
+//! - [`transport`]: Raft messages between members over gRPC.
 //! - [`config`]: the daemon's settings; [`run`] starts everything.
 //!
 //! A mutation: gRPC handler → `NodeHandle::propose` → Raft log (synced RocksDB write) →
@@ -19,18 +20,21 @@ pub mod fsm;
 pub mod node;
 pub mod service;
 pub mod store;
+pub mod transport;
 
 use std::net::SocketAddr;
 
 use shoal_proto::mds::mds_server::MdsServer;
+use shoal_proto::mds::raft_peer_server::RaftPeerServer;
 use tokio_stream::wrappers::TcpListenerStream;
 use tracing::{info, warn};
 
 pub use config::MdsConfig;
 pub use error::MdsError;
 
-use crate::command::{Bootstrap, Op, Pool};
+use crate::command::Pool;
 use crate::node::{Node, NodeConfig};
+use crate::service::NewCluster;
 
 /// Runs the MDS until `shutdown` resolves.
 pub async fn run(
@@ -47,9 +51,14 @@ pub async fn run(
         .await
         .with_context(|| format!("binding {}", cfg.listen))?;
     let addr: SocketAddr = listener.local_addr()?;
+    let members = if cfg.peers.is_empty() {
+        vec![(cfg.id, addr.to_string())]
+    } else {
+        cfg.peers.clone()
+    };
     let node_cfg = NodeConfig {
         id: cfg.id,
-        initial_voters: vec![cfg.id],
+        members,
         tick: cfg.tick,
         election_ticks: cfg.election_ticks,
         heartbeat_ticks: cfg.heartbeat_ticks,
@@ -57,40 +66,34 @@ pub async fn run(
     let (node, join) = Node::start(&node_cfg, db.clone())?;
     let fsm = fsm::Fsm::new(db);
 
-    // A new namespace gets its root directory, owned by whoever started the cluster.
-    if !fsm.bootstrapped()? {
-        let (uid, gid) = (cfg.root_uid, cfg.root_gid);
-        node.propose(Op::Bootstrap(Bootstrap { uid, gid }))
-            .await
-            .context("creating the root directory")?;
-    }
-
-    // A new cluster gets its pool settings once; later starts keep what is stored.
-    if fsm.pool()?.is_none() {
-        let size = cfg.pool_size;
-        let min_size = match cfg.pool_min_size {
-            0 => shoal_proto::placement::default_min_size(size),
-            n => n,
-        };
-        node.propose(Op::SetPool(Pool {
-            size,
-            min_size,
-            pg_count: shoal_proto::placement::DEFAULT_PG_COUNT,
-        }))
-        .await
-        .context("setting the pool")?;
-    }
-
-    // Tell whoever started us where we listen, once we really do.
+    // Serve at once: peers need the Raft service to elect a leader. The leader creates the
+    // root directory and the pool of a new cluster (see `MdsService::monitor`).
     std::fs::write(cfg.data_dir.join("addr"), addr.to_string())?;
     info!(%addr, id = cfg.id, "mds serving");
     let settings = service::MapSettings {
         osd_grace: cfg.osd_grace,
         osd_out_after: cfg.osd_out_after,
+        new_cluster: NewCluster {
+            root_uid: cfg.root_uid,
+            root_gid: cfg.root_gid,
+            pool: Pool {
+                size: cfg.pool_size,
+                min_size: match cfg.pool_min_size {
+                    0 => shoal_proto::placement::default_min_size(cfg.pool_size),
+                    n => n,
+                },
+                pg_count: shoal_proto::placement::DEFAULT_PG_COUNT,
+            },
+        },
     };
-    let svc = service::MdsService::new(node.clone(), fsm, addr.to_string(), settings);
+    let svc = service::MdsService::new(node.clone(), fsm, settings);
     let monitor = tokio::spawn(svc.clone().monitor());
     let result = tonic::transport::Server::builder()
+        .add_service(
+            RaftPeerServer::new(transport::RaftPeerService::new(node.clone()))
+                .max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(shoal_proto::MAX_MESSAGE_BYTES),
+        )
         .add_service(
             MdsServer::new(svc)
                 .max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES)

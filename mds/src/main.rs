@@ -20,6 +20,9 @@ struct Args {
     /// gRPC listen address (port 0: any free port, written to DATA/addr).
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
+    /// Members of a new group, this node included: ID=HOST:PORT,... (default: a group of one).
+    #[arg(long, value_delimiter = ',', value_parser = parse_member)]
+    peers: Vec<(u64, String)>,
     /// Seconds without a heartbeat before an OSD is marked down.
     #[arg(long, default_value_t = 10)]
     osd_grace_secs: u64,
@@ -50,6 +53,7 @@ fn main() -> anyhow::Result<()> {
         id: args.id,
         data_dir: args.data,
         listen: args.listen,
+        peers: args.peers,
         osd_grace: Duration::from_secs(args.osd_grace_secs),
         osd_out_after: Duration::from_secs(args.osd_out_secs),
         pool_size: args.pool_size,
@@ -60,6 +64,20 @@ fn main() -> anyhow::Result<()> {
     };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(shoal_mds::run(cfg, shutdown_signal()))
+}
+
+/// Parses `ID=HOST:PORT`.
+fn parse_member(s: &str) -> Result<(u64, String), String> {
+    let (id, addr) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected ID=HOST:PORT"))?;
+    let id: u64 = id
+        .parse()
+        .map_err(|_| format!("{s:?}: the id must be a positive number"))?;
+    if id == 0 || addr.is_empty() || !addr.contains(':') {
+        return Err(format!("{s:?}: expected ID=HOST:PORT with a non-zero id"));
+    }
+    Ok((id, addr.to_string()))
 }
 
 async fn shutdown_signal() {

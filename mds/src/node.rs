@@ -6,8 +6,15 @@
 //! applied, the result goes back over the proposal's oneshot. Proposals that arrive together
 //! are appended to the log in one synced RocksDB write.
 //!
-//! This issue runs a group of one voter; messages for peers have nowhere to go yet, and the
-//! transport slot in [`Node::send`] is where the multi-node MDS plugs in.
+//! Messages for peers go out through [`Transport`] (gRPC, one queue per peer); messages from
+//! peers arrive as [`NodeMsg::Raft`].
+//!
+//! Reads are linearizable through ReadIndex: [`NodeHandle::read_barrier`] waits until the node
+//! has confirmed with a quorum that it is still the leader and has applied everything
+//! committed when the read arrived. Reads that arrive together share one confirmation.
+//!
+//! A proposal remembers the log index it was given; if another entry is applied at that index
+//! (a new leader overwrote it), the proposer is told at once to retry, instead of waiting.
 
 use std::collections::HashMap;
 use std::sync::mpsc as std_mpsc;
@@ -21,10 +28,11 @@ use shoal_proto::mds::Timespec;
 use tokio::sync::{oneshot, watch};
 use tracing::{error, info, warn};
 
-use crate::command::{Applied, Command, Op};
+use crate::command::{Applied, Command, Op, RequestId};
 use crate::error::MdsError;
 use crate::fsm::Fsm;
 use crate::store::{Db, RaftLog};
+use crate::transport::Transport;
 
 /// What the node thread receives.
 pub enum NodeMsg {
@@ -35,8 +43,35 @@ pub enum NodeMsg {
         /// Where the outcome goes.
         reply: oneshot::Sender<Result<Applied, MdsError>>,
     },
+    /// Raft messages from peers.
+    Raft(Vec<RaftMessage>),
+    /// A peer could not be reached.
+    Unreachable(u64),
+    /// A snapshot message was delivered to `to`, or failed.
+    SnapshotSent {
+        /// The peer.
+        to: u64,
+        /// Whether it was delivered.
+        ok: bool,
+    },
+    /// Confirm leadership and wait until everything committed so far is applied.
+    Read {
+        /// Where the outcome goes.
+        reply: oneshot::Sender<Result<(), MdsError>>,
+    },
     /// Stop the node.
     Shutdown,
+}
+
+/// What the leader knows of one member's log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemberProgress {
+    /// Member id.
+    pub id: u64,
+    /// Highest index known to be replicated to it.
+    pub matched: u64,
+    /// Heard from within the last election timeout.
+    pub active: bool,
 }
 
 /// What the node publishes about itself after every step.
@@ -54,6 +89,12 @@ pub struct NodeStatus {
     pub applied: u64,
     /// Voter ids.
     pub voters: Vec<u64>,
+    /// Index of the last log entry.
+    pub last_index: u64,
+    /// Each member's replication progress (filled on the leader only).
+    pub progress: Vec<MemberProgress>,
+    /// Every member's (id, address).
+    pub members: Vec<(u64, String)>,
 }
 
 /// The handle gRPC handlers use.
@@ -78,8 +119,10 @@ pub fn now() -> Timespec {
 }
 
 impl NodeHandle {
-    /// Proposes `op`, stamped with the current time, and waits for it to be applied.
-    pub async fn propose(&self, op: Op) -> Result<Applied, MdsError> {
+    /// Proposes `op`, stamped with the current time, and waits for it to be applied. With
+    /// `req`, a retry of the same client request returns the first reply instead of applying
+    /// `op` again.
+    pub async fn propose(&self, op: Op, req: Option<RequestId>) -> Result<Applied, MdsError> {
         let deadline = Instant::now() + PROPOSE_TIMEOUT;
         let mut status = self.status.clone();
         loop {
@@ -98,6 +141,7 @@ impl NodeHandle {
             let cmd = Command {
                 now: Some(now()),
                 op: Some(op.clone()),
+                req,
             };
             self.tx
                 .send(NodeMsg::Propose { cmd, reply })
@@ -109,6 +153,27 @@ impl NodeHandle {
                 Err(_) => Err(MdsError::NotLeader { leader: None }),
             };
         }
+    }
+
+    /// Waits until this node has confirmed it is the leader and applied everything that was
+    /// committed when the call arrived (ReadIndex); then a read of the state machine is
+    /// linearizable.
+    pub async fn read_barrier(&self) -> Result<(), MdsError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(NodeMsg::Read { reply })
+            .map_err(|_| MdsError::Shutdown)?;
+        match tokio::time::timeout(PROPOSE_TIMEOUT, rx).await {
+            Ok(Ok(r)) => r,
+            _ => Err(MdsError::NotLeader { leader: None }),
+        }
+    }
+
+    /// Hands Raft messages from a peer to the node.
+    pub fn step(&self, msgs: Vec<RaftMessage>) -> Result<(), MdsError> {
+        self.tx
+            .send(NodeMsg::Raft(msgs))
+            .map_err(|_| MdsError::Shutdown)
     }
 
     /// The node's latest status.
@@ -127,8 +192,9 @@ impl NodeHandle {
 pub struct NodeConfig {
     /// This node's Raft id (non-zero).
     pub id: u64,
-    /// Voters of a brand-new group (ignored once the log exists).
-    pub initial_voters: Vec<u64>,
+    /// Members of a brand-new group, (id, address), this node included (the voters are
+    /// ignored once the log exists; the addresses are how peers are reached).
+    pub members: Vec<(u64, String)>,
     /// Length of one Raft tick.
     pub tick: Duration,
     /// Ticks without a leader before an election.
@@ -137,16 +203,29 @@ pub struct NodeConfig {
     pub heartbeat_ticks: usize,
 }
 
+/// A read waiting for its ReadIndex confirmation.
+type ReadWaiter = oneshot::Sender<Result<(), MdsError>>;
+
 /// The node thread's state.
 pub struct Node {
     raw: RawNode<RaftLog>,
     fsm: Fsm,
     rx: std_mpsc::Receiver<NodeMsg>,
     status_tx: watch::Sender<NodeStatus>,
-    pending: HashMap<u64, oneshot::Sender<Result<Applied, MdsError>>>,
+    /// Proposals awaiting their entry: id → (log index, reply).
+    pending: HashMap<u64, (u64, oneshot::Sender<Result<Applied, MdsError>>)>,
     next_proposal: u64,
     incarnation: u64,
     tick: Duration,
+    transport: Transport,
+    /// Reads that arrived since the last ReadIndex request.
+    reads_new: Vec<ReadWaiter>,
+    /// Reads whose ReadIndex request is out: request id → waiters.
+    reads_asked: HashMap<u64, Vec<ReadWaiter>>,
+    /// Reads confirmed at an index: they proceed once it is applied.
+    reads_ready: Vec<(u64, Vec<ReadWaiter>)>,
+    next_read: u64,
+    was_leader: bool,
 }
 
 impl Node {
@@ -157,7 +236,8 @@ impl Node {
     ) -> Result<(NodeHandle, std::thread::JoinHandle<()>), MdsError> {
         let fsm = Fsm::new(db.clone());
         let applied = fsm.applied_index()?;
-        let log = RaftLog::open(db, &cfg.initial_voters)?;
+        let ids: Vec<u64> = cfg.members.iter().map(|(id, _)| *id).collect();
+        let log = RaftLog::open(db, &ids)?;
         let raft_cfg = raft::Config {
             id: cfg.id,
             election_tick: cfg.election_ticks,
@@ -182,6 +262,8 @@ impl Node {
             id: cfg.id,
             ..Default::default()
         });
+        let transport =
+            Transport::start(cfg.id, &cfg.members, tx.clone()).map_err(MdsError::Corrupt)?;
         let node = Node {
             raw,
             fsm,
@@ -191,6 +273,12 @@ impl Node {
             next_proposal: 1,
             incarnation: rand::random(),
             tick: cfg.tick,
+            transport,
+            reads_new: Vec::new(),
+            reads_asked: HashMap::new(),
+            reads_ready: Vec::new(),
+            next_read: 1,
+            was_leader: false,
         };
         info!(id = cfg.id, applied, "raft node starting");
         let join = std::thread::Builder::new()
@@ -222,29 +310,97 @@ impl Node {
                 self.raw.tick();
                 next_tick = Instant::now() + self.tick;
             }
+            self.ask_reads();
             if let Err(e) = self.on_ready() {
                 // Storage failures leave the node unable to make progress safely.
                 error!(error = %e, "raft ready loop failed; stopping the node");
                 break;
             }
+            self.release_reads();
             self.publish_status();
         }
         self.stop();
     }
 
     fn stop(&mut self) {
-        for (_, reply) in self.pending.drain() {
+        for (_, (_, reply)) in self.pending.drain() {
             let _ = reply.send(Err(MdsError::Shutdown));
         }
         info!("raft node stopped");
+    }
+
+    /// The address of the leader this node knows of, if another node.
+    fn leader_addr(&self) -> Option<String> {
+        let leader = self.raw.raft.leader_id;
+        (leader != 0 && leader != self.raw.raft.id)
+            .then(|| self.transport.addr(leader).map(str::to_string))
+            .flatten()
+    }
+
+    /// The NotLeader error naming the leader this node knows of.
+    fn not_leader(&self) -> MdsError {
+        MdsError::NotLeader {
+            leader: self.leader_addr(),
+        }
+    }
+
+    /// Sends one ReadIndex request for every read that arrived since the last one.
+    fn ask_reads(&mut self) {
+        let leader = self.raw.raft.state == StateRole::Leader;
+        if self.was_leader && !leader {
+            // Deposed: confirmations in flight will never come.
+            let leader = self.leader_addr();
+            for w in self
+                .reads_asked
+                .drain()
+                .flat_map(|(_, w)| w)
+                .chain(self.reads_ready.drain(..).flat_map(|(_, w)| w))
+            {
+                let _ = w.send(Err(MdsError::NotLeader {
+                    leader: leader.clone(),
+                }));
+            }
+        }
+        self.was_leader = leader;
+        if self.reads_new.is_empty() {
+            return;
+        }
+        if !leader {
+            let leader = self.leader_addr();
+            for w in self.reads_new.drain(..) {
+                let _ = w.send(Err(MdsError::NotLeader {
+                    leader: leader.clone(),
+                }));
+            }
+            return;
+        }
+        let id = self.next_read;
+        self.next_read += 1;
+        self.reads_asked
+            .insert(id, std::mem::take(&mut self.reads_new));
+        self.raw.read_index(id.to_be_bytes().to_vec());
+    }
+
+    /// Lets reads whose confirmed index is applied proceed.
+    fn release_reads(&mut self) {
+        let applied = self.raw.raft.raft_log.applied;
+        let mut i = 0;
+        while i < self.reads_ready.len() {
+            if self.reads_ready[i].0 <= applied {
+                for w in self.reads_ready.swap_remove(i).1 {
+                    let _ = w.send(Ok(()));
+                }
+            } else {
+                i += 1;
+            }
+        }
     }
 
     fn on_msg(&mut self, msg: NodeMsg) {
         match msg {
             NodeMsg::Propose { cmd, reply } => {
                 if self.raw.raft.state != StateRole::Leader {
-                    let leader = Some(self.raw.raft.leader_id).filter(|&l| l != 0);
-                    let _ = reply.send(Err(MdsError::NotLeader { leader }));
+                    let _ = reply.send(Err(self.not_leader()));
                     return;
                 }
                 let id = self.next_proposal;
@@ -255,22 +411,39 @@ impl Node {
                 ctx.extend_from_slice(&id.to_be_bytes());
                 match self.raw.propose(ctx, cmd.encode_to_vec()) {
                     Ok(()) => {
-                        self.pending.insert(id, reply);
+                        let index = self.raw.raft.raft_log.last_index();
+                        self.pending.insert(id, (index, reply));
                     }
                     Err(e) => {
                         let _ = reply.send(Err(MdsError::Raft(e)));
                     }
                 }
             }
+            NodeMsg::Raft(msgs) => {
+                for m in msgs {
+                    if let Err(e) = self.raw.step(m) {
+                        // A message from a removed member or for another term: harmless.
+                        warn!(error = %e, "raft message refused");
+                    }
+                }
+            }
+            NodeMsg::Unreachable(id) => self.raw.report_unreachable(id),
+            NodeMsg::SnapshotSent { to, ok } => self.raw.report_snapshot(
+                to,
+                if ok {
+                    raft::SnapshotStatus::Finish
+                } else {
+                    raft::SnapshotStatus::Failure
+                },
+            ),
+            NodeMsg::Read { reply } => self.reads_new.push(reply),
             NodeMsg::Shutdown => {}
         }
     }
 
-    /// Sends Raft messages to peers. A group of one has none.
+    /// Sends Raft messages to peers.
     fn send(&mut self, msgs: Vec<RaftMessage>) {
-        for m in msgs {
-            warn!(to = m.to, "no transport to peer yet; dropping raft message");
-        }
+        self.transport.send(msgs);
     }
 
     /// The ready loop, in the order raft-rs requires.
@@ -282,6 +455,17 @@ impl Node {
         // Messages that need no persistence go out first, in parallel with our own write.
         let msgs = ready.take_messages();
         self.send(msgs);
+        for rs in ready.take_read_states() {
+            let id = rs
+                .request_ctx
+                .as_slice()
+                .try_into()
+                .map(u64::from_be_bytes)
+                .unwrap_or(0);
+            if let Some(waiters) = self.reads_asked.remove(&id) {
+                self.reads_ready.push((rs.index, waiters));
+            }
+        }
         if !ready.snapshot().is_empty() {
             // Snapshots are never produced yet (see RaftLog::snapshot); receiving one is a bug.
             return Err(MdsError::Corrupt("unexpected raft snapshot".into()));
@@ -325,7 +509,7 @@ impl Node {
                             )))
                         }
                     };
-                    self.reply(&e.context, outcome);
+                    self.reply(e.index, &e.context, outcome);
                 }
                 EntryType::EntryConfChange => {
                     let cc = ConfChange::parse_from_bytes(&e.data)
@@ -346,22 +530,52 @@ impl Node {
         Ok(())
     }
 
-    fn reply(&mut self, ctx: &[u8], outcome: Result<Applied, MdsError>) {
-        if ctx.len() != 24 {
-            return;
+    fn reply(&mut self, index: u64, ctx: &[u8], outcome: Result<Applied, MdsError>) {
+        let word = |i: usize| {
+            ctx.get(i * 8..i * 8 + 8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+        };
+        if ctx.len() == 24 && word(0) == Some(self.raw.raft.id) && word(1) == Some(self.incarnation)
+        {
+            if let Some((_, reply)) = word(2).and_then(|id| self.pending.remove(&id)) {
+                let _ = reply.send(outcome);
+            }
         }
-        let word =
-            |i: usize| u64::from_be_bytes(ctx[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
-        if word(0) != self.raw.raft.id || word(1) != self.incarnation {
-            return;
-        }
-        if let Some(reply) = self.pending.remove(&word(2)) {
-            let _ = reply.send(outcome);
+        // Our proposals at or below this index that did not apply were overwritten by a new
+        // leader's entries: they never take effect, and the proposer may retry.
+        if self.pending.values().any(|(i, _)| *i <= index) {
+            let lost: Vec<u64> = self
+                .pending
+                .iter()
+                .filter(|(_, (i, _))| *i <= index)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in lost {
+                if let Some((_, reply)) = self.pending.remove(&id) {
+                    let _ = reply.send(Err(self.not_leader()));
+                }
+            }
         }
     }
 
     fn publish_status(&mut self) {
         let r = &self.raw.raft;
+        let progress = if r.state == StateRole::Leader {
+            let mut p: Vec<MemberProgress> = r
+                .prs()
+                .iter()
+                .map(|(id, pr)| MemberProgress {
+                    id: *id,
+                    matched: pr.matched,
+                    active: *id == r.id || pr.recent_active,
+                })
+                .collect();
+            p.sort_by_key(|m| m.id);
+            p
+        } else {
+            Vec::new()
+        };
         let st = NodeStatus {
             id: r.id,
             leader_id: r.leader_id,
@@ -369,6 +583,9 @@ impl Node {
             commit: r.raft_log.committed,
             applied: r.raft_log.applied,
             voters: self.raw.store().conf_state().voters.clone(),
+            last_index: r.raft_log.last_index(),
+            progress,
+            members: self.transport.members(),
         };
         self.status_tx.send_if_modified(|cur| {
             if *cur != st {

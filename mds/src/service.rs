@@ -12,10 +12,11 @@ use shoal_proto::limits::check_name;
 use shoal_proto::mds::mds_server::Mds;
 use shoal_proto::mds::*;
 use shoal_proto::placement::{default_min_size, DEFAULT_PG_COUNT, DEFAULT_SIZE};
+use shoal_proto::request::ReqId;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
-use crate::command::{Applied, Op, Pool, SetOsdState};
+use crate::command::{Applied, Bootstrap, Op, Pool, SetOsdState};
 use crate::error::MdsError;
 use crate::fsm::Fsm;
 use crate::node::NodeHandle;
@@ -42,6 +43,17 @@ struct Reports {
     recovered_log: VecDeque<(Instant, u64)>,
 }
 
+/// What the leader creates in a brand-new cluster.
+#[derive(Debug, Clone)]
+pub struct NewCluster {
+    /// Owner of the root directory.
+    pub root_uid: u32,
+    /// Group of the root directory.
+    pub root_gid: u32,
+    /// The data pool's settings.
+    pub pool: Pool,
+}
+
 /// Failure-detector and pool settings of the service.
 #[derive(Debug, Clone)]
 pub struct MapSettings {
@@ -49,6 +61,8 @@ pub struct MapSettings {
     pub osd_grace: Duration,
     /// An OSD down for this long is marked out, and its PGs move.
     pub osd_out_after: Duration,
+    /// The root directory and pool of a new cluster.
+    pub new_cluster: NewCluster,
 }
 
 /// The service state shared by all handlers.
@@ -56,7 +70,6 @@ pub struct MapSettings {
 pub struct MdsService {
     node: NodeHandle,
     fsm: Fsm,
-    addr: String,
     settings: MapSettings,
     started: Instant,
     reports: Arc<Mutex<Reports>>,
@@ -99,11 +112,10 @@ fn name_ok(name: &[u8]) -> Result<(), Status> {
 
 impl MdsService {
     /// Builds the service over a running node.
-    pub fn new(node: NodeHandle, fsm: Fsm, addr: String, settings: MapSettings) -> MdsService {
+    pub fn new(node: NodeHandle, fsm: Fsm, settings: MapSettings) -> MdsService {
         MdsService {
             node,
             fsm,
-            addr,
             settings,
             started: Instant::now(),
             reports: Arc::default(),
@@ -111,7 +123,13 @@ impl MdsService {
     }
 
     async fn propose(&self, op: Op) -> Result<Applied, Status> {
-        Ok(self.node.propose(op).await?)
+        Ok(self.node.propose(op, None).await?)
+    }
+
+    /// Proposes a client's mutation under its request id, if it sent one.
+    async fn propose_for<T>(&self, req: &Request<T>, op: Op) -> Result<Applied, Status> {
+        let id = ReqId::from_metadata(req.metadata()).map_err(Status::invalid_argument)?;
+        Ok(self.node.propose(op, id.map(Into::into)).await?)
     }
 
     fn reports(&self) -> std::sync::MutexGuard<'_, Reports> {
@@ -139,7 +157,8 @@ impl MdsService {
                     up: r.up,
                     in_cluster: r.in_cluster,
                     up_from: r.up_from,
-                    capacity_bytes: l.map_or(r.capacity_bytes, |l| l.capacity),
+                    // Unknown (0) until this leader has a report: never a false "disk full".
+                    capacity_bytes: l.map_or(0, |l| l.capacity),
                     used_bytes: l.map_or(0, |l| l.used),
                     free_bytes: l.map_or(0, |l| l.free),
                     last_heard_ms: heard.map_or(0, |h| h.as_millis() as u64),
@@ -190,23 +209,61 @@ impl MdsService {
         }
     }
 
-    /// The leader's failure detector: marks silent OSDs down after the grace period and down
-    /// OSDs out after the out interval. Runs until the process ends.
+    /// The leader's duties: creates the root directory and the pool of a new cluster, then
+    /// runs the failure detector (silent OSDs down after the grace period, down OSDs out
+    /// after the out interval). Runs until the process ends.
     pub async fn monitor(self) {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        // The term this node leads and since when: OSDs it has not heard from yet get a grace
+        // period from then, not from the process start.
+        let mut leading: Option<(u64, Instant)> = None;
         loop {
             tick.tick().await;
             let st = self.node.status();
             if st.leader_id != st.id {
+                leading = None;
                 continue;
             }
-            if let Err(e) = self.check_osds().await {
-                warn!(error = %e, "osd failure check failed");
+            let since = match leading {
+                Some((term, since)) if term == st.term => since,
+                _ => {
+                    leading = Some((st.term, Instant::now()));
+                    Instant::now()
+                }
+            };
+            if let Err(e) = self.new_cluster().await {
+                warn!(error = %e.message(), "cannot set up the new cluster yet");
+                continue;
+            }
+            if let Err(e) = self.check_osds(since.max(self.started)).await {
+                warn!(error = %e.message(), "osd failure check failed");
             }
         }
     }
 
-    async fn check_osds(&self) -> Result<(), Status> {
+    /// Creates the root directory and the pool if the namespace has none (a new cluster).
+    async fn new_cluster(&self) -> Result<(), Status> {
+        let nc = &self.settings.new_cluster;
+        if !self.fsm.bootstrapped()? {
+            self.propose(Op::Bootstrap(Bootstrap {
+                uid: nc.root_uid,
+                gid: nc.root_gid,
+            }))
+            .await?;
+            info!("created the root directory");
+        }
+        if self.fsm.pool()?.is_none() {
+            self.propose(Op::SetPool(nc.pool)).await?;
+            info!(
+                size = nc.pool.size,
+                min_size = nc.pool.min_size,
+                "created the pool"
+            );
+        }
+        Ok(())
+    }
+
+    async fn check_osds(&self, leading_since: Instant) -> Result<(), Status> {
         let (_, records) = self.fsm.osds()?;
         let now = Instant::now();
         let wall = crate::node::now().sec;
@@ -216,8 +273,8 @@ impl MdsService {
                 .osds
                 .get(&r.id)
                 .map(|l| l.last_heard)
-                // Heard of by a previous leader: give it a grace period from our start.
-                .unwrap_or(self.started);
+                // Heard of by a previous leader: give it a grace period from our election.
+                .unwrap_or(leading_since);
             let silent = now.duration_since(heard);
             let change = if r.up && silent > self.settings.osd_grace {
                 warn!(
@@ -269,45 +326,50 @@ impl MdsService {
 #[tonic::async_trait]
 impl Mds for MdsService {
     async fn lookup(&self, req: Request<LookupRequest>) -> Reply<AttrReply> {
+        self.node.read_barrier().await?;
         let r = req.into_inner();
         let attr = self.fsm.lookup(r.parent, &r.name)?;
         Ok(Response::new(AttrReply { attr: Some(attr) }))
     }
 
     async fn get_attr(&self, req: Request<GetAttrRequest>) -> Reply<AttrReply> {
+        self.node.read_barrier().await?;
         let attr = self.fsm.getattr(req.into_inner().ino)?;
         Ok(Response::new(AttrReply { attr: Some(attr) }))
     }
 
     async fn set_attr(&self, req: Request<SetAttrRequest>) -> Reply<AttrReply> {
-        attr_reply(self.propose(Op::SetAttr(req.into_inner())).await?)
+        let op = Op::SetAttr(*req.get_ref());
+        attr_reply(self.propose_for(&req, op).await?)
     }
 
     async fn make_node(&self, req: Request<MakeNodeRequest>) -> Reply<AttrReply> {
-        let r = req.into_inner();
-        name_ok(&r.name)?;
-        attr_reply(self.propose(Op::MakeNode(r)).await?)
+        name_ok(&req.get_ref().name)?;
+        let op = Op::MakeNode(req.get_ref().clone());
+        attr_reply(self.propose_for(&req, op).await?)
     }
 
     async fn unlink(&self, req: Request<UnlinkRequest>) -> Reply<UnlinkReply> {
-        let orphan = orphan(self.propose(Op::Unlink(req.into_inner())).await?)?;
+        let op = Op::Unlink(req.get_ref().clone());
+        let orphan = orphan(self.propose_for(&req, op).await?)?;
         Ok(Response::new(UnlinkReply { orphan }))
     }
 
     async fn rename(&self, req: Request<RenameRequest>) -> Reply<RenameReply> {
-        let r = req.into_inner();
-        name_ok(&r.new_name)?;
-        let orphan = orphan(self.propose(Op::Rename(r)).await?)?;
+        name_ok(&req.get_ref().new_name)?;
+        let op = Op::Rename(req.get_ref().clone());
+        let orphan = orphan(self.propose_for(&req, op).await?)?;
         Ok(Response::new(RenameReply { orphan }))
     }
 
     async fn link(&self, req: Request<LinkRequest>) -> Reply<AttrReply> {
-        let r = req.into_inner();
-        name_ok(&r.new_name)?;
-        attr_reply(self.propose(Op::Link(r)).await?)
+        name_ok(&req.get_ref().new_name)?;
+        let op = Op::Link(req.get_ref().clone());
+        attr_reply(self.propose_for(&req, op).await?)
     }
 
     async fn read_link(&self, req: Request<ReadLinkRequest>) -> Reply<ReadLinkReply> {
+        self.node.read_barrier().await?;
         let target = self.fsm.readlink(req.into_inner().ino)?;
         Ok(Response::new(ReadLinkReply {
             target: target.into(),
@@ -315,11 +377,13 @@ impl Mds for MdsService {
     }
 
     async fn read_dir(&self, req: Request<ReadDirRequest>) -> Reply<ReadDirReply> {
+        self.node.read_barrier().await?;
         let r = req.into_inner();
         Ok(Response::new(self.fsm.readdir(r.ino, r.after, r.limit)?))
     }
 
     async fn stat_fs(&self, _req: Request<StatFsRequest>) -> Reply<StatFsReply> {
+        self.node.read_barrier().await?;
         // Each device counts once: OSDs sharing a disk share its capacity and free space. Every
         // byte is stored `size` times, so what files can use is the raw space over `size`.
         let map = self.osd_map()?;
@@ -342,6 +406,7 @@ impl Mds for MdsService {
     }
 
     async fn get_xattr(&self, req: Request<GetXattrRequest>) -> Reply<GetXattrReply> {
+        self.node.read_barrier().await?;
         let r = req.into_inner();
         let value = self.fsm.getxattr(r.ino, &r.name)?;
         Ok(Response::new(GetXattrReply {
@@ -350,11 +415,13 @@ impl Mds for MdsService {
     }
 
     async fn set_xattr(&self, req: Request<SetXattrRequest>) -> Reply<Empty> {
-        self.propose(Op::SetXattr(req.into_inner())).await?;
+        let op = Op::SetXattr(req.get_ref().clone());
+        self.propose_for(&req, op).await?;
         Ok(Response::new(Empty {}))
     }
 
     async fn list_xattr(&self, req: Request<ListXattrRequest>) -> Reply<ListXattrReply> {
+        self.node.read_barrier().await?;
         let names = self.fsm.listxattr(req.into_inner().ino)?;
         Ok(Response::new(ListXattrReply {
             names: names.into_iter().map(Into::into).collect(),
@@ -362,12 +429,14 @@ impl Mds for MdsService {
     }
 
     async fn remove_xattr(&self, req: Request<RemoveXattrRequest>) -> Reply<Empty> {
-        self.propose(Op::RemoveXattr(req.into_inner())).await?;
+        let op = Op::RemoveXattr(req.get_ref().clone());
+        self.propose_for(&req, op).await?;
         Ok(Response::new(Empty {}))
     }
 
     async fn purge(&self, req: Request<PurgeRequest>) -> Reply<Empty> {
-        self.propose(Op::Purge(req.into_inner())).await?;
+        let op = Op::Purge(*req.get_ref());
+        self.propose_for(&req, op).await?;
         Ok(Response::new(Empty {}))
     }
 
@@ -394,6 +463,7 @@ impl Mds for MdsService {
     }
 
     async fn osd_report(&self, req: Request<OsdReportRequest>) -> Reply<OsdReportReply> {
+        self.node.read_barrier().await?;
         let r = req.into_inner();
         let (epoch, records) = self.fsm.osds()?;
         if !records.iter().any(|o| o.id == r.id) {
@@ -404,24 +474,30 @@ impl Mds for MdsService {
     }
 
     async fn get_osd_map(&self, _req: Request<GetOsdMapRequest>) -> Reply<OsdMap> {
+        self.node.read_barrier().await?;
         Ok(Response::new(self.osd_map()?))
     }
 
     async fn status(&self, _req: Request<StatusRequest>) -> Reply<StatusReply> {
+        self.node.read_barrier().await?;
         let map = self.osd_map()?;
         let (pgs, recovery_per_sec) = self.pg_stats(&map);
         let st = self.node.status();
         let members = st
-            .voters
+            .members
             .iter()
-            .map(|&id| MdsMember {
-                id,
-                addr: if id == st.id {
-                    self.addr.clone()
-                } else {
-                    String::new()
-                },
-                leader: id == st.leader_id,
+            .filter(|(id, _)| st.voters.contains(id))
+            .map(|(id, addr)| {
+                let p = st.progress.iter().find(|p| p.id == *id);
+                let matched = p.map_or(0, |p| p.matched);
+                MdsMember {
+                    id: *id,
+                    addr: addr.clone(),
+                    leader: *id == st.leader_id,
+                    matched,
+                    lag: st.last_index.saturating_sub(matched),
+                    active: p.is_some_and(|p| p.active),
+                }
             })
             .collect();
         Ok(Response::new(StatusReply {
@@ -434,6 +510,7 @@ impl Mds for MdsService {
             files: self.fsm.files()?,
             pgs,
             recovery_per_sec,
+            bootstrapped: self.fsm.bootstrapped()?,
         }))
     }
 }

@@ -41,11 +41,13 @@ pub enum Cf {
     Orphans,
     /// osd id → `OsdRecord`.
     Osds,
+    /// (client session, request seq) → `StoredReply`: answers to retried requests.
+    Sessions,
 }
 
 impl Cf {
     /// Every column family, in creation order.
-    pub const ALL: [Cf; 9] = [
+    pub const ALL: [Cf; 10] = [
         Cf::Raft,
         Cf::Meta,
         Cf::Inodes,
@@ -55,6 +57,7 @@ impl Cf {
         Cf::Symlinks,
         Cf::Orphans,
         Cf::Osds,
+        Cf::Sessions,
     ];
 
     /// The column family's name on disk.
@@ -69,6 +72,7 @@ impl Cf {
             Cf::Symlinks => "symlinks",
             Cf::Orphans => "orphans",
             Cf::Osds => "osds",
+            Cf::Sessions => "sessions",
         }
     }
 }

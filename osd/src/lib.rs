@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use shoal_proto::error::WireError;
 use shoal_proto::mds::mds_client::MdsClient;
 use shoal_proto::mds::{OsdBootRequest, OsdReportRequest};
 use shoal_proto::osd::osd_server::OsdServer;
@@ -155,11 +156,28 @@ async fn report_loop(cfg: OsdConfig, addr: String, osd: Arc<daemon::Osd>) {
         }
         .await;
         if let Err(e) = result {
-            warn!(osd = cfg.id, mds = %mds, error = %e, "cannot reach the mds; will retry");
-            next += 1;
-            // If the MDS lost its state or we were never acknowledged, register again.
-            booted = false;
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            let redirect = e.downcast_ref::<tonic::Status>().and_then(|st| {
+                match shoal_proto::error::status_errno(st) {
+                    WireError::NotLeader { leader } => Some(leader),
+                    _ => None,
+                }
+            });
+            match redirect {
+                // A follower: go to the leader it names, or try the next member.
+                Some(leader) => {
+                    next = leader
+                        .and_then(|l| cfg.mds.iter().position(|a| *a == l))
+                        .unwrap_or(next + 1);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                None => {
+                    warn!(osd = cfg.id, mds = %mds, error = %e, "cannot reach the mds; will retry");
+                    next += 1;
+                    // If the MDS lost its state or we were never acknowledged, register again.
+                    booted = false;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
             continue;
         }
         if last_peer.elapsed() >= cfg.light_scrub_interval {

@@ -13,6 +13,20 @@ pub const ERRNO_KEY: &str = "shoal-errno";
 /// older map (it is not the PG's primary any more, or not yet).
 pub const EPOCH_KEY: &str = "shoal-epoch";
 
+/// Metadata key naming the MDS leader's address when a follower refuses a request.
+pub const LEADER_KEY: &str = "shoal-leader";
+
+/// The status an MDS member that is not the leader answers: a typed redirect naming the
+/// leader's address when it knows it.
+pub fn not_leader_status(leader: Option<&str>) -> Status {
+    let mut status = Status::new(Code::Unavailable, "not the mds leader");
+    // Present even when the leader is unknown, so clients tell a redirect from a dead server.
+    if let Ok(v) = leader.unwrap_or("").parse() {
+        status.metadata_mut().insert(LEADER_KEY, v);
+    }
+    status
+}
+
 /// The status an OSD answers when a request was placed by a map it does not agree with.
 pub fn remap_status(epoch: u64, message: impl Into<String>) -> Status {
     let mut status = Status::new(Code::Aborted, message);
@@ -60,6 +74,12 @@ pub enum WireError {
         /// The OSD's explanation.
         message: String,
     },
+    /// The MDS member is not the leader; `leader` is the leader's address when known.
+    #[error("not the mds leader (leader: {leader:?})")]
+    NotLeader {
+        /// The leader's address.
+        leader: Option<String>,
+    },
     /// The call did not reach a server or its answer did not come back; worth retrying.
     #[error("transport: {0}")]
     Transport(String),
@@ -78,7 +98,9 @@ impl WireError {
     pub fn errno(&self) -> i32 {
         match self {
             WireError::Errno { errno, .. } => *errno,
-            WireError::Transport(_) | WireError::Remap { .. } => crate::limits::libc_consts::EIO,
+            WireError::Transport(_) | WireError::Remap { .. } | WireError::NotLeader { .. } => {
+                crate::limits::libc_consts::EIO
+            }
             WireError::Server { .. } => crate::limits::libc_consts::EIO,
         }
     }
@@ -108,6 +130,14 @@ pub fn status_errno(status: &Status) -> WireError {
             message: status.message().to_string(),
         };
     }
+    if let Some(v) = status.metadata().get(LEADER_KEY) {
+        let leader = v
+            .to_str()
+            .ok()
+            .filter(|s| !s.is_empty())
+            .map(str::to_string);
+        return WireError::NotLeader { leader };
+    }
     match status.code() {
         Code::Unavailable | Code::Unknown | Code::Cancelled => {
             WireError::Transport(status.message().to_string())
@@ -132,6 +162,16 @@ mod tests {
         let transport = Status::unavailable("connection refused");
         assert!(matches!(status_errno(&transport), WireError::Transport(_)));
         assert_eq!(status_errno(&Status::internal("boom")).errno(), 5);
+        assert_eq!(
+            status_errno(&not_leader_status(Some("10.0.0.1:7000"))),
+            WireError::NotLeader {
+                leader: Some("10.0.0.1:7000".into())
+            }
+        );
+        assert_eq!(
+            status_errno(&not_leader_status(None)),
+            WireError::NotLeader { leader: None }
+        );
         assert_eq!(
             status_errno(&remap_status(9, "not primary")),
             WireError::Remap {

@@ -1,7 +1,7 @@
 //! State-machine tests driven directly, without Raft or a network.
 
 use super::*;
-use crate::command::Bootstrap;
+use crate::command::{Bootstrap, RequestId};
 
 struct Harness {
     _dir: tempfile::TempDir,
@@ -27,10 +27,15 @@ impl Harness {
     }
 
     fn run(&mut self, op: Op) -> Result<Applied, MdsError> {
+        self.run_as(op, None)
+    }
+
+    fn run_as(&mut self, op: Op, req: Option<RequestId>) -> Result<Applied, MdsError> {
         self.index += 1;
         let cmd = Command {
             now: Some(ts(self.index as i64)),
             op: Some(op),
+            req,
         };
         self.fsm.apply(self.index, &cmd).unwrap()
     }
@@ -338,4 +343,48 @@ fn osd_map_epochs_pool_checks_and_out_marking() {
         }))),
         libc::ENOENT
     );
+}
+
+#[test]
+fn retried_requests_get_their_first_reply() {
+    let mut h = Harness::new();
+    let mk = |name: &str| {
+        Op::MakeNode(pb::MakeNodeRequest {
+            parent: ROOT_INO,
+            name: name.as_bytes().to_vec().into(),
+            kind: FileKind::Regular as i32,
+            perm: 0o644,
+            exclusive: true,
+            ..Default::default()
+        })
+    };
+    let id = |seq, oldest| RequestId {
+        session: 7,
+        seq,
+        oldest,
+    };
+    let first = h.run_as(mk("f"), Some(id(1, 1))).unwrap();
+    // The same request again (a retry after a lost reply): same inode, no EEXIST, one file.
+    let again = h.run_as(mk("f"), Some(id(1, 1))).unwrap();
+    assert_eq!(first, again);
+    // A new request for the same name is a new create: EEXIST.
+    assert_eq!(errno(h.run_as(mk("f"), Some(id(2, 1)))), libc::EEXIST);
+    // Its retry gets the same error back, not a different outcome.
+    assert_eq!(errno(h.run_as(mk("f"), Some(id(2, 1)))), libc::EEXIST);
+    // Another session's request number 1 is its own.
+    let other = RequestId {
+        session: 8,
+        seq: 1,
+        oldest: 1,
+    };
+    assert!(matches!(
+        h.run_as(mk("g"), Some(other)),
+        Ok(Applied::Attr(_))
+    ));
+    // Once the client says it waits for nothing below 3, replies 1 and 2 are dropped.
+    h.run_as(mk("h"), Some(id(3, 3))).unwrap();
+    let p = 7u64.to_be_bytes();
+    let kept = h.fsm.db.scan(Cf::Sessions, &p, &p).count();
+    assert_eq!(kept, 1, "only request 3's reply is kept");
+    assert_eq!(h.fsm.files().unwrap(), 4, "root, f, g, h");
 }
