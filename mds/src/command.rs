@@ -41,6 +41,25 @@ impl From<shoal_proto::request::ReqId> for RequestId {
     }
 }
 
+/// The replies one client session may still retry, oldest first.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SessionWindow {
+    /// Request numbers, ascending, with their replies.
+    #[prost(message, repeated, tag = "1")]
+    pub replies: Vec<WindowEntry>,
+}
+
+/// One request's reply in a [`SessionWindow`].
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct WindowEntry {
+    /// The request's number.
+    #[prost(uint64, tag = "1")]
+    pub seq: u64,
+    /// Its reply.
+    #[prost(message, optional, tag = "2")]
+    pub reply: Option<StoredReply>,
+}
+
 /// A reply kept for retries of the request that produced it.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct StoredReply {

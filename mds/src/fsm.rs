@@ -18,12 +18,16 @@ use shoal_proto::layout;
 use shoal_proto::limits::{self, check_name};
 use shoal_proto::mds::{self as pb, Attr, FileKind, Timespec};
 
-use crate::command::{Applied, Command, Op, OsdRecord, Pool, SetOsdState, StoredReply};
+use crate::command::{
+    Applied, Command, Op, OsdRecord, Pool, SessionWindow, SetOsdState, StoredReply, WindowEntry,
+};
 use crate::error::MdsError;
 use crate::store::{Cf, Db};
 
 /// The root directory's inode number.
 pub const ROOT_INO: u64 = 1;
+/// Replies kept per client session at most (a client has far fewer requests in flight).
+pub const SESSION_WINDOW_MAX: usize = 4096;
 /// First cookie handed to a directory entry (1 and 2 stand for "." and "..").
 pub const FIRST_COOKIE: u64 = 3;
 
@@ -101,8 +105,6 @@ type PendingWrite = (Cf, Option<Vec<u8>>);
 struct Txn<'a> {
     db: &'a Db,
     writes: BTreeMap<(u8, Vec<u8>), PendingWrite>,
-    /// Key ranges deleted before `writes` are applied.
-    erased: Vec<(Cf, Vec<u8>, Vec<u8>)>,
 }
 
 impl<'a> Txn<'a> {
@@ -110,7 +112,6 @@ impl<'a> Txn<'a> {
         Txn {
             db,
             writes: BTreeMap::new(),
-            erased: Vec::new(),
         }
     }
 
@@ -237,9 +238,6 @@ impl<'a> Txn<'a> {
 
     fn commit(self, applied: u64) -> Result<(), MdsError> {
         let mut b = self.db.batch();
-        for (cf, from, to) in &self.erased {
-            b.delete_range(*cf, from, to);
-        }
         for ((_, key), (cf, v)) in self.writes {
             match v {
                 Some(v) => b.put(cf, &key, &v),
@@ -282,11 +280,13 @@ impl Fsm {
     /// Only storage failures are returned as `Err` on the outer result.
     pub fn apply(&self, index: u64, cmd: &Command) -> Result<Result<Applied, MdsError>, MdsError> {
         // A retried request gets the reply its first application produced.
-        let req_key = cmd.req.map(|r| key2(r.session, &r.seq.to_be_bytes()));
-        if let Some(k) = &req_key {
-            if let Some(b) = self.db.get(Cf::Sessions, k)? {
-                let stored = StoredReply::decode(b.as_slice())
-                    .map_err(|e| MdsError::Corrupt(format!("stored reply: {e}")))?;
+        let mut window = match cmd.req {
+            Some(r) => Some(self.session_window(r.session)?),
+            None => None,
+        };
+        if let (Some(r), Some(w)) = (cmd.req, &window) {
+            if let Some(e) = w.replies.iter().find(|e| e.seq == r.seq) {
+                let stored = e.reply.clone().unwrap_or_default();
                 Txn::new(&self.db).commit(index)?;
                 return Ok(stored.outcome());
             }
@@ -308,19 +308,35 @@ impl Fsm {
         } else {
             Txn::new(&self.db)
         };
-        if let (Some(r), Some(k)) = (cmd.req, req_key) {
+        if let (Some(r), Some(w)) = (cmd.req, window.as_mut()) {
+            // Replies the client no longer waits for are dropped; the window stays bounded
+            // even for a client that never moves its oldest number on.
+            w.replies.retain(|e| e.seq >= r.oldest);
             if let Some(stored) = StoredReply::of(&result) {
-                txn.put(Cf::Sessions, &k, stored.encode_to_vec());
+                let at = w.replies.partition_point(|e| e.seq < r.seq);
+                w.replies.insert(
+                    at,
+                    WindowEntry {
+                        seq: r.seq,
+                        reply: Some(stored),
+                    },
+                );
             }
-            // Replies the client no longer waits for are dropped.
-            txn.erased.push((
-                Cf::Sessions,
-                key2(r.session, &0u64.to_be_bytes()),
-                key2(r.session, &r.oldest.to_be_bytes()),
-            ));
+            let excess = w.replies.len().saturating_sub(SESSION_WINDOW_MAX);
+            w.replies.drain(..excess);
+            txn.put(Cf::Sessions, &be(r.session), w.encode_to_vec());
         }
         txn.commit(index)?;
         Ok(result)
+    }
+
+    /// The replies session `session` may still retry.
+    fn session_window(&self, session: u64) -> Result<SessionWindow, MdsError> {
+        match self.db.get(Cf::Sessions, &be(session))? {
+            Some(b) => SessionWindow::decode(b.as_slice())
+                .map_err(|e| MdsError::Corrupt(format!("session window: {e}"))),
+            None => Ok(SessionWindow::default()),
+        }
     }
 
     // ---- reads (served from the applied state) ----

@@ -41,7 +41,7 @@ pub enum Cf {
     Orphans,
     /// osd id → `OsdRecord`.
     Osds,
-    /// (client session, request seq) → `StoredReply`: answers to retried requests.
+    /// client session → `SessionWindow`: replies its retries may still ask for.
     Sessions,
 }
 
