@@ -237,7 +237,24 @@ impl Node {
         let fsm = Fsm::new(db.clone());
         let applied = fsm.applied_index()?;
         let ids: Vec<u64> = cfg.members.iter().map(|(id, _)| *id).collect();
-        let log = RaftLog::open(db, &ids)?;
+        let mut log = RaftLog::open(db, &ids)?;
+        // A node killed between applying entries and persisting the commit index that covered
+        // them (older versions applied first): those entries were committed, so the commit
+        // index moves up to what was applied.
+        if applied > log.hard_state().commit {
+            if applied > log.last_entry_index() {
+                return Err(MdsError::Corrupt(format!(
+                    "state machine applied {applied} but the log ends at {}",
+                    log.last_entry_index()
+                )));
+            }
+            warn!(
+                applied,
+                commit = log.hard_state().commit,
+                "raising the persisted commit index to the applied index"
+            );
+            log.set_commit(applied)?;
+        }
         let raft_cfg = raft::Config {
             id: cfg.id,
             election_tick: cfg.election_ticks,
@@ -470,11 +487,13 @@ impl Node {
             // Snapshots are never produced yet (see RaftLog::snapshot); receiving one is a bug.
             return Err(MdsError::Corrupt("unexpected raft snapshot".into()));
         }
-        // Entries committed earlier are applied before new ones are appended.
+        // New entries and the hard state (with the commit index) are made durable first: the
+        // state machine's applied index must never be ahead of the persisted commit index, or
+        // raft-rs refuses to start after a crash. They must also precede the messages that
+        // depend on them.
+        self.raw.mut_store().append(ready.entries(), ready.hs())?;
         let committed = ready.take_committed_entries();
         self.apply(committed)?;
-        // New entries and hard state must be durable before the messages that depend on them.
-        self.raw.mut_store().append(ready.entries(), ready.hs())?;
         let persisted = ready.take_persisted_messages();
         self.send(persisted);
         let mut light = self.raw.advance(ready);

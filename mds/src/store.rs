@@ -260,6 +260,11 @@ impl RaftLog {
         &self.hard_state
     }
 
+    /// Index of the last entry in the log.
+    pub fn last_entry_index(&self) -> u64 {
+        self.last_index
+    }
+
     /// The current configuration.
     pub fn conf_state(&self) -> &ConfState {
         &self.conf_state
