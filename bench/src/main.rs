@@ -70,6 +70,17 @@ struct Window {
 }
 
 impl Window {
+    /// A window that started at `start` and moved `bytes`, ending now.
+    fn ended(c: &TestCluster, bytes: u64, start: Instant, missing_before: u64) -> Window {
+        let secs = start.elapsed().as_secs_f64();
+        Window {
+            mb_per_sec: bytes as f64 / 1e6 / secs,
+            missing_before,
+            missing_after: missing(c),
+            secs,
+        }
+    }
+
     fn json(&self) -> serde_json::Value {
         serde_json::json!({
             "mb_per_sec": round(self.mb_per_sec),
@@ -292,13 +303,7 @@ fn write_window(
         bytes += write_file(&dir.join(format!("w{i}")), block, FILE_MIB, Some(until))?;
         i += 1;
     }
-    let secs = start.elapsed().as_secs_f64();
-    Ok(Window {
-        mb_per_sec: bytes as f64 / 1e6 / secs,
-        missing_before,
-        missing_after: missing(c),
-        secs,
-    })
+    Ok(Window::ended(c, bytes, start, missing_before))
 }
 
 /// Sequential reads of the fill files (page cache dropped first), for `window` or until all
@@ -324,13 +329,7 @@ fn read_window(c: &TestCluster, files: &[PathBuf], window: Duration) -> anyhow::
             bytes += n as u64;
         }
     }
-    let secs = start.elapsed().as_secs_f64();
-    Ok(Window {
-        mb_per_sec: bytes as f64 / 1e6 / secs,
-        missing_before,
-        missing_after: missing(c),
-        secs,
-    })
+    Ok(Window::ended(c, bytes, start, missing_before))
 }
 
 /// Empties the page cache so reads reach the cluster (needs root).

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Serialize;
+use shoal_proto::error::{status_errno, WireError};
 use shoal_proto::mds::mds_client::MdsClient;
 use shoal_proto::mds::{StatusReply, StatusRequest};
 
@@ -337,7 +338,12 @@ pub async fn scrub(addrs: &[String], deep: bool) -> anyhow::Result<ScrubTotals> 
 /// Asks the first MDS that answers.
 pub async fn fetch(addrs: &[String]) -> anyhow::Result<StatusReply> {
     let mut last = None;
-    for a in addrs {
+    let mut queue: std::collections::VecDeque<String> = addrs.iter().cloned().collect();
+    let mut tried = std::collections::HashSet::new();
+    while let Some(a) = queue.pop_front() {
+        if !tried.insert(a.clone()) {
+            continue;
+        }
         let attempt = async {
             let ep = tonic::transport::Endpoint::from_shared(format!("http://{a}"))?
                 .connect_timeout(Duration::from_secs(2))
@@ -347,7 +353,16 @@ pub async fn fetch(addrs: &[String]) -> anyhow::Result<StatusReply> {
         };
         match attempt.await {
             Ok(st) => return Ok(st),
-            Err(e) => last = Some(anyhow::anyhow!("{a}: {e}")),
+            Err(e) => {
+                // A follower names the leader: ask it next.
+                if let Some(WireError::NotLeader {
+                    leader: Some(leader),
+                }) = e.downcast_ref::<tonic::Status>().map(status_errno)
+                {
+                    queue.push_front(leader);
+                }
+                last = Some(anyhow::anyhow!("{a}: {e}"));
+            }
         }
     }
     Err(last.unwrap_or_else(|| anyhow::anyhow!("no MDS address")))

@@ -183,3 +183,36 @@ fn rolling_restart_of_every_member_while_a_client_writes() {
         );
     }
 }
+
+#[test]
+fn status_reports_a_lost_quorum_and_the_group_recovers() {
+    let c = TestCluster::start_args(&["--mds", "3"]);
+    fs::write(c.path("before"), b"1").unwrap();
+    let old = leader(&c);
+    let others: Vec<String> = ["mds.0", "mds.1", "mds.2"]
+        .iter()
+        .map(|s| s.to_string())
+        .filter(|m| *m != old)
+        .collect();
+    // Two of three gone: the survivor steps down (check-quorum) and says so.
+    for m in &others {
+        c.kill9(m);
+    }
+    let start = Instant::now();
+    let st = loop {
+        let st = c.status();
+        if st["mds_leader"] == 0 {
+            break st;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "a lone member still leads: {st}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(st["health"], "HEALTH_ERR", "{st}");
+    c.up();
+    wait_members_caught_up(&c, Duration::from_secs(60));
+    fs::write(c.path("after"), b"2").unwrap();
+    assert_eq!(fs::read(c.path("before")).unwrap(), b"1");
+}

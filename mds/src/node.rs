@@ -16,7 +16,7 @@
 //! A proposal remembers the log index it was given; if another entry is applied at that index
 //! (a new leader overwrote it), the proposer is told at once to retry, instead of waiting.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -94,7 +94,7 @@ pub struct NodeStatus {
     /// Each member's replication progress (filled on the leader only).
     pub progress: Vec<MemberProgress>,
     /// Every member's (id, address).
-    pub members: Vec<(u64, String)>,
+    pub members: std::sync::Arc<[(u64, String)]>,
 }
 
 /// The handle gRPC handlers use.
@@ -212,8 +212,8 @@ pub struct Node {
     fsm: Fsm,
     rx: std_mpsc::Receiver<NodeMsg>,
     status_tx: watch::Sender<NodeStatus>,
-    /// Proposals awaiting their entry: id → (log index, reply).
-    pending: HashMap<u64, (u64, oneshot::Sender<Result<Applied, MdsError>>)>,
+    /// Proposals awaiting their entry: log index → (proposal id, reply).
+    pending: BTreeMap<u64, (u64, oneshot::Sender<Result<Applied, MdsError>>)>,
     next_proposal: u64,
     incarnation: u64,
     tick: Duration,
@@ -286,7 +286,7 @@ impl Node {
             fsm,
             rx,
             status_tx,
-            pending: HashMap::new(),
+            pending: BTreeMap::new(),
             next_proposal: 1,
             incarnation: rand::random(),
             tick: cfg.tick,
@@ -340,7 +340,7 @@ impl Node {
     }
 
     fn stop(&mut self) {
-        for (_, (_, reply)) in self.pending.drain() {
+        for (_, (_, reply)) in std::mem::take(&mut self.pending) {
             let _ = reply.send(Err(MdsError::Shutdown));
         }
         info!("raft node stopped");
@@ -429,7 +429,7 @@ impl Node {
                 match self.raw.propose(ctx, cmd.encode_to_vec()) {
                     Ok(()) => {
                         let index = self.raw.raft.raft_log.last_index();
-                        self.pending.insert(id, (index, reply));
+                        self.pending.insert(index, (id, reply));
                     }
                     Err(e) => {
                         let _ = reply.send(Err(MdsError::Raft(e)));
@@ -511,31 +511,30 @@ impl Node {
 
     fn apply(&mut self, entries: Vec<Entry>) -> Result<(), MdsError> {
         for e in entries {
-            match e.get_entry_type() {
+            let outcome = match e.get_entry_type() {
                 EntryType::EntryNormal if e.data.is_empty() => {
                     self.fsm.apply_empty(e.index)?;
+                    None
                 }
-                EntryType::EntryNormal => {
-                    let outcome = match Command::decode(e.data.as_ref()) {
-                        Ok(cmd) => self.fsm.apply(e.index, &cmd)?,
-                        Err(err) => {
-                            // Every replica decodes the same bytes the same way, so skipping
-                            // keeps them identical.
-                            self.fsm.apply_empty(e.index)?;
-                            Err(MdsError::Corrupt(format!(
-                                "undecodable command at {}: {err}",
-                                e.index
-                            )))
-                        }
-                    };
-                    self.reply(e.index, &e.context, outcome);
-                }
+                EntryType::EntryNormal => Some(match Command::decode(e.data.as_ref()) {
+                    Ok(cmd) => self.fsm.apply(e.index, &cmd)?,
+                    Err(err) => {
+                        // Every replica decodes the same bytes the same way, so skipping
+                        // keeps them identical.
+                        self.fsm.apply_empty(e.index)?;
+                        Err(MdsError::Corrupt(format!(
+                            "undecodable command at {}: {err}",
+                            e.index
+                        )))
+                    }
+                }),
                 EntryType::EntryConfChange => {
                     let cc = ConfChange::parse_from_bytes(&e.data)
                         .map_err(|err| MdsError::Corrupt(format!("conf change: {err}")))?;
                     let cs = self.raw.apply_conf_change(&cc)?;
                     self.raw.mut_store().set_conf_state(cs)?;
                     self.fsm.apply_empty(e.index)?;
+                    None
                 }
                 EntryType::EntryConfChangeV2 => {
                     let cc = ConfChangeV2::parse_from_bytes(&e.data)
@@ -543,38 +542,40 @@ impl Node {
                     let cs = self.raw.apply_conf_change(&cc)?;
                     self.raw.mut_store().set_conf_state(cs)?;
                     self.fsm.apply_empty(e.index)?;
+                    None
                 }
-            }
+            };
+            self.settle(e.index, &e.context, outcome);
         }
         Ok(())
     }
 
-    fn reply(&mut self, index: u64, ctx: &[u8], outcome: Result<Applied, MdsError>) {
-        let word = |i: usize| {
-            ctx.get(i * 8..i * 8 + 8)
-                .and_then(|b| b.try_into().ok())
-                .map(u64::from_be_bytes)
-        };
-        if ctx.len() == 24 && word(0) == Some(self.raw.raft.id) && word(1) == Some(self.incarnation)
-        {
-            if let Some((_, reply)) = word(2).and_then(|id| self.pending.remove(&id)) {
-                let _ = reply.send(outcome);
+    /// Answers the proposal waiting for log slot `index`, if it is ours. Proposals of ours
+    /// whose slot holds another entry (a new leader overwrote them) never take effect: their
+    /// proposers are told to retry.
+    fn settle(&mut self, index: u64, ctx: &[u8], mut outcome: Option<Result<Applied, MdsError>>) {
+        while let Some(entry) = self.pending.first_entry() {
+            if *entry.key() > index {
+                break;
             }
-        }
-        // Our proposals at or below this index that did not apply were overwritten by a new
-        // leader's entries: they never take effect, and the proposer may retry.
-        if self.pending.values().any(|(i, _)| *i <= index) {
-            let lost: Vec<u64> = self
-                .pending
-                .iter()
-                .filter(|(_, (i, _))| *i <= index)
-                .map(|(id, _)| *id)
-                .collect();
-            for id in lost {
-                if let Some((_, reply)) = self.pending.remove(&id) {
-                    let _ = reply.send(Err(self.not_leader()));
+            let (at, (id, reply)) = entry.remove_entry();
+            let word = |i: usize| {
+                ctx.get(i * 8..i * 8 + 8)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes)
+            };
+            let ours = at == index
+                && ctx.len() == 24
+                && word(0) == Some(self.raw.raft.id)
+                && word(1) == Some(self.incarnation)
+                && word(2) == Some(id);
+            if ours {
+                if let Some(o) = outcome.take() {
+                    let _ = reply.send(o);
+                    break;
                 }
             }
+            let _ = reply.send(Err(self.not_leader()));
         }
     }
 

@@ -126,10 +126,18 @@ impl MdsService {
         Ok(self.node.propose(op, None).await?)
     }
 
-    /// Proposes a client's mutation under its request id, if it sent one.
-    async fn propose_for<T>(&self, req: &Request<T>, op: Op) -> Result<Applied, Status> {
+    /// Proposes a client's mutation, built from its request body, under the request id the
+    /// client sent (if any).
+    async fn propose_for<T>(
+        &self,
+        req: Request<T>,
+        op: impl FnOnce(T) -> Op,
+    ) -> Result<Applied, Status> {
         let id = ReqId::from_metadata(req.metadata()).map_err(Status::invalid_argument)?;
-        Ok(self.node.propose(op, id.map(Into::into)).await?)
+        Ok(self
+            .node
+            .propose(op(req.into_inner()), id.map(Into::into))
+            .await?)
     }
 
     fn reports(&self) -> std::sync::MutexGuard<'_, Reports> {
@@ -339,33 +347,28 @@ impl Mds for MdsService {
     }
 
     async fn set_attr(&self, req: Request<SetAttrRequest>) -> Reply<AttrReply> {
-        let op = Op::SetAttr(*req.get_ref());
-        attr_reply(self.propose_for(&req, op).await?)
+        attr_reply(self.propose_for(req, Op::SetAttr).await?)
     }
 
     async fn make_node(&self, req: Request<MakeNodeRequest>) -> Reply<AttrReply> {
         name_ok(&req.get_ref().name)?;
-        let op = Op::MakeNode(req.get_ref().clone());
-        attr_reply(self.propose_for(&req, op).await?)
+        attr_reply(self.propose_for(req, Op::MakeNode).await?)
     }
 
     async fn unlink(&self, req: Request<UnlinkRequest>) -> Reply<UnlinkReply> {
-        let op = Op::Unlink(req.get_ref().clone());
-        let orphan = orphan(self.propose_for(&req, op).await?)?;
+        let orphan = orphan(self.propose_for(req, Op::Unlink).await?)?;
         Ok(Response::new(UnlinkReply { orphan }))
     }
 
     async fn rename(&self, req: Request<RenameRequest>) -> Reply<RenameReply> {
         name_ok(&req.get_ref().new_name)?;
-        let op = Op::Rename(req.get_ref().clone());
-        let orphan = orphan(self.propose_for(&req, op).await?)?;
+        let orphan = orphan(self.propose_for(req, Op::Rename).await?)?;
         Ok(Response::new(RenameReply { orphan }))
     }
 
     async fn link(&self, req: Request<LinkRequest>) -> Reply<AttrReply> {
         name_ok(&req.get_ref().new_name)?;
-        let op = Op::Link(req.get_ref().clone());
-        attr_reply(self.propose_for(&req, op).await?)
+        attr_reply(self.propose_for(req, Op::Link).await?)
     }
 
     async fn read_link(&self, req: Request<ReadLinkRequest>) -> Reply<ReadLinkReply> {
@@ -415,8 +418,7 @@ impl Mds for MdsService {
     }
 
     async fn set_xattr(&self, req: Request<SetXattrRequest>) -> Reply<Empty> {
-        let op = Op::SetXattr(req.get_ref().clone());
-        self.propose_for(&req, op).await?;
+        self.propose_for(req, Op::SetXattr).await?;
         Ok(Response::new(Empty {}))
     }
 
@@ -429,14 +431,12 @@ impl Mds for MdsService {
     }
 
     async fn remove_xattr(&self, req: Request<RemoveXattrRequest>) -> Reply<Empty> {
-        let op = Op::RemoveXattr(req.get_ref().clone());
-        self.propose_for(&req, op).await?;
+        self.propose_for(req, Op::RemoveXattr).await?;
         Ok(Response::new(Empty {}))
     }
 
     async fn purge(&self, req: Request<PurgeRequest>) -> Reply<Empty> {
-        let op = Op::Purge(*req.get_ref());
-        self.propose_for(&req, op).await?;
+        self.propose_for(req, Op::Purge).await?;
         Ok(Response::new(Empty {}))
     }
 
@@ -479,10 +479,19 @@ impl Mds for MdsService {
     }
 
     async fn status(&self, _req: Request<StatusRequest>) -> Reply<StatusReply> {
-        self.node.read_barrier().await?;
+        // Status must answer during an outage too: a follower sends the caller to the leader
+        // it knows of, and with no leader anywhere any member reports its own view (leader 0).
+        let st = self.node.status();
+        if st.leader_id != 0 && st.leader_id != st.id {
+            let leader = st
+                .members
+                .iter()
+                .find(|(id, _)| *id == st.leader_id)
+                .map(|(_, a)| a.clone());
+            return Err(MdsError::NotLeader { leader }.into());
+        }
         let map = self.osd_map()?;
         let (pgs, recovery_per_sec) = self.pg_stats(&map);
-        let st = self.node.status();
         let members = st
             .members
             .iter()

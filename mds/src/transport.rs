@@ -7,6 +7,7 @@
 //! [`RaftPeerService`] and stepped into the node.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use protobuf::Message as PbMessage;
@@ -29,6 +30,7 @@ const MAX_BATCH: usize = 64;
 pub struct Transport {
     me: u64,
     addrs: HashMap<u64, String>,
+    members: Arc<[(u64, String)]>,
     queues: HashMap<u64, mpsc::UnboundedSender<RaftMessage>>,
 }
 
@@ -54,9 +56,12 @@ impl Transport {
             tokio::spawn(peer_loop(me, *id, client, rx, node.clone()));
             queues.insert(*id, tx);
         }
+        let mut sorted = members.to_vec();
+        sorted.sort();
         Ok(Transport {
             me,
             addrs: members.iter().cloned().collect(),
+            members: sorted.into(),
             queues,
         })
     }
@@ -82,11 +87,9 @@ impl Transport {
         self.addrs.get(&id).map(String::as_str)
     }
 
-    /// Every member's (id, address), this node included.
-    pub fn members(&self) -> Vec<(u64, String)> {
-        let mut m: Vec<_> = self.addrs.iter().map(|(i, a)| (*i, a.clone())).collect();
-        m.sort();
-        m
+    /// Every member's (id, address), this node included, by id.
+    pub fn members(&self) -> Arc<[(u64, String)]> {
+        self.members.clone()
     }
 }
 

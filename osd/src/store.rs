@@ -500,6 +500,10 @@ impl ObjectStore {
             Some(_) => {}
         }
         let size = file.metadata().map_err(&io)?.len();
+        // No write makes an object this large: a damaged file must not size a buffer.
+        if size > MAX_OBJECT_SIZE as u64 {
+            return Err(Self::corrupt(object, "larger than any object can be"));
+        }
         Ok(Some((file, crcs, size)))
     }
 
