@@ -87,6 +87,10 @@ struct UpArgs {
     /// elsewhere (default 600).
     #[arg(long)]
     osd_out: Option<u64>,
+    /// Raft log entries each MDS holds before it compacts them into its state (a member
+    /// further behind catches up by snapshot; default 20000).
+    #[arg(long)]
+    mds_log_entries: Option<u64>,
     /// Return once everything is up instead of staying in the foreground.
     #[arg(long)]
     detach: bool,
@@ -227,6 +231,7 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
                 osd_grace_secs: 0,
                 osd_out_secs: 0,
                 hosts,
+                mds_log_entries: 0,
             }
         }
     };
@@ -235,6 +240,12 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
     }
     if let Some(o) = a.osd_out {
         cf.osd_out_secs = o;
+    }
+    if let Some(n) = a.mds_log_entries {
+        if n < 4 {
+            bail!("--mds-log-entries must be at least 4");
+        }
+        cf.mds_log_entries = n;
     }
     if !matches!(cf.mds.len(), 1 | 3 | 5) {
         bail!("--mds must be 1, 3 or 5 (a Raft group needs an odd number of members)");
@@ -274,6 +285,8 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
             ("--pool-size", cf.replicas as u64),
             ("--osd-grace-secs", cf.osd_grace_secs),
             ("--osd-out-secs", cf.osd_out_secs),
+            ("--log-compact-entries", cf.mds_log_entries),
+            ("--log-keep-entries", cf.mds_log_entries / 4),
         ] {
             if v > 0 {
                 args.push(flag.into());

@@ -46,6 +46,10 @@ pub struct ClusterFile {
     /// Host labels the OSDs are spread over (OSD i on `host-<i % hosts>`); 0: one per OSD.
     #[serde(default)]
     pub hosts: u32,
+    /// Raft log entries each MDS holds before compacting them into a snapshot (0: the MDS
+    /// default).
+    #[serde(default)]
+    pub mds_log_entries: u64,
 }
 
 /// The failure-domain label of OSD `id` when OSDs are spread over `hosts` labels (0: one

@@ -68,6 +68,8 @@ pub struct Report {
     pub commit_index: u64,
     /// Index applied to the namespace.
     pub applied_index: u64,
+    /// First entry still in the leader's log (earlier ones are compacted into snapshots).
+    pub log_first_index: u64,
     /// OSD map epoch.
     pub osd_epoch: u64,
     /// OSDs.
@@ -275,6 +277,7 @@ pub fn report(st: &StatusReply) -> Report {
         term: st.term,
         commit_index: st.commit_index,
         applied_index: st.applied_index,
+        log_first_index: st.log_first_index,
         osd_epoch: map.epoch,
         osds,
         files: st.files,
@@ -379,7 +382,7 @@ pub fn render(r: &Report) -> String {
         out += &format!("  - {reason}\n");
     }
     out += &format!(
-        "mds: {} member(s) {:?}, leader {}, term {}, commit {}, applied {}\n",
+        "mds: {} member(s) {:?}, leader {}, term {}, commit {}, applied {}, log from {}\n",
         r.mds_members.len(),
         r.mds_members,
         if r.mds_leader == 0 {
@@ -389,7 +392,8 @@ pub fn render(r: &Report) -> String {
         },
         r.term,
         r.commit_index,
-        r.applied_index
+        r.applied_index,
+        r.log_first_index
     );
     if r.mds.len() > 1 {
         for m in &r.mds {

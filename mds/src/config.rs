@@ -22,6 +22,10 @@ pub struct MdsConfig {
     pub election_ticks: usize,
     /// Ticks between leader heartbeats.
     pub heartbeat_ticks: usize,
+    /// Applied entries the Raft log may hold before it is compacted.
+    pub log_compact_entries: u64,
+    /// Newest entries a compaction keeps, so a member a little behind catches up from the log.
+    pub log_keep_entries: u64,
     /// An OSD not heard from for this long is marked down.
     pub osd_grace: Duration,
     /// An OSD down for this long is marked out and its PGs move elsewhere.
@@ -46,6 +50,8 @@ impl Default for MdsConfig {
             tick: Duration::from_millis(100),
             election_ticks: 10,
             heartbeat_ticks: 3,
+            log_compact_entries: 20_000,
+            log_keep_entries: 5_000,
             osd_grace: Duration::from_secs(10),
             osd_out_after: Duration::from_secs(600),
             pool_size: shoal_proto::placement::DEFAULT_SIZE,
@@ -79,6 +85,10 @@ impl MdsConfig {
             "election_ticks must exceed heartbeat_ticks"
         );
         anyhow::ensure!(!self.tick.is_zero(), "tick must be positive");
+        anyhow::ensure!(
+            self.log_compact_entries >= 1 && self.log_keep_entries < self.log_compact_entries,
+            "log_keep_entries must be below log_compact_entries (at least 1)"
+        );
         anyhow::ensure!(
             (1..=16).contains(&self.pool_size),
             "pool size must be 1 to 16 copies"

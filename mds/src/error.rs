@@ -23,6 +23,9 @@ pub enum MdsError {
     /// RocksDB failed.
     #[error("storage: {0}")]
     Storage(#[from] rocksdb::Error),
+    /// A local file (a snapshot being sent or received) could not be read or written.
+    #[error("file: {0}")]
+    Io(#[from] std::io::Error),
     /// raft-rs refused an operation.
     #[error("raft: {0}")]
     Raft(#[from] raft::Error),
@@ -52,6 +55,7 @@ impl From<MdsError> for Status {
                 shoal_proto::error::not_leader_status(leader.as_deref())
             }
             MdsError::Storage(e) => errno_status(libc::EIO, format!("mds storage: {e}")),
+            MdsError::Io(e) => errno_status(libc::EIO, format!("mds file: {e}")),
             MdsError::Raft(e) => Status::unavailable(format!("raft: {e}")),
             MdsError::Corrupt(m) => errno_status(libc::EIO, format!("mds corrupt record: {m}")),
             MdsError::Shutdown => Status::unavailable("mds shutting down"),

@@ -7,6 +7,8 @@
 //!   OSD map); applies commands, answers reads.
 //! - [`node`]: the thread that owns the raft-rs `RawNode` and runs the ready loop.
 //! - [`service`]: the gRPC `Mds` service; reads go to the state machine, writes to the node.
+//! - [`snapshot`]: state snapshots for members behind the compacted log (checkpoint, chunked
+//!   stream, crash-safe install).
 //! - [`transport`]: Raft messages between members over gRPC.
 //! - [`config`]: the daemon's settings; [`run`] starts everything.
 //!
@@ -19,6 +21,7 @@ pub mod error;
 pub mod fsm;
 pub mod node;
 pub mod service;
+pub mod snapshot;
 pub mod store;
 pub mod transport;
 
@@ -62,8 +65,14 @@ pub async fn run(
         tick: cfg.tick,
         election_ticks: cfg.election_ticks,
         heartbeat_ticks: cfg.heartbeat_ticks,
+        snap_dir: cfg.data_dir.join("snap"),
+        compact_entries: cfg.log_compact_entries,
+        keep_entries: cfg.log_keep_entries,
     };
-    let (node, join) = Node::start(&node_cfg, db.clone())?;
+    // Fault injection: `DATA/drop-peers` lists members whose Raft traffic is dropped.
+    let filter = transport::PeerFilter::default();
+    let follow = tokio::spawn(filter.clone().follow_file(cfg.data_dir.join("drop-peers")));
+    let (node, join) = Node::start(&node_cfg, db.clone(), filter.clone())?;
     let fsm = fsm::Fsm::new(db);
 
     // Serve at once: peers need the Raft service to elect a leader. The leader creates the
@@ -90,9 +99,13 @@ pub async fn run(
     let monitor = tokio::spawn(svc.clone().monitor());
     let result = tonic::transport::Server::builder()
         .add_service(
-            RaftPeerServer::new(transport::RaftPeerService::new(node.clone()))
-                .max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(shoal_proto::MAX_MESSAGE_BYTES),
+            RaftPeerServer::new(transport::RaftPeerService::new(
+                node.clone(),
+                node_cfg.snap_dir.clone(),
+                filter,
+            ))
+            .max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(shoal_proto::MAX_MESSAGE_BYTES),
         )
         .add_service(
             MdsServer::new(svc)
@@ -102,6 +115,7 @@ pub async fn run(
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await;
     monitor.abort();
+    follow.abort();
     node.shutdown();
     if join.join().is_err() {
         warn!("raft thread panicked");

@@ -29,6 +29,12 @@ struct Args {
     /// Seconds an OSD stays down before it is marked out and its PGs move elsewhere.
     #[arg(long, default_value_t = 600)]
     osd_out_secs: u64,
+    /// Applied entries the Raft log may hold before it is compacted.
+    #[arg(long, default_value_t = 20_000)]
+    log_compact_entries: u64,
+    /// Newest entries a compaction keeps (members further behind get a snapshot).
+    #[arg(long, default_value_t = 5_000)]
+    log_keep_entries: u64,
     /// Copies per object (used when the cluster is created).
     #[arg(long, default_value_t = 3)]
     pool_size: u32,
@@ -56,6 +62,8 @@ fn main() -> anyhow::Result<()> {
         peers: args.peers,
         osd_grace: Duration::from_secs(args.osd_grace_secs),
         osd_out_after: Duration::from_secs(args.osd_out_secs),
+        log_compact_entries: args.log_compact_entries,
+        log_keep_entries: args.log_keep_entries,
         pool_size: args.pool_size,
         pool_min_size: args.pool_min_size,
         root_uid: uid,

@@ -22,7 +22,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use prost::Message;
 use protobuf::Message as PbMessage;
-use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message as RaftMessage};
+use raft::eraftpb::{
+    ConfChange, ConfChangeV2, Entry, EntryType, Message as RaftMessage, MessageType,
+};
 use raft::{RawNode, StateRole};
 use shoal_proto::mds::Timespec;
 use tokio::sync::{oneshot, watch};
@@ -31,8 +33,9 @@ use tracing::{error, info, warn};
 use crate::command::{Applied, Command, Op, RequestId};
 use crate::error::MdsError;
 use crate::fsm::Fsm;
+use crate::snapshot::Descriptor;
 use crate::store::{Db, RaftLog};
-use crate::transport::Transport;
+use crate::transport::{PeerFilter, Transport};
 
 /// What the node thread receives.
 pub enum NodeMsg {
@@ -43,8 +46,8 @@ pub enum NodeMsg {
         /// Where the outcome goes.
         reply: oneshot::Sender<Result<Applied, MdsError>>,
     },
-    /// Raft messages from peers.
-    Raft(Vec<RaftMessage>),
+    /// Raft messages from a peer, with its (id, address) when the batch named them.
+    Raft(Vec<RaftMessage>, Option<(u64, String)>),
     /// A peer could not be reached.
     Unreachable(u64),
     /// A snapshot message was delivered to `to`, or failed.
@@ -91,6 +94,8 @@ pub struct NodeStatus {
     pub voters: Vec<u64>,
     /// Index of the last log entry.
     pub last_index: u64,
+    /// Index of the first entry still in the log (earlier ones were compacted).
+    pub first_index: u64,
     /// Each member's replication progress (filled on the leader only).
     pub progress: Vec<MemberProgress>,
     /// Every member's (id, address).
@@ -169,10 +174,15 @@ impl NodeHandle {
         }
     }
 
-    /// Hands Raft messages from a peer to the node.
-    pub fn step(&self, msgs: Vec<RaftMessage>) -> Result<(), MdsError> {
+    /// Hands Raft messages from a peer (whose id and address `from` names, when known) to
+    /// the node.
+    pub fn step(
+        &self,
+        msgs: Vec<RaftMessage>,
+        from: Option<(u64, String)>,
+    ) -> Result<(), MdsError> {
         self.tx
-            .send(NodeMsg::Raft(msgs))
+            .send(NodeMsg::Raft(msgs, from))
             .map_err(|_| MdsError::Shutdown)
     }
 
@@ -201,6 +211,13 @@ pub struct NodeConfig {
     pub election_ticks: usize,
     /// Ticks between leader heartbeats.
     pub heartbeat_ticks: usize,
+    /// Where snapshots being sent or received live.
+    pub snap_dir: std::path::PathBuf,
+    /// Applied entries the log may hold before it is compacted.
+    pub compact_entries: u64,
+    /// Newest applied entries kept by a compaction (so a member a little behind catches up
+    /// from the log instead of a snapshot).
+    pub keep_entries: u64,
 }
 
 /// A read waiting for its ReadIndex confirmation.
@@ -226,6 +243,8 @@ pub struct Node {
     reads_ready: Vec<(u64, Vec<ReadWaiter>)>,
     next_read: u64,
     was_leader: bool,
+    compact_entries: u64,
+    keep_entries: u64,
 }
 
 impl Node {
@@ -233,11 +252,12 @@ impl Node {
     pub fn start(
         cfg: &NodeConfig,
         db: Db,
+        filter: PeerFilter,
     ) -> Result<(NodeHandle, std::thread::JoinHandle<()>), MdsError> {
         let fsm = Fsm::new(db.clone());
-        let applied = fsm.applied_index()?;
         let ids: Vec<u64> = cfg.members.iter().map(|(id, _)| *id).collect();
-        let mut log = RaftLog::open(db, &ids)?;
+        let mut log = RaftLog::open(db, &ids, &cfg.snap_dir)?;
+        let applied = fsm.applied_index()?;
         // A node killed between applying entries and persisting the commit index that covered
         // them (older versions applied first): those entries were committed, so the commit
         // index moves up to what was applied.
@@ -279,8 +299,8 @@ impl Node {
             id: cfg.id,
             ..Default::default()
         });
-        let transport =
-            Transport::start(cfg.id, &cfg.members, tx.clone()).map_err(MdsError::Corrupt)?;
+        let transport = Transport::start(cfg.id, &cfg.members, &cfg.snap_dir, tx.clone(), filter)
+            .map_err(MdsError::Corrupt)?;
         let node = Node {
             raw,
             fsm,
@@ -296,6 +316,8 @@ impl Node {
             reads_ready: Vec::new(),
             next_read: 1,
             was_leader: false,
+            compact_entries: cfg.compact_entries.max(1),
+            keep_entries: cfg.keep_entries,
         };
         info!(id = cfg.id, applied, "raft node starting");
         let join = std::thread::Builder::new()
@@ -436,8 +458,31 @@ impl Node {
                     }
                 }
             }
-            NodeMsg::Raft(msgs) => {
-                for m in msgs {
+            NodeMsg::Raft(msgs, from) => {
+                if let Some((id, addr)) = from {
+                    if self.transport.addr(id) != Some(addr.as_str()) {
+                        info!(peer = id, %addr, "learned a member's address");
+                        if let Err(e) = self.transport.set_member(id, &addr) {
+                            warn!(peer = id, error = %e, "unusable member address");
+                        }
+                    }
+                }
+                for mut m in msgs {
+                    // A leader that believes we hold entries we do not (our data directory
+                    // was wiped) sends a commit index beyond our log, which raft-rs treats
+                    // as fatal. Keep our commit index instead: the heartbeat still counts,
+                    // and the leader's next append finds our log short and sends a snapshot.
+                    if m.get_msg_type() == MessageType::MsgHeartbeat
+                        && m.commit > self.raw.raft.raft_log.last_index()
+                    {
+                        warn!(
+                            leader = m.from,
+                            commit = m.commit,
+                            last_index = self.raw.raft.raft_log.last_index(),
+                            "the leader believes this member holds entries it lacks (wiped?)"
+                        );
+                        m.commit = self.raw.raft.raft_log.committed;
+                    }
                     if let Err(e) = self.raw.step(m) {
                         // A message from a removed member or for another term: harmless.
                         warn!(error = %e, "raft message refused");
@@ -484,8 +529,24 @@ impl Node {
             }
         }
         if !ready.snapshot().is_empty() {
-            // Snapshots are never produced yet (see RaftLog::snapshot); receiving one is a bug.
-            return Err(MdsError::Corrupt("unexpected raft snapshot".into()));
+            // A snapshot from the leader: its state replaces ours before any later entry.
+            let snap = ready.snapshot();
+            let name = match Descriptor::decode(&snap.data)? {
+                Descriptor::In(name) => name,
+                Descriptor::Out(name) => {
+                    return Err(MdsError::Corrupt(format!(
+                        "asked to install our own outgoing snapshot {name}"
+                    )))
+                }
+            };
+            let meta = snap.get_metadata().clone();
+            info!(
+                index = meta.index,
+                term = meta.term,
+                "installing a snapshot"
+            );
+            self.raw.mut_store().restore_snapshot(&meta, &name)?;
+            info!(index = meta.index, "snapshot installed");
         }
         // New entries and the hard state (with the commit index) are made durable first: the
         // state machine's applied index must never be ahead of the persisted commit index, or
@@ -506,7 +567,19 @@ impl Node {
         let committed = light.take_committed_entries();
         self.apply(committed)?;
         self.raw.advance_apply();
-        Ok(())
+        self.maybe_compact()
+    }
+
+    /// Drops applied entries once the log holds more than `compact_entries` of them, keeping
+    /// the newest `keep_entries`.
+    fn maybe_compact(&mut self) -> Result<(), MdsError> {
+        let applied = self.raw.raft.raft_log.applied;
+        let first = self.raw.store().first_entry_index();
+        if applied.saturating_sub(first) < self.compact_entries {
+            return Ok(());
+        }
+        let to = applied.saturating_sub(self.keep_entries);
+        self.raw.mut_store().compact(to)
     }
 
     fn apply(&mut self, entries: Vec<Entry>) -> Result<(), MdsError> {
@@ -604,6 +677,7 @@ impl Node {
             applied: r.raft_log.applied,
             voters: self.raw.store().conf_state().voters.clone(),
             last_index: r.raft_log.last_index(),
+            first_index: self.raw.store().first_entry_index(),
             progress,
             members: self.transport.members(),
         };

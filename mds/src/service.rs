@@ -493,15 +493,20 @@ impl Mds for MdsService {
         let map = self.osd_map()?;
         let (pgs, recovery_per_sec) = self.pg_stats(&map);
         let members = st
-            .members
+            .voters
             .iter()
-            .filter(|(id, _)| st.voters.contains(id))
-            .map(|(id, addr)| {
+            .map(|id| {
+                let addr = st
+                    .members
+                    .iter()
+                    .find(|(m, _)| m == id)
+                    .map(|(_, a)| a.clone())
+                    .unwrap_or_default();
                 let p = st.progress.iter().find(|p| p.id == *id);
                 let matched = p.map_or(0, |p| p.matched);
                 MdsMember {
                     id: *id,
-                    addr: addr.clone(),
+                    addr,
                     leader: *id == st.leader_id,
                     matched,
                     lag: st.last_index.saturating_sub(matched),
@@ -520,6 +525,7 @@ impl Mds for MdsService {
             pgs,
             recovery_per_sec,
             bootstrapped: self.fsm.bootstrapped()?,
+            log_first_index: st.first_index,
         }))
     }
 }

@@ -7,11 +7,11 @@
 //! - Every state-machine apply is one `WriteBatch` that also records the applied index, so
 //!   after a crash the state is exactly "everything up to applied", and Raft replays the rest.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use protobuf::Message as PbMessage;
-use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError};
 use rocksdb::{ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
 
@@ -99,6 +99,22 @@ impl Db {
         })
     }
 
+    /// Opens a checkpoint of the database read-only (to stream it to another member).
+    pub fn open_read_only(dir: &Path) -> Result<Db, MdsError> {
+        let opts = Options::default();
+        let names = Cf::ALL.iter().map(|cf| cf.name());
+        let db = DB::open_cf_for_read_only(&opts, dir, names, false)?;
+        Ok(Db {
+            inner: Arc::new(db),
+        })
+    }
+
+    /// Makes a consistent copy of the whole database at `dir` (hard links where it can).
+    pub fn checkpoint(&self, dir: &Path) -> Result<(), MdsError> {
+        rocksdb::checkpoint::Checkpoint::new(&self.inner)?.create_checkpoint(dir)?;
+        Ok(())
+    }
+
     fn cf(&self, cf: Cf) -> &rocksdb::ColumnFamily {
         // Every Cf is created at open, so the handle always exists.
         self.inner
@@ -174,12 +190,46 @@ impl Batch<'_> {
 const KEY_HARD_STATE: &[u8] = b"hs";
 const KEY_CONF_STATE: &[u8] = b"cs";
 const KEY_SNAPSHOT_META: &[u8] = b"snap";
+/// Set while a received snapshot replaces the state: (file name, snapshot metadata).
+const KEY_INSTALLING: &[u8] = b"installing";
 
 fn entry_key(index: u64) -> [u8; 9] {
     let mut k = [0u8; 9];
     k[0] = b'l';
     k[1..].copy_from_slice(&index.to_be_bytes());
     k
+}
+
+fn snap_meta(index: u64, term: u64) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&index.to_be_bytes());
+    b[8..].copy_from_slice(&term.to_be_bytes());
+    b
+}
+
+fn encode_installing(name: &str, meta: &SnapshotMetadata) -> Result<Vec<u8>, MdsError> {
+    let m = meta
+        .write_to_bytes()
+        .map_err(|e| corrupt("snapshot metadata", e))?;
+    let mut v = Vec::with_capacity(4 + name.len() + m.len());
+    v.extend_from_slice(&(name.len() as u32).to_be_bytes());
+    v.extend_from_slice(name.as_bytes());
+    v.extend_from_slice(&m);
+    Ok(v)
+}
+
+fn decode_installing(b: &[u8]) -> Result<(String, SnapshotMetadata), MdsError> {
+    let bad = || MdsError::Corrupt("snapshot install marker".into());
+    let len = b
+        .get(..4)
+        .map(|l| u32::from_be_bytes(l.try_into().expect("4 bytes")) as usize)
+        .ok_or_else(bad)?;
+    let name = b
+        .get(4..4 + len)
+        .and_then(|n| std::str::from_utf8(n).ok())
+        .ok_or_else(bad)?;
+    let meta = SnapshotMetadata::parse_from_bytes(&b[4 + len..]).map_err(|_| bad())?;
+    Ok((name.to_string(), meta))
 }
 
 fn corrupt(what: &str, e: impl std::fmt::Display) -> MdsError {
@@ -196,12 +246,21 @@ pub struct RaftLog {
     snap_index: u64,
     snap_term: u64,
     last_index: u64,
+    /// Where snapshots being sent or received live.
+    snap_dir: PathBuf,
 }
 
 impl RaftLog {
     /// Loads the log's state from the database. A fresh database gets `voters` as its first
-    /// configuration (a new cluster bootstraps; a restarted one keeps what it had).
-    pub fn open(db: Db, voters: &[u64]) -> Result<RaftLog, MdsError> {
+    /// configuration (a new cluster bootstraps; a restarted one keeps what it had). A snapshot
+    /// install that a crash interrupted is done again from its file in `snap_dir`; anything
+    /// else left there is removed.
+    pub fn open(db: Db, voters: &[u64], snap_dir: &Path) -> Result<RaftLog, MdsError> {
+        let resume = match db.get(Cf::Raft, KEY_INSTALLING)? {
+            Some(b) => Some(decode_installing(&b)?),
+            None => None,
+        };
+        crate::snapshot::clean(snap_dir, resume.as_ref().map(|(n, _)| n.as_str()));
         let hard_state = match db.get(Cf::Raft, KEY_HARD_STATE)? {
             Some(b) => HardState::parse_from_bytes(&b).map_err(|e| corrupt("hard state", e))?,
             None => HardState::default(),
@@ -245,14 +304,94 @@ impl RaftLog {
                 }
             }
         }
-        Ok(RaftLog {
+        let mut log = RaftLog {
             db,
             hard_state,
             conf_state,
             snap_index,
             snap_term,
             last_index,
-        })
+            snap_dir: snap_dir.to_path_buf(),
+        };
+        if let Some((name, meta)) = resume {
+            tracing::warn!(file = %name, index = meta.index, "finishing an interrupted snapshot install");
+            log.restore_snapshot(&meta, &name)?;
+        }
+        Ok(log)
+    }
+
+    /// Index of the first entry still in the log (entries before it are in the state).
+    pub fn first_entry_index(&self) -> u64 {
+        self.snap_index + 1
+    }
+
+    /// Drops entries up to `to` (which must be applied): the state machine holds their effect.
+    pub fn compact(&mut self, to: u64) -> Result<(), MdsError> {
+        let to = to.min(self.last_index);
+        if to <= self.snap_index {
+            return Ok(());
+        }
+        let term = self
+            .term_of(to)
+            .map_err(|e| MdsError::Corrupt(format!("term of entry {to}: {e}")))?;
+        let mut b = self.db.batch();
+        for i in self.snap_index + 1..=to {
+            b.delete(Cf::Raft, &entry_key(i));
+        }
+        b.put(Cf::Raft, KEY_SNAPSHOT_META, &snap_meta(to, term));
+        // Not synced: losing it keeps entries that are still valid.
+        b.commit(false)?;
+        self.snap_index = to;
+        self.snap_term = term;
+        Ok(())
+    }
+
+    /// Replaces the state and the log with received snapshot file `name`. Crash-safe: the
+    /// `installing` marker is durable before the old state is touched, and cleared in the
+    /// final synced batch.
+    pub fn restore_snapshot(
+        &mut self,
+        meta: &SnapshotMetadata,
+        name: &str,
+    ) -> Result<(), MdsError> {
+        let mut b = self.db.batch();
+        b.put(Cf::Raft, KEY_INSTALLING, &encode_installing(name, meta)?);
+        b.commit(true)?;
+        crate::snapshot::load_state(&self.db, &self.snap_dir, name)?;
+        let mut b = self.db.batch();
+        let prefix = [b'l'];
+        for kv in self.db.scan(Cf::Raft, &prefix, &prefix) {
+            let (k, _) = kv?;
+            b.delete(Cf::Raft, &k);
+        }
+        let mut hs = self.hard_state.clone();
+        hs.commit = hs.commit.max(meta.index);
+        hs.term = hs.term.max(meta.term);
+        let cs = meta.get_conf_state().clone();
+        b.put(
+            Cf::Raft,
+            KEY_SNAPSHOT_META,
+            &snap_meta(meta.index, meta.term),
+        );
+        b.put(
+            Cf::Raft,
+            KEY_HARD_STATE,
+            &hs.write_to_bytes().map_err(|e| corrupt("hard state", e))?,
+        );
+        b.put(
+            Cf::Raft,
+            KEY_CONF_STATE,
+            &cs.write_to_bytes().map_err(|e| corrupt("conf state", e))?,
+        );
+        b.delete(Cf::Raft, KEY_INSTALLING);
+        b.commit(true)?;
+        self.snap_index = meta.index;
+        self.snap_term = meta.term;
+        self.last_index = meta.index;
+        self.hard_state = hs;
+        self.conf_state = cs;
+        crate::snapshot::clean(&self.snap_dir, None);
+        Ok(())
     }
 
     /// The persisted hard state.
@@ -329,6 +468,10 @@ impl RaftLog {
         Ok(())
     }
 
+    fn term_of(&self, idx: u64) -> raft::Result<u64> {
+        raft::Storage::term(self, idx)
+    }
+
     fn read_entry(&self, index: u64) -> raft::Result<Entry> {
         let bytes = self
             .db
@@ -390,12 +533,31 @@ impl raft::Storage for RaftLog {
         Ok(self.last_index)
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // Log compaction and snapshot transfer arrive with the multi-node MDS; until then the
-        // whole log is kept and no follower can fall behind it.
-        Err(raft::Error::Store(
-            StorageError::SnapshotTemporarilyUnavailable,
-        ))
+    /// A snapshot of the state as applied now: a checkpoint the transport streams to `to`.
+    /// Any failure is "temporarily unavailable" (raft-rs retries later; other errors are
+    /// fatal to it).
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        let unavailable = || raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable);
+        let applied = crate::fsm::Fsm::new(self.db.clone())
+            .applied_index()
+            .map_err(|_| unavailable())?;
+        if applied == 0 || applied < request_index {
+            return Err(unavailable());
+        }
+        let term = self.term(applied).map_err(|_| unavailable())?;
+        let name = crate::snapshot::checkpoint(&self.db, &self.snap_dir, applied).map_err(|e| {
+            tracing::warn!(error = %e, to, "cannot make a snapshot checkpoint");
+            unavailable()
+        })?;
+        let mut snap = Snapshot {
+            data: crate::snapshot::Descriptor::Out(name).encode().into(),
+            ..Default::default()
+        };
+        let meta = snap.mut_metadata();
+        meta.index = applied;
+        meta.term = term;
+        meta.set_conf_state(self.conf_state.clone());
+        Ok(snap)
     }
 }
 
@@ -418,7 +580,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let db = Db::open(dir.path()).unwrap();
-            let mut log = RaftLog::open(db, &[1]).unwrap();
+            let mut log = RaftLog::open(db, &[1], &dir.path().join("snap")).unwrap();
             assert_eq!(log.last_index().unwrap(), 0);
             log.append(&[entry(1, 1), entry(2, 1), entry(3, 1)], None)
                 .unwrap();
@@ -431,7 +593,7 @@ mod tests {
             assert_eq!(log.last_index().unwrap(), 2);
         }
         let db = Db::open(dir.path()).unwrap();
-        let log = RaftLog::open(db, &[7]).unwrap();
+        let log = RaftLog::open(db, &[7], &dir.path().join("snap")).unwrap();
         assert_eq!(log.last_index().unwrap(), 2);
         assert_eq!(log.term(2).unwrap(), 2);
         assert_eq!(log.hard_state().term, 2);
@@ -447,6 +609,93 @@ mod tests {
         assert_eq!(
             es.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>(),
             vec![(1, 1), (2, 2)]
+        );
+    }
+
+    #[test]
+    fn compaction_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let snap = dir.path().join("snap");
+        {
+            let db = Db::open(dir.path()).unwrap();
+            let mut log = RaftLog::open(db, &[1], &snap).unwrap();
+            let es: Vec<Entry> = (1..=10).map(|i| entry(i, 1 + i / 5)).collect();
+            log.append(&es, None).unwrap();
+            log.compact(6).unwrap();
+            assert_eq!(log.first_index().unwrap(), 7);
+            assert_eq!(
+                log.term(6).unwrap(),
+                2,
+                "the compacted point keeps its term"
+            );
+            assert_eq!(
+                log.term(5).unwrap_err(),
+                raft::Error::Store(StorageError::Compacted)
+            );
+            assert!(log
+                .entries(5, 8, None, GetEntriesContext::empty(false))
+                .is_err());
+            log.compact(3).unwrap();
+            assert_eq!(log.first_index().unwrap(), 7, "compaction never goes back");
+        }
+        let db = Db::open(dir.path()).unwrap();
+        let log = RaftLog::open(db.clone(), &[1], &snap).unwrap();
+        assert_eq!(log.first_index().unwrap(), 7);
+        assert_eq!(log.last_index().unwrap(), 10);
+        assert_eq!(db.get(Cf::Raft, &entry_key(6)).unwrap(), None);
+        let es = log
+            .entries(7, 11, None, GetEntriesContext::empty(false))
+            .unwrap();
+        assert_eq!(es.len(), 4);
+    }
+
+    #[test]
+    fn interrupted_snapshot_install_is_finished_at_open() {
+        use crate::snapshot;
+        let dir = tempfile::tempdir().unwrap();
+        let src = Db::open(&dir.path().join("src")).unwrap();
+        let mut b = src.batch();
+        for i in 0..100u32 {
+            b.put(Cf::Dentries, &i.to_be_bytes(), b"entry");
+        }
+        b.put(Cf::Meta, b"applied", &50u64.to_be_bytes());
+        b.commit(true).unwrap();
+        let snap = dir.path().join("dst-snap");
+        let out = snapshot::checkpoint(&src, &snap, 50).unwrap();
+        let mut inc = snapshot::Incoming::create(&snap).unwrap();
+        let (records, crc) =
+            snapshot::read_checkpoint(&snap, &out, |c| inc.write(&c).is_ok()).unwrap();
+        let name = inc.finish(records, crc, 50, 3).unwrap();
+        let mut meta = SnapshotMetadata {
+            index: 50,
+            term: 3,
+            ..Default::default()
+        };
+        meta.mut_conf_state().voters = vec![1, 2, 3];
+        // Killed after the marker and half the state: opening finishes the job.
+        let dst = Db::open(&dir.path().join("dst")).unwrap();
+        let mut b = dst.batch();
+        b.put(
+            Cf::Raft,
+            KEY_INSTALLING,
+            &encode_installing(&name, &meta).unwrap(),
+        );
+        b.put(Cf::Dentries, b"half", b"written");
+        b.commit(true).unwrap();
+        let log = RaftLog::open(dst.clone(), &[1], &snap).unwrap();
+        assert_eq!(log.first_index().unwrap(), 51);
+        assert_eq!(log.term(50).unwrap(), 3);
+        assert_eq!(log.hard_state().commit, 50);
+        assert_eq!(log.conf_state().voters, vec![1, 2, 3]);
+        assert_eq!(dst.get(Cf::Raft, KEY_INSTALLING).unwrap(), None);
+        assert_eq!(dst.get(Cf::Dentries, b"half").unwrap(), None);
+        assert_eq!(
+            snapshot::state_digest(&src).unwrap(),
+            snapshot::state_digest(&dst).unwrap()
+        );
+        assert!(
+            !snap.join(&name).exists(),
+            "the received file is removed once installed"
         );
     }
 }
