@@ -274,3 +274,112 @@ fn wiped_follower_rejoins_by_snapshot() {
     assert_eq!(fs::read_dir(&dir).unwrap().count(), 401);
     assert_eq!(fs::read_to_string(dir.join("f399")).unwrap(), "399");
 }
+
+/// Status as member `name` sees it (`leader` 0 when it knows of none; a follower that knows
+/// the leader redirects, so this asks it directly).
+fn member_view(c: &TestCluster, name: &str) -> shoal_proto::mds::StatusReply {
+    let addr = fs::read_to_string(c.data.join(name).join("addr")).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut client =
+            shoal_proto::mds::mds_client::MdsClient::connect(format!("http://{}", addr.trim()))
+                .await
+                .unwrap();
+        match client.status(shoal_proto::mds::StatusRequest {}).await {
+            Ok(r) => r.into_inner(),
+            // Redirected: it follows a leader elsewhere.
+            Err(_) => shoal_proto::mds::StatusReply {
+                leader_id: u64::MAX,
+                ..Default::default()
+            },
+        }
+    })
+}
+
+/// A mkdir sent straight to member `name` (no redirects, no retries).
+fn mkdir_at(c: &TestCluster, name: &str, dir: &str) -> Result<(), tonic::Status> {
+    let addr = fs::read_to_string(c.data.join(name).join("addr")).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut client =
+            shoal_proto::mds::mds_client::MdsClient::connect(format!("http://{}", addr.trim()))
+                .await
+                .unwrap();
+        let req = shoal_proto::mds::MakeNodeRequest {
+            parent: 1,
+            name: dir.as_bytes().to_vec().into(),
+            kind: shoal_proto::mds::FileKind::Directory as i32,
+            perm: 0o755,
+            exclusive: true,
+            ..Default::default()
+        };
+        client.make_node(req).await.map(|_| ())
+    })
+}
+
+#[test]
+fn partitioned_leader_stops_acknowledging_and_the_majority_goes_on() {
+    let c = TestCluster::start_args(&["--mds", "3"]);
+    fs::write(c.path("before"), b"1").unwrap();
+    let old = leader(&c);
+    let old_id: u64 = old.trim_start_matches("mds.").parse::<u64>().unwrap() + 1;
+    let others: Vec<u64> = (1..=3).filter(|i| *i != old_id).collect();
+    // Cut the leader off from both others (its transport drops traffic both ways); clients
+    // still reach it.
+    fs::write(
+        c.data.join(&old).join("drop-peers"),
+        format!("{},{}", others[0], others[1]),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let frozen = member_view(&c, &old).commit_index;
+    // A write sent to the old leader is never acknowledged while it is cut off.
+    let sent = Instant::now();
+    let r = mkdir_at(&c, &old, "to-old-leader");
+    let e = r.expect_err("the partitioned leader acknowledged a write");
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+    assert!(sent.elapsed() < Duration::from_secs(15));
+    // It steps down (check-quorum) and its commit index stays where it was.
+    let start = Instant::now();
+    loop {
+        let v = member_view(&c, &old);
+        assert!(
+            v.commit_index <= frozen,
+            "old leader committed alone: {v:?}"
+        );
+        if v.leader_id == 0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "old leader still leads"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The majority elected a leader among themselves, and the mount goes on through it.
+    let new = leader(&c);
+    assert_ne!(new, old);
+    fs::write(c.path("during"), b"2").unwrap();
+    let v = member_view(&c, &old);
+    assert!(
+        v.commit_index <= frozen,
+        "old leader committed alone: {v:?}"
+    );
+    // Heal: the old leader rejoins as a follower and its unacknowledged entry is gone.
+    fs::remove_file(c.data.join(&old).join("drop-peers")).unwrap();
+    wait_members_caught_up(&c, Duration::from_secs(30));
+    assert_eq!(
+        leader(&c),
+        new,
+        "the healed member must not disrupt the new leader"
+    );
+    assert!(!c.path("to-old-leader").exists());
+    assert_eq!(fs::read(c.path("before")).unwrap(), b"1");
+    assert_eq!(fs::read(c.path("during")).unwrap(), b"2");
+}
