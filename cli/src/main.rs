@@ -29,6 +29,9 @@ enum Cmd {
     Mount(MountArgs),
     /// Show MDS members, OSDs, PG states and a health word.
     Status(StatusArgs),
+    /// Change the MDS group's membership, one member at a time.
+    #[command(subcommand)]
+    Mds(MdsCmd),
     /// Scrub every PG now: compare the versions of all copies, or with --deep read every
     /// block of every copy, verify its crc32, compare the copies and repair bad ones.
     Scrub(ScrubArgs),
@@ -48,6 +51,35 @@ struct ScrubArgs {
     /// Machine-readable output.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum MdsCmd {
+    /// Add the MDS at ADDR (started with `shoal-mds --join --id N --listen ADDR`) to the
+    /// group; it catches up from a snapshot of the leader.
+    Add {
+        /// The new member's address (IP:PORT).
+        addr: String,
+        #[command(flatten)]
+        at: ClusterArg,
+    },
+    /// Remove member ID from the group (not the current leader); stop its daemon afterwards.
+    Remove {
+        /// The member's Raft id.
+        id: u64,
+        #[command(flatten)]
+        at: ClusterArg,
+    },
+}
+
+#[derive(Args, Debug)]
+struct ClusterArg {
+    /// Cluster state directory (used unless --mds is given).
+    #[arg(long, default_value = "shoal-data")]
+    data: PathBuf,
+    /// MDS address(es), comma-separated.
+    #[arg(long)]
+    mds: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -129,6 +161,7 @@ fn main() {
         Cmd::Mount(a) => mount(a),
         Cmd::Status(a) => status_cmd(a),
         Cmd::Scrub(a) => scrub_cmd(a),
+        Cmd::Mds(c) => mds_cmd(c),
     };
     if let Err(e) = result {
         eprintln!("shoal: {e:#}");
@@ -516,6 +549,53 @@ fn scrub_cmd(a: ScrubArgs) -> anyhow::Result<()> {
     if !totals.errors.is_empty() || totals.repaired < totals.inconsistent {
         std::process::exit(1);
     }
+    Ok(())
+}
+
+fn mds_cmd(c: MdsCmd) -> anyhow::Result<()> {
+    use shoal_proto::mds::{ChangeMembersRequest, StatusRequest};
+    let rt = runtime()?;
+    let (req, at) = match c {
+        MdsCmd::Add { addr, at } => {
+            // The new daemon says who it is; it must not belong to a group yet.
+            let joiner = rt
+                .block_on(status::call_leader(
+                    std::slice::from_ref(&addr),
+                    |mut c| async move { c.status(StatusRequest {}).await.map(|r| r.into_inner()) },
+                ))
+                .with_context(|| format!("no MDS answers at {addr}"))?;
+            if !joiner.members.is_empty() || joiner.leader_id != 0 {
+                bail!(
+                    "the MDS at {addr} (id {}) already belongs to a group",
+                    joiner.self_id
+                );
+            }
+            let req = ChangeMembersRequest {
+                add_id: joiner.self_id,
+                add_addr: addr,
+                remove_id: 0,
+            };
+            (req, at)
+        }
+        MdsCmd::Remove { id, at } => {
+            let req = ChangeMembersRequest {
+                remove_id: id,
+                ..Default::default()
+            };
+            (req, at)
+        }
+    };
+    let addrs = mds_addrs(at.mds, &at.data)?;
+    let what = if req.add_id != 0 {
+        format!("added mds id {} at {}", req.add_id, req.add_addr)
+    } else {
+        format!("removed mds id {}", req.remove_id)
+    };
+    let reply = rt.block_on(status::call_leader(&addrs, |mut c| {
+        let req = req.clone();
+        async move { c.change_members(req).await.map(|r| r.into_inner()) }
+    }))?;
+    println!("{what}; members now {:?}", reply.voters);
     Ok(())
 }
 

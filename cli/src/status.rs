@@ -340,6 +340,19 @@ pub async fn scrub(addrs: &[String], deep: bool) -> anyhow::Result<ScrubTotals> 
 
 /// Asks the first MDS that answers.
 pub async fn fetch(addrs: &[String]) -> anyhow::Result<StatusReply> {
+    call_leader(addrs, |mut c| async move {
+        c.status(StatusRequest {}).await.map(|r| r.into_inner())
+    })
+    .await
+}
+
+/// Makes `call` on the first MDS that answers it, following a follower's redirect to the
+/// leader it names.
+pub async fn call_leader<T, F, Fut>(addrs: &[String], call: F) -> anyhow::Result<T>
+where
+    F: Fn(MdsClient<tonic::transport::Channel>) -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
     let mut last = None;
     let mut queue: std::collections::VecDeque<String> = addrs.iter().cloned().collect();
     let mut tried = std::collections::HashSet::new();
@@ -350,19 +363,42 @@ pub async fn fetch(addrs: &[String]) -> anyhow::Result<StatusReply> {
         let attempt = async {
             let ep = tonic::transport::Endpoint::from_shared(format!("http://{a}"))?
                 .connect_timeout(Duration::from_secs(2))
-                .timeout(Duration::from_secs(5));
-            let mut c = MdsClient::new(ep.connect().await?);
-            anyhow::Ok(c.status(StatusRequest {}).await?.into_inner())
+                .timeout(Duration::from_secs(15));
+            let c = MdsClient::new(ep.connect().await?);
+            anyhow::Ok(call(c).await?)
         };
         match attempt.await {
             Ok(st) => return Ok(st),
             Err(e) => {
-                // A follower names the leader: ask it next.
-                if let Some(WireError::NotLeader {
-                    leader: Some(leader),
-                }) = e.downcast_ref::<tonic::Status>().map(status_errno)
-                {
-                    queue.push_front(leader);
+                let status = e.downcast_ref::<tonic::Status>();
+                match status.map(|s| (s.code(), status_errno(s))) {
+                    // A follower names the leader: ask it next.
+                    Some((
+                        _,
+                        WireError::NotLeader {
+                            leader: Some(leader),
+                        },
+                    )) => queue.push_front(leader),
+                    // A refusal on its merits (not a member, a change in progress): final.
+                    Some((
+                        tonic::Code::InvalidArgument
+                        | tonic::Code::AlreadyExists
+                        | tonic::Code::NotFound
+                        | tonic::Code::FailedPrecondition,
+                        _,
+                    ))
+                    | Some((
+                        _,
+                        WireError::Errno {
+                            errno: libc::EBUSY, ..
+                        },
+                    )) => {
+                        return Err(anyhow::anyhow!(
+                            "{a}: {}",
+                            status.map_or("", |s| s.message())
+                        ))
+                    }
+                    _ => {}
                 }
                 last = Some(anyhow::anyhow!("{a}: {e}"));
             }

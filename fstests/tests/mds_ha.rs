@@ -29,11 +29,16 @@ fn leader(c: &TestCluster) -> String {
 
 /// Waits until every member answers the leader and none is behind.
 fn wait_members_caught_up(c: &TestCluster, limit: Duration) {
+    wait_n_members_caught_up(c, 3, limit);
+}
+
+/// Waits until the group has `n` members, all answering the leader and none behind.
+fn wait_n_members_caught_up(c: &TestCluster, n: usize, limit: Duration) {
     let start = Instant::now();
     loop {
         let st = c.status();
         let ms = st["mds"].as_array().cloned().unwrap_or_default();
-        if ms.len() == 3 && ms.iter().all(|m| m["active"] == true && m["lag"] == 0) {
+        if ms.len() == n && ms.iter().all(|m| m["active"] == true && m["lag"] == 0) {
             return;
         }
         assert!(
@@ -386,4 +391,102 @@ fn partitioned_leader_stops_acknowledging_and_the_majority_goes_on() {
     assert!(!c.path("to-old-leader").exists());
     assert_eq!(fs::read(c.path("before")).unwrap(), b"1");
     assert_eq!(fs::read(c.path("during")).unwrap(), b"2");
+}
+
+/// A `shoal-mds --join` daemon outside the cluster's data directory, killed on drop.
+struct Joiner {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl Joiner {
+    fn start(dir: &Path, id: u64) -> Joiner {
+        fs::create_dir_all(dir).unwrap();
+        let log = fs::File::create(dir.join("log")).unwrap();
+        let child = std::process::Command::new(shoal_fstests::bin("shoal-mds"))
+            .args(["--id", &id.to_string(), "--join", "--data"])
+            .arg(dir)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        let addr = loop {
+            if let Ok(a) = fs::read_to_string(dir.join("addr")) {
+                break a.trim().to_string();
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "joiner never served"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        Joiner { child, addr }
+    }
+}
+
+impl Drop for Joiner {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn members_are_added_and_removed_one_at_a_time() {
+    let c = TestCluster::start_args(&["--mds", "3"]);
+    fs::create_dir(c.path("d")).unwrap();
+    for i in 0..50 {
+        fs::write(c.path(&format!("d/f{i}")), format!("{i}")).unwrap();
+    }
+    let joiner = Joiner::start(&c.root.path().join("mds-new"), 4);
+    let out = c.shoal_ok(&["mds", "add", &joiner.addr]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("members now [1, 2, 3, 4]"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    wait_n_members_caught_up(&c, 4, Duration::from_secs(60));
+    let st = c.status();
+    let new = st["mds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == 4)
+        .cloned()
+        .unwrap();
+    assert_eq!(new["addr"], joiner.addr.as_str(), "{st}");
+    // Bad requests are refused with a reason, and change nothing.
+    let again = c.shoal(&["mds", "add", &joiner.addr]);
+    assert!(!again.status.success());
+    let unknown = c.shoal(&["mds", "remove", "9"]);
+    assert!(!unknown.status.success());
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("not a member"),
+        "{}",
+        String::from_utf8_lossy(&unknown.stderr)
+    );
+    let lead = leader(&c);
+    let lead_id: u64 = lead.trim_start_matches("mds.").parse::<u64>().unwrap() + 1;
+    let refused = c.shoal(&["mds", "remove", &lead_id.to_string()]);
+    assert!(!refused.status.success(), "the leader removed itself");
+
+    // Remove an original follower; the group is {leader, other, 4}.
+    let gone = (1..=3).find(|i| *i != lead_id).unwrap();
+    let out = c.shoal_ok(&["mds", "remove", &gone.to_string()]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("removed mds id"));
+    c.kill9(&format!("mds.{}", gone - 1));
+    wait_n_members_caught_up(&c, 3, Duration::from_secs(30));
+    let ids: Vec<u64> = c.status()["mds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_u64().unwrap())
+        .collect();
+    assert!(ids.contains(&4) && !ids.contains(&gone), "{ids:?}");
+    // The new member votes: with the leader killed, it and the last original elect one.
+    c.kill9(&lead);
+    fs::write(c.path("d/after"), b"ok").unwrap();
+    assert_eq!(fs::read(c.path("d/after")).unwrap(), b"ok");
+    assert_eq!(fs::read_dir(c.path("d")).unwrap().count(), 51);
 }

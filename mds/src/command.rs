@@ -41,6 +41,25 @@ impl From<shoal_proto::request::ReqId> for RequestId {
     }
 }
 
+/// The MDS members' addresses, kept in the state so a snapshot carries them.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MemberList {
+    /// (id, address) pairs, by id.
+    #[prost(message, repeated, tag = "1")]
+    pub members: Vec<MemberAddr>,
+}
+
+/// One member of a [`MemberList`].
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MemberAddr {
+    /// Raft id.
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    /// gRPC address.
+    #[prost(string, tag = "2")]
+    pub addr: String,
+}
+
 /// The replies one client session may still retry, oldest first.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct SessionWindow {
@@ -108,7 +127,8 @@ impl StoredReply {
                 message: message.clone(),
                 ..r
             },
-            Err(_) => return None,
+            // Membership changes carry no client request id.
+            Ok(Applied::Voters(_)) | Err(_) => return None,
         })
     }
 
@@ -230,6 +250,8 @@ pub enum Applied {
     Removed(Option<pb::Attr>),
     /// The OSD map's new epoch.
     Epoch(u64),
+    /// The MDS voters after a membership change, by id.
+    Voters(Vec<u64>),
 }
 
 /// A persisted OSD map entry.

@@ -16,6 +16,8 @@ pub struct MdsConfig {
     /// Members of a new group as (id, address), this node included; empty: a group of one.
     /// Peers are reached at these addresses.
     pub peers: Vec<(u64, String)>,
+    /// Start outside any configuration, to be added by `shoal mds add` (a new database only).
+    pub join: bool,
     /// Raft tick length.
     pub tick: Duration,
     /// Ticks without hearing a leader before a follower campaigns.
@@ -47,6 +49,7 @@ impl Default for MdsConfig {
             data_dir: PathBuf::from("mds-data"),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             peers: Vec::new(),
+            join: false,
             tick: Duration::from_millis(100),
             election_ticks: 10,
             heartbeat_ticks: 3,
@@ -85,6 +88,10 @@ impl MdsConfig {
             "election_ticks must exceed heartbeat_ticks"
         );
         anyhow::ensure!(!self.tick.is_zero(), "tick must be positive");
+        anyhow::ensure!(
+            !(self.join && self.peers.len() > 1),
+            "a joining member takes no --peers: the group it joins tells it its members"
+        );
         anyhow::ensure!(
             self.log_compact_entries >= 1 && self.log_keep_entries < self.log_compact_entries,
             "log_keep_entries must be below log_compact_entries (at least 1)"

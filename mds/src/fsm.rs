@@ -19,7 +19,8 @@ use shoal_proto::limits::{self, check_name};
 use shoal_proto::mds::{self as pb, Attr, FileKind, Timespec};
 
 use crate::command::{
-    Applied, Command, Op, OsdRecord, Pool, SessionWindow, SetOsdState, StoredReply, WindowEntry,
+    Applied, Command, MemberAddr, MemberList, Op, OsdRecord, Pool, SessionWindow, SetOsdState,
+    StoredReply, WindowEntry,
 };
 use crate::error::MdsError;
 use crate::store::{Cf, Db};
@@ -36,6 +37,7 @@ const KEY_NEXT_INO: &[u8] = b"next_ino";
 const KEY_FILES: &[u8] = b"files";
 const KEY_OSD_EPOCH: &[u8] = b"osd_epoch";
 const KEY_POOL: &[u8] = b"pool";
+const KEY_MEMBERS: &[u8] = b"mds_members";
 
 const S_ISGID: u32 = 0o2000;
 const RENAME_NOREPLACE: u32 = 1;
@@ -427,6 +429,68 @@ impl Fsm {
     /// Number of inodes in the namespace.
     pub fn files(&self) -> Result<u64, MdsError> {
         Txn::new(&self.db).counter(KEY_FILES, 0)
+    }
+
+    /// The MDS members' addresses, by id.
+    pub fn mds_members(&self) -> Result<Vec<(u64, String)>, MdsError> {
+        Ok(match self.db.get(Cf::Meta, KEY_MEMBERS)? {
+            Some(b) => MemberList::decode(b.as_slice())
+                .map_err(|e| MdsError::Corrupt(format!("member list: {e}")))?
+                .members
+                .into_iter()
+                .map(|m| (m.id, m.addr))
+                .collect(),
+            None => Vec::new(),
+        })
+    }
+
+    fn put_members(t: &mut Txn, mut members: Vec<(u64, String)>) {
+        members.sort();
+        let list = MemberList {
+            members: members
+                .into_iter()
+                .map(|(id, addr)| MemberAddr { id, addr })
+                .collect(),
+        };
+        t.put(Cf::Meta, KEY_MEMBERS, list.encode_to_vec());
+    }
+
+    /// Records the member list of a group that has none yet (a new group's members are all
+    /// started with the same list, so they record the same). Not an applied entry.
+    pub fn seed_members(&self, members: &[(u64, String)]) -> Result<(), MdsError> {
+        if !self.mds_members()?.is_empty() {
+            return Ok(());
+        }
+        let mut t = Txn::new(&self.db);
+        Self::put_members(&mut t, members.to_vec());
+        let mut b = self.db.batch();
+        for ((_, key), (cf, v)) in t.writes {
+            if let Some(v) = v {
+                b.put(cf, &key, &v);
+            }
+        }
+        b.commit(true)
+    }
+
+    /// Applies a membership change at log `index`: member `id` is now at `addr`, or with
+    /// `None` is no longer a member.
+    pub fn apply_member_change(
+        &self,
+        index: u64,
+        id: u64,
+        addr: Option<&str>,
+    ) -> Result<(), MdsError> {
+        let mut members: Vec<(u64, String)> = self
+            .mds_members()?
+            .into_iter()
+            .filter(|(m, _)| *m != id)
+            .collect();
+        if let Some(a) = addr {
+            members.push((id, a.to_string()));
+        }
+        let mut t = Txn::new(&self.db);
+        Self::put_members(&mut t, members);
+        t.commit(index)
     }
 
     /// Whether the root directory exists yet.

@@ -66,6 +66,7 @@ pub async fn run(
         election_ticks: cfg.election_ticks,
         heartbeat_ticks: cfg.heartbeat_ticks,
         snap_dir: cfg.data_dir.join("snap"),
+        join: cfg.join,
         compact_entries: cfg.log_compact_entries,
         keep_entries: cfg.log_keep_entries,
     };

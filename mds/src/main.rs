@@ -23,6 +23,10 @@ struct Args {
     /// Members of a new group, this node included: ID=HOST:PORT,... (default: a group of one).
     #[arg(long, value_delimiter = ',', value_parser = parse_member)]
     peers: Vec<(u64, String)>,
+    /// Start as a new member waiting to be added to a running group (`shoal mds add ADDR`)
+    /// instead of founding one.
+    #[arg(long, conflicts_with = "peers")]
+    join: bool,
     /// Seconds without a heartbeat before an OSD is marked down.
     #[arg(long, default_value_t = 10)]
     osd_grace_secs: u64,
@@ -60,6 +64,7 @@ fn main() -> anyhow::Result<()> {
         data_dir: args.data,
         listen: args.listen,
         peers: args.peers,
+        join: args.join,
         osd_grace: Duration::from_secs(args.osd_grace_secs),
         osd_out_after: Duration::from_secs(args.osd_out_secs),
         log_compact_entries: args.log_compact_entries,

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use prost::Message;
 use protobuf::Message as PbMessage;
 use raft::eraftpb::{
-    ConfChange, ConfChangeV2, Entry, EntryType, Message as RaftMessage, MessageType,
+    ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType, Message as RaftMessage, MessageType,
 };
 use raft::{RawNode, StateRole};
 use shoal_proto::mds::Timespec;
@@ -61,6 +61,13 @@ pub enum NodeMsg {
     Read {
         /// Where the outcome goes.
         reply: oneshot::Sender<Result<(), MdsError>>,
+    },
+    /// Add or remove a member (one at a time); answered once the change is applied.
+    ChangeMembers {
+        /// The change (AddNode with the address as context, or RemoveNode).
+        cc: ConfChange,
+        /// Where the outcome goes.
+        reply: oneshot::Sender<Result<Applied, MdsError>>,
     },
     /// Stop the node.
     Shutdown,
@@ -174,6 +181,20 @@ impl NodeHandle {
         }
     }
 
+    /// Adds or removes a member through a Raft conf change and waits until it is applied.
+    pub async fn change_members(&self, cc: ConfChange) -> Result<Vec<u64>, MdsError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(NodeMsg::ChangeMembers { cc, reply })
+            .map_err(|_| MdsError::Shutdown)?;
+        match tokio::time::timeout(PROPOSE_TIMEOUT, rx).await {
+            Ok(Ok(Ok(Applied::Voters(v)))) => Ok(v),
+            Ok(Ok(Ok(_))) => Err(MdsError::Corrupt("membership change without voters".into())),
+            Ok(Ok(Err(e))) => Err(e),
+            _ => Err(MdsError::NotLeader { leader: None }),
+        }
+    }
+
     /// Hands Raft messages from a peer (whose id and address `from` names, when known) to
     /// the node.
     pub fn step(
@@ -213,6 +234,9 @@ pub struct NodeConfig {
     pub heartbeat_ticks: usize,
     /// Where snapshots being sent or received live.
     pub snap_dir: std::path::PathBuf,
+    /// Start outside any configuration and wait to be added (`members` names only this
+    /// node); ignored once the database has a configuration.
+    pub join: bool,
     /// Applied entries the log may hold before it is compacted.
     pub compact_entries: u64,
     /// Newest applied entries kept by a compaction (so a member a little behind catches up
@@ -243,6 +267,8 @@ pub struct Node {
     reads_ready: Vec<(u64, Vec<ReadWaiter>)>,
     next_read: u64,
     was_leader: bool,
+    /// Compact the whole applied log at the end of this ready (after a member was added).
+    compact_all: bool,
     compact_entries: u64,
     keep_entries: u64,
 }
@@ -255,7 +281,14 @@ impl Node {
         filter: PeerFilter,
     ) -> Result<(NodeHandle, std::thread::JoinHandle<()>), MdsError> {
         let fsm = Fsm::new(db.clone());
-        let ids: Vec<u64> = cfg.members.iter().map(|(id, _)| *id).collect();
+        // A joining member starts with no configuration: it learns it from the leader's
+        // snapshot once the group adds it.
+        let ids: Vec<u64> = if cfg.join {
+            Vec::new()
+        } else {
+            fsm.seed_members(&cfg.members)?;
+            cfg.members.iter().map(|(id, _)| *id).collect()
+        };
         let mut log = RaftLog::open(db, &ids, &cfg.snap_dir)?;
         let applied = fsm.applied_index()?;
         // A node killed between applying entries and persisting the commit index that covered
@@ -301,7 +334,7 @@ impl Node {
         });
         let transport = Transport::start(cfg.id, &cfg.members, &cfg.snap_dir, tx.clone(), filter)
             .map_err(MdsError::Corrupt)?;
-        let node = Node {
+        let mut node = Node {
             raw,
             fsm,
             rx,
@@ -316,9 +349,11 @@ impl Node {
             reads_ready: Vec::new(),
             next_read: 1,
             was_leader: false,
+            compact_all: false,
             compact_entries: cfg.compact_entries.max(1),
             keep_entries: cfg.keep_entries,
         };
+        node.load_members()?;
         info!(id = cfg.id, applied, "raft node starting");
         let join = std::thread::Builder::new()
             .name("mds-raft".into())
@@ -444,10 +479,7 @@ impl Node {
                 }
                 let id = self.next_proposal;
                 self.next_proposal += 1;
-                let mut ctx = Vec::with_capacity(24);
-                ctx.extend_from_slice(&self.raw.raft.id.to_be_bytes());
-                ctx.extend_from_slice(&self.incarnation.to_be_bytes());
-                ctx.extend_from_slice(&id.to_be_bytes());
+                let ctx = self.proposal_context(id);
                 match self.raw.propose(ctx, cmd.encode_to_vec()) {
                     Ok(()) => {
                         let index = self.raw.raft.raft_log.last_index();
@@ -499,6 +531,7 @@ impl Node {
                 },
             ),
             NodeMsg::Read { reply } => self.reads_new.push(reply),
+            NodeMsg::ChangeMembers { cc, reply } => self.propose_member_change(cc, reply),
             NodeMsg::Shutdown => {}
         }
     }
@@ -546,6 +579,7 @@ impl Node {
                 "installing a snapshot"
             );
             self.raw.mut_store().restore_snapshot(&meta, &name)?;
+            self.load_members()?;
             info!(index = meta.index, "snapshot installed");
         }
         // New entries and the hard state (with the commit index) are made durable first: the
@@ -574,12 +608,104 @@ impl Node {
     /// the newest `keep_entries`.
     fn maybe_compact(&mut self) -> Result<(), MdsError> {
         let applied = self.raw.raft.raft_log.applied;
+        if std::mem::take(&mut self.compact_all) {
+            return self.raw.mut_store().compact(applied);
+        }
         let first = self.raw.store().first_entry_index();
         if applied.saturating_sub(first) < self.compact_entries {
             return Ok(());
         }
         let to = applied.saturating_sub(self.keep_entries);
         self.raw.mut_store().compact(to)
+    }
+
+    /// Records a membership change applied at `index`: the member list in the state (which
+    /// snapshots carry) and the transport. After an addition the whole applied log is
+    /// compacted, so the new member, whose log is empty, starts from a snapshot whose
+    /// configuration includes it rather than replaying entries from before it existed.
+    fn member_changed(&mut self, index: u64, cc: &ConfChange) -> Result<(), MdsError> {
+        let id = cc.node_id;
+        match cc.get_change_type() {
+            ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                let addr = std::str::from_utf8(&cc.context).unwrap_or_default();
+                if addr.is_empty() {
+                    self.fsm.apply_empty(index)?;
+                } else {
+                    self.fsm.apply_member_change(index, id, Some(addr))?;
+                    if let Err(e) = self.transport.set_member(id, addr) {
+                        warn!(member = id, error = %e, "unusable member address");
+                    }
+                }
+                info!(member = id, addr, index, "member added");
+                self.compact_all = true;
+            }
+            ConfChangeType::RemoveNode => {
+                self.fsm.apply_member_change(index, id, None)?;
+                if id != self.raw.raft.id {
+                    self.transport.remove_member(id);
+                }
+                info!(member = id, index, "member removed");
+            }
+        }
+        Ok(())
+    }
+
+    /// Points the transport at the addresses the state holds (after start or a snapshot).
+    fn load_members(&mut self) -> Result<(), MdsError> {
+        for (id, addr) in self.fsm.mds_members()? {
+            if self.transport.addr(id) != Some(addr.as_str()) {
+                if let Err(e) = self.transport.set_member(id, &addr) {
+                    warn!(member = id, error = %e, "unusable member address");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a membership change if this node leads and no other change is in flight.
+    fn propose_member_change(
+        &mut self,
+        cc: ConfChange,
+        reply: oneshot::Sender<Result<Applied, MdsError>>,
+    ) {
+        let r = &self.raw.raft;
+        let busy = |m: &str| MdsError::fs(libc::EBUSY, m.to_string());
+        let refused = if r.state != StateRole::Leader {
+            Some(self.not_leader())
+        } else if r.has_pending_conf() {
+            Some(busy("another membership change is still in progress"))
+        } else if cc.get_change_type() == ConfChangeType::RemoveNode && cc.node_id == r.id {
+            Some(busy(
+                "this member is the leader; stop it and remove it once another leads",
+            ))
+        } else {
+            None
+        };
+        if let Some(e) = refused {
+            let _ = reply.send(Err(e));
+            return;
+        }
+        let id = self.next_proposal;
+        self.next_proposal += 1;
+        let ctx = self.proposal_context(id);
+        match self.raw.propose_conf_change(ctx, cc) {
+            Ok(()) => {
+                let index = self.raw.raft.raft_log.last_index();
+                self.pending.insert(index, (id, reply));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(MdsError::Raft(e)));
+            }
+        }
+    }
+
+    /// The context that marks a proposal as ours: (node, incarnation, proposal id).
+    fn proposal_context(&self, id: u64) -> Vec<u8> {
+        let mut ctx = Vec::with_capacity(24);
+        ctx.extend_from_slice(&self.raw.raft.id.to_be_bytes());
+        ctx.extend_from_slice(&self.incarnation.to_be_bytes());
+        ctx.extend_from_slice(&id.to_be_bytes());
+        ctx
     }
 
     fn apply(&mut self, entries: Vec<Entry>) -> Result<(), MdsError> {
@@ -605,17 +731,21 @@ impl Node {
                     let cc = ConfChange::parse_from_bytes(&e.data)
                         .map_err(|err| MdsError::Corrupt(format!("conf change: {err}")))?;
                     let cs = self.raw.apply_conf_change(&cc)?;
+                    let mut voters = cs.voters.clone();
+                    voters.sort_unstable();
                     self.raw.mut_store().set_conf_state(cs)?;
-                    self.fsm.apply_empty(e.index)?;
-                    None
+                    self.member_changed(e.index, &cc)?;
+                    Some(Ok(Applied::Voters(voters)))
                 }
                 EntryType::EntryConfChangeV2 => {
+                    // Never proposed by Shoal (joint changes are not used); applied as raft-rs
+                    // defines it so a log holding one stays readable.
                     let cc = ConfChangeV2::parse_from_bytes(&e.data)
                         .map_err(|err| MdsError::Corrupt(format!("conf change: {err}")))?;
                     let cs = self.raw.apply_conf_change(&cc)?;
                     self.raw.mut_store().set_conf_state(cs)?;
                     self.fsm.apply_empty(e.index)?;
-                    None
+                    Some(Ok(Applied::Done))
                 }
             };
             self.settle(e.index, &e.context, outcome);
@@ -675,7 +805,11 @@ impl Node {
             term: r.term,
             commit: r.raft_log.committed,
             applied: r.raft_log.applied,
-            voters: self.raw.store().conf_state().voters.clone(),
+            voters: {
+                let mut v = self.raw.store().conf_state().voters.clone();
+                v.sort_unstable();
+                v
+            },
             last_index: r.raft_log.last_index(),
             first_index: self.raw.store().first_entry_index(),
             progress,

@@ -8,6 +8,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use raft::eraftpb::{ConfChange, ConfChangeType};
 use shoal_proto::limits::check_name;
 use shoal_proto::mds::mds_server::Mds;
 use shoal_proto::mds::*;
@@ -526,6 +527,53 @@ impl Mds for MdsService {
             recovery_per_sec,
             bootstrapped: self.fsm.bootstrapped()?,
             log_first_index: st.first_index,
+            self_id: st.id,
         }))
+    }
+
+    async fn change_members(
+        &self,
+        req: Request<ChangeMembersRequest>,
+    ) -> Reply<ChangeMembersReply> {
+        let r = req.into_inner();
+        let mut cc = ConfChange::default();
+        match (r.add_id, r.remove_id) {
+            (0, 0) | (1.., 1..) => {
+                return Err(Status::invalid_argument(
+                    "name one member to add or one to remove",
+                ))
+            }
+            (id, 0) => {
+                if r.add_addr.parse::<std::net::SocketAddr>().is_err() {
+                    return Err(Status::invalid_argument(format!(
+                        "{:?} is not an IP:PORT address",
+                        r.add_addr
+                    )));
+                }
+                if self.node.status().voters.contains(&id) {
+                    return Err(Status::already_exists(format!(
+                        "mds.{id} is already a member"
+                    )));
+                }
+                cc.set_change_type(ConfChangeType::AddNode);
+                cc.node_id = id;
+                cc.context = r.add_addr.into_bytes().into();
+            }
+            (0, id) => {
+                let st = self.node.status();
+                if !st.voters.contains(&id) {
+                    return Err(Status::not_found(format!("mds id {id} is not a member")));
+                }
+                if st.voters.len() == 1 {
+                    return Err(Status::failed_precondition(
+                        "the last member cannot be removed",
+                    ));
+                }
+                cc.set_change_type(ConfChangeType::RemoveNode);
+                cc.node_id = id;
+            }
+        }
+        let voters = self.node.change_members(cc).await?;
+        Ok(Response::new(ChangeMembersReply { voters }))
     }
 }
