@@ -264,6 +264,11 @@ impl Fsm {
         Fsm { db }
     }
 
+    /// The database the state lives in.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
     /// The index of the last applied log entry.
     pub fn applied_index(&self) -> Result<u64, MdsError> {
         match self.db.get(Cf::Meta, KEY_APPLIED)? {

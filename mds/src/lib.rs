@@ -67,6 +67,7 @@ pub async fn run(
         heartbeat_ticks: cfg.heartbeat_ticks,
         snap_dir: cfg.data_dir.join("snap"),
         join: cfg.join,
+        fixed_election_timeout: false,
         compact_entries: cfg.log_compact_entries,
         keep_entries: cfg.log_keep_entries,
     };

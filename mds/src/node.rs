@@ -109,6 +109,39 @@ pub struct NodeStatus {
     pub members: std::sync::Arc<[(u64, String)]>,
 }
 
+/// Where the node's outgoing Raft messages go, and the member addresses it knows:
+/// [`Transport`] in the daemon, an in-memory network in the simulation test.
+pub trait Outbox: Send {
+    /// Sends messages to their peers (never blocks).
+    fn send(&mut self, msgs: Vec<RaftMessage>);
+    /// Adds member `id` at `addr`, or moves it there.
+    fn set_member(&mut self, id: u64, addr: &str) -> Result<(), String>;
+    /// Forgets member `id`.
+    fn remove_member(&mut self, id: u64);
+    /// The address of member `id`.
+    fn addr(&self, id: u64) -> Option<&str>;
+    /// Every member's (id, address), by id.
+    fn members(&self) -> std::sync::Arc<[(u64, String)]>;
+}
+
+impl Outbox for Transport {
+    fn send(&mut self, msgs: Vec<RaftMessage>) {
+        Transport::send(self, msgs)
+    }
+    fn set_member(&mut self, id: u64, addr: &str) -> Result<(), String> {
+        Transport::set_member(self, id, addr)
+    }
+    fn remove_member(&mut self, id: u64) {
+        Transport::remove_member(self, id)
+    }
+    fn addr(&self, id: u64) -> Option<&str> {
+        Transport::addr(self, id)
+    }
+    fn members(&self) -> std::sync::Arc<[(u64, String)]> {
+        Transport::members(self)
+    }
+}
+
 /// The handle gRPC handlers use.
 #[derive(Clone)]
 pub struct NodeHandle {
@@ -234,6 +267,9 @@ pub struct NodeConfig {
     pub heartbeat_ticks: usize,
     /// Where snapshots being sent or received live.
     pub snap_dir: std::path::PathBuf,
+    /// Use a fixed election timeout instead of a random one (the deterministic simulation
+    /// varies timing through its seed instead).
+    pub fixed_election_timeout: bool,
     /// Start outside any configuration and wait to be added (`members` names only this
     /// node); ignored once the database has a configuration.
     pub join: bool,
@@ -243,6 +279,9 @@ pub struct NodeConfig {
     /// from the log instead of a snapshot).
     pub keep_entries: u64,
 }
+
+/// Called with (index, term, data) of every entry applied.
+type ApplyObserver = Box<dyn FnMut(u64, u64, &[u8]) + Send>;
 
 /// A read waiting for its ReadIndex confirmation.
 type ReadWaiter = oneshot::Sender<Result<(), MdsError>>;
@@ -258,7 +297,9 @@ pub struct Node {
     next_proposal: u64,
     incarnation: u64,
     tick: Duration,
-    transport: Transport,
+    transport: Box<dyn Outbox>,
+    /// Sees every applied entry (index, term, data); the simulation test checks agreement.
+    observer: Option<ApplyObserver>,
     /// Reads that arrived since the last ReadIndex request.
     reads_new: Vec<ReadWaiter>,
     /// Reads whose ReadIndex request is out: request id → waiters.
@@ -280,6 +321,26 @@ impl Node {
         db: Db,
         filter: PeerFilter,
     ) -> Result<(NodeHandle, std::thread::JoinHandle<()>), MdsError> {
+        let (tx, rx) = std_mpsc::channel();
+        let transport = Transport::start(cfg.id, &cfg.members, &cfg.snap_dir, tx.clone(), filter)
+            .map_err(MdsError::Corrupt)?;
+        let (node, handle) = Node::open(cfg, db, Box::new(transport), tx, rx)?;
+        let join = std::thread::Builder::new()
+            .name("mds-raft".into())
+            .spawn(move || node.run())
+            .map_err(|e| MdsError::Corrupt(format!("cannot spawn raft thread: {e}")))?;
+        Ok((handle, join))
+    }
+
+    /// Opens the log and state machine into a node that sends through `outbox` and is fed
+    /// through `rx` (whose sender is `tx`), without starting its thread.
+    fn open(
+        cfg: &NodeConfig,
+        db: Db,
+        outbox: Box<dyn Outbox>,
+        tx: std_mpsc::Sender<NodeMsg>,
+        rx: std_mpsc::Receiver<NodeMsg>,
+    ) -> Result<(Node, NodeHandle), MdsError> {
         let fsm = Fsm::new(db.clone());
         // A joining member starts with no configuration: it learns it from the leader's
         // snapshot once the group adds it.
@@ -311,6 +372,12 @@ impl Node {
         let raft_cfg = raft::Config {
             id: cfg.id,
             election_tick: cfg.election_ticks,
+            // A fixed timeout (for the deterministic simulation) or raft-rs's random one.
+            max_election_tick: if cfg.fixed_election_timeout {
+                cfg.election_ticks + 1
+            } else {
+                0
+            },
             heartbeat_tick: cfg.heartbeat_ticks,
             applied,
             max_size_per_msg: 1 << 20,
@@ -327,13 +394,10 @@ impl Node {
         if voters == [cfg.id] {
             raw.campaign()?;
         }
-        let (tx, rx) = std_mpsc::channel();
         let (status_tx, status) = watch::channel(NodeStatus {
             id: cfg.id,
             ..Default::default()
         });
-        let transport = Transport::start(cfg.id, &cfg.members, &cfg.snap_dir, tx.clone(), filter)
-            .map_err(MdsError::Corrupt)?;
         let mut node = Node {
             raw,
             fsm,
@@ -343,7 +407,7 @@ impl Node {
             next_proposal: 1,
             incarnation: rand::random(),
             tick: cfg.tick,
-            transport,
+            transport: outbox,
             reads_new: Vec::new(),
             reads_asked: HashMap::new(),
             reads_ready: Vec::new(),
@@ -352,14 +416,11 @@ impl Node {
             compact_all: false,
             compact_entries: cfg.compact_entries.max(1),
             keep_entries: cfg.keep_entries,
+            observer: None,
         };
         node.load_members()?;
         info!(id = cfg.id, applied, "raft node starting");
-        let join = std::thread::Builder::new()
-            .name("mds-raft".into())
-            .spawn(move || node.run())
-            .map_err(|e| MdsError::Corrupt(format!("cannot spawn raft thread: {e}")))?;
-        Ok((NodeHandle { tx, status }, join))
+        Ok((node, NodeHandle { tx, status }))
     }
 
     fn run(mut self) {
@@ -407,7 +468,7 @@ impl Node {
     fn leader_addr(&self) -> Option<String> {
         let leader = self.raw.raft.leader_id;
         (leader != 0 && leader != self.raw.raft.id)
-            .then(|| self.transport.addr(leader).map(str::to_string))
+            .then(|| self.transport.addr(leader).map(|a| a.to_string()))
             .flatten()
     }
 
@@ -710,6 +771,9 @@ impl Node {
 
     fn apply(&mut self, entries: Vec<Entry>) -> Result<(), MdsError> {
         for e in entries {
+            if let Some(f) = self.observer.as_mut() {
+                f(e.index, e.term, &e.data);
+            }
             let outcome = match e.get_entry_type() {
                 EntryType::EntryNormal if e.data.is_empty() => {
                     self.fsm.apply_empty(e.index)?;
@@ -825,3 +889,6 @@ impl Node {
         });
     }
 }
+
+#[cfg(test)]
+mod sim;
