@@ -7,6 +7,10 @@
 //! recovery moved meanwhile. With `--compare` it runs a second cluster whose OSDs give
 //! recovery an equal share (no client priority), so the effect of the priority is visible in
 //! the same run.
+//!
+//! `shoal-bench mds` answers "what does a replicated MDS cost?": the create rate (empty files,
+//! several threads, through a mount) of a cluster with one MDS and of one with three, started
+//! one after the other in the same run, and the ratio.
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
@@ -34,6 +38,21 @@ struct Cli {
 enum Cmd {
     /// Client throughput while an OSD is rebuilt, against the same cluster healthy.
     Recovery(RecoveryArgs),
+    /// Create rate with one MDS against three (a Raft group), in the same run.
+    Mds(MdsArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+struct MdsArgs {
+    /// Files each thread creates.
+    #[arg(long, default_value_t = 500)]
+    files: usize,
+    /// Threads creating at once (each in its own directory).
+    #[arg(long, default_value_t = 16)]
+    threads: usize,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -56,7 +75,73 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Recovery(a) => recovery(&a),
+        Cmd::Mds(a) => mds_bench(&a),
     }
+}
+
+/// Creates `files` empty files in each of `threads` directories under `root`; returns
+/// creates per second.
+fn create_rate(root: &Path, threads: usize, files: usize) -> anyhow::Result<f64> {
+    for t in 0..threads {
+        fs::create_dir(root.join(format!("t{t}")))?;
+    }
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                let dir = root.join(format!("t{t}"));
+                s.spawn(move || -> std::io::Result<()> {
+                    for i in 0..files {
+                        File::create(dir.join(format!("f{i}")))?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join()
+                .map_err(|_| anyhow::anyhow!("a create thread panicked"))??;
+        }
+        anyhow::Ok(())
+    })?;
+    let secs = start.elapsed().as_secs_f64();
+    // Every create took effect.
+    let n: usize = (0..threads)
+        .map(|t| fs::read_dir(root.join(format!("t{t}"))).map(|d| d.count()))
+        .sum::<std::io::Result<usize>>()?;
+    if n != threads * files {
+        bail!("{n} files found, {} created", threads * files);
+    }
+    Ok((threads * files) as f64 / secs)
+}
+
+fn mds_bench(a: &MdsArgs) -> anyhow::Result<()> {
+    if a.threads == 0 || a.files == 0 {
+        bail!("--threads and --files must be at least 1");
+    }
+    let mut rates = Vec::new();
+    for n in ["1", "3"] {
+        eprintln!("creating {} files with {n} MDS...", a.threads * a.files);
+        let c = TestCluster::start_args(&["--mds", n]);
+        rates.push(create_rate(&c.mnt, a.threads, a.files)?);
+    }
+    let ratio = rates[1] / rates[0];
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "files": a.threads * a.files,
+                "threads": a.threads,
+                "creates_per_sec": {"mds1": rates[0], "mds3": rates[1]},
+                "ratio_3_to_1": ratio,
+            })
+        );
+    } else {
+        println!("create rate, {} threads x {} files", a.threads, a.files);
+        println!("  1 MDS : {:>8.0} creates/s", rates[0]);
+        println!("  3 MDS : {:>8.0} creates/s  ({ratio:.2}x)", rates[1]);
+    }
+    Ok(())
 }
 
 /// Throughput of one window, and what recovery did meanwhile.

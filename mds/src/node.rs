@@ -384,6 +384,10 @@ impl Node {
             max_inflight_msgs: 256,
             pre_vote: true,
             check_quorum: true,
+            // Reads are confirmed by the leader's lease (check-quorum: a leader that has not
+            // heard from a quorum within an election timeout steps down, and no other can
+            // be elected sooner), not by a round trip to the quorum per read.
+            read_only_option: raft::ReadOnlyOption::LeaseBased,
             ..Default::default()
         };
         raft_cfg.validate()?;

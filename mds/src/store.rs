@@ -448,11 +448,22 @@ impl RaftLog {
         Ok(())
     }
 
-    /// Records a new commit index (raft requires it persisted no later than applying).
+    /// Records a new commit index (raft requires it persisted no later than applying). Not
+    /// synced: the entries it covers are applied by later writes to the same RocksDB WAL, so
+    /// whatever survives a crash, the commit index is never behind the applied index. Term
+    /// and vote are synced by [`RaftLog::append`] before any message depends on them.
     pub fn set_commit(&mut self, commit: u64) -> Result<(), MdsError> {
         let mut hs = self.hard_state.clone();
         hs.commit = commit;
-        self.append(&[], Some(&hs))
+        let mut b = self.db.batch();
+        b.put(
+            Cf::Raft,
+            KEY_HARD_STATE,
+            &hs.write_to_bytes().map_err(|e| corrupt("hard state", e))?,
+        );
+        b.commit(false)?;
+        self.hard_state = hs;
+        Ok(())
     }
 
     /// Records a configuration applied from a conf change.
