@@ -338,12 +338,29 @@ pub async fn scrub(addrs: &[String], deep: bool) -> anyhow::Result<ScrubTotals> 
     Ok(totals)
 }
 
-/// Asks the first MDS that answers.
+/// Asks the leader (through whichever member answers and names it). A member that knows of
+/// no leader (cut off from the others, say) answers with its own view; that view is returned
+/// only when no other member knows a leader either.
 pub async fn fetch(addrs: &[String]) -> anyhow::Result<StatusReply> {
-    call_leader(addrs, |mut c| async move {
-        c.status(StatusRequest {}).await.map(|r| r.into_inner())
-    })
-    .await
+    let mut leaderless = None;
+    let mut last_err = None;
+    for a in addrs {
+        // Each member in turn; a follower's redirect leads to the leader.
+        match call_leader(std::slice::from_ref(a), |mut c| async move {
+            c.status(StatusRequest {}).await.map(|r| r.into_inner())
+        })
+        .await
+        {
+            Ok(st) if st.leader_id != 0 => return Ok(st),
+            Ok(st) => leaderless = leaderless.or(Some(st)),
+            Err(e) => last_err = Some(e),
+        }
+    }
+    match (leaderless, last_err) {
+        (Some(st), _) => Ok(st),
+        (None, Some(e)) => Err(e),
+        (None, None) => Err(anyhow::anyhow!("no MDS address")),
+    }
 }
 
 /// Makes `call` on the first MDS that answers it, following a follower's redirect to the

@@ -280,22 +280,33 @@ fn wiped_follower_rejoins_by_snapshot() {
     assert_eq!(fs::read_to_string(dir.join("f399")).unwrap(), "399");
 }
 
-/// Status as member `name` sees it (`leader` 0 when it knows of none; a follower that knows
-/// the leader redirects, so this asks it directly).
-fn member_view(c: &TestCluster, name: &str) -> shoal_proto::mds::StatusReply {
+type MdsClient = shoal_proto::mds::mds_client::MdsClient<tonic::transport::Channel>;
+
+/// Runs `f` with a gRPC client connected straight to member `name` (no redirects, no retries).
+fn at_member<T, F: std::future::Future<Output = T>>(
+    c: &TestCluster,
+    name: &str,
+    f: impl FnOnce(MdsClient) -> F,
+) -> T {
     let addr = fs::read_to_string(c.data.join(name).join("addr")).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        let mut client =
-            shoal_proto::mds::mds_client::MdsClient::connect(format!("http://{}", addr.trim()))
-                .await
-                .unwrap();
+        let client = MdsClient::connect(format!("http://{}", addr.trim()))
+            .await
+            .unwrap();
+        f(client).await
+    })
+}
+
+/// Status as member `name` sees it (`leader` 0 when it knows of none; a follower that knows
+/// the leader redirects, reported as leader u64::MAX).
+fn member_view(c: &TestCluster, name: &str) -> shoal_proto::mds::StatusReply {
+    at_member(c, name, |mut client| async move {
         match client.status(shoal_proto::mds::StatusRequest {}).await {
             Ok(r) => r.into_inner(),
-            // Redirected: it follows a leader elsewhere.
             Err(_) => shoal_proto::mds::StatusReply {
                 leader_id: u64::MAX,
                 ..Default::default()
@@ -304,26 +315,17 @@ fn member_view(c: &TestCluster, name: &str) -> shoal_proto::mds::StatusReply {
     })
 }
 
-/// A mkdir sent straight to member `name` (no redirects, no retries).
+/// A mkdir sent straight to member `name`.
 fn mkdir_at(c: &TestCluster, name: &str, dir: &str) -> Result<(), (tonic::Code, String)> {
-    let addr = fs::read_to_string(c.data.join(name).join("addr")).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let mut client =
-            shoal_proto::mds::mds_client::MdsClient::connect(format!("http://{}", addr.trim()))
-                .await
-                .unwrap();
-        let req = shoal_proto::mds::MakeNodeRequest {
-            parent: 1,
-            name: dir.as_bytes().to_vec().into(),
-            kind: shoal_proto::mds::FileKind::Directory as i32,
-            perm: 0o755,
-            exclusive: true,
-            ..Default::default()
-        };
+    let req = shoal_proto::mds::MakeNodeRequest {
+        parent: 1,
+        name: dir.as_bytes().to_vec().into(),
+        kind: shoal_proto::mds::FileKind::Directory as i32,
+        perm: 0o755,
+        exclusive: true,
+        ..Default::default()
+    };
+    at_member(c, name, |mut client| async move {
         client
             .make_node(req)
             .await
