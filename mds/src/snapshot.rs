@@ -20,17 +20,9 @@ use crate::error::MdsError;
 use crate::store::{Cf, Db};
 
 /// Column families that make up the state machine (everything but the Raft log).
-pub const STATE_CFS: [Cf; 9] = [
-    Cf::Meta,
-    Cf::Inodes,
-    Cf::Dentries,
-    Cf::DirIndex,
-    Cf::Xattrs,
-    Cf::Symlinks,
-    Cf::Orphans,
-    Cf::Osds,
-    Cf::Sessions,
-];
+pub fn state_cfs() -> impl Iterator<Item = Cf> {
+    Cf::ALL.into_iter().filter(|cf| *cf != Cf::Raft)
+}
 
 /// Bytes of records per streamed chunk (about; a chunk always holds whole records).
 pub const CHUNK_BYTES: usize = 1 << 20;
@@ -102,8 +94,8 @@ pub fn encode_record(out: &mut Vec<u8>, cf: Cf, key: &[u8], value: &[u8]) {
 pub fn parse_records(mut data: &[u8]) -> Result<Vec<Record<'_>>, String> {
     fn field<'a>(data: &mut &'a [u8]) -> Result<&'a [u8], String> {
         let len = data
-            .get(..4)
-            .map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")) as usize)
+            .first_chunk::<4>()
+            .map(|b| u32::from_be_bytes(*b) as usize)
             .ok_or("record cut inside a length")?;
         if len > MAX_FIELD {
             return Err(format!("record field of {len} bytes"));
@@ -142,7 +134,7 @@ pub fn read_checkpoint(
     let mut crc = crc32fast::Hasher::new();
     let mut records = 0u64;
     let mut chunk = Vec::with_capacity(CHUNK_BYTES + 4096);
-    for cf in STATE_CFS {
+    for cf in state_cfs() {
         for kv in db.scan(cf, b"", b"") {
             let (k, v) = kv?;
             encode_record(&mut chunk, cf, &k, &v);
@@ -239,7 +231,7 @@ impl Drop for Incoming {
 /// WAL keeps them in order).
 pub fn load_state(db: &Db, snap_dir: &Path, name: &str) -> Result<(), MdsError> {
     const BATCH_BYTES: usize = 4 << 20;
-    for cf in STATE_CFS {
+    for cf in state_cfs() {
         let mut b = db.batch();
         let mut n = 0;
         for kv in db.scan(cf, b"", b"") {
@@ -265,8 +257,11 @@ pub fn load_state(db: &Db, snap_dir: &Path, name: &str) -> Result<(), MdsError> 
         }
         let cf = state_cf(head[0])
             .ok_or_else(|| MdsError::Corrupt(format!("snapshot {name}: bad column family")))?;
-        let key = read_field(&mut r, u32::from_be_bytes(head[1..].try_into().expect("4")))
-            .map_err(|e| MdsError::Corrupt(format!("snapshot {name}: {e}")))?;
+        let key = read_field(
+            &mut r,
+            u32::from_be_bytes([head[1], head[2], head[3], head[4]]),
+        )
+        .map_err(|e| MdsError::Corrupt(format!("snapshot {name}: {e}")))?;
         let mut len = [0u8; 4];
         r.read_exact(&mut len)
             .map_err(|e| MdsError::Corrupt(format!("snapshot {name}: {e}")))?;
@@ -315,19 +310,31 @@ pub fn clean(snap_dir: &Path, keep: Option<&str>) {
     }
 }
 
+/// Removes received snapshot files once one is installed (partial ones still being written
+/// and checkpoints being sent stay).
+pub fn remove_received(snap_dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(snap_dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("in-") && !name.ends_with(".part") {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 /// A digest of the state column families and the applied index, to compare members.
 pub fn state_digest(db: &Db) -> Result<(u64, u64), MdsError> {
     use std::hash::Hasher;
     let mut h = std::collections::hash_map::DefaultHasher::new();
     let mut applied = 0;
-    for cf in STATE_CFS {
+    for cf in state_cfs() {
         for kv in db.scan(cf, b"", b"") {
             let (k, v) = kv?;
             if cf == Cf::Meta && &*k == b"applied" {
-                applied = v
-                    .get(..8)
-                    .map(|b| u64::from_be_bytes(b.try_into().expect("8")))
-                    .unwrap_or(0);
+                applied = v.first_chunk::<8>().map_or(0, |b| u64::from_be_bytes(*b));
                 continue;
             }
             h.write_u8(cf_code(cf));

@@ -168,6 +168,19 @@ impl Batch<'_> {
         self.wb.put_cf(self.db.cf(cf), key, value);
     }
 
+    /// Sets a key to an encoded protobuf message (`what` names it in an error).
+    pub fn put_pb(
+        &mut self,
+        cf: Cf,
+        key: &[u8],
+        msg: &impl PbMessage,
+        what: &str,
+    ) -> Result<(), MdsError> {
+        let v = msg.write_to_bytes().map_err(|e| corrupt(what, e))?;
+        self.put(cf, key, &v);
+        Ok(())
+    }
+
     /// Deletes a key.
     pub fn delete(&mut self, cf: Cf, key: &[u8]) {
         self.wb.delete_cf(self.db.cf(cf), key);
@@ -200,6 +213,11 @@ fn entry_key(index: u64) -> [u8; 9] {
     k
 }
 
+/// The big-endian u64 at the start of `b`, if it is long enough.
+fn be_u64(b: &[u8]) -> Option<u64> {
+    b.first_chunk::<8>().map(|c| u64::from_be_bytes(*c))
+}
+
 fn snap_meta(index: u64, term: u64) -> [u8; 16] {
     let mut b = [0u8; 16];
     b[..8].copy_from_slice(&index.to_be_bytes());
@@ -221,8 +239,8 @@ fn encode_installing(name: &str, meta: &SnapshotMetadata) -> Result<Vec<u8>, Mds
 fn decode_installing(b: &[u8]) -> Result<(String, SnapshotMetadata), MdsError> {
     let bad = || MdsError::Corrupt("snapshot install marker".into());
     let len = b
-        .get(..4)
-        .map(|l| u32::from_be_bytes(l.try_into().expect("4 bytes")) as usize)
+        .first_chunk::<4>()
+        .map(|l| u32::from_be_bytes(*l) as usize)
         .ok_or_else(bad)?;
     let name = b
         .get(4..4 + len)
@@ -273,21 +291,16 @@ impl RaftLog {
                     ..Default::default()
                 };
                 let mut b = db.batch();
-                b.put(
-                    Cf::Raft,
-                    KEY_CONF_STATE,
-                    &cs.write_to_bytes().map_err(|e| corrupt("conf state", e))?,
-                );
+                b.put_pb(Cf::Raft, KEY_CONF_STATE, &cs, "conf state")?;
                 b.commit(true)?;
                 cs
             }
         };
         let (snap_index, snap_term) = match db.get(Cf::Raft, KEY_SNAPSHOT_META)? {
-            Some(b) if b.len() == 16 => (
-                u64::from_be_bytes(b[..8].try_into().expect("8 bytes")),
-                u64::from_be_bytes(b[8..].try_into().expect("8 bytes")),
-            ),
-            Some(_) => return Err(MdsError::Corrupt("snapshot metadata length".into())),
+            Some(b) => match (b.len(), be_u64(&b), b.get(8..).and_then(be_u64)) {
+                (16, Some(index), Some(term)) => (index, term),
+                _ => return Err(MdsError::Corrupt("snapshot metadata length".into())),
+            },
             None => (0, 0),
         };
         // The last entry is the highest `l` key.
@@ -300,7 +313,7 @@ impl RaftLog {
             if let Some(r) = it.next() {
                 let (k, _) = r?;
                 if k.len() == 9 && k[0] == b'l' {
-                    last_index = u64::from_be_bytes(k[1..].try_into().expect("8 bytes"));
+                    last_index = be_u64(&k[1..]).unwrap_or(last_index);
                 }
             }
         }
@@ -331,8 +344,7 @@ impl RaftLog {
         if to <= self.snap_index {
             return Ok(());
         }
-        let term = self
-            .term_of(to)
+        let term = raft::Storage::term(self, to)
             .map_err(|e| MdsError::Corrupt(format!("term of entry {to}: {e}")))?;
         let mut b = self.db.batch();
         for i in self.snap_index + 1..=to {
@@ -373,16 +385,8 @@ impl RaftLog {
             KEY_SNAPSHOT_META,
             &snap_meta(meta.index, meta.term),
         );
-        b.put(
-            Cf::Raft,
-            KEY_HARD_STATE,
-            &hs.write_to_bytes().map_err(|e| corrupt("hard state", e))?,
-        );
-        b.put(
-            Cf::Raft,
-            KEY_CONF_STATE,
-            &cs.write_to_bytes().map_err(|e| corrupt("conf state", e))?,
-        );
+        b.put_pb(Cf::Raft, KEY_HARD_STATE, &hs, "hard state")?;
+        b.put_pb(Cf::Raft, KEY_CONF_STATE, &cs, "conf state")?;
         b.delete(Cf::Raft, KEY_INSTALLING);
         b.commit(true)?;
         self.snap_index = meta.index;
@@ -390,7 +394,7 @@ impl RaftLog {
         self.last_index = meta.index;
         self.hard_state = hs;
         self.conf_state = cs;
-        crate::snapshot::clean(&self.snap_dir, None);
+        crate::snapshot::remove_received(&self.snap_dir);
         Ok(())
     }
 
@@ -424,19 +428,11 @@ impl RaftLog {
                 );
             }
             for e in entries {
-                b.put(
-                    Cf::Raft,
-                    &entry_key(e.index),
-                    &e.write_to_bytes().map_err(|e| corrupt("entry", e))?,
-                );
+                b.put_pb(Cf::Raft, &entry_key(e.index), e, "entry")?;
             }
         }
         if let Some(hs) = hs {
-            b.put(
-                Cf::Raft,
-                KEY_HARD_STATE,
-                &hs.write_to_bytes().map_err(|e| corrupt("hard state", e))?,
-            );
+            b.put_pb(Cf::Raft, KEY_HARD_STATE, hs, "hard state")?;
         }
         b.commit(true)?;
         if let Some(last) = entries.last() {
@@ -456,11 +452,7 @@ impl RaftLog {
         let mut hs = self.hard_state.clone();
         hs.commit = commit;
         let mut b = self.db.batch();
-        b.put(
-            Cf::Raft,
-            KEY_HARD_STATE,
-            &hs.write_to_bytes().map_err(|e| corrupt("hard state", e))?,
-        );
+        b.put_pb(Cf::Raft, KEY_HARD_STATE, &hs, "hard state")?;
         b.commit(false)?;
         self.hard_state = hs;
         Ok(())
@@ -469,18 +461,10 @@ impl RaftLog {
     /// Records a configuration applied from a conf change.
     pub fn set_conf_state(&mut self, cs: ConfState) -> Result<(), MdsError> {
         let mut b = self.db.batch();
-        b.put(
-            Cf::Raft,
-            KEY_CONF_STATE,
-            &cs.write_to_bytes().map_err(|e| corrupt("conf state", e))?,
-        );
+        b.put_pb(Cf::Raft, KEY_CONF_STATE, &cs, "conf state")?;
         b.commit(true)?;
         self.conf_state = cs;
         Ok(())
-    }
-
-    fn term_of(&self, idx: u64) -> raft::Result<u64> {
-        raft::Storage::term(self, idx)
     }
 
     fn read_entry(&self, index: u64) -> raft::Result<Entry> {
