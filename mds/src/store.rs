@@ -413,7 +413,8 @@ impl RaftLog {
         &self.conf_state
     }
 
-    /// Appends entries (truncating any conflicting suffix) and the hard state, durably.
+    /// Appends entries (truncating any conflicting suffix) and the hard state; entries, term and
+    /// vote durably.
     pub fn append(&mut self, entries: &[Entry], hs: Option<&HardState>) -> Result<(), MdsError> {
         if entries.is_empty() && hs.is_none() {
             return Ok(());
@@ -434,7 +435,12 @@ impl RaftLog {
         if let Some(hs) = hs {
             b.put_pb(Cf::Raft, KEY_HARD_STATE, hs, "hard state")?;
         }
-        b.commit(true)?;
+        // Entries, term and vote must be durable before any message depends on them. A hard
+        // state whose only change is the commit index needs no sync (see `set_commit`): the
+        // leader learns it again from a quorum, and the WAL keeps it ahead of what is applied.
+        let vote_changed =
+            hs.is_some_and(|h| h.term != self.hard_state.term || h.vote != self.hard_state.vote);
+        b.commit(!entries.is_empty() || vote_changed)?;
         if let Some(last) = entries.last() {
             self.last_index = last.index;
         }

@@ -1,9 +1,11 @@
 //! Raft traffic between MDS members over gRPC (`RaftPeer.Step`, `RaftPeer.InstallSnapshot`).
 //!
 //! The node thread hands outgoing messages to [`Transport::send`], which never blocks: each
-//! peer has a task with a queue that sends everything queued since its last call as one batch.
-//! A batch that cannot be delivered is dropped (Raft retransmits) and the node is told the
-//! peer is unreachable, so raft-rs stops pipelining to it. Snapshot messages go their own way:
+//! peer has a task with a queue that sends whatever is queued as one batch, over one
+//! long-lived `Step` stream per peer (no answer per batch: Raft's replies travel on the
+//! peer's own stream). When the stream fails or its queue is full, batches are dropped (Raft
+//! retransmits) and the node is told the peer is unreachable, so raft-rs stops pipelining
+//! to it; the stream is reopened after a short pause. Snapshot messages go their own way:
 //! a task streams the checkpoint they name in chunks, then reports the outcome to the node.
 //! Incoming traffic is decoded by [`RaftPeerService`] and stepped into the node.
 //!
@@ -78,7 +80,7 @@ impl PeerFilter {
 struct Peer {
     addr: String,
     queue: mpsc::UnboundedSender<RaftMessage>,
-    /// For snapshots: no per-call timeout, a stream may take long.
+    /// For snapshots (no per-call timeout: a stream may take long).
     snap_client: RaftPeerClient<Channel>,
 }
 
@@ -132,20 +134,25 @@ impl Transport {
             let ep = Endpoint::from_shared(format!("http://{addr}"))
                 .map_err(|e| format!("bad address {addr:?} of mds {id}: {e}"))?
                 .connect_timeout(Duration::from_secs(1))
-                .tcp_nodelay(true);
+                .tcp_nodelay(true)
+                // Streams live long and carry no per-call timeout; keepalives find a peer
+                // that vanished without closing its connection.
+                .http2_keep_alive_interval(Duration::from_secs(1))
+                .keep_alive_timeout(Duration::from_secs(3))
+                .keep_alive_while_idle(true);
             let client = |ep: Endpoint| {
                 RaftPeerClient::new(ep.connect_lazy())
                     .max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(shoal_proto::MAX_MESSAGE_BYTES)
             };
             let _guard = self.rt.enter();
-            let step_client = client(ep.clone().timeout(Duration::from_secs(5)));
+            let peer_client = client(ep);
             let (queue, rx) = mpsc::unbounded_channel();
             self.rt.spawn(peer_loop(
                 self.me,
                 self.my_addr.clone(),
                 id,
-                step_client,
+                peer_client.clone(),
                 rx,
                 self.node.clone(),
                 self.filter.clone(),
@@ -155,7 +162,7 @@ impl Transport {
                 Peer {
                     addr: addr.to_string(),
                     queue,
-                    snap_client: client(ep),
+                    snap_client: peer_client,
                 },
             );
         }
@@ -305,51 +312,88 @@ async fn stream_snapshot(
     read.map(|(records, _)| records).map_err(|e| e.to_string())
 }
 
+/// Batches queued for one peer's stream at most; beyond that the peer is not keeping up (or
+/// the connection is dead and not yet known to be), so batches are dropped and the node told.
+const STREAM_QUEUE: usize = 256;
+
+/// Pause before reopening a stream that failed, so a dead peer is not redialled in a loop.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
+
+/// Sends one peer's messages: batches of whatever is queued, over one long-lived `Step`
+/// stream, reopened when it fails. Every failure or dropped batch is reported to the node as
+/// `Unreachable`, so raft-rs stops pipelining to the peer and probes it instead.
 async fn peer_loop(
     me: u64,
     my_addr: String,
     id: u64,
-    mut client: RaftPeerClient<Channel>,
+    client: RaftPeerClient<Channel>,
     mut rx: mpsc::UnboundedReceiver<RaftMessage>,
     node: std::sync::mpsc::Sender<NodeMsg>,
     filter: PeerFilter,
 ) {
     let mut down = false;
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(m) => batch.push(m),
-                Err(_) => break,
+    loop {
+        let (tx, stream) = mpsc::channel::<RaftBatch>(STREAM_QUEUE);
+        let mut c = client.clone();
+        let mut call = tokio::spawn(async move {
+            c.step(tokio_stream::wrappers::ReceiverStream::new(stream))
+                .await
+        });
+        let ended = loop {
+            tokio::select! {
+                res = &mut call => break Some(res),
+                first = rx.recv() => {
+                    let Some(first) = first else { return };
+                    let mut batch = vec![first];
+                    while batch.len() < MAX_BATCH {
+                        match rx.try_recv() {
+                            Ok(m) => batch.push(m),
+                            Err(_) => break,
+                        }
+                    }
+                    if filter.blocks(id) {
+                        let _ = node.send(NodeMsg::Unreachable(id));
+                        continue;
+                    }
+                    let messages = batch
+                        .iter()
+                        .filter_map(|m| m.write_to_bytes().ok().map(Into::into))
+                        .collect();
+                    let req = RaftBatch {
+                        from: me,
+                        messages,
+                        from_addr: my_addr.clone(),
+                    };
+                    match tx.try_send(req) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            let _ = node.send(NodeMsg::Unreachable(id));
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => break None,
+                    }
+                }
             }
-        }
-        if filter.blocks(id) {
-            let _ = node.send(NodeMsg::Unreachable(id));
-            continue;
-        }
-        let messages = batch
-            .iter()
-            .filter_map(|m| m.write_to_bytes().ok().map(Into::into))
-            .collect();
-        let req = RaftBatch {
-            from: me,
-            messages,
-            from_addr: my_addr.clone(),
         };
-        match client.step(req).await {
-            Ok(_) => {
-                if down {
-                    debug!(peer = id, "raft peer reachable again");
-                    down = false;
-                }
-            }
-            Err(e) => {
-                if !down {
-                    debug!(peer = id, error = %e.message(), "raft peer unreachable");
-                    down = true;
-                }
-                let _ = node.send(NodeMsg::Unreachable(id));
-            }
+        let why = match ended {
+            Some(Ok(Ok(_))) => "stream closed by the peer".to_string(),
+            Some(Ok(Err(e))) => e.message().to_string(),
+            Some(Err(e)) => e.to_string(),
+            None => "stream closed".to_string(),
+        };
+        if !down {
+            debug!(peer = id, error = %why, "raft peer unreachable");
+            down = true;
+        }
+        // Whatever was queued meanwhile is lost; Raft sends it again.
+        while rx.try_recv().is_ok() {}
+        let _ = node.send(NodeMsg::Unreachable(id));
+        tokio::time::sleep(RECONNECT_PAUSE).await;
+        if rx.is_closed() && rx.is_empty() {
+            return;
+        }
+        if down {
+            down = false;
+            debug!(peer = id, "reopening the raft stream");
         }
     }
 }
@@ -378,24 +422,26 @@ impl RaftPeerService {
 
 #[tonic::async_trait]
 impl RaftPeer for RaftPeerService {
-    async fn step(&self, req: Request<RaftBatch>) -> Result<Response<RaftAck>, Status> {
-        let batch = req.into_inner();
-        if self.filter.blocks(batch.from) {
-            return Err(Status::unavailable("traffic from this member is dropped"));
+    async fn step(&self, req: Request<Streaming<RaftBatch>>) -> Result<Response<RaftAck>, Status> {
+        let mut stream = req.into_inner();
+        while let Some(batch) = stream.message().await? {
+            if self.filter.blocks(batch.from) {
+                return Err(Status::unavailable("traffic from this member is dropped"));
+            }
+            let mut msgs = Vec::with_capacity(batch.messages.len());
+            for b in &batch.messages {
+                let m = RaftMessage::parse_from_bytes(b).map_err(|e| {
+                    Status::invalid_argument(format!(
+                        "undecodable raft message from {}: {e}",
+                        batch.from
+                    ))
+                })?;
+                msgs.push(m);
+            }
+            self.node
+                .step(msgs, Self::sender(batch.from, batch.from_addr))
+                .map_err(Status::from)?;
         }
-        let mut msgs = Vec::with_capacity(batch.messages.len());
-        for b in &batch.messages {
-            let m = RaftMessage::parse_from_bytes(b).map_err(|e| {
-                Status::invalid_argument(format!(
-                    "undecodable raft message from {}: {e}",
-                    batch.from
-                ))
-            })?;
-            msgs.push(m);
-        }
-        self.node
-            .step(msgs, Self::sender(batch.from, batch.from_addr))
-            .map_err(Status::from)?;
         Ok(Response::new(RaftAck {}))
     }
 
