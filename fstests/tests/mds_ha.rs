@@ -492,3 +492,146 @@ fn members_are_added_and_removed_one_at_a_time() {
     assert_eq!(fs::read(c.path("d/after")).unwrap(), b"ok");
     assert_eq!(fs::read_dir(c.path("d")).unwrap().count(), 51);
 }
+
+/// The addresses of the three members.
+fn member_addrs(c: &TestCluster) -> Vec<String> {
+    (0..3)
+        .map(|i| {
+            let a = fs::read_to_string(c.data.join(format!("mds.{i}")).join("addr")).unwrap();
+            a.trim().to_string()
+        })
+        .collect()
+}
+
+/// A client session of its own (as on another host), outside the mount, so its reads are
+/// never answered from a kernel cache.
+async fn session(addrs: &[String]) -> shoal_client::Client {
+    let cluster = shoal_client::Cluster::connect(addrs, Duration::from_secs(60))
+        .await
+        .expect("connect a client session");
+    shoal_client::Client::new(cluster)
+}
+
+fn set_perm(ino: u64, perm: u32) -> shoal_proto::mds::SetAttrRequest {
+    shoal_proto::mds::SetAttrRequest {
+        ino,
+        perm: Some(perm),
+        ..Default::default()
+    }
+}
+
+/// Successive distinct permission values.
+fn perm_value(k: u32) -> u32 {
+    0o400 | (k % 0o400)
+}
+
+#[test]
+fn a_read_after_a_completed_setattr_sees_it_across_failovers() {
+    let c = TestCluster::start_args(&["--mds", "3"]);
+    fs::write(c.path("f"), b"x").unwrap();
+    let ino = std::os::unix::fs::MetadataExt::ino(&fs::metadata(c.path("f")).unwrap());
+    let addrs = member_addrs(&c);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (writer, reader) = rt.block_on(async { (session(&addrs).await, session(&addrs).await) });
+
+    // 1. The leader is killed while one session sets attributes and another reads them back.
+    let stop = AtomicBool::new(false);
+    let killed = AtomicBool::new(false);
+    let (done, after_kill) = std::thread::scope(|s| {
+        let worker = s.spawn(|| {
+            rt.block_on(async {
+                let (mut k, mut after) = (0u32, 0u32);
+                while !stop.load(Ordering::Relaxed) {
+                    k += 1;
+                    let want = perm_value(k);
+                    writer.setattr(set_perm(ino, want)).await.expect("setattr");
+                    let got = reader.getattr(ino).await.expect("getattr").perm & 0o7777;
+                    assert_eq!(got, want, "stale read after setattr {k}");
+                    if killed.load(Ordering::Relaxed) {
+                        after += 1;
+                    }
+                }
+                (k, after)
+            })
+        });
+        std::thread::sleep(Duration::from_secs(2));
+        c.kill9(&leader(&c));
+        killed.store(true, Ordering::Relaxed);
+        std::thread::sleep(Duration::from_secs(6));
+        stop.store(true, Ordering::Relaxed);
+        worker.join().unwrap()
+    });
+    assert!(
+        done > 20 && after_kill > 10,
+        "too few rounds: {done}, {after_kill} after the kill"
+    );
+    c.up();
+    wait_members_caught_up(&c, Duration::from_secs(60));
+
+    // 2. The leader is cut off from the others while the reader still talks to it. Writes go
+    // to the majority as soon as it has a leader; every read that follows a completed write
+    // must see it, whichever member answers (the old leader may answer only while no other
+    // can have been elected).
+    let old = leader(&c);
+    let old_id: usize = old.trim_start_matches("mds.").parse::<usize>().unwrap() + 1;
+    rt.block_on(async {
+        reader
+            .getattr(ino)
+            .await
+            .expect("getattr at the old leader")
+    });
+    let majority: Vec<String> = (1..=3)
+        .filter(|i| *i != old_id)
+        .map(|i| addrs[i - 1].clone())
+        .collect();
+    fs::write(
+        c.data.join(&old).join("drop-peers"),
+        (1..=3)
+            .filter(|i| *i != old_id)
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(","),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let writes = rt.block_on(async {
+        let mut clients = Vec::new();
+        for a in &majority {
+            clients.push(MdsClient::connect(format!("http://{a}")).await.unwrap());
+        }
+        let (mut k, mut writes) = (1000u32, 0u32);
+        while started.elapsed() < Duration::from_secs(6) {
+            k += 1;
+            let want = perm_value(k);
+            let mut written = false;
+            for cl in clients.iter_mut() {
+                let mut req = tonic::Request::new(set_perm(ino, want));
+                req.set_timeout(Duration::from_millis(500));
+                if cl.set_attr(req).await.is_ok() {
+                    written = true;
+                    break;
+                }
+            }
+            if !written {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+            writes += 1;
+            let got = reader.getattr(ino).await.expect("getattr").perm & 0o7777;
+            assert_eq!(
+                got,
+                want,
+                "stale read {:?} after the partition: the old leader answered after a newer write",
+                started.elapsed()
+            );
+        }
+        writes
+    });
+    assert!(writes > 10, "the majority took only {writes} writes");
+    fs::remove_file(c.data.join(&old).join("drop-peers")).unwrap();
+    wait_members_caught_up(&c, Duration::from_secs(30));
+}

@@ -9,9 +9,14 @@
 //! Messages for peers go out through [`Transport`] (gRPC, one queue per peer); messages from
 //! peers arrive as [`NodeMsg::Raft`].
 //!
-//! Reads are linearizable through ReadIndex: [`NodeHandle::read_barrier`] waits until the node
-//! has confirmed with a quorum that it is still the leader and has applied everything
-//! committed when the read arrived. Reads that arrive together share one confirmation.
+//! Reads are linearizable: [`NodeHandle::read_barrier`] waits until the node knows it is still
+//! the leader and has applied everything committed when the read arrived. It knows through
+//! ReadIndex (a heartbeat round to a quorum; reads that arrive together share one) or through
+//! its lease: once a quorum has answered a round sent at time t, no member votes for another
+//! leader before t + an election timeout (check-quorum keeps followers loyal that long after
+//! hearing from their leader, and a restarted member refuses votes for its first election
+//! timeout), so until t + [`Node::lease`] reads are served at the current commit index with no
+//! round at all. A round renews the lease while reads keep coming.
 //!
 //! A proposal remembers the log index it was given; if another entry is applied at that index
 //! (a new leader overwrote it), the proposer is told at once to retry, instead of waiting.
@@ -28,7 +33,7 @@ use raft::eraftpb::{
 use raft::{RawNode, StateRole};
 use shoal_proto::mds::Timespec;
 use tokio::sync::{oneshot, watch};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::command::{Applied, Command, Op, RequestId};
 use crate::error::MdsError;
@@ -153,6 +158,15 @@ pub struct NodeHandle {
 const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The current wall-clock time as a protocol timestamp.
+/// How long a quorum's answer to a round sent at t lets the leader serve reads alone: members
+/// vote for no one else for `election_ticks` ticks after hearing from it, and ticks are never
+/// early, only late; one tick and a fifth of the rest are kept as margin for granularity and
+/// clock rates.
+fn lease_for(tick: Duration, election_ticks: usize) -> Duration {
+    let ticks = u32::try_from(election_ticks.saturating_sub(1)).unwrap_or(u32::MAX);
+    tick.saturating_mul(ticks) * 4 / 5
+}
+
 pub fn now() -> Timespec {
     let d = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -302,12 +316,22 @@ pub struct Node {
     observer: Option<ApplyObserver>,
     /// Reads that arrived since the last ReadIndex request.
     reads_new: Vec<ReadWaiter>,
-    /// Reads whose ReadIndex request is out: request id → waiters.
-    reads_asked: HashMap<u64, Vec<ReadWaiter>>,
+    /// Reads whose ReadIndex request is out: request id → (when asked, term, waiters).
+    reads_asked: HashMap<u64, (Instant, u64, Vec<ReadWaiter>)>,
     /// Reads confirmed at an index: they proceed once it is applied.
     reads_ready: Vec<(u64, Vec<ReadWaiter>)>,
     next_read: u64,
     was_leader: bool,
+    /// Until when this leader may serve reads without a round (see the module docs).
+    lease_until: Option<Instant>,
+    /// How long a confirmed round keeps the lease: a margin below the election timeout.
+    lease: Duration,
+    /// Ticks since this node started.
+    ticks: usize,
+    /// Vote requests are dropped until `ticks` reaches this (an election timeout): a
+    /// restarted member forgot which leader it heard from last, and must not help elect
+    /// another while that leader's lease may still hold.
+    quiet_ticks: usize,
     /// Compact the whole applied log at the end of this ready (after a member was added).
     compact_all: bool,
     compact_entries: u64,
@@ -384,10 +408,11 @@ impl Node {
             max_inflight_msgs: 256,
             pre_vote: true,
             check_quorum: true,
-            // Reads are confirmed by the leader's lease (check-quorum: a leader that has not
-            // heard from a quorum within an election timeout steps down, and no other can
-            // be elected sooner), not by a round trip to the quorum per read.
-            read_only_option: raft::ReadOnlyOption::LeaseBased,
+            // ReadIndex confirms leadership with a quorum round; the node keeps its own lease
+            // on top (measured from when a round was sent, see `ask_reads`), because raft-rs's
+            // LeaseBased option trusts check-quorum, which may leave a deposed leader serving
+            // reads for up to an election timeout after its successor was elected.
+            read_only_option: raft::ReadOnlyOption::Safe,
             // Followers learn a new commit index from the next append or heartbeat instead of
             // an empty append (and its answer) after every commit: half the messages per
             // batch. Only the leader serves clients, so a follower applying a little later
@@ -419,6 +444,10 @@ impl Node {
             transport: outbox,
             reads_new: Vec::new(),
             reads_asked: HashMap::new(),
+            lease_until: None,
+            lease: lease_for(cfg.tick, cfg.election_ticks),
+            ticks: 0,
+            quiet_ticks: cfg.election_ticks,
             reads_ready: Vec::new(),
             next_read: 1,
             was_leader: false,
@@ -451,7 +480,7 @@ impl Node {
                 Err(std_mpsc::RecvTimeoutError::Timeout) => {}
             }
             if Instant::now() >= next_tick {
-                self.raw.tick();
+                self.tick();
                 next_tick = Instant::now() + self.tick;
             }
             self.ask_reads();
@@ -488,16 +517,23 @@ impl Node {
         }
     }
 
-    /// Sends one ReadIndex request for every read that arrived since the last one.
+    fn tick(&mut self) {
+        self.ticks = self.ticks.saturating_add(1);
+        self.raw.tick();
+    }
+
+    /// Serves the reads that arrived since the last call: at once under a valid lease (also
+    /// renewing it when half spent), otherwise with one ReadIndex request for all of them.
     fn ask_reads(&mut self) {
         let leader = self.raw.raft.state == StateRole::Leader;
         if self.was_leader && !leader {
             // Deposed: confirmations in flight will never come.
+            self.lease_until = None;
             let leader = self.leader_addr();
             for w in self
                 .reads_asked
                 .drain()
-                .flat_map(|(_, w)| w)
+                .flat_map(|(_, (_, _, w))| w)
                 .chain(self.reads_ready.drain(..).flat_map(|(_, w)| w))
             {
                 let _ = w.send(Err(MdsError::NotLeader {
@@ -518,10 +554,24 @@ impl Node {
             }
             return;
         }
+        let now = Instant::now();
+        let mut waiters = std::mem::take(&mut self.reads_new);
+        if let Some(until) = self.lease_until.filter(|u| now < *u) {
+            let committed = self.raw.raft.raft_log.committed;
+            self.reads_ready.push((committed, waiters));
+            let renewing = self
+                .reads_asked
+                .values()
+                .any(|(at, ..)| *at + self.lease / 2 > now);
+            if until.saturating_duration_since(now) > self.lease / 2 || renewing {
+                return;
+            }
+            waiters = Vec::new();
+        }
         let id = self.next_read;
         self.next_read += 1;
         self.reads_asked
-            .insert(id, std::mem::take(&mut self.reads_new));
+            .insert(id, (now, self.raw.raft.term, waiters));
         self.raw.read_index(id.to_be_bytes().to_vec());
     }
 
@@ -570,6 +620,15 @@ impl Node {
                     }
                 }
                 for mut m in msgs {
+                    if self.ticks < self.quiet_ticks
+                        && matches!(
+                            m.get_msg_type(),
+                            MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
+                        )
+                    {
+                        debug!(from = m.from, "vote request dropped: just started");
+                        continue;
+                    }
                     // A leader that believes we hold entries we do not (our data directory
                     // was wiped) sends a commit index beyond our log, which raft-rs treats
                     // as fatal. Keep our commit index instead: the heartbeat still counts,
@@ -627,7 +686,12 @@ impl Node {
                 .try_into()
                 .map(u64::from_be_bytes)
                 .unwrap_or(0);
-            if let Some(waiters) = self.reads_asked.remove(&id) {
+            if let Some((asked, term, waiters)) = self.reads_asked.remove(&id) {
+                // A quorum answered a round sent after `asked` while we led in `term`.
+                if term == self.raw.raft.term && self.raw.raft.state == StateRole::Leader {
+                    let until = asked + self.lease;
+                    self.lease_until = Some(self.lease_until.map_or(until, |u| u.max(until)));
+                }
                 self.reads_ready.push((rs.index, waiters));
             }
         }
@@ -901,3 +965,19 @@ impl Node {
 
 #[cfg(test)]
 mod sim;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lease_ends_before_any_member_may_vote_for_another_leader() {
+        let tick = Duration::from_millis(100);
+        // Members refuse votes for 10 ticks after hearing from the leader, i.e. at least 9
+        // tick lengths; the lease keeps a fifth of that as margin.
+        assert_eq!(lease_for(tick, 10), Duration::from_millis(720));
+        assert!(lease_for(tick, 10) < tick * 9);
+        assert_eq!(lease_for(tick, 1), Duration::ZERO);
+        assert_eq!(lease_for(tick, 0), Duration::ZERO);
+    }
+}

@@ -157,7 +157,7 @@ impl Sim {
             match m.node.as_mut() {
                 // Timing skew: a member sometimes misses a tick.
                 Some(n) if !faults || self.rng.gen_bool(0.9) => {
-                    n.raw.tick();
+                    n.tick();
                 }
                 Some(_) => {}
                 None => {
