@@ -635,3 +635,26 @@ fn a_read_after_a_completed_setattr_sees_it_across_failovers() {
     fs::remove_file(c.data.join(&old).join("drop-peers")).unwrap();
     wait_members_caught_up(&c, Duration::from_secs(30));
 }
+
+#[test]
+fn a_group_of_five_survives_losing_two_members() {
+    let c = TestCluster::start_args(&["--mds", "5"]);
+    wait_n_members_caught_up(&c, 5, Duration::from_secs(30));
+    fs::write(c.path("before"), b"1").unwrap();
+    let old = leader(&c);
+    let follower = (0..5)
+        .map(|i| format!("mds.{i}"))
+        .find(|m| *m != old)
+        .unwrap();
+    c.kill9(&old);
+    c.kill9(&follower);
+    // Three of five are a majority: a new leader is elected and the mount goes on.
+    fs::write(c.path("during"), b"2").unwrap();
+    fs::create_dir(c.path("d")).unwrap();
+    fs::rename(c.path("during"), c.path("d/during")).unwrap();
+    assert_ne!(leader(&c), old);
+    c.up();
+    wait_n_members_caught_up(&c, 5, Duration::from_secs(60));
+    assert_eq!(fs::read(c.path("before")).unwrap(), b"1");
+    assert_eq!(fs::read(c.path("d/during")).unwrap(), b"2");
+}
