@@ -4,5 +4,6 @@ mod data;
 mod faults;
 mod mds_ha;
 mod namespace;
+mod posix;
 mod replication;
 mod tools;

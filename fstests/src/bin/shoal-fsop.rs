@@ -1,0 +1,207 @@
+//! `shoal-fsop [--as UID:GID[:G1,G2...]] OP ARGS...`: performs one filesystem system call and
+//! prints `ok` (and, for `stat`, the result) or the errno's name. The POSIX conformance tests
+//! run it as other users, so the credentials are switched here (groups, then gid, then uid)
+//! before the call, in a process of its own.
+//!
+//! Ops: `stat P` (prints `mode=OCT uid= gid= nlink= size=`), `chmod P OCT`, `chown P UID GID`
+//! (-1 keeps), `create P OCT` (O_CREAT|O_EXCL), `mkdir P OCT`, `write P TEXT` (O_WRONLY|O_APPEND),
+//! `read P`, `truncate P LEN`, `unlink P`, `rmdir P`, `rename A B`, `link A B`, `symlink T P`,
+//! `access P MODE` (r, w, x letters or `f`), `utime-now P`.
+
+use std::ffi::CString;
+use std::process::ExitCode;
+
+fn errno_name(e: i32) -> String {
+    let name = match e {
+        libc::EPERM => "EPERM",
+        libc::ENOENT => "ENOENT",
+        libc::EIO => "EIO",
+        libc::EACCES => "EACCES",
+        libc::EEXIST => "EEXIST",
+        libc::EXDEV => "EXDEV",
+        libc::ENOTDIR => "ENOTDIR",
+        libc::EISDIR => "EISDIR",
+        libc::EINVAL => "EINVAL",
+        libc::EFBIG => "EFBIG",
+        libc::ENOSPC => "ENOSPC",
+        libc::EROFS => "EROFS",
+        libc::EMLINK => "EMLINK",
+        libc::ENAMETOOLONG => "ENAMETOOLONG",
+        libc::ENOTEMPTY => "ENOTEMPTY",
+        libc::ELOOP => "ELOOP",
+        libc::ENODATA => "ENODATA",
+        libc::ERANGE => "ERANGE",
+        libc::EBUSY => "EBUSY",
+        libc::EOPNOTSUPP => "EOPNOTSUPP",
+        other => return format!("E{other}"),
+    };
+    name.to_string()
+}
+
+fn last_errno() -> String {
+    errno_name(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+}
+
+fn cstr(s: &str) -> Result<CString, String> {
+    CString::new(s).map_err(|_| format!("NUL byte in {s:?}"))
+}
+
+fn num<T: std::str::FromStr>(s: &str) -> Result<T, String> {
+    s.parse().map_err(|_| format!("not a number: {s:?}"))
+}
+
+fn octal(s: &str) -> Result<libc::mode_t, String> {
+    libc::mode_t::from_str_radix(s, 8).map_err(|_| format!("not an octal mode: {s:?}"))
+}
+
+/// Switches to `UID:GID[:G1,G2...]` (supplementary groups default to none).
+fn become_user(spec: &str) -> Result<(), String> {
+    let parts: Vec<&str> = spec.split(':').collect();
+    let (uid, gid): (libc::uid_t, libc::gid_t) = match parts.as_slice() {
+        [u, g] | [u, g, _] => (num(u)?, num(g)?),
+        _ => return Err(format!("bad --as {spec:?}: want UID:GID[:G1,G2...]")),
+    };
+    let groups: Vec<libc::gid_t> = match parts.get(2) {
+        Some(list) if !list.is_empty() => list.split(',').map(num).collect::<Result<_, _>>()?,
+        _ => Vec::new(),
+    };
+    // SAFETY: plain system calls on values owned here; the pointer and length describe
+    // `groups`.
+    unsafe {
+        if libc::setgroups(groups.len(), groups.as_ptr()) != 0 {
+            return Err(format!("setgroups: {}", last_errno()));
+        }
+        if libc::setgid(gid) != 0 {
+            return Err(format!("setgid: {}", last_errno()));
+        }
+        if libc::setuid(uid) != 0 {
+            return Err(format!("setuid: {}", last_errno()));
+        }
+    }
+    Ok(())
+}
+
+/// Runs one op; `Ok(Ok(text))` on success, `Ok(Err(errno name))` when the call failed.
+fn op(args: &[String]) -> Result<Result<String, String>, String> {
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let check = |r: libc::c_int| {
+        if r < 0 {
+            Err(last_errno())
+        } else {
+            Ok(String::new())
+        }
+    };
+    // SAFETY (every block below): system calls on NUL-terminated strings that live across
+    // the call and on buffers owned here.
+    let r = match a.as_slice() {
+        ["stat", p] => {
+            let p = cstr(p)?;
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            if unsafe { libc::lstat(p.as_ptr(), &mut st) } < 0 {
+                Err(last_errno())
+            } else {
+                Ok(format!(
+                    "mode={:o} uid={} gid={} nlink={} size={}",
+                    st.st_mode & 0o7777,
+                    st.st_uid,
+                    st.st_gid,
+                    st.st_nlink,
+                    st.st_size
+                ))
+            }
+        }
+        ["chmod", p, m] => check(unsafe { libc::chmod(cstr(p)?.as_ptr(), octal(m)?) }),
+        ["chown", p, u, g] => {
+            let (u, g): (i64, i64) = (num(u)?, num(g)?);
+            check(unsafe { libc::lchown(cstr(p)?.as_ptr(), u as libc::uid_t, g as libc::gid_t) })
+        }
+        ["create", p, m] => {
+            let fd = unsafe {
+                libc::open(
+                    cstr(p)?.as_ptr(),
+                    libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
+                    octal(m)? as libc::c_uint,
+                )
+            };
+            if fd >= 0 {
+                unsafe { libc::close(fd) };
+            }
+            check(fd)
+        }
+        ["mkdir", p, m] => check(unsafe { libc::mkdir(cstr(p)?.as_ptr(), octal(m)?) }),
+        ["write", p, text] => {
+            let fd = unsafe { libc::open(cstr(p)?.as_ptr(), libc::O_WRONLY | libc::O_APPEND) };
+            if fd < 0 {
+                Err(last_errno())
+            } else {
+                let n = unsafe { libc::write(fd, text.as_ptr().cast(), text.len()) };
+                let r = if n < 0 {
+                    Err(last_errno())
+                } else {
+                    Ok(String::new())
+                };
+                let c = unsafe { libc::close(fd) };
+                r.and(check(c))
+            }
+        }
+        ["read", p] => match std::fs::read(p) {
+            Ok(b) => Ok(String::from_utf8_lossy(&b).into_owned()),
+            Err(e) => Err(errno_name(e.raw_os_error().unwrap_or(0))),
+        },
+        ["truncate", p, len] => check(unsafe { libc::truncate(cstr(p)?.as_ptr(), num(len)?) }),
+        ["unlink", p] => check(unsafe { libc::unlink(cstr(p)?.as_ptr()) }),
+        ["rmdir", p] => check(unsafe { libc::rmdir(cstr(p)?.as_ptr()) }),
+        ["rename", from, to] => {
+            check(unsafe { libc::rename(cstr(from)?.as_ptr(), cstr(to)?.as_ptr()) })
+        }
+        ["link", from, to] => {
+            check(unsafe { libc::link(cstr(from)?.as_ptr(), cstr(to)?.as_ptr()) })
+        }
+        ["symlink", target, p] => {
+            check(unsafe { libc::symlink(cstr(target)?.as_ptr(), cstr(p)?.as_ptr()) })
+        }
+        ["access", p, mode] => {
+            let mut m = 0;
+            for c in mode.chars() {
+                m |= match c {
+                    'r' => libc::R_OK,
+                    'w' => libc::W_OK,
+                    'x' => libc::X_OK,
+                    'f' => libc::F_OK,
+                    _ => return Err(format!("bad access mode {mode:?}")),
+                };
+            }
+            check(unsafe { libc::access(cstr(p)?.as_ptr(), m) })
+        }
+        ["utime-now", p] => check(unsafe {
+            libc::utimensat(libc::AT_FDCWD, cstr(p)?.as_ptr(), std::ptr::null(), 0)
+        }),
+        _ => return Err(format!("unknown op or wrong arguments: {a:?}")),
+    };
+    Ok(r)
+}
+
+fn main() -> ExitCode {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--as") {
+        let Some(spec) = args.get(1).cloned() else {
+            eprintln!("--as needs UID:GID[:GROUPS]");
+            return ExitCode::from(2);
+        };
+        if let Err(e) = become_user(&spec) {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+        args.drain(..2);
+    }
+    match op(&args) {
+        Ok(Ok(text)) if text.is_empty() => println!("ok"),
+        Ok(Ok(text)) => println!("ok {text}"),
+        Ok(Err(errno)) => println!("{errno}"),
+        Err(usage) => {
+            eprintln!("shoal-fsop: {usage}");
+            return ExitCode::from(2);
+        }
+    }
+    ExitCode::SUCCESS
+}
