@@ -331,7 +331,6 @@ async fn peer_loop(
     node: std::sync::mpsc::Sender<NodeMsg>,
     filter: PeerFilter,
 ) {
-    let mut down = false;
     loop {
         let (tx, stream) = mpsc::channel::<RaftBatch>(STREAM_QUEUE);
         let mut c = client.clone();
@@ -380,20 +379,13 @@ async fn peer_loop(
             Some(Err(e)) => e.to_string(),
             None => "stream closed".to_string(),
         };
-        if !down {
-            debug!(peer = id, error = %why, "raft peer unreachable");
-            down = true;
-        }
+        debug!(peer = id, error = %why, "raft stream to peer ended; reopening");
         // Whatever was queued meanwhile is lost; Raft sends it again.
         while rx.try_recv().is_ok() {}
         let _ = node.send(NodeMsg::Unreachable(id));
         tokio::time::sleep(RECONNECT_PAUSE).await;
         if rx.is_closed() && rx.is_empty() {
             return;
-        }
-        if down {
-            down = false;
-            debug!(peer = id, "reopening the raft stream");
         }
     }
 }
