@@ -789,14 +789,13 @@ fn rename(
         check_not_inside(t, moved.ino, r.new_parent)?;
     }
 
-    if r.flags & RENAME_EXCHANGE != 0 {
-        let d = dst.expect("checked above");
+    if let (true, Some(d)) = (r.flags & RENAME_EXCHANGE != 0, dst.as_ref()) {
         let mut other = t.inode(d.ino)?;
         if is_dir(&other) && r.parent != r.new_parent {
             check_not_inside(t, other.ino, r.parent)?;
         }
         t.remove_dentry(r.parent, &r.name, &src);
-        t.remove_dentry(r.new_parent, &r.new_name, &d);
+        t.remove_dentry(r.new_parent, &r.new_name, d);
         let mut p = t.dir(r.parent)?;
         t.add_dentry(&mut p, &r.name, other.ino, other.kind);
         t.put_inode(&p);
