@@ -151,6 +151,17 @@ struct StatusArgs {
     /// Machine-readable output.
     #[arg(long)]
     json: bool,
+    /// Warn when an OSD's disk is more than this share used (0 to 1).
+    #[arg(long, default_value_t = status::NEARFULL, value_parser = ratio)]
+    nearfull_ratio: f64,
+}
+
+/// Parses a share between 0 and 1.
+fn ratio(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("{s:?} is not a number from 0 to 1")),
+    }
 }
 
 fn main() {
@@ -382,7 +393,7 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
 
     let rt = runtime()?;
     if let Ok(st) = rt.block_on(status::fetch(&mds)) {
-        print!("{}", status::render(&status::report(&st)));
+        print!("{}", status::render(&status::report(&st, status::NEARFULL)));
     }
     match &cf.mount {
         Some(m) => println!(
@@ -604,7 +615,7 @@ fn status_cmd(a: StatusArgs) -> anyhow::Result<()> {
     let rt = runtime()?;
     match rt.block_on(status::fetch(&addrs)) {
         Ok(st) => {
-            let r = status::report(&st);
+            let r = status::report(&st, a.nearfull_ratio);
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {

@@ -8,8 +8,8 @@ use shoal_proto::error::{status_errno, WireError};
 use shoal_proto::mds::mds_client::MdsClient;
 use shoal_proto::mds::{StatusReply, StatusRequest};
 
-/// Used space above which the cluster warns.
-const NEARFULL: f64 = 0.85;
+/// Used share of an OSD's disk above which `status` warns, unless told otherwise.
+pub const NEARFULL: f64 = 0.85;
 
 /// One OSD as `status` shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -166,8 +166,8 @@ fn pg_summary(st: &StatusReply, map: &shoal_proto::mds::OsdMap) -> PgSummary {
     s
 }
 
-/// Judges a `Status` answer.
-pub fn report(st: &StatusReply) -> Report {
+/// Judges a `Status` answer; an OSD whose disk is more than `nearfull` used (0..=1) is a warning.
+pub fn report(st: &StatusReply, nearfull: f64) -> Report {
     let map = st.osd_map.clone().unwrap_or_default();
     let osds: Vec<OsdStatus> = map
         .osds
@@ -245,7 +245,7 @@ pub fn report(st: &StatusReply) -> Report {
     }
     for o in osds.iter().filter(|o| o.up && o.capacity_bytes > 0) {
         let used = 1.0 - o.free_bytes as f64 / o.capacity_bytes as f64;
-        if used > NEARFULL {
+        if used > nearfull {
             warn.push(format!("osd.{} disk {:.0}% full", o.id, used * 100.0));
         }
     }
@@ -510,4 +510,57 @@ pub fn render(r: &Report) -> String {
     }
     out += &format!("objects: {}, files: {}\n", r.pgs.objects, r.files);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_proto::mds::{MdsMember, OsdInfo, OsdMap, PgStat};
+
+    /// One MDS, one OSD whose disk is `used` of 1000 bytes, one clean PG.
+    fn reply(used: u64) -> StatusReply {
+        StatusReply {
+            members: vec![MdsMember {
+                id: 1,
+                addr: "a".into(),
+                leader: true,
+                active: true,
+                ..Default::default()
+            }],
+            leader_id: 1,
+            osd_map: Some(OsdMap {
+                epoch: 1,
+                osds: vec![OsdInfo {
+                    id: 0,
+                    up: true,
+                    in_cluster: true,
+                    capacity_bytes: 1000,
+                    free_bytes: 1000 - used,
+                    ..Default::default()
+                }],
+                pg_count: 1,
+                size: 1,
+                min_size: 1,
+            }),
+            pgs: vec![PgStat {
+                pg: 0,
+                state: "active+clean".into(),
+                acting: vec![0],
+                epoch: 1,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_disk_over_the_nearfull_ratio_is_a_warning() {
+        let ok = report(&reply(500), NEARFULL);
+        assert_eq!(ok.health, "HEALTH_OK", "{:?}", ok.reasons);
+        let r = report(&reply(860), NEARFULL);
+        assert_eq!(r.health, "HEALTH_WARN");
+        assert_eq!(r.reasons, vec!["osd.0 disk 86% full".to_string()]);
+        assert_eq!(report(&reply(860), 0.95).health, "HEALTH_OK");
+        assert_eq!(report(&reply(960), 0.95).health, "HEALTH_WARN");
+    }
 }

@@ -117,7 +117,7 @@ fn up_twice_status_and_second_mount() {
     assert_eq!(st["health"], "HEALTH_OK");
     assert_eq!(st["osds"].as_array().unwrap().len(), 3);
     assert_eq!(st["mds_leader"], 1);
-    let text = String::from_utf8(c.shoal_ok(&["status"]).stdout).unwrap();
+    let text = String::from_utf8(c.shoal_ok(&["status", "--nearfull-ratio", "1"]).stdout).unwrap();
     assert!(
         text.contains("HEALTH_OK") && text.contains("osd.2"),
         "{text}"
