@@ -580,10 +580,13 @@ impl ObjectStore {
             // The old last block grows with zeros; new blocks are zeros.
             first = old_size / BLOCK;
             let mut b = first;
-            if old_size % BLOCK != 0 && size > old_size {
-                let mut block = self.read_verified(object, &file, &crcs, b, old_size)?;
-                block.resize((BLOCK).min(size - b * BLOCK) as usize, 0);
-                sums.extend_from_slice(&crc32fast::hash(&block).to_le_bytes());
+            if old_size % BLOCK != 0 {
+                // A partial last block: rechecksummed when it grows, kept when the size stays.
+                if size > old_size {
+                    let mut block = self.read_verified(object, &file, &crcs, b, old_size)?;
+                    block.resize((BLOCK).min(size - b * BLOCK) as usize, 0);
+                    sums.extend_from_slice(&crc32fast::hash(&block).to_le_bytes());
+                }
                 b += 1;
             }
             while b * BLOCK < size {
@@ -731,6 +734,18 @@ mod tests {
         let all = store.read(&obj, 0, 1 << 20).unwrap().unwrap();
         assert_eq!(&all[..], &reference[..]);
         assert_eq!(store.usage().bytes, reference.len() as u64);
+    }
+
+    #[test]
+    fn truncating_to_the_same_unaligned_size_keeps_the_data_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ObjectStore::open(dir.path()).unwrap();
+        let obj = name(2);
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 13) as u8 + 1).collect();
+        store.write(&obj, 0, &data, 1).unwrap();
+        store.truncate(&obj, 10_000, 2).unwrap();
+        assert_eq!(&store.read(&obj, 0, 20_000).unwrap().unwrap()[..], &data[..]);
+        assert_eq!(store.meta(&obj).unwrap().version, 2);
     }
 
     #[test]
