@@ -164,6 +164,52 @@ impl Client {
         Ok(self.overlay(attr))
     }
 
+    /// fallocate(2). Objects are sparse, so mode 0 and `KEEP_SIZE` reserve no space; they
+    /// only grow the size (mode 0). `PUNCH_HOLE` and `ZERO_RANGE` zero the range on the OSDs
+    /// (whole objects are deleted). Other modes: `EOPNOTSUPP`.
+    pub async fn fallocate(&self, ino: u64, off: u64, len: u64, mode: i32) -> Result<()> {
+        use libc::{EOPNOTSUPP, FALLOC_FL_ZERO_RANGE as ZERO};
+        use libc::{FALLOC_FL_KEEP_SIZE as KEEP, FALLOC_FL_PUNCH_HOLE as PUNCH};
+        if mode & !(KEEP | PUNCH | ZERO) != 0
+            || (mode & PUNCH != 0 && (mode & KEEP == 0 || mode & ZERO != 0))
+        {
+            return Err(ClientError::errno_msg(
+                EOPNOTSUPP,
+                format!("fallocate mode {mode:#x} is not supported"),
+            ));
+        }
+        let end = off
+            .checked_add(len)
+            .filter(|&e| e <= shoal_proto::limits::FILE_SIZE_MAX)
+            .ok_or_else(|| ClientError::errno_msg(EFBIG, "fallocate past the largest file size"))?;
+        self.flush(ino).await?;
+        let attr = self.getattr_raw(ino).await?;
+        if attr.kind != FileKind::Regular as i32 {
+            return Err(ClientError::errno_msg(libc::ENODEV, "not a regular file"));
+        }
+        let zero = mode & (PUNCH | ZERO) != 0;
+        if zero && off < attr.size {
+            let layout = attr
+                .layout
+                .unwrap_or_else(shoal_proto::layout::default_layout);
+            self.cluster
+                .zero_range(ino, &layout, off, end.min(attr.size) - off)
+                .await?;
+        }
+        let grow = mode & KEEP == 0 && end > attr.size;
+        // As on ext4: ctime always, mtime when the data or the size changed.
+        let req = SetAttrRequest {
+            ino,
+            size: grow.then_some(end),
+            mtime: (zero || grow).then_some(SetTime {
+                now: true,
+                time: None,
+            }),
+            ..Default::default()
+        };
+        self.setattr(req).await.map(|_| ())
+    }
+
     /// Creates a file, directory, device, fifo, socket or symlink.
     pub async fn make_node(&self, req: MakeNodeRequest) -> Result<Attr> {
         let r = self

@@ -8,8 +8,7 @@
 //! A call answered with an errno is never retried.
 //! Known limit: a mutation whose reply was lost is re-sent, which is not yet exactly-once.
 
-use std::collections::BTreeSet;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -23,7 +22,7 @@ use shoal_proto::layout::{file_to_extents, object_len_below, object_name, object
 use shoal_proto::mds::mds_client::MdsClient;
 use shoal_proto::mds::{GetOsdMapRequest, Layout, OsdMap};
 use shoal_proto::osd::osd_client::OsdClient;
-use shoal_proto::osd::{DeleteRequest, ReadRequest, TruncateRequest, WriteRequest};
+use shoal_proto::osd::{DeleteRequest, ReadRequest, TruncateRequest, WriteRequest, ZeroRequest};
 use shoal_proto::placement::Placement;
 use shoal_proto::request::ReqId;
 use tonic::transport::{Channel, Endpoint};
@@ -428,6 +427,52 @@ impl Cluster {
                     .await
                     .map(|_| ())
                 }
+            }
+        }))
+        .buffer_unordered(64)
+        .try_collect::<Vec<()>>()
+        .await?;
+        Ok(())
+    }
+
+    /// Zeroes `len` bytes at file offset `off` (a punched hole): objects the range covers
+    /// whole are deleted, the others zeroed in place by their primaries, which cut an object
+    /// short where the range reaches its end.
+    pub async fn zero_range(
+        &self,
+        ino: u64,
+        layout: &Layout,
+        off: u64,
+        len: u64,
+    ) -> Result<(), ClientError> {
+        usable(layout)?;
+        let mut by_object: BTreeMap<u64, Vec<(u64, u64)>> = BTreeMap::new();
+        for e in file_to_extents(layout, off, len) {
+            by_object
+                .entry(e.objno)
+                .or_default()
+                .push((e.obj_off, e.len));
+        }
+        stream::iter(by_object.into_iter().map(|(objno, pieces)| {
+            let object = object_name(ino, objno);
+            async move {
+                let covered: u64 = pieces.iter().map(|&(_, len)| len).sum();
+                if covered >= u64::from(layout.object_size) {
+                    return self.delete_object(&object).await;
+                }
+                for (offset, len) in pieces {
+                    self.osd(&object, |mut c, epoch| {
+                        let req = ZeroRequest {
+                            object: object.clone(),
+                            offset,
+                            len,
+                            epoch,
+                        };
+                        async move { c.zero(req).await }
+                    })
+                    .await?;
+                }
+                Ok(())
             }
         }))
         .buffer_unordered(64)

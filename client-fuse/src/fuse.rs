@@ -164,10 +164,16 @@ impl ShoalFs {
         req: &Request,
         parent: INodeNo,
         name: &OsStr,
-        node: (FileKind, u32, u32, &[u8]),
+        node: NewNode<'_>,
         reply: ReplyEntry,
     ) {
-        let (kind, perm, rdev, target) = node;
+        let NewNode {
+            kind,
+            mode,
+            umask,
+            rdev,
+            target,
+        } = node;
         let name = match name_ok(name) {
             Ok(n) => n,
             Err(e) => return reply.error(errno(&e)),
@@ -176,16 +182,27 @@ impl ShoalFs {
             parent: parent.0,
             name: name.into(),
             kind: kind as i32,
-            perm: perm & 0o7777,
+            perm: mode & 0o7777,
             uid: req.uid(),
             gid: req.gid(),
             rdev,
             target: Bytes::copy_from_slice(target),
             exclusive: true,
+            umask,
         };
         let r = EntryReplier { ttl: self.ttl };
         self.go(move |c| async move { r.reply(reply, c.make_node(mk).await) });
     }
+}
+
+/// A node to make: its kind, the mode and umask of the call, its device number and a
+/// symlink's target.
+struct NewNode<'a> {
+    kind: FileKind,
+    mode: u32,
+    umask: u32,
+    rdev: u32,
+    target: &'a [u8],
 }
 
 /// Replies to entry requests from tasks (which cannot borrow the filesystem).
@@ -235,6 +252,11 @@ impl Filesystem for ShoalFs {
                 | InitFlags::FUSE_BIG_WRITES
                 | InitFlags::FUSE_PARALLEL_DIROPS,
         );
+        // The kernel checks POSIX ACLs too, and leaves the umask to Shoal, which applies it
+        // only where no default ACL is inherited. Asked for separately: a kernel without ACL
+        // support still applies the umask itself, and applying it twice changes nothing.
+        let _ = config.add_capabilities(InitFlags::FUSE_POSIX_ACL);
+        let _ = config.add_capabilities(InitFlags::FUSE_DONT_MASK);
         Ok(())
     }
 
@@ -299,13 +321,22 @@ impl Filesystem for ShoalFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         rdev: u32,
         reply: ReplyEntry,
     ) {
         match kind_of_mode(mode) {
             Some(FileKind::Directory | FileKind::Symlink) | None => reply.error(Errno::EINVAL),
-            Some(kind) => self.make_node(req, parent, name, (kind, mode, rdev, &[]), reply),
+            Some(kind) => {
+                let node = NewNode {
+                    kind,
+                    mode,
+                    umask,
+                    rdev,
+                    target: &[],
+                };
+                self.make_node(req, parent, name, node, reply)
+            }
         }
     }
 
@@ -315,16 +346,17 @@ impl Filesystem for ShoalFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
-        self.make_node(
-            req,
-            parent,
-            name,
-            (FileKind::Directory, mode, 0, &[]),
-            reply,
-        );
+        let node = NewNode {
+            kind: FileKind::Directory,
+            mode,
+            umask,
+            rdev: 0,
+            target: &[],
+        };
+        self.make_node(req, parent, name, node, reply);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -349,13 +381,14 @@ impl Filesystem for ShoalFs {
         if target.len() > shoal_proto::limits::SYMLINK_MAX {
             return reply.error(Errno::from_i32(libc::ENAMETOOLONG));
         }
-        self.make_node(
-            req,
-            parent,
-            link_name,
-            (FileKind::Symlink, 0o777, 0, target),
-            reply,
-        );
+        let node = NewNode {
+            kind: FileKind::Symlink,
+            mode: 0o777,
+            umask: 0,
+            rdev: 0,
+            target,
+        };
+        self.make_node(req, parent, link_name, node, reply);
     }
 
     fn rename(
@@ -633,13 +666,28 @@ impl Filesystem for ShoalFs {
         reply.ok();
     }
 
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        self.go(move |c| async move {
+            reply_empty(reply, c.fallocate(ino.0, offset, length, mode).await)
+        });
+    }
+
     fn create(
         &self,
         req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
@@ -657,6 +705,7 @@ impl Filesystem for ShoalFs {
             rdev: 0,
             target: Bytes::new(),
             exclusive: flags & libc::O_EXCL != 0,
+            umask,
         };
         let ttl = self.ttl;
         self.go(move |c| async move {

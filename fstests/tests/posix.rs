@@ -371,3 +371,255 @@ fn posix_timestamps_of_create_link_rename_and_chmod() {
         c.expect(BOB, &["utime-now", &c.p("v")], "ok");
     });
 }
+
+#[test]
+fn posix_acls_grant_and_deny_through_named_entries_and_the_mask() {
+    let Some(s) = Sites::new() else { return };
+    s.each("acl", |c| {
+        c.file_of("f", 0, 0, 0o600);
+        let f = c.p("f");
+        c.expect(ALICE, &["read", &f], "EACCES");
+        let acl = "u::rw-,u:60001:r--,g::---,m::r--,o::---";
+        c.expect(ROOT, &["setacl", &f, "access", acl], "ok");
+        assert_eq!(
+            c.field("f", "mode"),
+            "640",
+            "[{}] mask = group bits",
+            c.site
+        );
+        c.expect(ROOT, &["getacl", &f, "access"], &format!("ok {acl}"));
+        c.expect(ALICE, &["read", &f], "ok x");
+        c.expect(ALICE, &["write", &f, "y"], "EACCES");
+        c.expect(BOB, &["read", &f], "EACCES");
+        // chmod rewrites the mask, which limits the named entries.
+        c.expect(ROOT, &["chmod", &f, "600"], "ok");
+        c.expect(
+            ROOT,
+            &["getacl", &f, "access"],
+            "ok u::rw-,u:60001:r--,g::---,m::---,o::---",
+        );
+        c.expect(ALICE, &["read", &f], "EACCES");
+        c.expect(ROOT, &["chmod", &f, "660"], "ok");
+        c.expect(ALICE, &["read", &f], "ok x");
+        c.expect(ALICE, &["write", &f, "y"], "EACCES");
+        // A named group entry counts for members of that group.
+        let g_acl = "u::rw-,g::---,g:60001:rw-,m::rw-,o::---";
+        c.expect(ROOT, &["setacl", &f, "access", g_acl], "ok");
+        c.expect(BOB_IN_ALICE_GROUP, &["write", &f, "y"], "ok");
+        c.expect(BOB, &["write", &f, "y"], "EACCES");
+        // Removing the ACL leaves the mode bits alone.
+        c.expect(ROOT, &["rmacl", &f, "access"], "ok");
+        c.expect(ROOT, &["getacl", &f, "access"], "ENODATA");
+        assert_eq!(c.field("f", "mode"), "660", "[{}] after removal", c.site);
+        c.expect(BOB_IN_ALICE_GROUP, &["write", &f, "y"], "EACCES");
+        // An ACL of mode bits only sets the mode and is not kept.
+        c.file_of("g", ALICE_ID, ALICE_ID, 0o600);
+        let g = c.p("g");
+        c.expect(
+            ALICE,
+            &["setacl", &g, "access", "u::rwx,g::r--,o::---"],
+            "ok",
+        );
+        assert_eq!(c.field("g", "mode"), "740", "[{}] equivalent ACL", c.site);
+        c.expect(ROOT, &["getacl", &g, "access"], "ENODATA");
+        // Only the owner (or root) sets an ACL; default ACLs are for directories; an ACL
+        // with named entries needs a mask.
+        c.expect(
+            BOB,
+            &["setacl", &g, "access", "u::rw-,g::---,o::---"],
+            "EPERM",
+        );
+        c.expect(
+            ROOT,
+            &["setacl", &g, "default", "u::rwx,g::r-x,o::r-x"],
+            "EACCES",
+        );
+        c.expect(
+            ROOT,
+            &["setacl", &g, "access", "u::rw-,u:60002:r--,g::---,o::---"],
+            "EINVAL",
+        );
+    });
+}
+
+#[test]
+fn posix_default_acls_are_inherited_instead_of_the_umask() {
+    let Some(s) = Sites::new() else { return };
+    s.each("acl-default", |c| {
+        c.dir_of("d", 0, 0, 0o755);
+        let default = "u::rwx,u:60001:rwx,g::r-x,m::rwx,o::r-x";
+        c.expect(ROOT, &["setacl", &c.p("d"), "default", default], "ok");
+        c.expect(ROOT, &["getacl", &c.p("d"), "access"], "ENODATA");
+        // A file: no umask; its mode restricts the inherited owner, mask and other entries.
+        c.expect(
+            ROOT,
+            &["--umask", "077", "create", &c.p("d/f"), "666"],
+            "ok",
+        );
+        assert_eq!(c.field("d/f", "mode"), "664", "[{}] file mode", c.site);
+        c.expect(
+            ROOT,
+            &["getacl", &c.p("d/f"), "access"],
+            "ok u::rw-,u:60001:rwx,g::r-x,m::rw-,o::r--",
+        );
+        c.expect(ROOT, &["getacl", &c.p("d/f"), "default"], "ENODATA");
+        c.expect(ALICE, &["write", &c.p("d/f"), "a"], "ok");
+        c.expect(BOB, &["write", &c.p("d/f"), "b"], "EACCES");
+        // A directory also inherits the default ACL, and hands it on.
+        c.expect(ROOT, &["--umask", "077", "mkdir", &c.p("d/s"), "777"], "ok");
+        assert_eq!(c.field("d/s", "mode"), "775", "[{}] dir mode", c.site);
+        c.expect(
+            ROOT,
+            &["getacl", &c.p("d/s"), "default"],
+            &format!("ok {default}"),
+        );
+        c.expect(ALICE, &["create", &c.p("d/s/a"), "640"], "ok");
+        assert_eq!(c.field("d/s/a", "mode"), "640", "[{}] nested", c.site);
+        c.expect(
+            ROOT,
+            &["getacl", &c.p("d/s/a"), "access"],
+            "ok u::rw-,u:60001:rwx,g::r-x,m::r--,o::---",
+        );
+        // A default ACL of mode bits only: no access ACL on the new file, still no umask.
+        c.dir_of("m", 0, 0, 0o755);
+        c.expect(
+            ROOT,
+            &["setacl", &c.p("m"), "default", "u::rwx,g::r-x,o::---"],
+            "ok",
+        );
+        c.expect(
+            ROOT,
+            &["--umask", "077", "create", &c.p("m/f"), "666"],
+            "ok",
+        );
+        assert_eq!(
+            c.field("m/f", "mode"),
+            "640",
+            "[{}] minimal default",
+            c.site
+        );
+        c.expect(ROOT, &["getacl", &c.p("m/f"), "access"], "ENODATA");
+        // Without a default ACL the umask applies.
+        c.dir_of("e", 0, 0, 0o777);
+        c.expect(
+            ROOT,
+            &["--umask", "027", "create", &c.p("e/f"), "666"],
+            "ok",
+        );
+        assert_eq!(c.field("e/f", "mode"), "640", "[{}] umask", c.site);
+        c.expect(ROOT, &["--umask", "027", "mkdir", &c.p("e/s"), "777"], "ok");
+        assert_eq!(c.field("e/s", "mode"), "750", "[{}] umask", c.site);
+        // Removing the default ACL: new files get the umask again.
+        c.expect(ROOT, &["rmacl", &c.p("d"), "default"], "ok");
+        c.expect(
+            ROOT,
+            &["--umask", "077", "create", &c.p("d/g"), "666"],
+            "ok",
+        );
+        assert_eq!(
+            c.field("d/g", "mode"),
+            "600",
+            "[{}] default removed",
+            c.site
+        );
+    });
+}
+
+/// fallocate(2) on `f`; the errno on failure.
+fn fallocate(f: &fs::File, mode: i32, off: u64, len: u64) -> Result<(), i32> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain system call on an open descriptor.
+    let r = unsafe { libc::fallocate(f.as_raw_fd(), mode, off as i64, len as i64) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+    }
+}
+
+#[test]
+fn posix_fallocate_punches_zeroes_and_grows_like_a_local_filesystem() {
+    use libc::{FALLOC_FL_COLLAPSE_RANGE as COLLAPSE, FALLOC_FL_ZERO_RANGE as ZERO};
+    use libc::{FALLOC_FL_KEEP_SIZE as KEEP, FALLOC_FL_PUNCH_HOLE as PUNCH};
+    const MIB: u64 = 1 << 20;
+    let Some(s) = Sites::new() else { return };
+    s.each("fallocate", |c| {
+        for (name, striped) in [("plain", false), ("striped", true)] {
+            if striped && c.site == "shoal" {
+                // Small objects, four to a stripe: a range covers pieces of several.
+                let dir = c.dir.join(name);
+                fs::create_dir(&dir).unwrap();
+                shoal_fstests::set_xattr(
+                    &dir,
+                    "shoal.dir.layout",
+                    "object_size=1048576 stripe_unit=65536 stripe_count=4",
+                )
+                .unwrap();
+            } else {
+                fs::create_dir(c.dir.join(name)).unwrap();
+            }
+            let path = c.dir.join(name).join("f");
+            let mut model: Vec<u8> = (0..10 * MIB + 123)
+                .map(|i| (i * 31 % 251) as u8 + 1)
+                .collect();
+            fs::write(&path, &model).unwrap();
+            let f = fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .unwrap();
+            let check = |model: &[u8], what: &str| {
+                let got = fs::read(&path).unwrap();
+                assert_eq!(
+                    got.len(),
+                    model.len(),
+                    "[{}/{name}] size after {what}",
+                    c.site
+                );
+                if let Some(at) = got.iter().zip(model).position(|(a, b)| a != b) {
+                    panic!("[{}/{name}] after {what}: first difference at {at}", c.site);
+                }
+            };
+            let zero = |model: &mut Vec<u8>, off: u64, len: u64| {
+                let end = (off + len).min(model.len() as u64);
+                if off < end {
+                    model[off as usize..end as usize].fill(0);
+                }
+            };
+            // A hole across whole objects and into the middle of others; the size stays.
+            fallocate(&f, PUNCH | KEEP, MIB + 100, 8 * MIB - 107).unwrap();
+            zero(&mut model, MIB + 100, 8 * MIB - 107);
+            check(&model, "punch");
+            // Past the end: only the part inside the file is zeroed.
+            let size = model.len() as u64;
+            fallocate(&f, PUNCH | KEEP, size - 1000, 2 * MIB).unwrap();
+            zero(&mut model, size - 1000, 2 * MIB);
+            check(&model, "punch past the end");
+            fallocate(&f, ZERO, 500, 1000).unwrap();
+            zero(&mut model, 500, 1000);
+            check(&model, "zero range");
+            // ZERO_RANGE without KEEP_SIZE and mode 0 grow the file; KEEP_SIZE does not.
+            fallocate(&f, ZERO, size + 100, 5000).unwrap();
+            model.resize(size as usize + 5100, 0);
+            check(&model, "zero range past the end");
+            fallocate(&f, ZERO | KEEP, 0, 20 * MIB).unwrap();
+            model.fill(0);
+            check(&model, "zero range, keep size");
+            fallocate(&f, 0, 0, 12 * MIB).unwrap();
+            model.resize(12 * MIB as usize, 0);
+            check(&model, "allocate");
+            fallocate(&f, KEEP, 0, 16 * MIB).unwrap();
+            check(&model, "allocate, keep size");
+            // Data written into a hole reads back.
+            std::os::unix::fs::FileExt::write_all_at(&f, b"written", 5 * MIB).unwrap();
+            model[5 * MIB as usize..5 * MIB as usize + 7].copy_from_slice(b"written");
+            check(&model, "write into the hole");
+            // A hole punch must keep the size.
+            assert_eq!(fallocate(&f, PUNCH, 0, 4096), Err(libc::EOPNOTSUPP));
+            if c.site == "shoal" {
+                // Documented in docs/posix.md: collapse and insert are not supported.
+                assert_eq!(fallocate(&f, COLLAPSE, 0, MIB), Err(libc::EOPNOTSUPP));
+            }
+        }
+    });
+}

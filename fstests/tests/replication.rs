@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rand::{RngCore, SeedableRng};
-use shoal_fstests::TestCluster;
+use shoal_fstests::{get_xattr, set_xattr, TestCluster};
 
 const MIB: usize = 1 << 20;
 
@@ -207,48 +207,6 @@ fn a_wiped_osd_is_rebuilt_to_three_copies() {
     for i in 0..20 {
         assert!(fs::read(c.path(&format!("d/{i}"))).unwrap() == chunk(5, i, 300_000 + i * 1000));
     }
-}
-
-fn cpath(p: &std::path::Path) -> std::ffi::CString {
-    std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap()
-}
-
-fn set_xattr(p: &std::path::Path, name: &str, value: &str) -> Result<(), i32> {
-    let n = std::ffi::CString::new(name).unwrap();
-    // SAFETY: valid NUL-terminated strings and a buffer of the given length.
-    let r = unsafe {
-        libc::setxattr(
-            cpath(p).as_ptr(),
-            n.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
-    }
-}
-
-fn get_xattr(p: &std::path::Path, name: &str) -> Result<String, i32> {
-    let n = std::ffi::CString::new(name).unwrap();
-    let mut buf = vec![0u8; 256];
-    // SAFETY: valid NUL-terminated strings and a buffer of the given length.
-    let r = unsafe {
-        libc::getxattr(
-            cpath(p).as_ptr(),
-            n.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
-    }
-    buf.truncate(r as usize);
-    Ok(String::from_utf8(buf).unwrap())
 }
 
 #[test]

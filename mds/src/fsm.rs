@@ -18,6 +18,7 @@ use shoal_proto::layout;
 use shoal_proto::limits::{self, check_name};
 use shoal_proto::mds::{self as pb, Attr, FileKind, Timespec};
 
+use crate::acl;
 use crate::command::{
     Applied, Command, MemberAddr, MemberList, Op, OsdRecord, Pool, SessionWindow, SetOsdState,
     StoredReply, WindowEntry,
@@ -578,6 +579,12 @@ fn setattr(t: &mut Txn<'_>, r: &pb::SetAttrRequest, now: &Timespec) -> Result<At
     let mut a = t.inode(r.ino)?;
     if let Some(perm) = r.perm {
         a.perm = perm & 0o7777;
+        // The access ACL's owner, mask and other entries follow the mode bits.
+        let key = key2(r.ino, acl::ACCESS);
+        if let Some(mut acl) = t.get(Cf::Xattrs, &key)?.and_then(|v| acl::Acl::parse(&v)) {
+            acl.chmod(a.perm);
+            t.put(Cf::Xattrs, &key, acl.encode());
+        }
     }
     if let Some(uid) = r.uid {
         a.uid = uid;
@@ -651,7 +658,26 @@ fn make_node(t: &mut Txn<'_>, r: &pb::MakeNodeRequest, now: &Timespec) -> Result
     }
     let ino = t.counter(KEY_NEXT_INO, ROOT_INO + 1)?;
     t.set_counter(KEY_NEXT_INO, ino + 1);
-    let mut perm = r.perm & 0o7777;
+    let dir = kind == FileKind::Directory;
+    let inherited = if kind == FileKind::Symlink {
+        acl::Inherited {
+            perm: 0o777,
+            access: None,
+            default: None,
+        }
+    } else {
+        let default = t.get(Cf::Xattrs, &key2(r.parent, acl::DEFAULT))?;
+        acl::inherit(default.as_deref(), r.perm & 0o7777, r.umask, dir)
+    };
+    for (name, value) in [
+        (acl::ACCESS, inherited.access),
+        (acl::DEFAULT, inherited.default),
+    ] {
+        if let Some(v) = value {
+            t.put(Cf::Xattrs, &key2(ino, name), v);
+        }
+    }
+    let mut perm = inherited.perm;
     let mut gid = r.gid;
     // A setgid directory hands its group down, and its setgid bit to subdirectories.
     if parent.perm & S_ISGID != 0 {
@@ -660,7 +686,6 @@ fn make_node(t: &mut Txn<'_>, r: &pb::MakeNodeRequest, now: &Timespec) -> Result
             perm |= S_ISGID;
         }
     }
-    let dir = kind == FileKind::Directory;
     let attr = Attr {
         ino,
         kind: kind as i32,
@@ -970,6 +995,31 @@ fn setxattr(t: &mut Txn<'_>, r: &pb::SetXattrRequest, now: &Timespec) -> Result<
     if r.flags & XATTR_REPLACE != 0 && !exists {
         return fs(libc::ENODATA, "no such xattr");
     }
+    let name: &[u8] = &r.name;
+    if name == acl::ACCESS || name == acl::DEFAULT {
+        let Some(parsed) = acl::Acl::parse(&r.value) else {
+            return fs(libc::EINVAL, "not a valid POSIX ACL");
+        };
+        if a.kind == FileKind::Symlink as i32 {
+            return fs(libc::EOPNOTSUPP, "symlinks have no ACLs");
+        }
+        if name == acl::DEFAULT && !is_dir(&a) {
+            return fs(libc::EACCES, "only directories have a default ACL");
+        }
+        if name == acl::ACCESS {
+            // The ACL sets the mode bits; one that says no more than them is not kept.
+            let (bits, extended) = parsed.mode();
+            a.perm = (a.perm & !0o777) | bits;
+            a.ctime = Some(*now);
+            t.put_inode(&a);
+            if extended {
+                t.put(Cf::Xattrs, &key, r.value.to_vec());
+            } else {
+                t.delete(Cf::Xattrs, &key);
+            }
+            return Ok(Applied::Attr(a));
+        }
+    }
     t.put(Cf::Xattrs, &key, r.value.to_vec());
     a.ctime = Some(*now);
     t.put_inode(&a);
@@ -996,6 +1046,11 @@ fn removexattr(
     }
     let key = key2(r.ino, &r.name);
     if t.get(Cf::Xattrs, &key)?.is_none() {
+        let name: &[u8] = &r.name;
+        if name == acl::ACCESS || name == acl::DEFAULT {
+            // Removing an ACL that is not there succeeds, as on local filesystems.
+            return Ok(Applied::Done);
+        }
         return fs(libc::ENODATA, "no such xattr");
     }
     t.delete(Cf::Xattrs, &key);

@@ -5,6 +5,7 @@
 //! - [`command`]: what a log entry carries, and what applying it returns.
 //! - [`fsm`]: the namespace state machine (inodes, dentries, xattrs, symlinks, orphans, the
 //!   OSD map); applies commands, answers reads.
+//! - [`acl`]: POSIX ACL values; how new inodes inherit them and chmod keeps them in step.
 //! - [`node`]: the thread that owns the raft-rs `RawNode` and runs the ready loop.
 //! - [`service`]: the gRPC `Mds` service; reads go to the state machine, writes to the node.
 //! - [`snapshot`]: state snapshots for members behind the compacted log (checkpoint, chunked
@@ -15,6 +16,7 @@
 //! A mutation: gRPC handler → `NodeHandle::propose` → Raft log (synced RocksDB write) →
 //! commit → `Fsm::apply` (one WriteBatch with the applied index) → reply.
 
+pub mod acl;
 pub mod command;
 pub mod config;
 pub mod error;

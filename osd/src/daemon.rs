@@ -48,6 +48,8 @@ pub enum Mutation {
     Truncate { size: u64 },
     /// Remove the object.
     Delete,
+    /// Zero a range, cutting the object where the range reaches its end.
+    Zero { offset: u64, len: u64 },
 }
 
 /// Placement by the map an OSD works at, and connections to its peers.
@@ -313,7 +315,8 @@ impl Osd {
         let live = meta.filter(|m| !m.deleted);
         match (&mutation, live) {
             // Nothing to delete or cut: no new version, nothing to replicate.
-            (Mutation::Delete, None) | (Mutation::Truncate { size: 0 }, None) => return Ok(0),
+            (Mutation::Delete | Mutation::Zero { .. }, None)
+            | (Mutation::Truncate { size: 0 }, None) => return Ok(0),
             _ => {}
         }
         let prior = version_of(meta);
@@ -334,9 +337,10 @@ impl Osd {
                     Mutation::Write { .. } => RepKind::RepWrite,
                     Mutation::Truncate { .. } => RepKind::RepTruncate,
                     Mutation::Delete => RepKind::RepDelete,
+                    Mutation::Zero { .. } => RepKind::RepZero,
                 } as i32,
                 offset: match &mutation {
-                    Mutation::Write { offset, .. } => *offset,
+                    Mutation::Write { offset, .. } | Mutation::Zero { offset, .. } => *offset,
                     _ => 0,
                 },
                 data: match &mutation {
@@ -345,6 +349,7 @@ impl Osd {
                 },
                 size: match &mutation {
                     Mutation::Truncate { size } => *size,
+                    Mutation::Zero { len, .. } => *len,
                     _ => 0,
                 },
             };
@@ -433,6 +438,10 @@ impl Osd {
             },
             Ok(RepKind::RepTruncate) => Mutation::Truncate { size: r.size },
             Ok(RepKind::RepDelete) => Mutation::Delete,
+            Ok(RepKind::RepZero) => Mutation::Zero {
+                offset: r.offset,
+                len: r.size,
+            },
             Err(_) => return Err(Status::invalid_argument(format!("bad op kind {}", r.kind))),
         };
         let (o, v) = (r.object, r.version);
@@ -460,6 +469,20 @@ pub fn apply(s: &ObjectStore, object: &str, m: &Mutation, version: u64) -> Resul
         Mutation::Write { offset, data } => s.write(object, *offset, data, version),
         Mutation::Truncate { size } => s.truncate(object, *size, version).map(|_| *size),
         Mutation::Delete => s.delete(object, version).map(|_| 0),
+        Mutation::Zero { offset, len } => {
+            // Callers hold the object's lock, so its size cannot move underneath.
+            let size = s.meta(object).filter(|m| !m.deleted).map_or(0, |m| m.size);
+            let end = offset.saturating_add(*len);
+            if *offset >= size || end >= size {
+                // Nothing past the end to keep: cut there (a range wholly past the end
+                // only stamps the version, so every copy moves to it alike).
+                let keep = (*offset).min(size);
+                s.truncate(object, keep, version).map(|_| keep)
+            } else {
+                let zeros = vec![0u8; *len as usize];
+                s.write(object, *offset, &zeros, version)
+            }
+        }
     }
 }
 
@@ -481,5 +504,30 @@ mod tests {
         // A damaged header claiming the largest version cannot panic the OSD.
         assert_eq!(next_version(u64::MAX, 3), u64::MAX);
         assert_eq!(next_version(0, u64::MAX), u64::MAX);
+    }
+
+    #[test]
+    fn zeroing_keeps_the_middle_cuts_at_the_end_and_stamps_past_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = ObjectStore::open(dir.path()).unwrap();
+        let obj = shoal_proto::layout::object_name(9, 0);
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8 + 1).collect();
+        s.write(&obj, 0, &data, 1).unwrap();
+        let zero = |offset, len, version| apply(&s, &obj, &Mutation::Zero { offset, len }, version);
+        // Inside: zeros, same size.
+        assert_eq!(zero(5000, 10_000, 2).unwrap(), 100_000);
+        let got = s.read(&obj, 0, 200_000).unwrap().unwrap();
+        assert!(got[5000..15_000].iter().all(|&b| b == 0));
+        assert_eq!(&got[..5000], &data[..5000]);
+        assert_eq!(&got[15_000..], &data[15_000..]);
+        // Reaching the end: cut there.
+        assert_eq!(zero(60_000, u64::MAX, 3).unwrap(), 60_000);
+        assert_eq!(s.meta(&obj).unwrap().size, 60_000);
+        // Wholly past the end: nothing changes but the version.
+        assert_eq!(zero(70_000, 10, 4).unwrap(), 60_000);
+        let m = s.meta(&obj).unwrap();
+        assert_eq!((m.size, m.version), (60_000, 4));
+        let got = s.read(&obj, 0, 200_000).unwrap().unwrap();
+        assert_eq!(&got[15_000..60_000], &data[15_000..60_000]);
     }
 }

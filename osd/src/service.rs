@@ -86,6 +86,16 @@ impl Osd for OsdService {
         Ok(Response::new(Empty {}))
     }
 
+    async fn zero(&self, req: Request<ZeroRequest>) -> Reply<Empty> {
+        let r = req.into_inner();
+        let m = Mutation::Zero {
+            offset: r.offset,
+            len: r.len,
+        };
+        self.osd.client_mutate(r.object, m, r.epoch).await?;
+        Ok(Response::new(Empty {}))
+    }
+
     async fn stat(&self, _req: Request<StatRequest>) -> Reply<StatReply> {
         let usage = self.osd.store.usage();
         let disk = crate::disk_space(self.osd.store.root())

@@ -1,4 +1,5 @@
-//! `shoal-fsop [--as UID:GID[:G1,G2...]] OP ARGS...`: performs one filesystem system call and
+//! `shoal-fsop [--as UID:GID[:G1,G2...]] [--umask OCT] OP ARGS...`: performs one filesystem
+//! system call and
 //! prints `ok` (and, for `stat`, the result) or the errno's name. The POSIX conformance tests
 //! run it as other users, so the credentials are switched here (groups, then gid, then uid)
 //! before the call, in a process of its own.
@@ -6,7 +7,10 @@
 //! Ops: `stat P` (prints `mode=OCT uid= gid= nlink= size=`), `chmod P OCT`, `chown P UID GID`
 //! (-1 keeps), `create P OCT` (O_CREAT|O_EXCL), `mkdir P OCT`, `write P TEXT` (O_WRONLY|O_APPEND),
 //! `read P`, `truncate P LEN`, `unlink P`, `rmdir P`, `rename A B`, `link A B`, `symlink T P`,
-//! `access P MODE` (r, w, x letters or `f`), `utime-now P`.
+//! `access P MODE` (r, w, x letters or `f`), `utime-now P`, and POSIX ACLs as the
+//! `system.posix_acl_access`/`_default` xattrs: `setacl P access|default ACL`,
+//! `getacl P access|default`, `rmacl P access|default`, where ACL is written
+//! `u::rw-,u:1000:r--,g::r--,g:50:rwx,m::rw-,o::---` (entries in the kernel's order).
 
 use std::ffi::CString;
 use std::process::ExitCode;
@@ -52,6 +56,76 @@ fn num<T: std::str::FromStr>(s: &str) -> Result<T, String> {
 
 fn octal(s: &str) -> Result<libc::mode_t, String> {
     libc::mode_t::from_str_radix(s, 8).map_err(|_| format!("not an octal mode: {s:?}"))
+}
+
+/// The xattr of `access` or `default`.
+fn acl_name(which: &str) -> Result<CString, String> {
+    match which {
+        "access" => cstr("system.posix_acl_access"),
+        "default" => cstr("system.posix_acl_default"),
+        _ => Err(format!("want access or default, not {which:?}")),
+    }
+}
+
+const ACL_TAGS: [(&str, u16); 4] = [("u", 0x01), ("g", 0x04), ("m", 0x10), ("o", 0x20)];
+
+/// `u::rw-,u:1000:r--,...` as the kernel's xattr value (version 2, then tag/perm/id entries).
+fn acl_value(text: &str) -> Result<Vec<u8>, String> {
+    let mut out = 2u32.to_le_bytes().to_vec();
+    for entry in text.split(',') {
+        let parts: Vec<&str> = entry.split(':').collect();
+        let [tag, id, perm] = parts.as_slice() else {
+            return Err(format!("bad ACL entry {entry:?}"));
+        };
+        let base = ACL_TAGS
+            .iter()
+            .find(|(t, _)| t == tag)
+            .map(|(_, v)| *v)
+            .ok_or_else(|| format!("bad ACL tag in {entry:?}"))?;
+        // A named user (0x02) or group (0x08) entry carries an id.
+        let (tag, id) = if id.is_empty() {
+            (base, u32::MAX)
+        } else {
+            (base << 1, num(id)?)
+        };
+        let mut bits = 0u16;
+        for (i, c) in perm.chars().enumerate() {
+            match (i, c) {
+                (0, 'r') => bits |= 4,
+                (1, 'w') => bits |= 2,
+                (2, 'x') => bits |= 1,
+                (_, '-') => {}
+                _ => return Err(format!("bad permissions in {entry:?}")),
+            }
+        }
+        out.extend_from_slice(&tag.to_le_bytes());
+        out.extend_from_slice(&bits.to_le_bytes());
+        out.extend_from_slice(&id.to_le_bytes());
+    }
+    Ok(out)
+}
+
+/// An xattr value back in the text form of [`acl_value`].
+fn acl_text(v: &[u8]) -> String {
+    let entries = v.get(4..).unwrap_or_default().chunks_exact(8).map(|c| {
+        let tag = u16::from_le_bytes([c[0], c[1]]);
+        let bits = u16::from_le_bytes([c[2], c[3]]);
+        let id = u32::from_le_bytes([c[4], c[5], c[6], c[7]]);
+        let (name, id) = match tag {
+            0x02 => ("u".to_string(), id.to_string()),
+            0x08 => ("g".to_string(), id.to_string()),
+            _ => match ACL_TAGS.iter().find(|(_, t)| *t == tag) {
+                Some((n, _)) => (n.to_string(), String::new()),
+                None => (format!("?{tag:#x}"), id.to_string()),
+            },
+        };
+        let perm: String = [(4, 'r'), (2, 'w'), (1, 'x')]
+            .iter()
+            .map(|&(b, c)| if bits & b != 0 { c } else { '-' })
+            .collect();
+        format!("{name}:{id}:{perm}")
+    });
+    entries.collect::<Vec<_>>().join(",")
 }
 
 /// Switches to `UID:GID[:G1,G2...]` (supplementary groups default to none).
@@ -176,6 +250,37 @@ fn op(args: &[String]) -> Result<Result<String, String>, String> {
         ["utime-now", p] => check(unsafe {
             libc::utimensat(libc::AT_FDCWD, cstr(p)?.as_ptr(), std::ptr::null(), 0)
         }),
+        ["setacl", p, which, text] => {
+            let v = acl_value(text)?;
+            check(unsafe {
+                libc::setxattr(
+                    cstr(p)?.as_ptr(),
+                    acl_name(which)?.as_ptr(),
+                    v.as_ptr().cast(),
+                    v.len(),
+                    0,
+                )
+            })
+        }
+        ["getacl", p, which] => {
+            let mut buf = vec![0u8; 4096];
+            let n = unsafe {
+                libc::getxattr(
+                    cstr(p)?.as_ptr(),
+                    acl_name(which)?.as_ptr(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                )
+            };
+            if n < 0 {
+                Err(last_errno())
+            } else {
+                Ok(acl_text(&buf[..n as usize]))
+            }
+        }
+        ["rmacl", p, which] => {
+            check(unsafe { libc::removexattr(cstr(p)?.as_ptr(), acl_name(which)?.as_ptr()) })
+        }
         _ => return Err(format!("unknown op or wrong arguments: {a:?}")),
     };
     Ok(r)
@@ -191,6 +296,23 @@ fn main() -> ExitCode {
         if let Err(e) = become_user(&spec) {
             eprintln!("{e}");
             return ExitCode::from(2);
+        }
+        args.drain(..2);
+    }
+    if args.first().map(String::as_str) == Some("--umask") {
+        let Some(mask) = args.get(1).map(|m| octal(m)) else {
+            eprintln!("--umask needs an octal mask");
+            return ExitCode::from(2);
+        };
+        match mask {
+            // SAFETY: umask only sets this process's mask.
+            Ok(m) => unsafe {
+                libc::umask(m);
+            },
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(2);
+            }
         }
         args.drain(..2);
     }
