@@ -232,3 +232,199 @@ fn statvfs(p: &std::path::Path) -> libc::statvfs {
     assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
     st
 }
+
+/// One file on the mount and its twin on local disk, changed alike.
+struct Twins {
+    shoal: File,
+    local: File,
+    /// Operations so far, for the failure message (the seed replays them).
+    log: Vec<String>,
+    seed: u64,
+}
+
+impl Twins {
+    fn size(&self) -> u64 {
+        self.local.metadata().unwrap().len()
+    }
+
+    fn fail(&self, what: &str) -> ! {
+        let tail = self.log.len().saturating_sub(12);
+        panic!(
+            "{what} (seed {}; replay with SHOAL_FS_SEED={}); last operations:\n{}",
+            self.seed,
+            self.seed,
+            self.log[tail..].join("\n")
+        );
+    }
+
+    /// Runs `op` on both files; both must succeed or fail alike.
+    fn both(&mut self, name: String, op: impl Fn(&File) -> std::io::Result<()>) {
+        let (a, b) = (op(&self.shoal), op(&self.local));
+        self.log.push(name);
+        if a.as_ref().err().map(|e| e.raw_os_error()) != b.as_ref().err().map(|e| e.raw_os_error())
+        {
+            self.fail(&format!("shoal gave {a:?}, local disk {b:?}"));
+        }
+    }
+
+    fn compare(&mut self, off: u64, len: usize) {
+        let mut a = vec![0u8; len];
+        let mut b = vec![0u8; len];
+        let (na, nb) = (
+            read_full_at(&self.shoal, &mut a, off),
+            read_full_at(&self.local, &mut b, off),
+        );
+        self.log.push(format!("read {off} {len}"));
+        if na != nb {
+            self.fail(&format!("read at {off}+{len}: {na} bytes, local disk {nb}"));
+        }
+        if let Some(at) = a[..na].iter().zip(&b[..nb]).position(|(x, y)| x != y) {
+            self.fail(&format!(
+                "read at {off}+{len}: first difference at {}",
+                off as usize + at
+            ));
+        }
+    }
+}
+
+/// Maps `[off, off + len)` of `f` shared and hands it to `each`; unmaps after msync.
+fn with_map(f: &File, off: u64, len: usize, each: impl FnOnce(&mut [u8])) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a fresh shared mapping of `len` bytes of an open file, used only inside this
+    // call, then synced and unmapped; the caller keeps the range inside the file.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            off as libc::off_t,
+        );
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        each(std::slice::from_raw_parts_mut(p.cast::<u8>(), len));
+        let synced = libc::msync(p, len, libc::MS_SYNC);
+        let err = std::io::Error::last_os_error();
+        libc::munmap(p, len);
+        if synced != 0 {
+            return Err(err);
+        }
+    }
+    Ok(())
+}
+
+fn fallocate(f: &File, mode: i32, off: u64, len: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain system call on an open descriptor.
+    if unsafe { libc::fallocate(f.as_raw_fd(), mode, off as i64, len as i64) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Seeded random writes, reads, truncates, punched holes, zeroed ranges, shared-mmap writes
+/// and reads, fsyncs and reopens on a striped file, each applied to a twin on local disk and
+/// compared byte for byte. `SHOAL_FS_SEED` replays a run; `SHOAL_FS_OPS` makes it longer.
+#[test]
+fn random_operations_match_a_local_file() {
+    use libc::{FALLOC_FL_KEEP_SIZE as KEEP, FALLOC_FL_PUNCH_HOLE as PUNCH};
+    let seed = std::env::var("SHOAL_FS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| rand::thread_rng().gen());
+    let ops: usize = std::env::var("SHOAL_FS_OPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(400);
+    eprintln!("random_operations_match_a_local_file: SHOAL_FS_SEED={seed}");
+    let c = TestCluster::start();
+    let dir = c.path("striped");
+    fs::create_dir(&dir).unwrap();
+    shoal_fstests::set_xattr(
+        &dir,
+        "shoal.dir.layout",
+        "object_size=1048576 stripe_unit=65536 stripe_count=4",
+    )
+    .unwrap();
+    let local_dir = tempfile::tempdir().unwrap();
+    let open = |p: &std::path::Path| {
+        OpenOptions::new()
+            .create(true)
+            .read(true)
+            .write(true)
+            .open(p)
+            .unwrap()
+    };
+    let (sp, lp) = (dir.join("f"), local_dir.path().join("f"));
+    let mut t = Twins {
+        shoal: open(&sp),
+        local: open(&lp),
+        log: Vec::new(),
+        seed,
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    const SPAN: u64 = 12 << 20;
+    const PAGE: u64 = 4096;
+    for _ in 0..ops {
+        let off = rng.gen_range(0..SPAN);
+        let len = rng.gen_range(1..400_000u64);
+        match rng.gen_range(0..100) {
+            0..=34 => {
+                let data = random_bytes(rng.gen(), len as usize);
+                t.both(format!("write {off} {len}"), |f| f.write_all_at(&data, off));
+            }
+            35..=54 => t.compare(off, len as usize),
+            55..=61 => {
+                let size = rng.gen_range(0..SPAN);
+                t.both(format!("truncate {size}"), |f| f.set_len(size));
+            }
+            62..=69 => t.both(format!("punch {off} {len}"), |f| {
+                fallocate(f, PUNCH | KEEP, off, len)
+            }),
+            70..=74 => {
+                let keep = if rng.gen() { KEEP } else { 0 };
+                t.both(format!("zero-range {off} {len} keep={keep}"), |f| {
+                    fallocate(f, libc::FALLOC_FL_ZERO_RANGE | keep, off, len)
+                });
+            }
+            75..=86 => {
+                // Shared mappings stay inside the file.
+                let size = t.size();
+                if size < PAGE {
+                    continue;
+                }
+                let moff = rng.gen_range(0..size / PAGE) * PAGE;
+                let mlen = rng.gen_range(1..=(size - moff).min(300_000)) as usize;
+                if rng.gen() {
+                    let data = random_bytes(rng.gen(), mlen);
+                    t.both(format!("mmap-write {moff} {mlen}"), |f| {
+                        with_map(f, moff, mlen, |m| m.copy_from_slice(&data))
+                    });
+                } else {
+                    let mut seen = [Vec::new(), Vec::new()];
+                    for (i, f) in [&t.shoal, &t.local].into_iter().enumerate() {
+                        with_map(f, moff, mlen, |m| seen[i] = m.to_vec()).unwrap();
+                    }
+                    t.log.push(format!("mmap-read {moff} {mlen}"));
+                    if seen[0] != seen[1] {
+                        t.fail(&format!("mmap read at {moff}+{mlen} differs"));
+                    }
+                }
+            }
+            87..=93 => t.both("fsync".into(), |f| f.sync_all()),
+            _ => {
+                // A new open drops the kernel's cached pages: later reads come from the OSDs.
+                t.log.push("reopen".into());
+                t.shoal = open(&sp);
+                t.local = open(&lp);
+            }
+        }
+    }
+    let size = t.size();
+    assert_eq!(fs::metadata(&sp).unwrap().len(), size, "sizes differ");
+    t.shoal = open(&sp);
+    t.compare(0, size as usize);
+}

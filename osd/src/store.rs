@@ -744,7 +744,10 @@ mod tests {
         let data: Vec<u8> = (0..10_000u32).map(|i| (i % 13) as u8 + 1).collect();
         store.write(&obj, 0, &data, 1).unwrap();
         store.truncate(&obj, 10_000, 2).unwrap();
-        assert_eq!(&store.read(&obj, 0, 20_000).unwrap().unwrap()[..], &data[..]);
+        assert_eq!(
+            &store.read(&obj, 0, 20_000).unwrap().unwrap()[..],
+            &data[..]
+        );
         assert_eq!(store.meta(&obj).unwrap().version, 2);
     }
 
