@@ -353,6 +353,7 @@ fn random_operations_match_a_local_file() {
     let open = |p: &std::path::Path| {
         OpenOptions::new()
             .create(true)
+            .truncate(false)
             .read(true)
             .write(true)
             .open(p)
