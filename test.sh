@@ -5,6 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 bash scripts/deps.sh
+# fsx, the File System eXerciser from crates.io, runs against a mount in the suite.
+tools="${CARGO_TARGET_DIR:-target}/tools"
+[ -x "$tools/bin/fsx" ] || cargo install fsx --version 0.3.2 --locked --quiet --root "$tools"
 # The end-to-end tests run the daemons' binaries, so build them first.
 cargo build --workspace --bins --quiet
 cargo test --workspace --quiet -- "$@"

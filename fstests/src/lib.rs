@@ -38,6 +38,25 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// A tool `./test.sh` installs from crates.io into the target directory's `tools/bin`.
+pub fn tool(name: &str) -> PathBuf {
+    let debug = bin("shoal")
+        .parent()
+        .expect("a target directory")
+        .to_path_buf();
+    let p = debug
+        .parent()
+        .expect("the target directory")
+        .join("tools/bin")
+        .join(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: ./test.sh installs it (cargo install --root <target>/tools)",
+        p.display()
+    );
+    p
+}
+
 fn check(out: Output, what: &str) -> Output {
     assert!(
         out.status.success(),

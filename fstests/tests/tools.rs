@@ -1,4 +1,4 @@
-//! Real tools inside the mount: git and a C compiler.
+//! Real tools inside the mount: git, a C compiler, and fsx (the File System eXerciser).
 
 use std::process::Command;
 
@@ -65,4 +65,69 @@ fn gcc_compiles_and_runs_a_program() {
     .unwrap();
     run(&dir, "gcc", &["-O2", "-o", "hello", "hello.c"]);
     assert_eq!(run(&dir, "./hello", &[]), "sum=5050\n");
+}
+
+/// fsx's operations, weighted: reads and writes through pread/pwrite and shared mappings,
+/// truncates, holes, fallocate, copy_file_range, sendfile, fsyncs, cache invalidation and
+/// reopens, on a file of up to 6 MiB in pieces of up to 256 KiB.
+const FSX_CONFIG: &str = "flen = 6291456
+[opsize]
+max = 262144
+[weights]
+close_open = 2
+read = 10
+write = 10
+mapread = 5
+mapwrite = 5
+invalidate = 1
+truncate = 3
+fsync = 1
+fdatasync = 1
+posix_fallocate = 2
+punch_hole = 3
+sendfile = 1
+posix_fadvise = 1
+copy_file_range = 2
+";
+
+/// fsx checks every read against its own model of the file. A striped layout (1 MiB objects,
+/// 64 KiB units over 4) puts most operations across object boundaries. `SHOAL_FSX_SEED`
+/// replays a run, `SHOAL_FSX_OPS` lengthens it.
+#[test]
+fn fsx_finds_every_byte_where_it_left_it() {
+    let fsx = shoal_fstests::tool("fsx");
+    let seed: u64 = std::env::var("SHOAL_FSX_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    let ops = std::env::var("SHOAL_FSX_OPS").unwrap_or_else(|_| "600".into());
+    let c = TestCluster::start();
+    let dir = c.path("striped");
+    std::fs::create_dir(&dir).unwrap();
+    shoal_fstests::set_xattr(
+        &dir,
+        "shoal.dir.layout",
+        "object_size=1048576 stripe_unit=65536 stripe_count=4",
+    )
+    .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("fsx.toml");
+    std::fs::write(&config, FSX_CONFIG).unwrap();
+    let out = Command::new(fsx)
+        .arg("-f")
+        .arg(&config)
+        .args(["-N", &ops, "-S", &seed.to_string(), "-P"])
+        .arg(work.path())
+        .arg(dir.join("fsxfile"))
+        .output()
+        .expect("run fsx");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && text.contains("All operations completed A-OK"),
+        "fsx failed (seed {seed}; replay with SHOAL_FSX_SEED={seed}):\n{text}"
+    );
 }
