@@ -623,3 +623,274 @@ fn posix_fallocate_punches_zeroes_and_grows_like_a_local_filesystem() {
         }
     });
 }
+
+/// open(2) of `p` with `flags` (mode 0644); the errno on failure. Closes what it opens.
+fn open_errno(p: &Path, flags: i32) -> Result<(), i32> {
+    let c = shoal_fstests::cpath(p);
+    // SAFETY: a NUL-terminated path; the descriptor is closed at once.
+    let fd = unsafe { libc::open(c.as_ptr(), flags, 0o644 as libc::c_uint) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
+    }
+    // SAFETY: closing the descriptor opened above.
+    unsafe { libc::close(fd) };
+    Ok(())
+}
+
+/// This process's umask, read without changing it (other tests run in parallel threads).
+fn umask() -> u32 {
+    let status = fs::read_to_string("/proc/self/status").unwrap();
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Umask:"))
+        .unwrap();
+    u32::from_str_radix(line.trim(), 8).unwrap()
+}
+
+#[test]
+fn posix_open_flags_special_files_and_utimensat() {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let Some(s) = Sites::new() else { return };
+    s.each("open", |c| {
+        let d = &c.dir;
+        fs::write(d.join("f"), b"data").unwrap();
+        std::os::unix::fs::symlink("f", d.join("l")).unwrap();
+        std::os::unix::fs::symlink("nowhere", d.join("dangling")).unwrap();
+        let site = c.site;
+        let at = |rel: &str| d.join(rel);
+        assert_eq!(
+            open_errno(&at("l"), libc::O_RDONLY | libc::O_NOFOLLOW),
+            Err(libc::ELOOP),
+            "[{site}]"
+        );
+        assert_eq!(
+            open_errno(&at("f"), libc::O_RDONLY | libc::O_DIRECTORY),
+            Err(libc::ENOTDIR),
+            "[{site}]"
+        );
+        assert_eq!(
+            open_errno(d, libc::O_RDONLY | libc::O_DIRECTORY),
+            Ok(()),
+            "[{site}]"
+        );
+        assert_eq!(open_errno(d, libc::O_WRONLY), Err(libc::EISDIR), "[{site}]");
+        let excl = libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY;
+        assert_eq!(open_errno(&at("f"), excl), Err(libc::EEXIST), "[{site}]");
+        // O_EXCL does not follow a dangling symlink to create its target.
+        assert_eq!(
+            open_errno(&at("dangling"), excl),
+            Err(libc::EEXIST),
+            "[{site}]"
+        );
+        assert!(!at("nowhere").exists(), "[{site}]");
+        // Without O_EXCL it does.
+        assert_eq!(
+            open_errno(&at("dangling"), libc::O_CREAT | libc::O_WRONLY),
+            Ok(()),
+            "[{site}]"
+        );
+        assert!(at("nowhere").is_file(), "[{site}]");
+        assert_eq!(
+            open_errno(&at("f"), libc::O_WRONLY | libc::O_TRUNC),
+            Ok(()),
+            "[{site}]"
+        );
+        assert_eq!(fs::metadata(at("f")).unwrap().len(), 0, "[{site}] O_TRUNC");
+        if site == "shoal" {
+            // Documented in docs/posix.md: no O_TMPFILE.
+            assert_eq!(
+                open_errno(d, libc::O_TMPFILE | libc::O_RDWR),
+                Err(libc::EOPNOTSUPP)
+            );
+        }
+
+        // mknod: the type and the device number are kept.
+        let cases = [
+            ("fifo", libc::S_IFIFO, 0),
+            ("chr", libc::S_IFCHR, libc::makedev(1, 3)),
+            ("blk", libc::S_IFBLK, libc::makedev(7, 129)),
+            ("sock", libc::S_IFSOCK, 0),
+        ];
+        for (name, kind, dev) in cases {
+            let p = shoal_fstests::cpath(&at(name));
+            // SAFETY: a NUL-terminated path.
+            let r = unsafe { libc::mknod(p.as_ptr(), kind | 0o640, dev) };
+            assert_eq!(
+                r,
+                0,
+                "[{site}] mknod {name}: {}",
+                std::io::Error::last_os_error()
+            );
+            let m = fs::symlink_metadata(at(name)).unwrap();
+            let ft = m.file_type();
+            let right = match name {
+                "fifo" => ft.is_fifo(),
+                "chr" => ft.is_char_device(),
+                "blk" => ft.is_block_device(),
+                _ => ft.is_socket(),
+            };
+            assert!(right, "[{site}] {name} has type {ft:?}");
+            assert_eq!(m.rdev(), dev, "[{site}] {name} rdev");
+            assert_eq!(m.mode() & 0o7777, 0o640 & !umask(), "[{site}] {name} mode");
+        }
+
+        // utimensat: UTIME_OMIT leaves a time alone; times keep their nanoseconds.
+        let p = shoal_fstests::cpath(&at("f"));
+        let set = |atime: libc::timespec, mtime: libc::timespec| {
+            let ts = [atime, mtime];
+            // SAFETY: a NUL-terminated path and two timespecs.
+            unsafe { libc::utimensat(libc::AT_FDCWD, p.as_ptr(), ts.as_ptr(), 0) }
+        };
+        let ts = |sec, nsec| libc::timespec {
+            tv_sec: sec,
+            tv_nsec: nsec,
+        };
+        assert_eq!(
+            set(
+                ts(1_000_000_000, 123_456_789),
+                ts(1_100_000_000, 987_654_321)
+            ),
+            0
+        );
+        assert_eq!(set(ts(0, libc::UTIME_OMIT), ts(1_200_000_000, 5)), 0);
+        let m = fs::metadata(at("f")).unwrap();
+        assert_eq!(
+            (m.atime(), m.atime_nsec()),
+            (1_000_000_000, 123_456_789),
+            "[{site}] atime kept"
+        );
+        assert_eq!(
+            (m.mtime(), m.mtime_nsec()),
+            (1_200_000_000, 5),
+            "[{site}] mtime set"
+        );
+        assert_eq!(set(ts(0, libc::UTIME_NOW), ts(0, libc::UTIME_OMIT)), 0);
+        let m2 = fs::metadata(at("f")).unwrap();
+        assert!(m2.atime() > 1_600_000_000, "[{site}] UTIME_NOW");
+        assert_eq!(
+            (m2.mtime(), m2.mtime_nsec()),
+            (1_200_000_000, 5),
+            "[{site}] mtime kept"
+        );
+        // Symlinks' own times, through AT_SYMLINK_NOFOLLOW.
+        let l = shoal_fstests::cpath(&at("l"));
+        let two = [ts(1_000_000_000, 0), ts(1_000_000_001, 7)];
+        // SAFETY: a NUL-terminated path and two timespecs.
+        let r = unsafe {
+            libc::utimensat(
+                libc::AT_FDCWD,
+                l.as_ptr(),
+                two.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        assert_eq!(r, 0, "[{site}] utimensat on a symlink");
+        let lm = fs::symlink_metadata(at("l")).unwrap();
+        assert_eq!(
+            (lm.mtime(), lm.mtime_nsec()),
+            (1_000_000_001, 7),
+            "[{site}] symlink mtime"
+        );
+        assert_eq!(
+            fs::metadata(at("f")).unwrap().mtime(),
+            1_200_000_000,
+            "[{site}] target untouched"
+        );
+    });
+}
+
+#[test]
+fn posix_concurrent_o_append_writers_never_interleave() {
+    const WRITERS: usize = 4;
+    const RECORDS: usize = 300;
+    const LEN: usize = 100;
+    let Some(s) = Sites::new() else { return };
+    s.each("append", |c| {
+        let path = c.dir.join("log");
+        fs::write(&path, b"").unwrap();
+        std::thread::scope(|scope| {
+            for w in 0..WRITERS {
+                let path = &path;
+                scope.spawn(move || {
+                    let mut f = fs::OpenOptions::new().append(true).open(path).unwrap();
+                    for r in 0..RECORDS {
+                        let mut rec = format!("{w}:{r:05}:").into_bytes();
+                        rec.resize(LEN - 1, b'a' + w as u8);
+                        rec.push(b'\n');
+                        std::io::Write::write_all(&mut f, &rec).unwrap();
+                    }
+                });
+            }
+        });
+        let data = fs::read(&path).unwrap();
+        assert_eq!(
+            data.len(),
+            WRITERS * RECORDS * LEN,
+            "[{}] every append landed",
+            c.site
+        );
+        let mut next = [0usize; WRITERS];
+        for rec in data.chunks(LEN) {
+            let text = String::from_utf8_lossy(rec);
+            let w: usize = text[..1]
+                .parse()
+                .unwrap_or_else(|_| panic!("[{}] torn record {text:?}", c.site));
+            assert_eq!(
+                text[2..7].parse::<usize>().ok(),
+                Some(next[w]),
+                "[{}] record {text:?}",
+                c.site
+            );
+            assert!(
+                rec[8..LEN - 1].iter().all(|&b| b == b'a' + w as u8),
+                "[{}] mixed {text:?}",
+                c.site
+            );
+            next[w] += 1;
+        }
+    });
+}
+
+#[test]
+fn posix_readdir_while_entries_come_and_go() {
+    use std::collections::{HashMap, HashSet};
+    let Some(s) = Sites::new() else { return };
+    s.each("readdir", |c| {
+        // Long names: the listing takes many getdents calls.
+        let name = |i: usize| format!("entry-{i:05}-{}", "x".repeat(80));
+        for i in 0..2000 {
+            fs::write(c.dir.join(name(i)), b"").unwrap();
+        }
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        let mut removed = HashSet::new();
+        let mut it = fs::read_dir(&c.dir).unwrap();
+        let mut step = 0;
+        while let Some(e) = it.next() {
+            *seen
+                .entry(e.unwrap().file_name().into_string().unwrap())
+                .or_default() += 1;
+            step += 1;
+            if step % 100 == 0 {
+                // Remove some entries, add others, while the listing is under way.
+                for k in 0..10 {
+                    let victim = (step * 7 + k * 131) % 2000;
+                    if removed.insert(victim) {
+                        fs::remove_file(c.dir.join(name(victim))).unwrap();
+                    }
+                    fs::write(c.dir.join(name(2000 + step + k)), b"").unwrap();
+                }
+            }
+        }
+        let dup: Vec<_> = seen.iter().filter(|(_, &n)| n > 1).collect();
+        assert!(dup.is_empty(), "[{}] listed twice: {dup:?}", c.site);
+        // Every entry that was there all along is listed.
+        for i in (0..2000).filter(|i| !removed.contains(i)) {
+            assert!(
+                seen.contains_key(&name(i)),
+                "[{}] {} missing",
+                c.site,
+                name(i)
+            );
+        }
+    });
+}
