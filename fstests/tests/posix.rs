@@ -863,9 +863,8 @@ fn posix_readdir_while_entries_come_and_go() {
         }
         let mut seen: HashMap<String, usize> = HashMap::new();
         let mut removed = HashSet::new();
-        let mut it = fs::read_dir(&c.dir).unwrap();
         let mut step = 0;
-        while let Some(e) = it.next() {
+        for e in fs::read_dir(&c.dir).unwrap() {
             *seen
                 .entry(e.unwrap().file_name().into_string().unwrap())
                 .or_default() += 1;
