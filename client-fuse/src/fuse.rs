@@ -642,11 +642,17 @@ impl Filesystem for ShoalFs {
         });
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        // As local filesystems do, trusted.* names are listed only to the privileged (the
+        // kernel passes FUSE's list through unfiltered; uid 0 stands in for CAP_SYS_ADMIN).
+        let privileged = req.uid() == 0;
         self.go(move |c| async move {
             let r = c.listxattr(ino.0).await.map(|names| {
                 let mut out = Vec::new();
-                for n in names {
+                for n in names
+                    .into_iter()
+                    .filter(|n| privileged || !n.starts_with(b"trusted."))
+                {
                     out.extend_from_slice(&n);
                     out.push(0);
                 }

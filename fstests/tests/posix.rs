@@ -893,3 +893,32 @@ fn posix_readdir_while_entries_come_and_go() {
         }
     });
 }
+
+#[test]
+fn posix_xattr_namespaces_as_users() {
+    let Some(s) = Sites::new() else { return };
+    s.each("xattr", |c| {
+        c.file_of("f", ALICE_ID, ALICE_ID, 0o644);
+        let f = c.p("f");
+        // user.*: writing needs write permission, reading needs read permission.
+        c.expect(ALICE, &["setxattr", &f, "user.a", "1"], "ok");
+        c.expect(BOB, &["setxattr", &f, "user.b", "2"], "EACCES");
+        c.expect(BOB, &["getxattr", &f, "user.a"], "ok 1");
+        c.file_of("secret", ALICE_ID, ALICE_ID, 0o600);
+        c.expect(ALICE, &["setxattr", &c.p("secret"), "user.a", "1"], "ok");
+        c.expect(BOB, &["getxattr", &c.p("secret"), "user.a"], "EACCES");
+        // trusted.*: only root sets it, and others neither read nor list it.
+        c.expect(ALICE, &["setxattr", &f, "trusted.t", "x"], "EPERM");
+        c.expect(ROOT, &["setxattr", &f, "trusted.t", "x"], "ok");
+        c.expect(ALICE, &["getxattr", &f, "trusted.t"], "ENODATA");
+        c.expect(ROOT, &["getxattr", &f, "trusted.t"], "ok x");
+        c.expect(ALICE, &["listxattr", &f], "ok user.a");
+        c.expect(ROOT, &["listxattr", &f], "ok trusted.t,user.a");
+        // user.* xattrs are for regular files and directories only.
+        fs::create_dir(c.dir.join("d")).unwrap();
+        c.expect(ROOT, &["setxattr", &c.p("d"), "user.d", "1"], "ok");
+        std::os::unix::fs::symlink("f", c.dir.join("l")).unwrap();
+        c.expect(ROOT, &["setxattr", &c.p("l"), "user.l", "1"], "EPERM");
+        c.expect(ROOT, &["setxattr", &f, "bogus.x", "1"], "EOPNOTSUPP");
+    });
+}

@@ -411,6 +411,7 @@ impl Fsm {
 
     /// One xattr's value (the layout xattrs are computed from the inode).
     pub fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>, MdsError> {
+        check_xattr_name(name)?;
         let t = Txn::new(&self.db);
         let a = t.inode(ino)?;
         if let Some((dir, field)) = layout::layout_xattr(name) {
@@ -924,9 +925,20 @@ fn link(t: &mut Txn<'_>, r: &pb::LinkRequest, now: &Timespec) -> Result<Attr, Md
     Ok(a)
 }
 
+/// Checks an xattr name's length and namespace: `user.`, `trusted.`, `security.`, the POSIX
+/// ACLs, and Shoal's layout names; any other namespace is EOPNOTSUPP, as on local filesystems.
 fn check_xattr_name(name: &[u8]) -> Result<(), MdsError> {
     if name.is_empty() || name.len() > limits::XATTR_NAME_MAX {
         return fs(libc::ERANGE, "bad xattr name length");
+    }
+    let known = [&b"user."[..], b"trusted.", b"security."]
+        .iter()
+        .any(|p| name.starts_with(p) && name.len() > p.len())
+        || name == acl::ACCESS
+        || name == acl::DEFAULT
+        || layout::layout_xattr(name).is_some();
+    if !known {
+        return fs(libc::EOPNOTSUPP, "unsupported xattr namespace");
     }
     Ok(())
 }

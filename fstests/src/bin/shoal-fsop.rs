@@ -10,7 +10,9 @@
 //! `access P MODE` (r, w, x letters or `f`), `utime-now P`, and POSIX ACLs as the
 //! `system.posix_acl_access`/`_default` xattrs: `setacl P access|default ACL`,
 //! `getacl P access|default`, `rmacl P access|default`, where ACL is written
-//! `u::rw-,u:1000:r--,g::r--,g:50:rwx,m::rw-,o::---` (entries in the kernel's order).
+//! `u::rw-,u:1000:r--,g::r--,g:50:rwx,m::rw-,o::---` (entries in the kernel's order); and
+//! `setxattr P NAME TEXT`, `getxattr P NAME`, `listxattr P` (names sorted, comma-separated),
+//! none of which follow a final symlink.
 
 use std::ffi::CString;
 use std::process::ExitCode;
@@ -276,6 +278,47 @@ fn op(args: &[String]) -> Result<Result<String, String>, String> {
                 Err(last_errno())
             } else {
                 Ok(acl_text(&buf[..n as usize]))
+            }
+        }
+        ["setxattr", p, name, value] => check(unsafe {
+            libc::lsetxattr(
+                cstr(p)?.as_ptr(),
+                cstr(name)?.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                0,
+            )
+        }),
+        ["getxattr", p, name] => {
+            let mut buf = vec![0u8; 65536];
+            let n = unsafe {
+                libc::lgetxattr(
+                    cstr(p)?.as_ptr(),
+                    cstr(name)?.as_ptr(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                )
+            };
+            if n < 0 {
+                Err(last_errno())
+            } else {
+                Ok(String::from_utf8_lossy(&buf[..n as usize]).into_owned())
+            }
+        }
+        ["listxattr", p] => {
+            let mut buf = vec![0u8; 65536];
+            let n =
+                unsafe { libc::llistxattr(cstr(p)?.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n < 0 {
+                Err(last_errno())
+            } else {
+                let mut names: Vec<String> = buf[..n as usize]
+                    .split(|&b| b == 0)
+                    .filter(|n| !n.is_empty())
+                    .map(|n| String::from_utf8_lossy(n).into_owned())
+                    .collect();
+                names.sort();
+                Ok(names.join(","))
             }
         }
         ["rmacl", p, which] => {
