@@ -292,3 +292,14 @@ pub fn get_xattr(p: &std::path::Path, name: &str) -> Result<String, i32> {
     buf.truncate(r as usize);
     Ok(String::from_utf8(buf).unwrap())
 }
+
+/// fallocate(2) on an open file.
+pub fn fallocate(f: &std::fs::File, mode: i32, off: u64, len: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain system call on an open descriptor.
+    if unsafe { libc::fallocate(f.as_raw_fd(), mode, off as i64, len as i64) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}

@@ -5,7 +5,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 
 use rand::{Rng, RngCore, SeedableRng};
-use shoal_fstests::TestCluster;
+use shoal_fstests::{fallocate, TestCluster};
 
 fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
     let mut v = vec![0u8; len];
@@ -313,16 +313,6 @@ fn with_map(f: &File, off: u64, len: usize, each: impl FnOnce(&mut [u8])) -> std
         }
     }
     Ok(())
-}
-
-fn fallocate(f: &File, mode: i32, off: u64, len: u64) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: a plain system call on an open descriptor.
-    if unsafe { libc::fallocate(f.as_raw_fd(), mode, off as i64, len as i64) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
 }
 
 /// Seeded random writes, reads, truncates, punched holes, zeroed ranges, shared-mmap writes

@@ -527,14 +527,7 @@ fn posix_default_acls_are_inherited_instead_of_the_umask() {
 
 /// fallocate(2) on `f`; the errno on failure.
 fn fallocate(f: &fs::File, mode: i32, off: u64, len: u64) -> Result<(), i32> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: a plain system call on an open descriptor.
-    let r = unsafe { libc::fallocate(f.as_raw_fd(), mode, off as i64, len as i64) };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
-    }
+    shoal_fstests::fallocate(f, mode, off, len).map_err(|e| e.raw_os_error().unwrap_or(0))
 }
 
 #[test]

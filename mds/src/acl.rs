@@ -109,37 +109,34 @@ impl Acl {
     /// Restricts a freshly inherited ACL by the mode a creator asked for; returns the new
     /// inode's mode (the bits above 0o777 kept from `mode`) and whether the ACL says more.
     fn restrict(&mut self, mode: u32) -> (u32, bool) {
-        let mut extended = false;
-        let group_tag = if self.has(MASK) { MASK } else { GROUP_OBJ };
-        for e in self.entries.iter_mut() {
-            let bits = match e.tag {
-                USER_OBJ => mode >> 6,
-                OTHER => mode,
-                t if t == group_tag => mode >> 3,
-                _ => {
-                    extended = true;
-                    continue;
-                }
-            };
-            e.perm &= (bits & 7) as u16;
-        }
-        let extended = extended || group_tag == MASK;
+        let extended = self.each_class(mode, |perm, bits| *perm &= bits);
         ((mode & !0o777) | self.mode().0, extended)
     }
 
     /// Rewrites the owner, mask (or owning group when there is no mask) and other entries
     /// from new mode bits, as chmod does.
     pub fn chmod(&mut self, mode: u32) {
+        self.each_class(mode, |perm, bits| *perm = bits);
+    }
+
+    /// Calls `op` with the owner, mask (or owning group when there is no mask) and other
+    /// entries and the matching rwx bits of `mode`; returns whether other entries exist.
+    fn each_class(&mut self, mode: u32, op: impl Fn(&mut u16, u16)) -> bool {
         let group_tag = if self.has(MASK) { MASK } else { GROUP_OBJ };
+        let mut others = false;
         for e in self.entries.iter_mut() {
             let bits = match e.tag {
                 USER_OBJ => mode >> 6,
                 OTHER => mode,
                 t if t == group_tag => mode >> 3,
-                _ => continue,
+                _ => {
+                    others = true;
+                    continue;
+                }
             };
-            e.perm = (bits & 7) as u16;
+            op(&mut e.perm, (bits & 7) as u16);
         }
+        others
     }
 
     fn has(&self, tag: u16) -> bool {
