@@ -303,3 +303,15 @@ pub fn fallocate(f: &std::fs::File, mode: i32, off: u64, len: u64) -> std::io::R
         Err(std::io::Error::last_os_error())
     }
 }
+
+/// Makes `dir` on a Shoal mount with a small striped layout (1 MiB objects, 64 KiB units over
+/// 4 objects), so most byte ranges cross object boundaries.
+pub fn striped_dir(dir: &Path) {
+    std::fs::create_dir(dir).unwrap();
+    set_xattr(
+        dir,
+        "shoal.dir.layout",
+        "object_size=1048576 stripe_unit=65536 stripe_count=4",
+    )
+    .unwrap();
+}

@@ -149,19 +149,13 @@ fn sparse_file_past_5_gib_and_truncate() {
         "truncated bytes came back"
     );
     // Back to the same cut, where the object already ends inside a block: its bytes stay
-    // readable (a fresh open reads them from the OSDs, not the page cache).
+    // readable (a fresh open drops the cached pages, so they come from the OSDs).
     f.set_len(cut).unwrap();
-    drop(f);
-    let f = File::open(&path).unwrap();
+    let fresh = File::open(&path).unwrap();
     let mut again = vec![0u8; 1000];
-    assert_eq!(read_full_at(&f, &mut again, far), 1000);
+    assert_eq!(read_full_at(&fresh, &mut again, far), 1000);
     assert_eq!(&again[..], &tail[..1000]);
-    drop(f);
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&path)
-        .unwrap();
+    drop(fresh);
     // Truncate to 2 bytes frees the far objects.
     f.set_len(2).unwrap();
     drop(f);
@@ -332,13 +326,7 @@ fn random_operations_match_a_local_file() {
     eprintln!("random_operations_match_a_local_file: SHOAL_FS_SEED={seed}");
     let c = TestCluster::start();
     let dir = c.path("striped");
-    fs::create_dir(&dir).unwrap();
-    shoal_fstests::set_xattr(
-        &dir,
-        "shoal.dir.layout",
-        "object_size=1048576 stripe_unit=65536 stripe_count=4",
-    )
-    .unwrap();
+    shoal_fstests::striped_dir(&dir);
     let local_dir = tempfile::tempdir().unwrap();
     let open = |p: &std::path::Path| {
         OpenOptions::new()

@@ -539,15 +539,7 @@ fn posix_fallocate_punches_zeroes_and_grows_like_a_local_filesystem() {
     s.each("fallocate", |c| {
         for (name, striped) in [("plain", false), ("striped", true)] {
             if striped && c.site == "shoal" {
-                // Small objects, four to a stripe: a range covers pieces of several.
-                let dir = c.dir.join(name);
-                fs::create_dir(&dir).unwrap();
-                shoal_fstests::set_xattr(
-                    &dir,
-                    "shoal.dir.layout",
-                    "object_size=1048576 stripe_unit=65536 stripe_count=4",
-                )
-                .unwrap();
+                shoal_fstests::striped_dir(&c.dir.join(name));
             } else {
                 fs::create_dir(c.dir.join(name)).unwrap();
             }

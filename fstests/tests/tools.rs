@@ -103,13 +103,7 @@ fn fsx_finds_every_byte_where_it_left_it() {
     let ops = std::env::var("SHOAL_FSX_OPS").unwrap_or_else(|_| "600".into());
     let c = TestCluster::start();
     let dir = c.path("striped");
-    std::fs::create_dir(&dir).unwrap();
-    shoal_fstests::set_xattr(
-        &dir,
-        "shoal.dir.layout",
-        "object_size=1048576 stripe_unit=65536 stripe_count=4",
-    )
-    .unwrap();
+    shoal_fstests::striped_dir(&dir);
     let work = tempfile::tempdir().unwrap();
     let config = work.path().join("fsx.toml");
     std::fs::write(&config, FSX_CONFIG).unwrap();
