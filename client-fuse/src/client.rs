@@ -307,6 +307,58 @@ impl Client {
         Ok(len as u32)
     }
 
+    /// lseek SEEK_DATA / SEEK_HOLE: data is what the file's objects hold (a hole inside an
+    /// object reads as zeros but counts as data, which POSIX allows), holes are the rest.
+    pub async fn seek_data_hole(&self, ino: u64, off: i64, whence: i32) -> Result<i64> {
+        use shoal_proto::layout::{first_object_at, object_file_ranges};
+        if whence != libc::SEEK_DATA && whence != libc::SEEK_HOLE {
+            return Err(ClientError::errno_msg(libc::EINVAL, "unknown lseek whence"));
+        }
+        let attr = self.getattr(ino).await?;
+        let off = u64::try_from(off).unwrap_or(u64::MAX);
+        if off >= attr.size {
+            return Err(ClientError::errno_msg(
+                libc::ENXIO,
+                "offset at or past the end",
+            ));
+        }
+        let layout = attr
+            .layout
+            .unwrap_or_else(shoal_proto::layout::default_layout);
+        let objects = self
+            .cluster
+            .file_objects(ino, first_object_at(&layout, off))
+            .await?;
+        let mut data: Vec<(u64, u64)> = objects
+            .into_iter()
+            .flat_map(|(objno, size)| object_file_ranges(&layout, objno, size))
+            .filter_map(|(a, b)| {
+                let (a, b) = (a.max(off), b.min(attr.size));
+                (a < b).then_some((a, b))
+            })
+            .collect();
+        data.sort_unstable();
+        let found = if whence == libc::SEEK_DATA {
+            data.first().map(|&(a, _)| a)
+        } else {
+            let mut hole = off;
+            for (a, b) in data {
+                if a > hole {
+                    break;
+                }
+                hole = hole.max(b);
+            }
+            Some(hole.min(attr.size))
+        };
+        match found {
+            Some(pos) => Ok(pos as i64),
+            None => Err(ClientError::errno_msg(
+                libc::ENXIO,
+                "no data past the offset",
+            )),
+        }
+    }
+
     /// Sends the size and mtime of local writes to the MDS.
     pub async fn flush(&self, ino: u64) -> Result<()> {
         let (pending, size, generation) = match self.files().get(&ino) {

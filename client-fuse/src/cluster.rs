@@ -18,11 +18,16 @@ use bytes::{Bytes, BytesMut};
 use futures::future::try_join_all;
 use futures::{stream, StreamExt, TryStreamExt};
 use shoal_proto::error::{status_errno, WireError};
-use shoal_proto::layout::{file_to_extents, object_len_below, object_name, objects_in_range};
+use shoal_proto::layout::{
+    extents_bound, file_to_extents, first_object_at, object_extents_in_range, object_len_below,
+    object_name, objects_in_range,
+};
 use shoal_proto::mds::mds_client::MdsClient;
 use shoal_proto::mds::{GetOsdMapRequest, Layout, OsdMap};
 use shoal_proto::osd::osd_client::OsdClient;
-use shoal_proto::osd::{DeleteRequest, ReadRequest, TruncateRequest, WriteRequest, ZeroRequest};
+use shoal_proto::osd::{
+    DeleteRequest, ListFileRequest, ReadRequest, TruncateRequest, WriteRequest, ZeroRequest,
+};
 use shoal_proto::placement::Placement;
 use shoal_proto::request::ReqId;
 use tonic::transport::{Channel, Endpoint};
@@ -36,6 +41,10 @@ struct MapView {
     placement: Placement,
     clients: HashMap<u32, (String, OsdClient<Channel>)>,
 }
+
+/// Ranges spanning more object pieces than this are cut or zeroed only where the OSDs list
+/// objects, instead of object number by object number.
+const WALK_MAX: u64 = 4096;
 
 /// Connections to one cluster.
 pub struct Cluster {
@@ -397,8 +406,81 @@ impl Cluster {
         Ok(reply.data)
     }
 
+    /// Every live object of inode `ino` numbered `from` or more, with its size, as the up
+    /// OSDs hold them (each asked in parallel; the largest size of any copy).
+    pub async fn file_objects(
+        &self,
+        ino: u64,
+        from: u64,
+    ) -> Result<BTreeMap<u64, u64>, ClientError> {
+        let start = Instant::now();
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let map = self.map.read().unwrap_or_else(|p| p.into_inner()).clone();
+            let ids = map.placement.up_ids();
+            // A PG with no member up may hold objects no up OSD lists: not an answer.
+            let pl = &map.placement;
+            let dark = (0..pl.pg_count).find(|&pg| pl.primary(pg).is_none());
+            let lists = futures::future::join_all(ids.iter().map(|id| {
+                let client = map.clients.get(id).map(|(_, c)| c.clone());
+                async move {
+                    let Some(mut c) = client else {
+                        return Err(Status::unavailable("no address"));
+                    };
+                    let mut out = Vec::new();
+                    let mut next = from;
+                    loop {
+                        let req = ListFileRequest {
+                            ino,
+                            from: next,
+                            limit: 0,
+                        };
+                        let r = c.list_file(req).await?.into_inner();
+                        let last = r.objects.last().map(|o| o.objno);
+                        out.extend(r.objects.into_iter().map(|o| (o.objno, o.size)));
+                        match last {
+                            Some(l) if r.more && l < u64::MAX => next = l + 1,
+                            _ => return Ok(out),
+                        }
+                    }
+                }
+            }))
+            .await;
+            let mut found: BTreeMap<u64, u64> = BTreeMap::new();
+            let mut failed = dark.map(|pg| format!("pg {pg} has no OSD up"));
+            for (id, list) in ids.iter().zip(lists) {
+                match list {
+                    Ok(objects) => {
+                        for (objno, size) in objects {
+                            let s = found.entry(objno).or_default();
+                            *s = (*s).max(size);
+                        }
+                    }
+                    Err(status) => failed = Some(format!("osd.{id}: {}", status.message())),
+                }
+            }
+            let Some(last) = failed else {
+                return Ok(found);
+            };
+            if start.elapsed() >= self.retry_for {
+                return Err(ClientError::Unavailable {
+                    what: format!("the objects of inode {ino}"),
+                    last,
+                });
+            }
+            debug!(ino, error = %last, "cannot list a file's objects, retrying");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+            if let Err(e) = self.refresh_map().await {
+                warn!(error = %e, "cannot refresh the osd map");
+            }
+        }
+    }
+
     /// Cuts the objects of a file that shrinks from `old_size` to `new_size`: objects wholly
-    /// past the end are deleted, the one holding the new end is shortened.
+    /// past the end are deleted, the one holding the new end is shortened. A range of a few
+    /// thousand objects is walked object by object (a tombstone for each); a larger one, a
+    /// sparse file's, only where the OSDs list objects.
     pub async fn truncate(
         &self,
         ino: u64,
@@ -407,11 +489,24 @@ impl Cluster {
         old_size: u64,
     ) -> Result<(), ClientError> {
         usable(layout)?;
-        // Bounded fan-out: a huge sparse file can span thousands of objects.
-        let objects = objects_in_range(layout, new_size, old_size);
-        stream::iter(objects.into_iter().map(|objno| {
+        let cuts: Vec<(u64, u64)> =
+            if extents_bound(layout, old_size.saturating_sub(new_size)) <= WALK_MAX {
+                objects_in_range(layout, new_size, old_size)
+                    .into_iter()
+                    .map(|objno| (objno, object_len_below(layout, objno, new_size)))
+                    .collect()
+            } else {
+                self.file_objects(ino, first_object_at(layout, new_size))
+                    .await?
+                    .into_iter()
+                    .filter_map(|(objno, size)| {
+                        let keep = object_len_below(layout, objno, new_size);
+                        (keep < size).then_some((objno, keep))
+                    })
+                    .collect()
+            };
+        stream::iter(cuts.into_iter().map(|(objno, keep)| {
             let object = object_name(ino, objno);
-            let keep = object_len_below(layout, objno, new_size);
             async move {
                 if keep == 0 {
                     self.delete_object(&object).await
@@ -437,7 +532,8 @@ impl Cluster {
 
     /// Zeroes `len` bytes at file offset `off` (a punched hole): objects the range covers
     /// whole are deleted, the others zeroed in place by their primaries, which cut an object
-    /// short where the range reaches its end.
+    /// short where the range reaches its end. A huge range is zeroed only where the OSDs
+    /// list objects.
     pub async fn zero_range(
         &self,
         ino: u64,
@@ -447,11 +543,25 @@ impl Cluster {
     ) -> Result<(), ClientError> {
         usable(layout)?;
         let mut by_object: BTreeMap<u64, Vec<(u64, u64)>> = BTreeMap::new();
-        for e in file_to_extents(layout, off, len) {
-            by_object
-                .entry(e.objno)
-                .or_default()
-                .push((e.obj_off, e.len));
+        if extents_bound(layout, len) <= WALK_MAX {
+            for e in file_to_extents(layout, off, len) {
+                by_object
+                    .entry(e.objno)
+                    .or_default()
+                    .push((e.obj_off, e.len));
+            }
+        } else {
+            let objects = self.file_objects(ino, first_object_at(layout, off)).await?;
+            for (objno, size) in objects {
+                let pieces: Vec<(u64, u64)> = object_extents_in_range(layout, objno, off, len)
+                    .into_iter()
+                    .filter(|e| e.obj_off < size)
+                    .map(|e| (e.obj_off, e.len))
+                    .collect();
+                if !pieces.is_empty() {
+                    by_object.insert(objno, pieces);
+                }
+            }
         }
         stream::iter(by_object.into_iter().map(|(objno, pieces)| {
             let object = object_name(ino, objno);

@@ -14,8 +14,8 @@ use bytes::Bytes;
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
     INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use shoal_proto::limits::check_name;
 use shoal_proto::mds::{
@@ -684,6 +684,23 @@ impl Filesystem for ShoalFs {
     ) {
         self.go(move |c| async move {
             reply_empty(reply, c.fallocate(ino.0, offset, length, mode).await)
+        });
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        self.go(move |c| async move {
+            match c.seek_data_hole(ino.0, offset, whence).await {
+                Ok(pos) => reply.offset(pos),
+                Err(e) => reply.error(errno(&e)),
+            }
         });
     }
 

@@ -261,6 +261,60 @@ impl Twins {
         }
     }
 
+    /// SEEK_DATA and SEEK_HOLE from `off` on the mount: whatever they call a hole must read
+    /// as zeros on local disk, and they must land inside the file.
+    fn check_holes(&mut self, off: u64) {
+        use std::os::fd::AsRawFd;
+        let size = self.size();
+        if off >= size {
+            return;
+        }
+        self.log.push(format!("seek {off}"));
+        let seek = |from: u64, whence: i32| {
+            // SAFETY: a plain system call on an open descriptor.
+            let r = unsafe { libc::lseek(self.shoal.as_raw_fd(), from as i64, whence) };
+            match r {
+                r if r >= 0 => Ok(r as u64),
+                _ => Err(std::io::Error::last_os_error().raw_os_error()),
+            }
+        };
+        let data_from = |from: u64| match seek(from, libc::SEEK_DATA) {
+            Ok(d) if d >= from && d < size => Ok(d),
+            Err(Some(libc::ENXIO)) => Ok(size),
+            other => Err(format!(
+                "SEEK_DATA from {from} in a file of {size}: {other:?}"
+            )),
+        };
+        let hole = match seek(off, libc::SEEK_HOLE) {
+            Ok(h) if h >= off && h <= size => h,
+            other => self.fail(&format!(
+                "SEEK_HOLE from {off} in a file of {size}: {other:?}"
+            )),
+        };
+        let mut zero_ranges = Vec::new();
+        match data_from(off) {
+            Ok(d) => zero_ranges.push((off, d)),
+            Err(e) => self.fail(&e),
+        }
+        if hole < size {
+            match data_from(hole) {
+                Ok(d) if d > hole => zero_ranges.push((hole, d)),
+                Ok(d) => self.fail(&format!("SEEK_HOLE said {hole}, SEEK_DATA from it {d}")),
+                Err(e) => self.fail(&e),
+            }
+        }
+        for (a, b) in zero_ranges {
+            let mut buf = vec![0u8; (b - a) as usize];
+            let n = read_full_at(&self.local, &mut buf, a);
+            if let Some(at) = buf[..n].iter().position(|&x| x != 0) {
+                self.fail(&format!(
+                    "{} is data, but the mount calls [{a}, {b}) a hole",
+                    a + at as u64
+                ));
+            }
+        }
+    }
+
     fn compare(&mut self, off: u64, len: usize) {
         let mut a = vec![0u8; len];
         let mut b = vec![0u8; len];
@@ -310,7 +364,7 @@ fn with_map(f: &File, off: u64, len: usize, each: impl FnOnce(&mut [u8])) -> std
 }
 
 /// Seeded random writes, reads, truncates, punched holes, zeroed ranges, shared-mmap writes
-/// and reads, fsyncs and reopens on a striped file, each applied to a twin on local disk and
+/// and reads, SEEK_DATA/SEEK_HOLE, fsyncs and reopens on a striped file, each applied to a twin on local disk and
 /// compared byte for byte. `SHOAL_FS_SEED` replays a run; `SHOAL_FS_OPS` makes it longer.
 #[test]
 fn random_operations_match_a_local_file() {
@@ -355,7 +409,8 @@ fn random_operations_match_a_local_file() {
                 let data = random_bytes(rng.gen(), len as usize);
                 t.both(format!("write {off} {len}"), |f| f.write_all_at(&data, off));
             }
-            35..=54 => t.compare(off, len as usize),
+            35..=49 => t.compare(off, len as usize),
+            50..=54 => t.check_holes(off),
             55..=61 => {
                 let size = rng.gen_range(0..SPAN);
                 t.both(format!("truncate {size}"), |f| f.set_len(size));

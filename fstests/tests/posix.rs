@@ -123,6 +123,18 @@ impl Checker {
         fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
     }
 
+    /// Makes `plain` and `striped` (on Shoal, with small striped objects; a plain directory
+    /// locally) and returns their names.
+    fn layout_dirs(&self) -> [&'static str; 2] {
+        fs::create_dir(self.dir.join("plain")).unwrap();
+        if self.site == "shoal" {
+            shoal_fstests::striped_dir(&self.dir.join("striped"));
+        } else {
+            fs::create_dir(self.dir.join("striped")).unwrap();
+        }
+        ["plain", "striped"]
+    }
+
     fn dir_of(&self, rel: &str, uid: u32, gid: u32, mode: u32) {
         let p = self.dir.join(rel);
         fs::create_dir(&p).unwrap();
@@ -275,6 +287,22 @@ fn posix_mode_bits_and_groups_decide_access() {
         // Root reads and writes anything, but executes only what someone may execute.
         c.expect(ROOT, &["access", &c.p("home/secret"), "rw"], "ok");
         c.expect(ROOT, &["access", &c.p("home/secret"), "x"], "EACCES");
+        // access(2) checks the real ids, faccessat(AT_EACCESS) the effective ones: here a
+        // process whose real uid is root runs with Bob's or Alice's effective ids.
+        let secret = c.p("home/secret");
+        let bob = "60002:60002";
+        c.expect(ROOT, &["euid", bob, "access", &secret, "r"], "ok");
+        c.expect(ROOT, &["euid", bob, "eaccess", &secret, "r"], "EACCES");
+        c.expect(
+            ROOT,
+            &["euid", "60001:60001", "eaccess", &secret, "rw"],
+            "ok",
+        );
+        c.expect(
+            ROOT,
+            &["euid", "60001:60001", "eaccess", &secret, "x"],
+            "EACCES",
+        );
     });
 }
 
@@ -537,12 +565,7 @@ fn posix_fallocate_punches_zeroes_and_grows_like_a_local_filesystem() {
     const MIB: u64 = 1 << 20;
     let Some(s) = Sites::new() else { return };
     s.each("fallocate", |c| {
-        for (name, striped) in [("plain", false), ("striped", true)] {
-            if striped && c.site == "shoal" {
-                shoal_fstests::striped_dir(&c.dir.join(name));
-            } else {
-                fs::create_dir(c.dir.join(name)).unwrap();
-            }
+        for name in c.layout_dirs() {
             let path = c.dir.join(name).join("f");
             let mut model: Vec<u8> = (0..10 * MIB + 123)
                 .map(|i| (i * 31 % 251) as u8 + 1)
@@ -607,6 +630,148 @@ fn posix_fallocate_punches_zeroes_and_grows_like_a_local_filesystem() {
             }
         }
     });
+}
+
+/// lseek(2) on `f`; the errno on failure.
+fn lseek(f: &fs::File, off: u64, whence: i32) -> Result<u64, i32> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain system call on an open descriptor.
+    let r = unsafe { libc::lseek(f.as_raw_fd(), off as i64, whence) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
+    }
+    Ok(r as u64)
+}
+
+#[test]
+fn posix_seek_data_and_seek_hole_find_the_written_ranges() {
+    use libc::{ENXIO, SEEK_DATA as DATA, SEEK_HOLE as HOLE};
+    use std::os::unix::fs::FileExt;
+    const MIB: u64 = 1 << 20;
+    let Some(s) = Sites::new() else { return };
+    s.each("seek", |c| {
+        for name in c.layout_dirs() {
+            let path = c.dir.join(name).join("f");
+            let f = fs::File::create(&path).unwrap();
+            // Whole 4 KiB blocks, so a block-based filesystem and Shoal's objects agree.
+            f.write_all_at(&[1; 4096], 8 * MIB).unwrap();
+            f.write_all_at(&[2; 8192], 20 * MIB).unwrap();
+            f.set_len(32 * MIB).unwrap();
+            let f = fs::File::open(&path).unwrap();
+            let cases = [
+                (0, DATA, Ok(8 * MIB)),
+                (0, HOLE, Ok(0)),
+                (8 * MIB, HOLE, Ok(8 * MIB + 4096)),
+                (8 * MIB + 100, DATA, Ok(8 * MIB + 100)),
+                (8 * MIB + 4096, DATA, Ok(20 * MIB)),
+                (20 * MIB + 100, HOLE, Ok(20 * MIB + 8192)),
+                (20 * MIB + 8192, DATA, Err(ENXIO)),
+                (20 * MIB + 8192, HOLE, Ok(20 * MIB + 8192)),
+                (32 * MIB - 1, HOLE, Ok(32 * MIB - 1)),
+                (32 * MIB, DATA, Err(ENXIO)),
+                (32 * MIB, HOLE, Err(ENXIO)),
+            ];
+            for (off, whence, want) in cases {
+                let got = lseek(&f, off, whence);
+                let w = if whence == DATA {
+                    "SEEK_DATA"
+                } else {
+                    "SEEK_HOLE"
+                };
+                assert_eq!(got, want, "[{}/{name}] {w} from {off}", c.site);
+            }
+            // A file with no data at all is one hole.
+            let empty = c.dir.join(name).join("empty");
+            let e = fs::File::create(&empty).unwrap();
+            e.set_len(MIB).unwrap();
+            assert_eq!(lseek(&e, 0, DATA), Err(ENXIO), "[{}/{name}]", c.site);
+            assert_eq!(lseek(&e, 10, HOLE), Ok(10), "[{}/{name}]", c.site);
+        }
+    });
+}
+
+#[test]
+fn posix_huge_sparse_files_are_written_found_truncated_and_removed() {
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    let Some(s) = Sites::new() else { return };
+    let far = 1u64 << 40; // 1 TiB: within ext4's 16 TiB limit
+    s.each("huge", |c| {
+        let path = c.dir.join("f");
+        let f = fs::OpenOptions::new()
+            .create_new(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        f.write_all_at(b"far out", far).unwrap();
+        assert_eq!(f.metadata().unwrap().len(), far + 7, "[{}]", c.site);
+        let mut buf = [9u8; 8];
+        f.read_exact_at(&mut buf, far - 1).unwrap();
+        assert_eq!(&buf, b"\0far out", "[{}]", c.site);
+        assert_eq!(lseek(&f, 0, libc::SEEK_DATA), Ok(far), "[{}]", c.site);
+        // Cut in the middle: the data is gone, reading the rest gives zeros.
+        f.set_len(far / 2).unwrap();
+        f.set_len(far + 7).unwrap();
+        f.read_exact_at(&mut buf[..7], far).unwrap();
+        assert_eq!(&buf[..7], &[0; 7], "[{}] after truncating over it", c.site);
+        f.write_all_at(b"again", far).unwrap();
+        assert!(f.metadata().unwrap().blocks() > 0, "[{}]", c.site);
+        drop(f);
+        fs::remove_file(&path).unwrap();
+    });
+    // Shoal goes on to the largest size a signed off_t holds (ext4 stops at 16 TiB: EFBIG).
+    let path = s.cluster.mnt.join("huge/max");
+    let f = fs::OpenOptions::new()
+        .create_new(true)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let max = i64::MAX as u64;
+    f.write_all_at(b"z", max - 1).unwrap();
+    assert_eq!(f.metadata().unwrap().len(), max);
+    // One byte more would overflow off_t: the kernel refuses it before Shoal sees it.
+    let err = f.write_all_at(b"z", max).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
+    let mut b = [9u8; 2];
+    f.read_exact_at(&mut b, max - 2).unwrap();
+    assert_eq!(b, [0, b'z']);
+    let object_start = (max - 1) / (4 << 20) * (4 << 20);
+    assert_eq!(lseek(&f, 0, libc::SEEK_DATA), Ok(object_start));
+    assert_eq!(lseek(&f, 0, libc::SEEK_HOLE), Ok(0));
+    // Punching the whole file and cutting it to zero touch only the objects that exist.
+    shoal_fstests::fallocate(
+        &f,
+        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+        0,
+        max,
+    )
+    .unwrap();
+    f.read_exact_at(&mut b, max - 2).unwrap();
+    assert_eq!(b, [0, 0]);
+    f.write_all_at(b"z", max - 1).unwrap();
+    f.set_len(0).unwrap();
+    f.set_len(max).unwrap();
+    f.read_exact_at(&mut b, max - 2).unwrap();
+    assert_eq!(b, [0, 0]);
+    f.write_all_at(b"z", max - 1).unwrap();
+    let prefix = format!("{:016x}.", f.metadata().unwrap().ino());
+    let objects_left = || {
+        s.cluster
+            .object_files()
+            .iter()
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with(&prefix)
+            })
+            .count()
+    };
+    assert_eq!(objects_left(), 3, "one object, three copies");
+    drop(f);
+    fs::remove_file(&path).unwrap();
+    assert_eq!(objects_left(), 0, "unlink deletes every copy");
 }
 
 /// open(2) of `p` with `flags` (mode 0644); the errno on failure. Closes what it opens.

@@ -108,6 +108,25 @@ impl Osd for OsdService {
         }))
     }
 
+    async fn list_file(&self, req: Request<ListFileRequest>) -> Reply<ListFileReply> {
+        const MAX: usize = 100_000;
+        let r = req.into_inner();
+        let limit = match r.limit as usize {
+            0 => MAX,
+            n => n.min(MAX),
+        };
+        let mut objects: Vec<FileObject> = self
+            .osd
+            .store
+            .file_objects(r.ino, r.from, limit + 1)
+            .into_iter()
+            .map(|(objno, size)| FileObject { objno, size })
+            .collect();
+        let more = objects.len() > limit;
+        objects.truncate(limit);
+        Ok(Response::new(ListFileReply { objects, more }))
+    }
+
     async fn rep_op(&self, req: Request<RepOpRequest>) -> Reply<Empty> {
         self.osd.replica_op(req.into_inner()).await?;
         Ok(Response::new(Empty {}))

@@ -15,13 +15,13 @@
 //! - A write, truncate, delete or install returns only after it is fdatasync'd.
 //! - Operations on one object are serialized by a lock stripe, so a reader never sees a block
 //!   whose data and crc are from different writes.
-//! - The in-memory index holds every object's version, tombstones included; it is rebuilt from
-//!   the headers at open.
+//! - The in-memory index holds every object's version, tombstones included, and the live
+//!   objects of each file in object-number order; it is rebuilt from the headers at open.
 //!
 //! A crash between the data write and the crc write leaves the touched blocks unreadable (EIO),
 //! never silently old or new; the copy is then repaired from a replica.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, ErrorKind};
 use std::os::unix::fs::FileExt;
@@ -98,6 +98,8 @@ pub struct Usage {
 #[derive(Default)]
 struct Index {
     objects: HashMap<String, ObjMeta>,
+    /// Live objects by (inode, object number), with their sizes: a file's objects in order.
+    by_file: BTreeMap<(u64, u64), u64>,
     live: u64,
     bytes: u64,
 }
@@ -108,13 +110,20 @@ impl Index {
             Some(m) => self.objects.insert(object.to_string(), m),
             None => self.objects.remove(object),
         };
+        let key = parse_object_name(object);
         if let Some(o) = old.filter(|o| !o.deleted) {
             self.live = self.live.saturating_sub(1);
             self.bytes = self.bytes.saturating_sub(o.size);
+            if let Some(k) = key {
+                self.by_file.remove(&k);
+            }
         }
         if let Some(n) = meta.filter(|n| !n.deleted) {
             self.live += 1;
             self.bytes += n.size;
+            if let Some(k) = key {
+                self.by_file.insert(k, n.size);
+            }
         }
     }
 }
@@ -255,6 +264,17 @@ impl ObjectStore {
     /// The object's version, tombstone flag and size, if the store has it.
     pub fn meta(&self, object: &str) -> Option<ObjMeta> {
         self.index().objects.get(object).copied()
+    }
+
+    /// Live objects of inode `ino` numbered `from` or more, ascending, at most `limit`, with
+    /// their sizes.
+    pub fn file_objects(&self, ino: u64, from: u64, limit: usize) -> Vec<(u64, u64)> {
+        self.index()
+            .by_file
+            .range((ino, from)..=(ino, u64::MAX))
+            .take(limit)
+            .map(|(&(_, objno), &size)| (objno, size))
+            .collect()
     }
 
     /// Every object (tombstones included) whose PG, at `pg_count` PGs, is in `pgs`.
@@ -866,5 +886,26 @@ mod tests {
         assert_eq!(&reopened.read(&b, 0, 10).unwrap().unwrap()[..], b"\0\0x");
         reopened.remove(&b).unwrap();
         assert_eq!(reopened.meta(&b), None);
+    }
+
+    #[test]
+    fn a_files_live_objects_are_listed_in_order_across_name_widths() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ObjectStore::open(dir.path()).unwrap();
+        let far = 1u64 << 40; // a nine-digit and wider object number sorts after 0xffffffff
+        for n in [far, 3, 0xffff_ffff, 1] {
+            store.write(&name(n), 0, b"abc", 1).unwrap();
+        }
+        store
+            .write(&shoal_proto::layout::object_name(8, 0), 0, b"other file", 1)
+            .unwrap();
+        store.delete(&name(3), 2).unwrap();
+        let want = vec![(1, 3), (0xffff_ffff, 3), (far, 3)];
+        assert_eq!(store.file_objects(7, 0, 100), want);
+        assert_eq!(store.file_objects(7, 2, 1), vec![(0xffff_ffff, 3)]);
+        // Rebuilt the same at open; tombstones are not listed.
+        let reopened = ObjectStore::open(dir.path()).unwrap();
+        assert_eq!(reopened.file_objects(7, 0, 100), want);
+        assert_eq!(reopened.file_objects(8, 0, 100), vec![(0, 10)]);
     }
 }

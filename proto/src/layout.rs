@@ -235,6 +235,65 @@ pub fn object_len_below(l: &Layout, objno: u64, size: u64) -> u64 {
     keep
 }
 
+/// The lowest object number that can hold file offset `off` or any byte beyond it: the first
+/// object of `off`'s object set (every object of an earlier set ends before it).
+pub fn first_object_at(l: &Layout, off: u64) -> u64 {
+    let set_bytes = l.object_size as u64 * l.stripe_count as u64;
+    (off / set_bytes) * l.stripe_count as u64
+}
+
+/// An upper bound on the pieces [`file_to_extents`] makes of `len` bytes at `off`, computed
+/// without making them: callers that would walk a huge sparse range ask the OSDs which
+/// objects exist instead.
+pub fn extents_bound(l: &Layout, len: u64) -> u64 {
+    len / l.stripe_unit as u64 + 2
+}
+
+/// The pieces of object `objno` that lie in file bytes `[off, off+len)`, in object order.
+/// Work is bounded by the object's stripe units, however large the range.
+pub fn object_extents_in_range(l: &Layout, objno: u64, off: u64, len: u64) -> Vec<Extent> {
+    let su = l.stripe_unit as u64;
+    let per_object = (l.object_size / l.stripe_unit) as u64;
+    let end = off.saturating_add(len);
+    let mut out: Vec<Extent> = Vec::new();
+    for unit in 0..per_object {
+        let start = object_to_file(l, objno, unit * su);
+        let (lo, hi) = (start.max(off), start.saturating_add(su).min(end));
+        if lo >= hi {
+            continue;
+        }
+        let obj_off = unit * su + (lo - start);
+        match out.last_mut() {
+            Some(last) if last.obj_off + last.len == obj_off => last.len += hi - lo,
+            _ => out.push(Extent {
+                objno,
+                obj_off,
+                len: hi - lo,
+                buf_off: lo - off,
+            }),
+        }
+    }
+    out
+}
+
+/// The file ranges `[start, end)` that hold the first `size` bytes of object `objno`, in
+/// file order.
+pub fn object_file_ranges(l: &Layout, objno: u64, size: u64) -> Vec<(u64, u64)> {
+    let su = l.stripe_unit as u64;
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    let mut obj_off = 0;
+    while obj_off < size.min(l.object_size as u64) {
+        let n = (su - obj_off % su).min(size - obj_off);
+        let start = object_to_file(l, objno, obj_off);
+        match out.last_mut() {
+            Some(last) if last.1 == start => last.1 += n,
+            _ => out.push((start, start + n)),
+        }
+        obj_off += n;
+    }
+    out
+}
+
 /// The objects that hold any byte of `[from, to)`, each once, ascending.
 pub fn objects_in_range(l: &Layout, from: u64, to: u64) -> Vec<u64> {
     if to <= from {
@@ -375,6 +434,58 @@ mod tests {
             parse_layout(&d, Some(Field::StripeCount), b"0"),
             Err(EINVAL)
         );
+    }
+
+    #[test]
+    fn object_pieces_match_the_file_mapping() {
+        for l in [
+            lay(1 << 20, 1 << 20, 1),
+            lay(1 << 20, 64 << 10, 4),
+            lay(64 << 10, 4096, 3),
+        ] {
+            for (off, len) in [
+                (0, 5 << 20),
+                (12345, 3 << 20),
+                ((1 << 20) - 7, 9000),
+                (7, 0),
+            ] {
+                let all = file_to_extents(&l, off, len);
+                for objno in 0..16 {
+                    let mut want: Vec<(u64, u64)> = all
+                        .iter()
+                        .filter(|e| e.objno == objno)
+                        .map(|e| (e.obj_off, e.len))
+                        .collect();
+                    want.sort_unstable();
+                    let got: Vec<(u64, u64)> = object_extents_in_range(&l, objno, off, len)
+                        .iter()
+                        .map(|e| (e.obj_off, e.len))
+                        .collect();
+                    let total = |v: &[(u64, u64)]| v.iter().map(|p| p.1).sum::<u64>();
+                    assert_eq!(total(&got), total(&want), "{l:?} {off} {len} {objno}");
+                    assert_eq!(got.first().map(|p| p.0), want.first().map(|p| p.0));
+                }
+            }
+            // The file ranges of an object's bytes map back to that object, in order.
+            for objno in 0..8 {
+                let ranges = object_file_ranges(&l, objno, l.object_size as u64 - 5);
+                let mut next = 0;
+                for (a, b) in ranges {
+                    for e in file_to_extents(&l, a, b - a) {
+                        assert_eq!((e.objno, e.obj_off), (objno, next));
+                        next += e.len;
+                    }
+                }
+                assert_eq!(next, l.object_size as u64 - 5);
+            }
+        }
+        // Far out: bounded work, no overflow.
+        let l = default_layout();
+        let top = (1u64 << 63) - 1;
+        let objno = (top - 1) / (4 << 20);
+        let e = object_extents_in_range(&l, objno, 0, top);
+        assert_eq!(e.len(), 1);
+        assert_eq!(object_file_ranges(&l, objno, 1)[0].0, objno * (4 << 20));
     }
 
     #[test]

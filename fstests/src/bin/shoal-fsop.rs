@@ -7,7 +7,9 @@
 //! Ops: `stat P` (prints `mode=OCT uid= gid= nlink= size=`), `chmod P OCT`, `chown P UID GID`
 //! (-1 keeps), `create P OCT` (O_CREAT|O_EXCL), `mkdir P OCT`, `write P TEXT` (O_WRONLY|O_APPEND),
 //! `read P`, `truncate P LEN`, `unlink P`, `rmdir P`, `rename A B`, `link A B`, `symlink T P`,
-//! `access P MODE` (r, w, x letters or `f`), `utime-now P`, and POSIX ACLs as the
+//! `access P MODE` (r, w, x letters or `f`; real ids), `eaccess P MODE` (faccessat with
+//! AT_EACCESS: effective ids), `euid UID:GID OP...` (switch only the effective ids, then run
+//! OP), `utime-now P`, and POSIX ACLs as the
 //! `system.posix_acl_access`/`_default` xattrs: `setacl P access|default ACL`,
 //! `getacl P access|default`, `rmacl P access|default`, where ACL is written
 //! `u::rw-,u:1000:r--,g::r--,g:50:rwx,m::rw-,o::---` (entries in the kernel's order); and
@@ -130,6 +132,21 @@ fn acl_text(v: &[u8]) -> String {
     entries.collect::<Vec<_>>().join(",")
 }
 
+/// access(2) mode letters: r, w, x, or f.
+fn access_mode(mode: &str) -> Result<libc::c_int, String> {
+    let mut m = 0;
+    for c in mode.chars() {
+        m |= match c {
+            'r' => libc::R_OK,
+            'w' => libc::W_OK,
+            'x' => libc::X_OK,
+            'f' => libc::F_OK,
+            _ => return Err(format!("bad access mode {mode:?}")),
+        };
+    }
+    Ok(m)
+}
+
 /// Switches to `UID:GID[:G1,G2...]` (supplementary groups default to none).
 fn become_user(spec: &str) -> Result<(), String> {
     let parts: Vec<&str> = spec.split(':').collect();
@@ -237,17 +254,26 @@ fn op(args: &[String]) -> Result<Result<String, String>, String> {
             check(unsafe { libc::symlink(cstr(target)?.as_ptr(), cstr(p)?.as_ptr()) })
         }
         ["access", p, mode] => {
-            let mut m = 0;
-            for c in mode.chars() {
-                m |= match c {
-                    'r' => libc::R_OK,
-                    'w' => libc::W_OK,
-                    'x' => libc::X_OK,
-                    'f' => libc::F_OK,
-                    _ => return Err(format!("bad access mode {mode:?}")),
-                };
+            check(unsafe { libc::access(cstr(p)?.as_ptr(), access_mode(mode)?) })
+        }
+        ["eaccess", p, mode] => check(unsafe {
+            libc::faccessat(
+                libc::AT_FDCWD,
+                cstr(p)?.as_ptr(),
+                access_mode(mode)?,
+                libc::AT_EACCESS,
+            )
+        }),
+        ["euid", spec, rest @ ..] => {
+            let (uid, gid): (libc::uid_t, libc::gid_t) = match spec.split_once(':') {
+                Some((u, g)) => (num(u)?, num(g)?),
+                None => return Err(format!("bad euid {spec:?}: want UID:GID")),
+            };
+            if unsafe { libc::setegid(gid) } != 0 || unsafe { libc::seteuid(uid) } != 0 {
+                return Err(format!("seteuid {spec}: {}", last_errno()));
             }
-            check(unsafe { libc::access(cstr(p)?.as_ptr(), m) })
+            let rest: Vec<String> = rest.iter().map(|s| s.to_string()).collect();
+            return op(&rest);
         }
         ["utime-now", p] => check(unsafe {
             libc::utimensat(libc::AT_FDCWD, cstr(p)?.as_ptr(), std::ptr::null(), 0)
