@@ -522,7 +522,15 @@ impl Client {
     }
 
     /// Sets an extended attribute (flags: XATTR_CREATE / XATTR_REPLACE).
-    pub async fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: u32) -> Result<()> {
+    /// Sets an extended attribute; `acl_caller` says who sets an access ACL (the setgid rule).
+    pub async fn setxattr(
+        &self,
+        ino: u64,
+        name: &[u8],
+        value: &[u8],
+        flags: u32,
+        acl_caller: Option<AclCaller>,
+    ) -> Result<()> {
         if shoal_proto::layout::layout_xattr(name).is_some() {
             // The MDS refuses a new layout for a file with data: let it see our writes.
             self.flush(ino).await?;
@@ -532,6 +540,7 @@ impl Client {
             name: Bytes::copy_from_slice(name),
             value: Bytes::copy_from_slice(value),
             flags,
+            acl_caller,
         };
         self.cluster
             .mds_mutate(

@@ -19,7 +19,7 @@ use fuser::{
 };
 use shoal_proto::limits::check_name;
 use shoal_proto::mds::{
-    Attr, FileKind, MakeNodeRequest, RenameRequest, SetAttrRequest, SetTime, Timespec,
+    AclCaller, Attr, FileKind, MakeNodeRequest, RenameRequest, SetAttrRequest, SetTime, Timespec,
 };
 use tracing::warn;
 
@@ -216,6 +216,26 @@ impl EntryReplier {
             Ok(a) => reply.entry(&self.ttl, &a, Generation(0)),
             Err(e) => reply.error(errno(&e)),
         }
+    }
+}
+
+/// Who sets an access ACL, for the MDS's setgid rule. FUSE passes the caller's fsuid, fsgid
+/// and pid but not its supplementary groups (the kernel's FUSE_SETXATTR_EXT flag that would
+/// carry the verdict is not parsed by fuser), so they are read from `/proc/PID/status`; a
+/// caller gone by then counts with its fsgid only.
+fn acl_caller(req: &Request) -> AclCaller {
+    let mut groups = vec![req.gid()];
+    if let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", req.pid())) {
+        if let Some(line) = status.lines().find_map(|l| l.strip_prefix("Groups:")) {
+            groups.extend(
+                line.split_whitespace()
+                    .filter_map(|g| g.parse::<u32>().ok()),
+            );
+        }
+    }
+    AclCaller {
+        groups,
+        privileged: req.uid() == 0,
     }
 }
 
@@ -617,7 +637,7 @@ impl Filesystem for ShoalFs {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -626,8 +646,10 @@ impl Filesystem for ShoalFs {
         reply: ReplyEmpty,
     ) {
         let (name, value) = (name.as_bytes().to_vec(), value.to_vec());
+        let caller = (name == b"system.posix_acl_access").then(|| acl_caller(req));
         self.go(move |c| async move {
-            reply_empty(reply, c.setxattr(ino.0, &name, &value, flags as u32).await)
+            let r = c.setxattr(ino.0, &name, &value, flags as u32, caller);
+            reply_empty(reply, r.await)
         });
     }
 

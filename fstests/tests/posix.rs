@@ -450,6 +450,25 @@ fn posix_acls_grant_and_deny_through_named_entries_and_the_mask() {
         );
         assert_eq!(c.field("g", "mode"), "740", "[{}] equivalent ACL", c.site);
         c.expect(ROOT, &["getacl", &g, "access"], "ENODATA");
+        // Setting an ACL clears setgid unless the caller is in the file's group (through a
+        // supplementary group counts) or privileged, as chmod does.
+        for (who, keeps) in [(ALICE, false), ("60001:60001:60002", true), (ROOT, true)] {
+            c.file_of("sg", ALICE_ID, BOB_ID, 0o2770);
+            let sg = c.p("sg");
+            c.expect(
+                who,
+                &["setacl", &sg, "access", "u::rwx,g::r-x,o::---"],
+                "ok",
+            );
+            let want = if keeps { "2750" } else { "750" };
+            assert_eq!(
+                c.field("sg", "mode"),
+                want,
+                "[{}] setgid after an ACL set by {who}",
+                c.site
+            );
+            fs::remove_file(c.dir.join("sg")).unwrap();
+        }
         // Only the owner (or root) sets an ACL; default ACLs are for directories; an ACL
         // with named entries needs a mask.
         c.expect(

@@ -1022,6 +1022,11 @@ fn setxattr(t: &mut Txn<'_>, r: &pb::SetXattrRequest, now: &Timespec) -> Result<
             // The ACL sets the mode bits; one that says no more than them is not kept.
             let (bits, extended) = parsed.mode();
             a.perm = (a.perm & !0o777) | bits;
+            if let Some(c) = &r.acl_caller {
+                if !c.privileged && !c.groups.contains(&a.gid) {
+                    a.perm &= !S_ISGID;
+                }
+            }
             a.ctime = Some(*now);
             t.put_inode(&a);
             if extended {

@@ -251,6 +251,7 @@ fn xattrs_and_setattr() {
             name: b"user.a".to_vec().into(),
             value: b"1".to_vec().into(),
             flags,
+            acl_caller: None,
         })
     };
     assert_eq!(errno(h.run(set(XATTR_REPLACE))), libc::ENODATA);
