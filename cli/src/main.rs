@@ -32,6 +32,9 @@ enum Cmd {
     /// Change the MDS group's membership, one member at a time.
     #[command(subcommand)]
     Mds(MdsCmd),
+    /// Client sessions (listed by `shoal status`).
+    #[command(subcommand)]
+    Client(ClientCmd),
     /// Scrub every PG now: compare the versions of all copies, or with --deep read every
     /// block of every copy, verify its crc32, compare the copies and repair bad ones.
     Scrub(ScrubArgs),
@@ -67,6 +70,18 @@ enum MdsCmd {
     Remove {
         /// The member's Raft id.
         id: u64,
+        #[command(flatten)]
+        at: ClusterArg,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ClientCmd {
+    /// End client session ID (hex, as `shoal status` prints it): its locks are released at
+    /// once.
+    Evict {
+        /// The session id.
+        id: String,
         #[command(flatten)]
         at: ClusterArg,
     },
@@ -119,6 +134,10 @@ struct UpArgs {
     /// elsewhere (default 600).
     #[arg(long)]
     osd_out: Option<u64>,
+    /// Seconds a client session may stay silent before the MDS ends it and releases its
+    /// locks (default 60).
+    #[arg(long)]
+    session_timeout: Option<u64>,
     /// Raft log entries each MDS holds before it compacts them into its state (a member
     /// further behind catches up by snapshot; default 20000).
     #[arg(long)]
@@ -173,6 +192,7 @@ fn main() {
         Cmd::Status(a) => status_cmd(a),
         Cmd::Scrub(a) => scrub_cmd(a),
         Cmd::Mds(c) => mds_cmd(c),
+        Cmd::Client(c) => client_cmd(c),
     };
     if let Err(e) = result {
         eprintln!("shoal: {e:#}");
@@ -274,6 +294,7 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
                 replicas,
                 osd_grace_secs: 0,
                 osd_out_secs: 0,
+                session_timeout_secs: 0,
                 hosts,
                 mds_log_entries: 0,
             }
@@ -284,6 +305,12 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
     }
     if let Some(o) = a.osd_out {
         cf.osd_out_secs = o;
+    }
+    if let Some(t) = a.session_timeout {
+        if t == 0 {
+            bail!("--session-timeout must be at least 1 second");
+        }
+        cf.session_timeout_secs = t;
     }
     if let Some(n) = a.mds_log_entries {
         if n < 4 {
@@ -329,6 +356,7 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
             ("--pool-size", cf.replicas as u64),
             ("--osd-grace-secs", cf.osd_grace_secs),
             ("--osd-out-secs", cf.osd_out_secs),
+            ("--session-timeout-secs", cf.session_timeout_secs),
             ("--log-compact-entries", cf.mds_log_entries),
             ("--log-keep-entries", cf.mds_log_entries / 4),
         ] {
@@ -607,6 +635,22 @@ fn mds_cmd(c: MdsCmd) -> anyhow::Result<()> {
         async move { c.change_members(req).await.map(|r| r.into_inner()) }
     }))?;
     println!("{what}; members now {:?}", reply.voters);
+    Ok(())
+}
+
+fn client_cmd(c: ClientCmd) -> anyhow::Result<()> {
+    let ClientCmd::Evict { id, at } = c;
+    let session = u64::from_str_radix(id.trim_start_matches("0x"), 16)
+        .ok()
+        .filter(|&s| s != 0)
+        .with_context(|| format!("{id:?} is not a session id (hex, from `shoal status`)"))?;
+    let addrs = mds_addrs(at.mds, &at.data)?;
+    let rt = runtime()?;
+    rt.block_on(status::call_leader(&addrs, |mut c| async move {
+        let req = shoal_proto::mds::EndSessionRequest { session };
+        c.end_session(req).await.map(|r| r.into_inner())
+    }))?;
+    println!("ended session {session:016x}");
     Ok(())
 }
 

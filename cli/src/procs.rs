@@ -43,6 +43,9 @@ pub struct ClusterFile {
     /// Seconds an OSD stays down before it is marked out (0: the MDS default).
     #[serde(default)]
     pub osd_out_secs: u64,
+    /// Seconds a silent client session lasts (0: the MDS default).
+    #[serde(default)]
+    pub session_timeout_secs: u64,
     /// Host labels the OSDs are spread over (OSD i on `host-<i % hosts>`); 0: one per OSD.
     #[serde(default)]
     pub hosts: u32,

@@ -80,6 +80,23 @@ pub struct Report {
     pub pool: PoolStatus,
     /// Placement groups.
     pub pgs: PgSummary,
+    /// Client sessions: mounts the leader hears from, and holders of locks.
+    pub sessions: Vec<SessionStatus>,
+}
+
+/// One client session.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionStatus {
+    /// Session id (hex in the text report).
+    pub id: u64,
+    /// The client's host name.
+    pub host: String,
+    /// Where it is mounted.
+    pub mount_point: String,
+    /// Milliseconds since the leader heard from it.
+    pub silent_ms: u64,
+    /// Byte-range and flock locks it holds.
+    pub locks: u32,
 }
 
 /// The data pool.
@@ -287,6 +304,17 @@ pub fn report(st: &StatusReply, nearfull: f64) -> Report {
             pg_count: map.pg_count,
         },
         pgs,
+        sessions: st
+            .sessions
+            .iter()
+            .map(|s| SessionStatus {
+                id: s.session,
+                host: s.host.clone(),
+                mount_point: s.mount_point.clone(),
+                silent_ms: s.silent_ms,
+                locks: s.locks,
+            })
+            .collect(),
     }
 }
 
@@ -496,6 +524,21 @@ pub fn render(r: &Report) -> String {
         .map(|(k, n)| format!("{n} {k}"))
         .collect();
     out += &format!("pgs: {}\n", states.join(", "));
+    out += &format!("clients: {} session(s)\n", r.sessions.len());
+    for s in &r.sessions {
+        out += &format!(
+            "  {:016x} {} {}  last heard {:.1} s ago, {} lock(s)\n",
+            s.id,
+            if s.host.is_empty() { "?" } else { &s.host },
+            if s.mount_point.is_empty() {
+                "?"
+            } else {
+                &s.mount_point
+            },
+            s.silent_ms as f64 / 1000.0,
+            s.locks
+        );
+    }
     if r.pgs.missing_copies > 0 || r.pgs.recovery_per_sec > 0.0 {
         out += &format!(
             "recovery: {} object copies left, {:.1} copies/s\n",

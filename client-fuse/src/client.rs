@@ -47,6 +47,24 @@ struct FileState {
 pub struct Client {
     cluster: Arc<Cluster>,
     files: Mutex<HashMap<u64, FileState>>,
+    /// (ino, lock owner) pairs that may hold locks, so a close asks the MDS to release
+    /// locks only when there can be some.
+    lockers: Mutex<std::collections::HashSet<(u64, u64)>>,
+}
+
+/// A byte-range lock request from the kernel (fcntl or flock).
+#[derive(Debug, Clone, Copy)]
+pub struct LockArgs {
+    /// The kernel's lock owner (a process's file table, or an open file for flock).
+    pub owner: u64,
+    /// First byte.
+    pub start: u64,
+    /// Last byte, inclusive (u64::MAX: to the end and beyond).
+    pub end: u64,
+    /// Unlock, read or write.
+    pub kind: LockKind,
+    /// The process asking.
+    pub pid: u32,
 }
 
 fn now() -> Timespec {
@@ -71,7 +89,83 @@ impl Client {
         Client {
             cluster,
             files: Mutex::default(),
+            lockers: Mutex::default(),
         }
+    }
+
+    fn lockers(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<(u64, u64)>> {
+        self.lockers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_request(&self, ino: u64, a: &LockArgs) -> LockRequest {
+        LockRequest {
+            ino,
+            session: self.cluster.session(),
+            owner: a.owner,
+            start: a.start,
+            end: a.end,
+            kind: a.kind as i32,
+            pid: a.pid,
+        }
+    }
+
+    /// Takes, changes or releases a lock; EAGAIN when another owner's lock conflicts.
+    /// Before a lock is released, the size and mtime of this mount's writes reach the MDS,
+    /// so whoever locks next sees them.
+    pub async fn set_lock(&self, ino: u64, a: LockArgs) -> Result<()> {
+        if a.kind == LockKind::Unlock {
+            self.flush(ino).await?;
+        } else {
+            self.lockers().insert((ino, a.owner));
+        }
+        let req = self.lock_request(ino, &a);
+        self.cluster
+            .mds_mutate(
+                "set_lock",
+                req,
+                |mut c, r| async move { c.set_lock(r).await },
+            )
+            .await?;
+        if a.kind == LockKind::Unlock && a.start == 0 && a.end == u64::MAX {
+            self.lockers().remove(&(ino, a.owner));
+        }
+        Ok(())
+    }
+
+    /// The first lock of another owner that conflicts with `a` (kind Unlock: none).
+    pub async fn get_lock(&self, ino: u64, a: LockArgs) -> Result<LockReply> {
+        let req = self.lock_request(ino, &a);
+        self.cluster
+            .mds("get_lock", |mut c| async move { c.get_lock(req).await })
+            .await
+    }
+
+    /// The file's size and its last byte (empty for an empty file), read from the cluster.
+    pub async fn tail(&self, ino: u64) -> Result<(u64, Bytes)> {
+        let attr = self.getattr(ino).await?;
+        if attr.size == 0 {
+            return Ok((0, Bytes::new()));
+        }
+        let layout = attr
+            .layout
+            .unwrap_or_else(shoal_proto::layout::default_layout);
+        let last = self.cluster.read(ino, &layout, attr.size - 1, 1).await?;
+        Ok((attr.size, last))
+    }
+
+    /// A close by `owner`: releases its locks on `ino`, if it may hold any.
+    pub async fn release_locks(&self, ino: u64, owner: u64) -> Result<()> {
+        if !self.lockers().contains(&(ino, owner)) {
+            return Ok(());
+        }
+        let all = LockArgs {
+            owner,
+            start: 0,
+            end: u64::MAX,
+            kind: LockKind::Unlock,
+            pid: 0,
+        };
+        self.set_lock(ino, all).await
     }
 
     /// The cluster connections.

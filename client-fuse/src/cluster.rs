@@ -221,6 +221,11 @@ impl Cluster {
         .await
     }
 
+    /// This mount's session id (request ids, heartbeats, locks).
+    pub fn session(&self) -> u64 {
+        self.session
+    }
+
     fn in_flight(&self) -> std::sync::MutexGuard<'_, BTreeSet<u64>> {
         self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
     }

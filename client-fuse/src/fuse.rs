@@ -7,23 +7,24 @@
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    INodeNo, InitFlags, KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLock, ReplyLseek,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use shoal_proto::limits::check_name;
 use shoal_proto::mds::{
-    AclCaller, Attr, FileKind, MakeNodeRequest, RenameRequest, SetAttrRequest, SetTime, Timespec,
+    AclCaller, Attr, FileKind, LockKind, MakeNodeRequest, RenameRequest, SetAttrRequest, SetTime,
+    Timespec,
 };
 use tracing::warn;
 
-use crate::client::Client;
+use crate::client::{Client, LockArgs};
 use crate::error::ClientError;
 
 /// Largest write the kernel sends us in one request.
@@ -38,6 +39,8 @@ pub struct ShoalFs {
     client: Arc<Client>,
     rt: tokio::runtime::Handle,
     ttl: Duration,
+    /// Pushes invalidations into the kernel's caches; set once the session exists.
+    notifier: Arc<OnceLock<Notifier>>,
 }
 
 fn ts_to_system(t: Option<Timespec>) -> SystemTime {
@@ -148,7 +151,17 @@ fn name_ok(name: &OsStr) -> Result<Vec<u8>, ClientError> {
 impl ShoalFs {
     /// A filesystem served by `client`, its work run on `rt`.
     pub fn new(client: Arc<Client>, rt: tokio::runtime::Handle, ttl: Duration) -> ShoalFs {
-        ShoalFs { client, rt, ttl }
+        ShoalFs {
+            client,
+            rt,
+            ttl,
+            notifier: Arc::default(),
+        }
+    }
+
+    /// Where the mount puts the session's notifier once it has one.
+    pub fn notifier_slot(&self) -> Arc<OnceLock<Notifier>> {
+        self.notifier.clone()
     }
 
     fn go<F>(&self, f: impl FnOnce(Arc<Client>) -> F)
@@ -239,6 +252,91 @@ fn acl_caller(req: &Request) -> AclCaller {
     }
 }
 
+/// The kernel's lock request as Shoal's; None for an unknown lock type.
+fn lock_args(owner: LockOwner, start: u64, end: u64, typ: i32, pid: u32) -> Option<LockArgs> {
+    let kind = match typ {
+        libc::F_RDLCK => LockKind::Read,
+        libc::F_WRLCK => LockKind::Write,
+        libc::F_UNLCK => LockKind::Unlock,
+        _ => return None,
+    };
+    // The kernel says "to the end of the file" with OFFSET_MAX (i64::MAX).
+    let end = if end >= i64::MAX as u64 {
+        u64::MAX
+    } else {
+        end
+    };
+    Some(LockArgs {
+        owner: owner.0,
+        start,
+        end: end.max(start),
+        kind,
+        pid,
+    })
+}
+
+/// Takes a lock; with `sleep` (F_SETLKW, flock without LOCK_NB) waits for conflicting
+/// locks to go, polling the MDS, until it is granted or the process gets a signal (EINTR).
+/// fuser answers the kernel's FUSE_INTERRUPT with ENOSYS, so the process's pending signals
+/// are read from /proc instead.
+async fn lock_waiting(
+    c: &Client,
+    ino: u64,
+    args: LockArgs,
+    sleep: bool,
+) -> Result<(), ClientError> {
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        match c.set_lock(ino, args).await {
+            Err(e) if sleep && e.errno() == libc::EAGAIN => {}
+            other => return other,
+        }
+        if signal_pending(args.pid) {
+            return Err(ClientError::errno_msg(
+                libc::EINTR,
+                "interrupted while waiting for a lock",
+            ));
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// Whether process `pid` has a signal pending that it does not block (or is gone).
+fn signal_pending(pid: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return true;
+    };
+    let mask = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or(0)
+    };
+    (mask("SigPnd:") | mask("ShdPnd:")) & !mask("SigBlk:") != 0
+}
+
+/// After a lock is granted: what other clients wrote before they unlocked must be what this
+/// process sees. Drops the kernel's cached pages and attributes of the file and pushes its
+/// current size (a write with O_APPEND uses the kernel's idea of the size, which otherwise
+/// lasts until the attribute timeout). The kernel takes a size only with data, so the file's
+/// last byte is stored into its cache.
+async fn refresh_kernel_view(c: &Client, notifier: Option<&Notifier>, ino: u64) {
+    let Some(n) = notifier else { return };
+    if let Err(e) = n.inval_inode(INodeNo(ino), 0, 0) {
+        warn!(ino, error = %e, "cannot invalidate the kernel's cache after a lock");
+    }
+    match c.tail(ino).await {
+        Ok((size, last)) if !last.is_empty() => {
+            // An inode the kernel has dropped meanwhile is fine (ENOENT).
+            let _ = n.store(INodeNo(ino), size - 1, &last);
+        }
+        Ok(_) => {}
+        Err(e) => warn!(ino, error = %e, "cannot refresh a locked file's size"),
+    }
+}
+
 fn reply_empty(reply: ReplyEmpty, r: Result<(), ClientError>) {
     match r {
         Ok(()) => reply.ok(),
@@ -277,7 +375,66 @@ impl Filesystem for ShoalFs {
         // support still applies the umask itself, and applying it twice changes nothing.
         let _ = config.add_capabilities(InitFlags::FUSE_POSIX_ACL);
         let _ = config.add_capabilities(InitFlags::FUSE_DONT_MASK);
+        // fcntl and flock locks go to the MDS, which enforces them across clients.
+        let _ = config.add_capabilities(InitFlags::FUSE_POSIX_LOCKS | InitFlags::FUSE_FLOCK_LOCKS);
         Ok(())
+    }
+
+    fn getlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        reply: ReplyLock,
+    ) {
+        let Some(args) = lock_args(lock_owner, start, end, typ, pid) else {
+            return reply.error(Errno::EINVAL);
+        };
+        self.go(move |c| async move {
+            match c.get_lock(ino.0, args).await {
+                Ok(l) => {
+                    let typ = match LockKind::try_from(l.kind) {
+                        Ok(LockKind::Read) => libc::F_RDLCK,
+                        Ok(LockKind::Write) => libc::F_WRLCK,
+                        _ => libc::F_UNLCK,
+                    };
+                    // A lock held on another client names that client's process.
+                    reply.locked(l.start, l.end, typ, l.pid)
+                }
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn setlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let Some(args) = lock_args(lock_owner, start, end, typ, pid) else {
+            return reply.error(Errno::EINVAL);
+        };
+        let notifier = self.notifier.clone();
+        self.go(move |c| async move {
+            let r = lock_waiting(&c, ino.0, args, sleep).await;
+            if r.is_ok() && args.kind != LockKind::Unlock {
+                refresh_kernel_view(&c, notifier.get(), ino.0).await;
+            }
+            reply_empty(reply, r)
+        });
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
@@ -510,7 +667,7 @@ impl Filesystem for ShoalFs {
         _req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
-        _lock_owner: LockOwner,
+        lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
         // The kernel flushes on every close of every copy of a descriptor, including the
@@ -518,6 +675,10 @@ impl Filesystem for ShoalFs {
         // if the MDS is away the size stays dirty here and the flush finishes in the
         // background (fsync and release still wait for it).
         self.go(move |c| async move {
+            // A close releases the closing process's fcntl locks on the file (POSIX).
+            if let Err(e) = c.release_locks(ino.0, lock_owner.0).await {
+                warn!(ino = ino.0, error = %e, "cannot release locks at close");
+            }
             let task = tokio::spawn(async move { c.flush(ino.0).await });
             match tokio::time::timeout(FLUSH_WAIT, task).await {
                 Ok(Ok(r)) => reply_empty(reply, r),
@@ -536,11 +697,19 @@ impl Filesystem for ShoalFs {
         ino: INodeNo,
         _fh: FileHandle,
         _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
+        lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.go(move |c| async move { reply_empty(reply, c.release(ino.0).await) });
+        self.go(move |c| async move {
+            // The last close of an open file releases its flock lock.
+            if let Some(owner) = lock_owner {
+                if let Err(e) = c.release_locks(ino.0, owner.0).await {
+                    warn!(ino = ino.0, error = %e, "cannot release a flock lock at close");
+                }
+            }
+            reply_empty(reply, c.release(ino.0).await)
+        });
     }
 
     fn fsync(

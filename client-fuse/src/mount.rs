@@ -20,6 +20,7 @@ use tracing::{info, warn};
 use crate::client::Client;
 use crate::cluster::Cluster;
 use crate::fuse::ShoalFs;
+use shoal_proto::mds::{EndSessionRequest, HeartbeatRequest};
 
 /// Everything a mount needs.
 #[derive(Debug, Clone)]
@@ -219,8 +220,10 @@ pub fn run(
             let _ = bg.refresh_map().await;
         }
     });
-    let client = Arc::new(Client::new(cluster));
+    rt.spawn(heartbeats(cluster.clone(), mnt.display().to_string()));
+    let client = Arc::new(Client::new(cluster.clone()));
     let fs = ShoalFs::new(client, rt.handle().clone(), cfg.attr_ttl);
+    let notifier = fs.notifier_slot();
     let (options, acl) = fuse_options(&cfg.options, &format!("shoal:{}", cfg.mds.join(",")));
     let mut config = fuser::Config::default();
     config.mount_options = options;
@@ -228,6 +231,7 @@ pub fn run(
     config.n_threads = Some(2);
     let mut session = fuser::Session::new(fs, &mnt, &config)
         .with_context(|| format!("mounting at {}", mnt.display()))?;
+    let _ = notifier.set(session.notifier());
     let mut unmounter = session.unmount_callable();
     if let Some(p) = &cfg.pid_file {
         std::fs::write(p, std::process::id().to_string())?;
@@ -239,7 +243,7 @@ pub fn run(
         .spawn(move || {
             let _ = tx.send(session.run());
         })?;
-    rt.block_on(async {
+    let served = rt.block_on(async {
         tokio::pin!(rx);
         tokio::select! {
             r = &mut rx => {
@@ -256,7 +260,48 @@ pub fn run(
                 Ok(())
             }
         }
-    })
+    });
+    // Unmounted: end the session so its locks go at once, not after the timeout.
+    let session = cluster.session();
+    let end = cluster.mds_mutate(
+        "end_session",
+        EndSessionRequest { session },
+        |mut c, r| async move { c.end_session(r).await },
+    );
+    if let Err(e) = rt.block_on(async { tokio::time::timeout(Duration::from_secs(5), end).await }) {
+        warn!(error = %e, "could not end the session; the MDS will time it out");
+    }
+    served
+}
+
+/// Keeps this mount's session alive at the MDS leader: a heartbeat every quarter of the
+/// session timeout the MDS announces.
+async fn heartbeats(cluster: Arc<Cluster>, mount_point: String) {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    let mut every = Duration::from_secs(5);
+    loop {
+        let req = HeartbeatRequest {
+            session: cluster.session(),
+            host: host.clone(),
+            mount_point: mount_point.clone(),
+        };
+        match cluster
+            .mds("heartbeat", |mut c| {
+                let req = req.clone();
+                async move { c.heartbeat(req).await }
+            })
+            .await
+        {
+            Ok(r) => {
+                every = (Duration::from_millis(r.timeout_ms as u64) / 4)
+                    .clamp(Duration::from_millis(100), Duration::from_secs(15))
+            }
+            Err(e) => warn!(error = %e, "session heartbeat failed"),
+        }
+        tokio::time::sleep(every).await;
+    }
 }
 
 /// `mount.fuse.shoal SOURCE MNT [-o OPTS] [-n] [-s] [-f] [-v]`: starts `shoal-fuse` in the

@@ -6,4 +6,5 @@ mod mds_ha;
 mod namespace;
 mod posix;
 mod replication;
+mod sharing;
 mod tools;

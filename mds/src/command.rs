@@ -10,7 +10,10 @@ pub struct Command {
     #[prost(message, optional, tag = "1")]
     pub now: Option<pb::Timespec>,
     /// The mutation.
-    #[prost(oneof = "Op", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14")]
+    #[prost(
+        oneof = "Op",
+        tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16"
+    )]
     pub op: Option<Op>,
     /// The client request this mutation answers, for exactly-once retries.
     #[prost(message, optional, tag = "20")]
@@ -194,6 +197,26 @@ pub enum Op {
     /// Set the pool's replication settings.
     #[prost(message, tag = "14")]
     SetPool(Pool),
+    /// Take, change or release a byte-range lock.
+    #[prost(message, tag = "15")]
+    SetLock(pb::LockRequest),
+    /// End a client session: release its locks.
+    #[prost(message, tag = "16")]
+    EndSession(pb::EndSessionRequest),
+}
+
+/// A held lock, stored under (ino, session, owner, start).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LockRecord {
+    /// Last byte, inclusive.
+    #[prost(uint64, tag = "1")]
+    pub end: u64,
+    /// `pb::LockKind` (read or write).
+    #[prost(int32, tag = "2")]
+    pub kind: i32,
+    /// The owning process on its client.
+    #[prost(uint32, tag = "3")]
+    pub pid: u32,
 }
 
 /// Payload of [`Op::SetOsdState`].

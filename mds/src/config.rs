@@ -32,6 +32,8 @@ pub struct MdsConfig {
     pub osd_grace: Duration,
     /// An OSD down for this long is marked out and its PGs move elsewhere.
     pub osd_out_after: Duration,
+    /// A client session not heard from for this long is ended and its locks released.
+    pub session_timeout: Duration,
     /// Copies per object for a new cluster's pool.
     pub pool_size: u32,
     /// Copies durable before a write is acknowledged (0: a majority of `pool_size`).
@@ -57,6 +59,7 @@ impl Default for MdsConfig {
             log_keep_entries: 5_000,
             osd_grace: Duration::from_secs(10),
             osd_out_after: Duration::from_secs(600),
+            session_timeout: Duration::from_secs(60),
             pool_size: shoal_proto::placement::DEFAULT_SIZE,
             pool_min_size: 0,
             root_uid: 0,
@@ -88,6 +91,10 @@ impl MdsConfig {
             "election_ticks must exceed heartbeat_ticks"
         );
         anyhow::ensure!(!self.tick.is_zero(), "tick must be positive");
+        anyhow::ensure!(
+            self.session_timeout >= Duration::from_secs(1),
+            "the session timeout must be at least 1 s"
+        );
         anyhow::ensure!(
             !(self.join && self.peers.len() > 1),
             "a joining member takes no --peers: the group it joins tells it its members"

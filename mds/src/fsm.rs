@@ -6,6 +6,7 @@
 //! - `dentries`: (parent, name) → (ino, kind, cookie); `dir_index`: (parent, cookie) →
 //!   (ino, kind, name). The two always change together.
 //! - `orphans`: regular files with no names left, kept until a client purges their data.
+//! - `locks`: byte-range locks by (ino, session, owner, start) (`locks`).
 //!
 //! Invariants: a directory's `nlink` is 2 + its subdirectories; a file's `nlink` is its number
 //! of dentries; every command is applied as one batch together with the applied index, so a
@@ -433,6 +434,16 @@ impl Fsm {
             .collect()
     }
 
+    /// The first lock another owner holds that conflicts with `r` (GetLock).
+    pub fn get_lock(&self, r: &pb::LockRequest) -> Result<pb::LockReply, MdsError> {
+        locks::get_lock(&self.db, r)
+    }
+
+    /// Locks held, per client session.
+    pub fn locks_per_session(&self) -> Result<BTreeMap<u64, u32>, MdsError> {
+        locks::per_session(&self.db)
+    }
+
     /// Number of inodes in the namespace.
     pub fn files(&self) -> Result<u64, MdsError> {
         Txn::new(&self.db).counter(KEY_FILES, 0)
@@ -548,6 +559,8 @@ fn apply_op(t: &mut Txn<'_>, op: &Op, now: &Timespec) -> Result<Applied, MdsErro
         Op::OsdBoot(r) => osd_boot(t, r),
         Op::SetOsdState(r) => set_osd_state(t, r, now),
         Op::SetPool(p) => set_pool(t, p),
+        Op::SetLock(r) => locks::set_lock(t, r),
+        Op::EndSession(r) => locks::end_session(t, r.session),
     }
 }
 
@@ -1153,6 +1166,8 @@ fn set_pool(t: &mut Txn<'_>, p: &Pool) -> Result<Applied, MdsError> {
     t.set_counter(KEY_OSD_EPOCH, epoch);
     Ok(Applied::Epoch(epoch))
 }
+
+mod locks;
 
 #[cfg(test)]
 mod tests;

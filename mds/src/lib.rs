@@ -86,6 +86,7 @@ pub async fn run(
     let settings = service::MapSettings {
         osd_grace: cfg.osd_grace,
         osd_out_after: cfg.osd_out_after,
+        session_timeout: cfg.session_timeout,
         new_cluster: NewCluster {
             root_uid: cfg.root_uid,
             root_gid: cfg.root_gid,

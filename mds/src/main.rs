@@ -33,6 +33,9 @@ struct Args {
     /// Seconds an OSD stays down before it is marked out and its PGs move elsewhere.
     #[arg(long, default_value_t = 600)]
     osd_out_secs: u64,
+    /// Seconds a client session may stay silent before it is ended and its locks released.
+    #[arg(long, default_value_t = 60)]
+    session_timeout_secs: u64,
     /// Applied entries the Raft log may hold before it is compacted.
     #[arg(long, default_value_t = 20_000)]
     log_compact_entries: u64,
@@ -67,6 +70,7 @@ fn main() -> anyhow::Result<()> {
         join: args.join,
         osd_grace: Duration::from_secs(args.osd_grace_secs),
         osd_out_after: Duration::from_secs(args.osd_out_secs),
+        session_timeout: Duration::from_secs(args.session_timeout_secs),
         log_compact_entries: args.log_compact_entries,
         log_keep_entries: args.log_keep_entries,
         pool_size: args.pool_size,

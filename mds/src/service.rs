@@ -4,7 +4,7 @@
 // add a conversion at every handler.
 #![allow(clippy::result_large_err)]
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -44,6 +44,14 @@ struct Reports {
     recovered_log: VecDeque<(Instant, u64)>,
 }
 
+/// A client session as the leader last heard it (soft state).
+#[derive(Debug, Clone)]
+struct Seen {
+    last_heard: Instant,
+    host: String,
+    mount_point: String,
+}
+
 /// What the leader creates in a brand-new cluster.
 #[derive(Debug, Clone)]
 pub struct NewCluster {
@@ -62,6 +70,8 @@ pub struct MapSettings {
     pub osd_grace: Duration,
     /// An OSD down for this long is marked out, and its PGs move.
     pub osd_out_after: Duration,
+    /// A client session silent this long is ended (its locks released).
+    pub session_timeout: Duration,
     /// The root directory and pool of a new cluster.
     pub new_cluster: NewCluster,
 }
@@ -74,6 +84,7 @@ pub struct MdsService {
     settings: MapSettings,
     started: Instant,
     reports: Arc<Mutex<Reports>>,
+    sessions: Arc<Mutex<HashMap<u64, Seen>>>,
 }
 
 type Reply<T> = Result<Response<T>, Status>;
@@ -120,6 +131,7 @@ impl MdsService {
             settings,
             started: Instant::now(),
             reports: Arc::default(),
+            sessions: Arc::default(),
         }
     }
 
@@ -247,6 +259,9 @@ impl MdsService {
             if let Err(e) = self.check_osds(since.max(self.started)).await {
                 warn!(error = %e.message(), "osd failure check failed");
             }
+            if let Err(e) = self.check_sessions(since.max(self.started)).await {
+                warn!(error = %e.message(), "session check failed");
+            }
         }
     }
 
@@ -316,6 +331,69 @@ impl MdsService {
             }
         }
         Ok(())
+    }
+
+    fn seen(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Seen>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Ends sessions silent for the session timeout (those holding locks through Raft, which
+    /// releases the locks); a session a previous leader heard counts from our election.
+    async fn check_sessions(&self, leading_since: Instant) -> Result<(), Status> {
+        let timeout = self.settings.session_timeout;
+        let now = Instant::now();
+        let holders = self.fsm.locks_per_session()?;
+        self.seen().retain(|id, s| {
+            holders.contains_key(id) || now.duration_since(s.last_heard) <= timeout
+        });
+        for (session, locks) in holders {
+            let heard = self
+                .seen()
+                .get(&session)
+                .map_or(leading_since, |s| s.last_heard);
+            let silent = now.duration_since(heard);
+            if silent <= timeout {
+                continue;
+            }
+            warn!(
+                session,
+                locks,
+                silent_ms = silent.as_millis() as u64,
+                "client session timed out: ending it and releasing its locks"
+            );
+            self.propose(Op::EndSession(EndSessionRequest { session }))
+                .await?;
+            self.seen().remove(&session);
+        }
+        Ok(())
+    }
+
+    /// Sessions for `shoal status`: those heard from and those holding locks.
+    fn session_infos(&self) -> Result<Vec<SessionInfo>, Status> {
+        let holders = self.fsm.locks_per_session()?;
+        let now = Instant::now();
+        let mut out: BTreeMap<u64, SessionInfo> = BTreeMap::new();
+        for (id, s) in self.seen().iter() {
+            out.insert(
+                *id,
+                SessionInfo {
+                    session: *id,
+                    host: s.host.clone(),
+                    mount_point: s.mount_point.clone(),
+                    silent_ms: now.duration_since(s.last_heard).as_millis() as u64,
+                    locks: 0,
+                },
+            );
+        }
+        for (id, n) in holders {
+            out.entry(id)
+                .or_insert_with(|| SessionInfo {
+                    session: id,
+                    ..Default::default()
+                })
+                .locks = n;
+        }
+        Ok(out.into_values().collect())
     }
 
     fn pg_stats(&self, map: &OsdMap) -> (Vec<PgStat>, f64) {
@@ -528,7 +606,44 @@ impl Mds for MdsService {
             bootstrapped: self.fsm.bootstrapped()?,
             log_first_index: st.first_index,
             self_id: st.id,
+            sessions: self.session_infos()?,
         }))
+    }
+
+    async fn heartbeat(&self, req: Request<HeartbeatRequest>) -> Reply<HeartbeatReply> {
+        // Only the leader keeps sessions; a follower sends the client there.
+        self.node.read_barrier().await?;
+        let r = req.into_inner();
+        self.seen().insert(
+            r.session,
+            Seen {
+                last_heard: Instant::now(),
+                host: r.host,
+                mount_point: r.mount_point,
+            },
+        );
+        Ok(Response::new(HeartbeatReply {
+            timeout_ms: self.settings.session_timeout.as_millis() as u32,
+        }))
+    }
+
+    async fn set_lock(&self, req: Request<LockRequest>) -> Reply<Empty> {
+        self.propose_for(req, Op::SetLock).await?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn get_lock(&self, req: Request<LockRequest>) -> Reply<LockReply> {
+        self.node.read_barrier().await?;
+        Ok(Response::new(self.fsm.get_lock(&req.into_inner())?))
+    }
+
+    async fn end_session(&self, req: Request<EndSessionRequest>) -> Reply<Empty> {
+        // Idempotent, so no request id is needed (`shoal client evict` sends none).
+        let session = req.into_inner().session;
+        self.propose(Op::EndSession(EndSessionRequest { session }))
+            .await?;
+        self.seen().remove(&session);
+        Ok(Response::new(Empty {}))
     }
 
     async fn change_members(

@@ -43,11 +43,13 @@ pub enum Cf {
     Osds,
     /// client session → `SessionWindow`: replies its retries may still ask for.
     Sessions,
+    /// (ino, session, owner, start) → `LockRecord`: byte-range locks held.
+    Locks,
 }
 
 impl Cf {
     /// Every column family, in creation order.
-    pub const ALL: [Cf; 10] = [
+    pub const ALL: [Cf; 11] = [
         Cf::Raft,
         Cf::Meta,
         Cf::Inodes,
@@ -58,6 +60,7 @@ impl Cf {
         Cf::Orphans,
         Cf::Osds,
         Cf::Sessions,
+        Cf::Locks,
     ];
 
     /// The column family's name on disk.
@@ -73,6 +76,7 @@ impl Cf {
             Cf::Orphans => "orphans",
             Cf::Osds => "osds",
             Cf::Sessions => "sessions",
+            Cf::Locks => "locks",
         }
     }
 }

@@ -14,7 +14,7 @@
 //! `getacl P access|default`, `rmacl P access|default`, where ACL is written
 //! `u::rw-,u:1000:r--,g::r--,g:50:rwx,m::rw-,o::---` (entries in the kernel's order); and
 //! `setxattr P NAME TEXT`, `getxattr P NAME`, `listxattr P` (names sorted, comma-separated),
-//! none of which follow a final symlink.
+//! none of which follow a final symlink. Locks: see `lock_op`.
 
 use std::ffi::CString;
 use std::process::ExitCode;
@@ -37,6 +37,10 @@ fn errno_name(e: i32) -> String {
         libc::ENAMETOOLONG => "ENAMETOOLONG",
         libc::ENOTEMPTY => "ENOTEMPTY",
         libc::ELOOP => "ELOOP",
+        libc::EAGAIN => "EAGAIN",
+        libc::EINTR => "EINTR",
+        libc::EBADF => "EBADF",
+        libc::EDEADLK => "EDEADLK",
         libc::ENODATA => "ENODATA",
         libc::ERANGE => "ERANGE",
         libc::EBUSY => "EBUSY",
@@ -174,9 +178,137 @@ fn become_user(spec: &str) -> Result<(), String> {
     Ok(())
 }
 
+extern "C" fn on_alarm(_: libc::c_int) {}
+
+/// `r`, `w` or `u` as a lock type.
+fn lock_type(kind: &str) -> Result<libc::c_short, String> {
+    Ok(match kind {
+        "r" => libc::F_RDLCK,
+        "w" => libc::F_WRLCK,
+        "u" => libc::F_UNLCK,
+        _ => return Err(format!("lock type {kind:?}: want r, w or u")),
+    } as libc::c_short)
+}
+
+/// Lock ops, each on its own descriptor of P (opened read-write): `setlk P r|w|u START LEN`,
+/// `setlkw P r|w START LEN [ALARM_SECS]` (F_SETLKW, interrupted by SIGALRM after ALARM_SECS),
+/// `getlk P r|w START LEN` (prints `unlocked` or `r|w START LEN pid=PID`), `hold P` (a write
+/// lock on the whole file: prints `ok`, then waits to be killed), and `append-locked P TAG N`
+/// (N records of 64 bytes appended with O_APPEND, each under flock LOCK_EX).
+fn lock_op(a: &[&str]) -> Result<Option<Result<String, String>>, String> {
+    let [cmd, p, rest @ ..] = a else {
+        return Ok(None);
+    };
+    if !["setlk", "setlkw", "getlk", "hold", "append-locked"].contains(cmd) {
+        return Ok(None);
+    }
+    let append = if *cmd == "append-locked" {
+        libc::O_APPEND
+    } else {
+        0
+    };
+    // SAFETY (every block below): system calls on a descriptor opened here, on structs owned
+    // here, and on a NUL-terminated path that lives across the call.
+    let fd = unsafe { libc::open(cstr(p)?.as_ptr(), libc::O_RDWR | append) };
+    if fd < 0 {
+        return Ok(Some(Err(last_errno())));
+    }
+    let lock = |kind: &str, start: &str, len: &str| -> Result<libc::flock, String> {
+        let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+        fl.l_type = lock_type(kind)?;
+        fl.l_whence = libc::SEEK_SET as libc::c_short;
+        fl.l_start = num(start)?;
+        fl.l_len = num(len)?;
+        Ok(fl)
+    };
+    let done = |r: libc::c_int| {
+        if r < 0 {
+            Err(last_errno())
+        } else {
+            Ok(String::new())
+        }
+    };
+    let r = match (*cmd, rest) {
+        ("setlk", [k, s, l]) => {
+            let fl = lock(k, s, l)?;
+            done(unsafe { libc::fcntl(fd, libc::F_SETLK, &fl) })
+        }
+        ("setlkw", [k, s, l, alarm @ ..]) => {
+            let fl = lock(k, s, l)?;
+            if let [secs] = alarm {
+                let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
+                sa.sa_sigaction = on_alarm as extern "C" fn(libc::c_int) as usize;
+                unsafe { libc::sigaction(libc::SIGALRM, &sa, std::ptr::null_mut()) };
+                unsafe { libc::alarm(num(secs)?) };
+            }
+            done(unsafe { libc::fcntl(fd, libc::F_SETLKW, &fl) })
+        }
+        ("getlk", [k, s, l]) => {
+            let mut fl = lock(k, s, l)?;
+            if unsafe { libc::fcntl(fd, libc::F_GETLK, &mut fl) } < 0 {
+                Err(last_errno())
+            } else if fl.l_type == libc::F_UNLCK as libc::c_short {
+                Ok("unlocked".to_string())
+            } else {
+                let t = if fl.l_type == libc::F_RDLCK as libc::c_short {
+                    "r"
+                } else {
+                    "w"
+                };
+                Ok(format!("{t} {} {} pid={}", fl.l_start, fl.l_len, fl.l_pid))
+            }
+        }
+        ("hold", []) => {
+            let fl = lock("w", "0", "0")?;
+            match done(unsafe { libc::fcntl(fd, libc::F_SETLKW, &fl) }) {
+                Ok(_) => {
+                    println!("ok");
+                    use std::io::Write;
+                    let _ = std::io::stdout().flush();
+                    loop {
+                        std::thread::sleep(std::time::Duration::from_secs(1));
+                    }
+                }
+                Err(e) => Err(e),
+            }
+        }
+        ("append-locked", [tag, n]) => {
+            let mut r = Ok(String::new());
+            for i in 0..num::<u32>(n)? {
+                let mut rec = format!("{tag} {i:08} ").into_bytes();
+                rec.resize(63, b'.');
+                rec.push(b'\n');
+                let step = done(unsafe { libc::flock(fd, libc::LOCK_EX) })
+                    .and_then(|_| {
+                        let w = unsafe { libc::write(fd, rec.as_ptr().cast(), rec.len()) };
+                        if w == rec.len() as isize {
+                            Ok(String::new())
+                        } else if w < 0 {
+                            Err(last_errno())
+                        } else {
+                            Err(format!("short write {w}"))
+                        }
+                    })
+                    .and_then(|_| done(unsafe { libc::flock(fd, libc::LOCK_UN) }));
+                if step.is_err() {
+                    r = step;
+                    break;
+                }
+            }
+            r
+        }
+        _ => return Err(format!("bad arguments to {cmd}")),
+    };
+    unsafe { libc::close(fd) };
+    Ok(Some(r))
+}
+
 /// Runs one op; `Ok(Ok(text))` on success, `Ok(Err(errno name))` when the call failed.
 fn op(args: &[String]) -> Result<Result<String, String>, String> {
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    if let Some(r) = lock_op(&a)? {
+        return Ok(r);
+    }
     let check = |r: libc::c_int| {
         if r < 0 {
             Err(last_errno())
