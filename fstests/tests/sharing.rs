@@ -43,6 +43,17 @@ impl Drop for Reaper {
     }
 }
 
+/// A process that write-locks all of `p` and keeps the lock until it is killed.
+fn hold(p: &Path) -> Reaper {
+    let mut holder = Reaper(fsop_spawn(&["hold", p.to_str().unwrap()]));
+    let mut line = String::new();
+    BufReader::new(holder.0.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ok", "the holder has its lock");
+    holder
+}
+
 /// Mounts the cluster a second time at `ROOT/name`.
 fn second_mount(c: &TestCluster, name: &str) -> PathBuf {
     let m = c.root.path().join(name);
@@ -123,12 +134,7 @@ fn fcntl_locks_are_enforced_across_mounts_and_released_by_close() {
 
     // `shoal client evict` ends a session that holds a lock: the lock goes at once.
     fs::write(c.path("h"), b"h").unwrap();
-    let mut holder = Reaper(fsop_spawn(&["hold", m2.join("h").to_str().unwrap()]));
-    let mut line = String::new();
-    BufReader::new(holder.0.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line.trim(), "ok");
+    let holder = hold(&m2.join("h"));
     let h = open_rw(&c.path("h"));
     assert_eq!(setlk(&h, libc::F_WRLCK, 0, 0), Err(libc::EAGAIN));
     let status = c.status();
@@ -218,12 +224,7 @@ fn a_dead_clients_locks_go_after_the_session_timeout_and_an_unmount_frees_at_onc
     let g = open_rw(&c.path("g"));
 
     // A process on the third mount holds a lock; a clean unmount releases it at once.
-    let mut holder = Reaper(fsop_spawn(&["hold", m3.join("g").to_str().unwrap()]));
-    let mut line = String::new();
-    BufReader::new(holder.0.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line.trim(), "ok");
+    let holder = hold(&m3.join("g"));
     assert_eq!(setlk(&g, libc::F_WRLCK, 0, 0), Err(libc::EAGAIN));
     let status = c.status();
     let held: u64 = status["sessions"]
@@ -240,12 +241,7 @@ fn a_dead_clients_locks_go_after_the_session_timeout_and_an_unmount_frees_at_onc
 
     // The second mount's client dies with a lock held: the lock stays until the session
     // times out (3 s here), then this mount can take it.
-    let mut holder = Reaper(fsop_spawn(&["hold", m2.join("f").to_str().unwrap()]));
-    let mut line = String::new();
-    BufReader::new(holder.0.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line.trim(), "ok");
+    let holder = hold(&m2.join("f"));
     c.kill9("client.1");
     let killed = Instant::now();
     assert_eq!(setlk(&f, libc::F_WRLCK, 0, 0), Err(libc::EAGAIN));
