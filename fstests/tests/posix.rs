@@ -865,6 +865,42 @@ fn posix_open_flags_special_files_and_utimensat() {
             "[{site}]"
         );
         assert_eq!(fs::metadata(at("f")).unwrap().len(), 0, "[{site}] O_TRUNC");
+        // O_DIRECT: aligned writes and reads bypass the page cache and land where asked.
+        {
+            use std::os::unix::fs::{FileExt, OpenOptionsExt};
+            let f = fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(at("f"))
+                .unwrap();
+            let layout = std::alloc::Layout::from_size_align(8192, 4096).unwrap();
+            // SAFETY: an 8 KiB block aligned for O_DIRECT, written in full before any read
+            // and freed below; the slice does not outlive it.
+            let buf = unsafe { std::slice::from_raw_parts_mut(std::alloc::alloc(layout), 8192) };
+            for (i, b) in buf.iter_mut().enumerate() {
+                *b = (i % 251) as u8;
+            }
+            f.write_all_at(buf, 4096).unwrap();
+            let want = buf.to_vec();
+            buf.fill(0);
+            f.read_exact_at(buf, 4096).unwrap();
+            let same = buf[..] == want[..];
+            // SAFETY: allocated above with this layout.
+            unsafe { std::alloc::dealloc(buf.as_mut_ptr(), layout) };
+            assert!(same, "[{site}] O_DIRECT read back");
+            assert_eq!(
+                fs::metadata(at("f")).unwrap().len(),
+                4096 + 8192,
+                "[{site}]"
+            );
+            let plain = fs::read(at("f")).unwrap();
+            assert_eq!(
+                &plain[4096..],
+                &want[..],
+                "[{site}] O_DIRECT data seen by read(2)"
+            );
+        }
         if site == "shoal" {
             // Documented in docs/posix.md: no O_TMPFILE.
             assert_eq!(
