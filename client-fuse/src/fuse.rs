@@ -403,8 +403,10 @@ impl Filesystem for ShoalFs {
                         Ok(LockKind::Write) => libc::F_WRLCK,
                         _ => libc::F_UNLCK,
                     };
-                    // A lock held on another client names that client's process.
-                    reply.locked(l.start, l.end, typ, l.pid)
+                    // A lock held on another client names that client's process; "to the
+                    // end" goes back to the kernel's OFFSET_MAX (it refuses anything past).
+                    let end = l.end.min(i64::MAX as u64);
+                    reply.locked(l.start, end, typ, l.pid)
                 }
                 Err(e) => reply.error(errno(&e)),
             }

@@ -137,6 +137,9 @@ fn fcntl_locks_are_enforced_across_mounts_and_released_by_close() {
     let holder = hold(&m2.join("h"));
     let h = open_rw(&c.path("h"));
     assert_eq!(setlk(&h, libc::F_WRLCK, 0, 0), Err(libc::EAGAIN));
+    // A lock to the end of the file reads back as length 0.
+    let got = fsop(&["getlk", c.path("h").to_str().unwrap(), "r", "5", "1"]);
+    assert_eq!(got, format!("ok w 0 0 pid={}", holder.0.id()));
     let status = c.status();
     let holders: Vec<u64> = status["sessions"]
         .as_array()
