@@ -276,29 +276,35 @@ fn lock_args(owner: LockOwner, start: u64, end: u64, typ: i32, pid: u32) -> Opti
 }
 
 /// Takes a lock; with `sleep` (F_SETLKW, flock without LOCK_NB) waits for conflicting
-/// locks to go, polling the MDS, until it is granted or the process gets a signal (EINTR).
-/// fuser answers the kernel's FUSE_INTERRUPT with ENOSYS, so the process's pending signals
-/// are read from /proc instead.
+/// locks to go, until it is granted or the process gets a signal (EINTR). While it waits it
+/// polls with GetLock, a read, and proposes the lock (a Raft entry) again only once nothing
+/// conflicts. fuser answers the kernel's FUSE_INTERRUPT with ENOSYS, so the process's
+/// pending signals are read from /proc instead.
 async fn lock_waiting(
     c: &Client,
     ino: u64,
     args: LockArgs,
     sleep: bool,
 ) -> Result<(), ClientError> {
-    let mut backoff = Duration::from_millis(5);
     loop {
         match c.set_lock(ino, args).await {
             Err(e) if sleep && e.errno() == libc::EAGAIN => {}
             other => return other,
         }
-        if signal_pending(args.pid) {
-            return Err(ClientError::errno_msg(
-                libc::EINTR,
-                "interrupted while waiting for a lock",
-            ));
+        let mut backoff = Duration::from_millis(5);
+        loop {
+            if signal_pending(args.pid) {
+                return Err(ClientError::errno_msg(
+                    libc::EINTR,
+                    "interrupted while waiting for a lock",
+                ));
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(100));
+            if c.get_lock(ino, args).await?.kind == LockKind::Unlock as i32 {
+                break;
+            }
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_millis(100));
     }
 }
 
