@@ -97,6 +97,8 @@ pub struct SessionStatus {
     pub silent_ms: u64,
     /// Byte-range and flock locks it holds.
     pub locks: u32,
+    /// Inodes it holds a live lease on (may cache).
+    pub leases: u32,
 }
 
 /// The data pool.
@@ -313,6 +315,7 @@ pub fn report(st: &StatusReply, nearfull: f64) -> Report {
                 mount_point: s.mount_point.clone(),
                 silent_ms: s.silent_ms,
                 locks: s.locks,
+                leases: s.leases,
             })
             .collect(),
     }
@@ -527,7 +530,7 @@ pub fn render(r: &Report) -> String {
     out += &format!("clients: {} session(s)\n", r.sessions.len());
     for s in &r.sessions {
         out += &format!(
-            "  {:016x} {} {}  last heard {:.1} s ago, {} lock(s)\n",
+            "  {:016x} {} {}  last heard {:.1} s ago, {} lock(s), {} lease(s)\n",
             s.id,
             if s.host.is_empty() { "?" } else { &s.host },
             if s.mount_point.is_empty() {
@@ -536,7 +539,8 @@ pub fn render(r: &Report) -> String {
                 &s.mount_point
             },
             s.silent_ms as f64 / 1000.0,
-            s.locks
+            s.locks,
+            s.leases
         );
     }
     if r.pgs.missing_copies > 0 || r.pgs.recovery_per_sec > 0.0 {

@@ -10,10 +10,18 @@
 //! - An attribute handed out overlays the local unflushed size/mtime on the MDS's answer.
 //! - A file unlinked while open here keeps its data until its last close on this mount; then
 //!   its objects are deleted and the MDS purges the inode.
+//! - The kernel caches attributes and entries only for as long as this mount holds a read
+//!   lease on them (the TTL handed out is what is left of it), and pages only until the lease
+//!   is revoked or, once it ran out, until the kernel sees the mtime change (auto-invalidate).
+//!   A lease counts from when its request was sent, and not at all if a revocation of the
+//!   inode arrived after that.
+//! - Without a write lease, a write sends the new size and mtime to the MDS before it returns
+//!   (which revokes other mounts' leases on the file); with one, they stay local until the
+//!   lease is revoked, fsync, close or a setattr.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use libc::{EBADF, EFBIG, EISDIR};
@@ -41,7 +49,20 @@ struct FileState {
     generation: u64,
     /// Unlinked while open: delete its data at last close.
     orphan: bool,
+    /// Until when this mount holds the file's write lease.
+    write_until: Option<Instant>,
 }
+
+/// This mount's read lease on an inode.
+#[derive(Debug, Clone, Copy, Default)]
+struct Lease {
+    until: Option<Instant>,
+    /// When the MDS last revoked it: grants asked for before then do not count.
+    revoked: Option<Instant>,
+}
+
+/// Leases end this much before the MDS's reckoning.
+const LEASE_MARGIN: Duration = Duration::from_millis(20);
 
 /// One mount's client.
 pub struct Client {
@@ -50,6 +71,7 @@ pub struct Client {
     /// (ino, lock owner) pairs that may hold locks, so a close asks the MDS to release
     /// locks only when there can be some.
     lockers: Mutex<std::collections::HashSet<(u64, u64)>>,
+    leases: Mutex<HashMap<u64, Lease>>,
 }
 
 /// A byte-range lock request from the kernel (fcntl or flock).
@@ -90,6 +112,94 @@ impl Client {
             cluster,
             files: Mutex::default(),
             lockers: Mutex::default(),
+            leases: Mutex::default(),
+        }
+    }
+
+    fn leases(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Lease>> {
+        self.leases.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a read lease of `ms` on `inos` from a request sent at `sent`.
+    fn note_lease(&self, inos: &[u64], sent: Instant, ms: u32) {
+        if ms == 0 {
+            return;
+        }
+        let until = sent + Duration::from_millis(ms as u64).saturating_sub(LEASE_MARGIN);
+        let mut leases = self.leases();
+        if leases.len() > 100_000 {
+            let now = Instant::now();
+            leases.retain(|_, l| {
+                l.until.is_some_and(|u| u > now)
+                    || l.revoked
+                        .is_some_and(|r| now.duration_since(r) < Duration::from_secs(60))
+            });
+        }
+        for &ino in inos {
+            let l = leases.entry(ino).or_default();
+            if l.revoked.is_some_and(|r| r >= sent) {
+                continue;
+            }
+            l.until = l.until.max(Some(until));
+        }
+    }
+
+    /// How long the kernel may cache what it knows of `ino`: what is left of the lease.
+    pub fn ttl(&self, ino: u64) -> Duration {
+        let until = self.leases().get(&ino).and_then(|l| l.until);
+        until.map_or(Duration::ZERO, |u| {
+            u.saturating_duration_since(Instant::now())
+        })
+    }
+
+    /// The MDS revoked this mount's leases on `ino`: from now on nothing of it is cached
+    /// under them, and a write lease's size and mtime go to the MDS. The caller then drops
+    /// the kernel's caches and acks.
+    pub async fn revoked(&self, ino: u64) -> Result<()> {
+        {
+            let mut leases = self.leases();
+            let l = leases.entry(ino).or_default();
+            l.until = None;
+            l.revoked = Some(Instant::now());
+        }
+        let wrote = self
+            .files()
+            .get_mut(&ino)
+            .and_then(|s| s.write_until.take())
+            .is_some();
+        if wrote {
+            self.flush(ino).await?;
+        }
+        Ok(())
+    }
+
+    /// Calls the MDS for an attribute reply, and records the read lease that came with it
+    /// on `inos` (with `None`, on the reply's inode).
+    async fn leased_call<F, Fut>(
+        &self,
+        what: &str,
+        inos: Option<&[u64]>,
+        f: F,
+    ) -> Result<(Attr, u32)>
+    where
+        F: Fn(crate::cluster::Mds) -> Fut,
+        Fut: std::future::Future<
+            Output = std::result::Result<tonic::Response<AttrReply>, tonic::Status>,
+        >,
+    {
+        let sent = Instant::now();
+        let r = self.cluster.mds(what, f).await?;
+        let (ms, wms) = (r.lease_ms, r.write_lease_ms);
+        let attr = attr_of(r)?;
+        self.note_lease(inos.unwrap_or(&[attr.ino]), sent, ms);
+        self.fresh_size(&attr);
+        Ok((attr, wms))
+    }
+
+    /// An attribute just read from the MDS: an open file's known size follows it.
+    fn fresh_size(&self, attr: &Attr) {
+        if let Some(st) = self.files().get_mut(&attr.ino) {
+            st.size = attr.size;
         }
     }
 
@@ -197,6 +307,7 @@ impl Client {
             parent,
             name: Bytes::copy_from_slice(name),
         };
+        let sent = Instant::now();
         let r = self
             .cluster
             .mds("lookup", |mut c| {
@@ -204,17 +315,48 @@ impl Client {
                 async move { c.lookup(req).await }
             })
             .await?;
-        Ok(self.overlay(attr_of(r)?))
+        let ms = r.lease_ms;
+        let attr = attr_of(r)?;
+        // The lease covers the entry (the directory's) and the child's attributes.
+        self.note_lease(&[parent, attr.ino], sent, ms);
+        self.fresh_size(&attr);
+        Ok(self.overlay(attr))
     }
 
     async fn getattr_raw(&self, ino: u64) -> Result<Attr> {
-        let r = self
-            .cluster
-            .mds("getattr", |mut c| async move {
+        let (attr, _) = self
+            .leased_call("getattr", None, |mut c| async move {
                 c.get_attr(GetAttrRequest { ino }).await
             })
             .await?;
-        attr_of(r)
+        Ok(attr)
+    }
+
+    /// A mutation answered with attributes, and the leases that came with them (the read
+    /// lease on `inos`; the write lease, in milliseconds, returned).
+    async fn leased_mutate<Q, F, Fut>(
+        &self,
+        what: &str,
+        inos: &[u64],
+        req: Q,
+        f: F,
+    ) -> Result<(Attr, u32)>
+    where
+        Q: Clone,
+        F: Fn(crate::cluster::Mds, tonic::Request<Q>) -> Fut,
+        Fut: std::future::Future<
+            Output = std::result::Result<tonic::Response<AttrReply>, tonic::Status>,
+        >,
+    {
+        let sent = Instant::now();
+        let r = self.cluster.mds_mutate(what, req, f).await?;
+        let (ms, wms) = (r.lease_ms, r.write_lease_ms);
+        let attr = attr_of(r)?;
+        let mut all = inos.to_vec();
+        all.push(attr.ino);
+        self.note_lease(&all, sent, ms);
+        self.fresh_size(&attr);
+        Ok((attr, wms))
     }
 
     /// The attributes of `ino`.
@@ -243,18 +385,11 @@ impl Client {
                     .await?;
             }
         }
-        let r = self
-            .cluster
-            .mds_mutate(
-                "setattr",
-                req,
-                |mut c, r| async move { c.set_attr(r).await },
-            )
+        let (attr, _) = self
+            .leased_mutate("setattr", &[], req, |mut c, r| async move {
+                c.set_attr(r).await
+            })
             .await?;
-        let attr = attr_of(r)?;
-        if let Some(st) = self.files().get_mut(&ino) {
-            st.size = attr.size;
-        }
         Ok(self.overlay(attr))
     }
 
@@ -306,15 +441,13 @@ impl Client {
 
     /// Creates a file, directory, device, fifo, socket or symlink.
     pub async fn make_node(&self, req: MakeNodeRequest) -> Result<Attr> {
-        let r = self
-            .cluster
-            .mds_mutate(
-                "make_node",
-                req,
-                |mut c, r| async move { c.make_node(r).await },
-            )
+        let parent = req.parent;
+        let (attr, _) = self
+            .leased_mutate("make_node", &[parent], req, |mut c, r| async move {
+                c.make_node(r).await
+            })
             .await?;
-        attr_of(r)
+        Ok(attr)
     }
 
     /// Creates (or, without `exclusive`, opens an existing) regular file and opens it.
@@ -345,6 +478,7 @@ impl Client {
             dirty_mtime: None,
             generation: 0,
             orphan: false,
+            write_until: None,
         });
         st.open += 1;
     }
@@ -391,12 +525,22 @@ impl Client {
             ));
         };
         self.cluster.write(ino, &st.layout, off, data).await?;
-        if let Some(s) = self.files().get_mut(&ino) {
-            if end > s.size {
-                s.pending = Some(s.pending.unwrap_or(0).max(end));
+        let leased = match self.files().get_mut(&ino) {
+            Some(s) => {
+                if end > s.size {
+                    s.pending = Some(s.pending.unwrap_or(0).max(end));
+                }
+                s.dirty_mtime = Some(now());
+                s.generation += 1;
+                s.write_until
+                    .is_some_and(|u| u > Instant::now() + LEASE_MARGIN)
             }
-            s.dirty_mtime = Some(now());
-            s.generation += 1;
+            None => true,
+        };
+        if !leased {
+            // Other mounts must see the new size and mtime once this returns: send them now,
+            // asking for the write lease so the next writes need not.
+            self.send_size(ino, true).await?;
         }
         Ok(len as u32)
     }
@@ -455,6 +599,12 @@ impl Client {
 
     /// Sends the size and mtime of local writes to the MDS.
     pub async fn flush(&self, ino: u64) -> Result<()> {
+        self.send_size(ino, false).await
+    }
+
+    /// Sends the size and mtime of local writes to the MDS, asking for the write lease if
+    /// `want_lease`.
+    async fn send_size(&self, ino: u64, want_lease: bool) -> Result<()> {
         let (pending, size, generation) = match self.files().get(&ino) {
             Some(s) if s.dirty_mtime.is_some() => (s.pending, s.size, s.generation),
             _ => return Ok(()),
@@ -462,21 +612,51 @@ impl Client {
         let req = SetAttrRequest {
             ino,
             grow_size: Some(pending.unwrap_or(size)),
+            want_write_lease: want_lease,
             ..Default::default()
         };
-        let r = self
-            .cluster
-            .mds_mutate("flush", req, |mut c, r| async move { c.set_attr(r).await })
+        let sent = Instant::now();
+        let (_, write_ms) = self
+            .leased_mutate(
+                "flush",
+                &[],
+                req,
+                |mut c, r| async move { c.set_attr(r).await },
+            )
             .await?;
-        let attr = attr_of(r)?;
+        let revoked = self
+            .leases()
+            .get(&ino)
+            .and_then(|l| l.revoked)
+            .is_some_and(|r| r >= sent);
         if let Some(s) = self.files().get_mut(&ino) {
-            s.size = attr.size;
             if s.generation == generation {
                 s.pending = None;
                 s.dirty_mtime = None;
             }
+            if write_ms > 0 && !revoked {
+                let ms = Duration::from_millis(write_ms as u64);
+                s.write_until = Some(sent + ms.saturating_sub(LEASE_MARGIN));
+            }
         }
         Ok(())
+    }
+
+    /// Sends the size and mtime of files whose write lease ends within `within` (renewing
+    /// the lease), so what their writes did never hides behind a lease that ran out.
+    pub async fn renew_write_leases(&self, within: Duration) {
+        let soon = Instant::now() + within;
+        let due: Vec<u64> = self
+            .files()
+            .iter()
+            .filter(|(_, s)| s.dirty_mtime.is_some() && s.write_until.is_some_and(|u| u < soon))
+            .map(|(ino, _)| *ino)
+            .collect();
+        for ino in due {
+            if let Err(e) = self.send_size(ino, true).await {
+                warn!(ino, error = %e, "cannot send a file's size before its write lease ends");
+            }
+        }
     }
 
     /// Closes one handle; the last close of an unlinked file deletes its data.
@@ -563,11 +743,12 @@ impl Client {
             new_parent,
             new_name: Bytes::copy_from_slice(new_name),
         };
-        let r = self
-            .cluster
-            .mds_mutate("link", req, |mut c, r| async move { c.link(r).await })
+        let (attr, _) = self
+            .leased_mutate("link", &[new_parent], req, |mut c, r| async move {
+                c.link(r).await
+            })
             .await?;
-        Ok(self.overlay(attr_of(r)?))
+        Ok(self.overlay(attr))
     }
 
     /// A symlink's target.

@@ -23,13 +23,14 @@ use shoal_proto::layout::{
     object_name, objects_in_range,
 };
 use shoal_proto::mds::mds_client::MdsClient;
-use shoal_proto::mds::{GetOsdMapRequest, Layout, OsdMap};
+use shoal_proto::mds::{GetOsdMapRequest, Layout, LeaseDown, LeaseUp, OsdMap};
 use shoal_proto::osd::osd_client::OsdClient;
 use shoal_proto::osd::{
     DeleteRequest, ListFileRequest, ReadRequest, TruncateRequest, WriteRequest, ZeroRequest,
 };
 use shoal_proto::placement::Placement;
 use shoal_proto::request::ReqId;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 use tracing::{debug, warn};
@@ -49,7 +50,7 @@ const WALK_MAX: u64 = 4096;
 /// Connections to one cluster.
 pub struct Cluster {
     /// MDS members by address; calls go to `mds_at` (the leader, as far as we know).
-    mds: RwLock<Vec<(String, MdsClient<Channel>)>>,
+    mds: RwLock<Vec<(String, Mds)>>,
     mds_at: AtomicUsize,
     /// This mount's session for exactly-once mutations, and its request numbers.
     session: u64,
@@ -77,10 +78,26 @@ fn channel(addr: &str) -> Result<Channel, ClientError> {
     Ok(ep.connect_lazy())
 }
 
-fn mds_client(addr: &str) -> Result<MdsClient<Channel>, ClientError> {
-    Ok(MdsClient::new(channel(addr)?)
-        .max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(shoal_proto::MAX_MESSAGE_BYTES))
+/// Names the mount's session on every MDS call, so reads can be granted leases.
+#[derive(Clone, Copy)]
+pub struct SessionTag(u64);
+
+impl tonic::service::Interceptor for SessionTag {
+    fn call(&mut self, mut r: Request<()>) -> Result<Request<()>, Status> {
+        shoal_proto::request::insert_session(r.metadata_mut(), self.0);
+        Ok(r)
+    }
+}
+
+/// An MDS connection that names the session.
+pub type Mds = MdsClient<InterceptedService<Channel, SessionTag>>;
+
+fn mds_client(addr: &str, session: u64) -> Result<Mds, ClientError> {
+    Ok(
+        MdsClient::with_interceptor(channel(addr)?, SessionTag(session))
+            .max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(shoal_proto::MAX_MESSAGE_BYTES),
+    )
 }
 
 impl Cluster {
@@ -89,14 +106,15 @@ impl Cluster {
         if mds.is_empty() {
             return Err(ClientError::Protocol("no MDS address given".into()));
         }
+        let session = rand::random::<u64>().max(1);
         let mds = mds
             .iter()
-            .map(|a| Ok((a.clone(), mds_client(a)?)))
+            .map(|a| Ok((a.clone(), mds_client(a, session)?)))
             .collect::<Result<Vec<_>, ClientError>>()?;
         let cluster = Arc::new(Cluster {
             mds: RwLock::new(mds),
             mds_at: AtomicUsize::new(0),
-            session: rand::random::<u64>().max(1),
+            session,
             next_seq: AtomicU64::new(1),
             in_flight: Mutex::new(BTreeSet::new()),
             map: RwLock::new(Arc::new(MapView {
@@ -110,7 +128,7 @@ impl Cluster {
     }
 
     /// The MDS member calls go to now.
-    fn mds_member(&self) -> (usize, MdsClient<Channel>) {
+    fn mds_member(&self) -> (usize, Mds) {
         let members = self.mds.read().unwrap_or_else(|p| p.into_inner());
         let i = self.mds_at.load(Ordering::Relaxed) % members.len().max(1);
         (i, members[i].1.clone())
@@ -124,7 +142,7 @@ impl Cluster {
             Some(addr) => match members.iter().position(|(a, _)| a == addr) {
                 Some(i) => i,
                 None => {
-                    members.push((addr.to_string(), mds_client(addr)?));
+                    members.push((addr.to_string(), mds_client(addr, self.session)?));
                     members.len() - 1
                 }
             },
@@ -141,7 +159,7 @@ impl Cluster {
     /// failures (trying each member in turn) until the retry window closes.
     pub async fn mds<T, F, Fut>(&self, what: &str, f: F) -> Result<T, ClientError>
     where
-        F: Fn(MdsClient<Channel>) -> Fut,
+        F: Fn(Mds) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         let start = Instant::now();
@@ -194,7 +212,7 @@ impl Cluster {
     pub async fn mds_mutate<Q, T, F, Fut>(&self, what: &str, req: Q, f: F) -> Result<T, ClientError>
     where
         Q: Clone,
-        F: Fn(MdsClient<Channel>, Request<Q>) -> Fut,
+        F: Fn(Mds, Request<Q>) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
@@ -217,6 +235,29 @@ impl Cluster {
             }
             .insert(r.metadata_mut());
             f(c, r)
+        })
+        .await
+    }
+
+    /// Opens this session's lease stream at the leader: acks go into the returned sender,
+    /// revocations come out of the stream.
+    pub async fn open_leases(
+        &self,
+    ) -> Result<
+        (
+            futures::channel::mpsc::UnboundedSender<LeaseUp>,
+            tonic::Streaming<LeaseDown>,
+        ),
+        ClientError,
+    > {
+        let session = self.session;
+        self.mds("leases", |mut c| async move {
+            let (tx, rx) = futures::channel::mpsc::unbounded();
+            let hello = LeaseUp { session, ack: 0 };
+            tx.unbounded_send(hello)
+                .map_err(|_| Status::internal("lease channel closed"))?;
+            let down = c.leases(rx).await?;
+            Ok(Response::new((tx, down.into_inner())))
         })
         .await
     }

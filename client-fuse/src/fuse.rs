@@ -38,7 +38,6 @@ const READDIR_PAGE: u32 = 256;
 pub struct ShoalFs {
     client: Arc<Client>,
     rt: tokio::runtime::Handle,
-    ttl: Duration,
     /// Pushes invalidations into the kernel's caches; set once the session exists.
     notifier: Arc<OnceLock<Notifier>>,
 }
@@ -150,11 +149,10 @@ fn name_ok(name: &OsStr) -> Result<Vec<u8>, ClientError> {
 
 impl ShoalFs {
     /// A filesystem served by `client`, its work run on `rt`.
-    pub fn new(client: Arc<Client>, rt: tokio::runtime::Handle, ttl: Duration) -> ShoalFs {
+    pub fn new(client: Arc<Client>, rt: tokio::runtime::Handle) -> ShoalFs {
         ShoalFs {
             client,
             rt,
-            ttl,
             notifier: Arc::default(),
         }
     }
@@ -203,8 +201,8 @@ impl ShoalFs {
             exclusive: true,
             umask,
         };
-        let r = EntryReplier { ttl: self.ttl };
-        self.go(move |c| async move { r.reply(reply, c.make_node(mk).await) });
+        let r = EntryReplier { parent: parent.0 };
+        self.go(move |c| async move { r.reply(&c, reply, c.make_node(mk).await) });
     }
 }
 
@@ -218,15 +216,19 @@ struct NewNode<'a> {
     target: &'a [u8],
 }
 
-/// Replies to entry requests from tasks (which cannot borrow the filesystem).
+/// Replies to entry requests in `parent` from tasks (which cannot borrow the filesystem):
+/// the kernel keeps the entry while the mount's leases on the directory and the inode last.
 struct EntryReplier {
-    ttl: Duration,
+    parent: u64,
 }
 
 impl EntryReplier {
-    fn reply(&self, reply: ReplyEntry, r: Result<Attr, ClientError>) {
+    fn reply(&self, c: &Client, reply: ReplyEntry, r: Result<Attr, ClientError>) {
         match r.and_then(|a| fuse_attr(&a)) {
-            Ok(a) => reply.entry(&self.ttl, &a, Generation(0)),
+            Ok(a) => {
+                let ttl = c.ttl(self.parent).min(c.ttl(a.ino.0));
+                reply.entry(&ttl, &a, Generation(0))
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -350,9 +352,29 @@ fn reply_empty(reply: ReplyEmpty, r: Result<(), ClientError>) {
     }
 }
 
-fn reply_attr(ttl: Duration, reply: ReplyAttr, r: Result<Attr, ClientError>) {
+/// The MDS revoked this mount's leases on `ino`: a write lease's size goes to the MDS, then
+/// the kernel drops its cached attributes, pages and the entries `names` in `ino`.
+pub async fn on_revoke(c: &Client, notifier: Option<Notifier>, ino: u64, names: Vec<Bytes>) {
+    if let Err(e) = c.revoked(ino).await {
+        warn!(ino, error = %e, "cannot send a file's size for a revoked write lease");
+    }
+    let Some(n) = notifier else { return };
+    // The kernel may have to wait for a call in flight on the directory or the pages: not on
+    // a runtime thread.
+    let done = tokio::task::spawn_blocking(move || {
+        for name in names {
+            // ENOENT: the kernel had no such entry cached.
+            let _ = n.inval_entry(INodeNo(ino), OsStr::from_bytes(&name));
+        }
+        let _ = n.inval_inode(INodeNo(ino), 0, 0);
+    });
+    let _ = done.await;
+}
+
+/// Replies with attributes the kernel keeps while the mount's lease on the inode lasts.
+fn reply_attr(c: &Client, reply: ReplyAttr, r: Result<Attr, ClientError>) {
     match r.and_then(|a| fuse_attr(&a)) {
-        Ok(a) => reply.attr(&ttl, &a),
+        Ok(a) => reply.attr(&c.ttl(a.ino.0), &a),
         Err(e) => reply.error(errno(&e)),
     }
 }
@@ -381,6 +403,9 @@ impl Filesystem for ShoalFs {
         // support still applies the umask itself, and applying it twice changes nothing.
         let _ = config.add_capabilities(InitFlags::FUSE_POSIX_ACL);
         let _ = config.add_capabilities(InitFlags::FUSE_DONT_MASK);
+        // Once the lease on a file ran out, the kernel checks its mtime and size before using
+        // cached pages, and drops them if either changed.
+        let _ = config.add_capabilities(InitFlags::FUSE_AUTO_INVAL_DATA);
         // fcntl and flock locks go to the MDS, which enforces them across clients.
         let _ = config.add_capabilities(InitFlags::FUSE_POSIX_LOCKS | InitFlags::FUSE_FLOCK_LOCKS);
         Ok(())
@@ -450,13 +475,12 @@ impl Filesystem for ShoalFs {
             Ok(n) => n,
             Err(e) => return reply.error(errno(&e)),
         };
-        let r = EntryReplier { ttl: self.ttl };
-        self.go(move |c| async move { r.reply(reply, c.lookup(parent.0, &name).await) });
+        let r = EntryReplier { parent: parent.0 };
+        self.go(move |c| async move { r.reply(&c, reply, c.lookup(parent.0, &name).await) });
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let ttl = self.ttl;
-        self.go(move |c| async move { reply_attr(ttl, reply, c.getattr(ino.0).await) });
+        self.go(move |c| async move { reply_attr(&c, reply, c.getattr(ino.0).await) });
     }
 
     fn setattr(
@@ -486,9 +510,9 @@ impl Filesystem for ShoalFs {
             atime: set_time(atime),
             mtime: set_time(mtime),
             grow_size: None,
+            want_write_lease: false,
         };
-        let ttl = self.ttl;
-        self.go(move |c| async move { reply_attr(ttl, reply, c.setattr(req).await) });
+        self.go(move |c| async move { reply_attr(&c, reply, c.setattr(req).await) });
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -615,8 +639,12 @@ impl Filesystem for ShoalFs {
             Ok(n) => n,
             Err(e) => return reply.error(errno(&e)),
         };
-        let r = EntryReplier { ttl: self.ttl };
-        self.go(move |c| async move { r.reply(reply, c.link(ino.0, newparent.0, &name).await) });
+        let r = EntryReplier {
+            parent: newparent.0,
+        };
+        self.go(
+            move |c| async move { r.reply(&c, reply, c.link(ino.0, newparent.0, &name).await) },
+        );
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -929,10 +957,12 @@ impl Filesystem for ShoalFs {
             exclusive: flags & libc::O_EXCL != 0,
             umask,
         };
-        let ttl = self.ttl;
         self.go(move |c| async move {
             match c.create(mk).await.and_then(|a| fuse_attr(&a)) {
-                Ok(a) => reply.created(&ttl, &a, Generation(0), FileHandle(0), FopenFlags::empty()),
+                Ok(a) => {
+                    let ttl = c.ttl(parent.0).min(c.ttl(a.ino.0));
+                    reply.created(&ttl, &a, Generation(0), FileHandle(0), FopenFlags::empty())
+                }
                 Err(e) => reply.error(errno(&e)),
             }
         });

@@ -10,17 +10,17 @@ use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use fuser::{MountOption, SessionACL};
+use fuser::{MountOption, Notifier, SessionACL};
 use tracing::{info, warn};
 
 use crate::client::Client;
 use crate::cluster::Cluster;
-use crate::fuse::ShoalFs;
-use shoal_proto::mds::{EndSessionRequest, HeartbeatRequest};
+use crate::fuse::{on_revoke, ShoalFs};
+use shoal_proto::mds::{EndSessionRequest, HeartbeatRequest, LeaseUp};
 
 /// Everything a mount needs.
 #[derive(Debug, Clone)]
@@ -34,8 +34,6 @@ pub struct MountConfig {
     /// How long a call is retried while a daemon is unreachable before the application gets
     /// ETIMEDOUT.
     pub retry_for: Duration,
-    /// How long the kernel may cache attributes and names.
-    pub attr_ttl: Duration,
     /// Written with our pid once mounted.
     pub pid_file: Option<PathBuf>,
 }
@@ -47,7 +45,6 @@ impl Default for MountConfig {
             mountpoint: PathBuf::new(),
             options: Vec::new(),
             retry_for: Duration::from_secs(60),
-            attr_ttl: Duration::from_secs(1),
             pid_file: None,
         }
     }
@@ -222,8 +219,15 @@ pub fn run(
     });
     rt.spawn(heartbeats(cluster.clone(), mnt.display().to_string()));
     let client = Arc::new(Client::new(cluster.clone()));
-    let fs = ShoalFs::new(client, rt.handle().clone(), cfg.attr_ttl);
+    let fs = ShoalFs::new(client.clone(), rt.handle().clone());
     let notifier = fs.notifier_slot();
+    rt.spawn(lease_stream(client.clone(), notifier.clone()));
+    rt.spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            client.renew_write_leases(Duration::from_secs(1)).await;
+        }
+    });
     let (options, acl) = fuse_options(&cfg.options, &format!("shoal:{}", cfg.mds.join(",")));
     let mut config = fuser::Config::default();
     config.mount_options = options;
@@ -301,6 +305,36 @@ async fn heartbeats(cluster: Arc<Cluster>, mount_point: String) {
             Err(e) => warn!(error = %e, "session heartbeat failed"),
         }
         tokio::time::sleep(every).await;
+    }
+}
+
+/// Keeps this session's lease stream open at the MDS leader (reopened after a failover) and
+/// carries out its revocations, each acked once done.
+async fn lease_stream(client: Arc<Client>, notifier: Arc<OnceLock<Notifier>>) {
+    loop {
+        match client.cluster().open_leases().await {
+            Ok((acks, mut down)) => loop {
+                match down.message().await {
+                    Ok(Some(d)) => {
+                        let (c, n, acks) = (client.clone(), notifier.get().cloned(), acks.clone());
+                        tokio::spawn(async move {
+                            on_revoke(&c, n, d.ino, d.names).await;
+                            let _ = acks.unbounded_send(LeaseUp {
+                                session: 0,
+                                ack: d.id,
+                            });
+                        });
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        warn!(error = %e, "lease stream broken");
+                        break;
+                    }
+                }
+            },
+            Err(e) => warn!(error = %e, "cannot open the lease stream"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

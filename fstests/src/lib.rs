@@ -140,6 +140,13 @@ impl TestCluster {
         }
     }
 
+    /// Mounts the cluster a second time at `ROOT/name` (another client, its own session).
+    pub fn mount_again(&self, name: &str) -> PathBuf {
+        let m = self.root.path().join(name);
+        self.shoal_ok(&["mount", m.to_str().unwrap()]);
+        m
+    }
+
     /// A path inside the mount.
     pub fn path(&self, rel: &str) -> PathBuf {
         self.mnt.join(rel)

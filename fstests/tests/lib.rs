@@ -1,5 +1,6 @@
 //! Shoal through real daemons and a real FUSE mount. Each test starts its own cluster.
 
+mod coherence;
 mod data;
 mod faults;
 mod mds_ha;

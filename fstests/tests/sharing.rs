@@ -4,7 +4,7 @@
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -54,13 +54,6 @@ fn hold(p: &Path) -> Reaper {
     holder
 }
 
-/// Mounts the cluster a second time at `ROOT/name`.
-fn second_mount(c: &TestCluster, name: &str) -> PathBuf {
-    let m = c.root.path().join(name);
-    c.shoal_ok(&["mount", m.to_str().unwrap()]);
-    m
-}
-
 /// fcntl F_SETLK on `f`; the errno on failure.
 fn setlk(f: &fs::File, kind: i32, start: i64, len: i64) -> Result<(), i32> {
     // SAFETY: a zeroed flock filled in below, passed to fcntl on an open descriptor.
@@ -88,7 +81,7 @@ fn open_rw(p: &Path) -> fs::File {
 #[test]
 fn fcntl_locks_are_enforced_across_mounts_and_released_by_close() {
     let c = TestCluster::start();
-    let m2 = second_mount(&c, "mnt2");
+    let m2 = c.mount_again("mnt2");
     let (a, b) = (c.path("f"), m2.join("f"));
     fs::write(&a, b"shared").unwrap();
     let bs = b.to_str().unwrap();
@@ -184,7 +177,7 @@ impl WaitOutput for Child {
 fn appends_under_flock_from_two_mounts_lose_and_tear_nothing() {
     const PER_WRITER: usize = 60;
     let c = TestCluster::start();
-    let m2 = second_mount(&c, "mnt2");
+    let m2 = c.mount_again("mnt2");
     fs::write(c.path("log"), b"").unwrap();
     let mut writers = Vec::new();
     for (tag, mnt) in [("a1", &c.mnt), ("a2", &c.mnt), ("b1", &m2), ("b2", &m2)] {
@@ -219,8 +212,8 @@ fn appends_under_flock_from_two_mounts_lose_and_tear_nothing() {
 #[test]
 fn a_dead_clients_locks_go_after_the_session_timeout_and_an_unmount_frees_at_once() {
     let c = TestCluster::start_args(&["--osds", "3", "--session-timeout", "3"]);
-    let m2 = second_mount(&c, "mnt2");
-    let m3 = second_mount(&c, "mnt3");
+    let m2 = c.mount_again("mnt2");
+    let m3 = c.mount_again("mnt3");
     fs::write(c.path("f"), b"x").unwrap();
     fs::write(c.path("g"), b"y").unwrap();
     let f = open_rw(&c.path("f"));

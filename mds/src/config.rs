@@ -34,6 +34,8 @@ pub struct MdsConfig {
     pub osd_out_after: Duration,
     /// A client session not heard from for this long is ended and its locks released.
     pub session_timeout: Duration,
+    /// How long a client may cache under a lease before it asks again (0: no caching).
+    pub lease: Duration,
     /// Copies per object for a new cluster's pool.
     pub pool_size: u32,
     /// Copies durable before a write is acknowledged (0: a majority of `pool_size`).
@@ -60,6 +62,7 @@ impl Default for MdsConfig {
             osd_grace: Duration::from_secs(10),
             osd_out_after: Duration::from_secs(600),
             session_timeout: Duration::from_secs(60),
+            lease: Duration::from_secs(2),
             pool_size: shoal_proto::placement::DEFAULT_SIZE,
             pool_min_size: 0,
             root_uid: 0,
@@ -94,6 +97,10 @@ impl MdsConfig {
         anyhow::ensure!(
             self.session_timeout >= Duration::from_secs(1),
             "the session timeout must be at least 1 s"
+        );
+        anyhow::ensure!(
+            self.lease <= Duration::from_secs(60),
+            "a lease lasts at most 60 s"
         );
         anyhow::ensure!(
             !(self.join && self.peers.len() > 1),

@@ -6,6 +6,7 @@
 //! - [`fsm`]: the namespace state machine (inodes, dentries, xattrs, symlinks, orphans, the
 //!   OSD map); applies commands, answers reads.
 //! - [`acl`]: POSIX ACL values; how new inodes inherit them and chmod keeps them in step.
+//! - [`leases`]: which sessions may cache what; revocations pushed on their streams.
 //! - [`node`]: the thread that owns the raft-rs `RawNode` and runs the ready loop.
 //! - [`service`]: the gRPC `Mds` service; reads go to the state machine, writes to the node.
 //! - [`snapshot`]: state snapshots for members behind the compacted log (checkpoint, chunked
@@ -21,6 +22,7 @@ pub mod command;
 pub mod config;
 pub mod error;
 pub mod fsm;
+pub mod leases;
 pub mod node;
 pub mod service;
 pub mod snapshot;
@@ -31,7 +33,6 @@ use std::net::SocketAddr;
 
 use shoal_proto::mds::mds_server::MdsServer;
 use shoal_proto::mds::raft_peer_server::RaftPeerServer;
-use tokio_stream::wrappers::TcpListenerStream;
 use tracing::{info, warn};
 
 pub use config::MdsConfig;
@@ -87,6 +88,7 @@ pub async fn run(
         osd_grace: cfg.osd_grace,
         osd_out_after: cfg.osd_out_after,
         session_timeout: cfg.session_timeout,
+        lease: cfg.lease,
         new_cluster: NewCluster {
             root_uid: cfg.root_uid,
             root_gid: cfg.root_gid,
@@ -117,7 +119,7 @@ pub async fn run(
                 .max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(shoal_proto::MAX_MESSAGE_BYTES),
         )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(shoal_proto::incoming(listener), shutdown)
         .await;
     monitor.abort();
     follow.abort();

@@ -36,6 +36,10 @@ struct Args {
     /// Seconds a client session may stay silent before it is ended and its locks released.
     #[arg(long, default_value_t = 60)]
     session_timeout_secs: u64,
+    /// Milliseconds a client may cache attributes, entries and pages under a lease before it
+    /// asks again (0: no caching, every call goes to the MDS).
+    #[arg(long, default_value_t = 2000)]
+    lease_ms: u64,
     /// Applied entries the Raft log may hold before it is compacted.
     #[arg(long, default_value_t = 20_000)]
     log_compact_entries: u64,
@@ -71,6 +75,7 @@ fn main() -> anyhow::Result<()> {
         osd_grace: Duration::from_secs(args.osd_grace_secs),
         osd_out_after: Duration::from_secs(args.osd_out_secs),
         session_timeout: Duration::from_secs(args.session_timeout_secs),
+        lease: Duration::from_millis(args.lease_ms),
         log_compact_entries: args.log_compact_entries,
         log_keep_entries: args.log_keep_entries,
         pool_size: args.pool_size,

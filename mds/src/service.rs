@@ -8,18 +8,21 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use raft::eraftpb::{ConfChange, ConfChangeType};
 use shoal_proto::limits::check_name;
 use shoal_proto::mds::mds_server::Mds;
 use shoal_proto::mds::*;
 use shoal_proto::placement::{default_min_size, DEFAULT_PG_COUNT, DEFAULT_SIZE};
-use shoal_proto::request::ReqId;
-use tonic::{Request, Response, Status};
+use shoal_proto::request::{session_of, ReqId};
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
 use crate::command::{Applied, Bootstrap, Op, Pool, SetOsdState};
 use crate::error::MdsError;
 use crate::fsm::Fsm;
+use crate::leases::Leases;
 use crate::node::NodeHandle;
 
 /// Usage and last report of one OSD.
@@ -72,6 +75,8 @@ pub struct MapSettings {
     pub osd_out_after: Duration,
     /// A client session silent this long is ended (its locks released).
     pub session_timeout: Duration,
+    /// How long a lease lasts.
+    pub lease: Duration,
     /// The root directory and pool of a new cluster.
     pub new_cluster: NewCluster,
 }
@@ -85,20 +90,24 @@ pub struct MdsService {
     started: Instant,
     reports: Arc<Mutex<Reports>>,
     sessions: Arc<Mutex<HashMap<u64, Seen>>>,
+    leases: Leases,
 }
 
 type Reply<T> = Result<Response<T>, Status>;
 
 const RATE_WINDOW: Duration = Duration::from_secs(10);
 
-fn attr_reply(a: Applied) -> Reply<AttrReply> {
+fn attr_of(a: Applied) -> Result<Attr, Status> {
     match a {
-        Applied::Attr(attr) => Ok(Response::new(AttrReply { attr: Some(attr) })),
+        Applied::Attr(attr) => Ok(attr),
         other => Err(Status::internal(format!(
             "unexpected apply result {other:?}"
         ))),
     }
 }
+
+/// What a change touched: inodes, and the names changed in each (for directories).
+type Touched = Vec<(u64, Vec<Bytes>)>;
 
 fn orphan(a: Applied) -> Result<Option<Orphaned>, Status> {
     match a {
@@ -128,11 +137,43 @@ impl MdsService {
         MdsService {
             node,
             fsm,
-            settings,
             started: Instant::now(),
             reports: Arc::default(),
             sessions: Arc::default(),
+            leases: Leases::new(settings.lease),
+            settings,
         }
+    }
+
+    /// After a change by `session` was applied: revokes other sessions' leases on what it
+    /// touched, and, on a new leader, waits out its predecessor's grants.
+    async fn changed(&self, session: Option<u64>, mut touched: Touched) {
+        touched.sort_by_key(|(ino, _)| *ino);
+        touched.dedup_by(|b, a| {
+            if a.0 == b.0 {
+                a.1.append(&mut b.1);
+                true
+            } else {
+                false
+            }
+        });
+        let revokes = touched
+            .into_iter()
+            .filter(|(ino, _)| *ino != 0)
+            .map(|(ino, names)| self.leases.revoke(ino, names, session, false));
+        futures::future::join_all(revokes).await;
+        self.leases.settle(&self.node).await;
+    }
+
+    /// `ino`'s attributes under a read lease for `session`, granted before they are read.
+    async fn leased(&self, session: Option<u64>, ino: u64) -> Result<(Attr, u32), Status> {
+        let ms = self.leases.grant_read(session, ino).await;
+        Ok((self.fsm.getattr(ino)?, ms))
+    }
+
+    /// The inode `name` in `parent` names now, if any (what a change is about to touch).
+    fn child(&self, parent: u64, name: &[u8]) -> u64 {
+        self.fsm.lookup(parent, name).map_or(0, |a| a.ino)
     }
 
     async fn propose(&self, op: Op) -> Result<Applied, Status> {
@@ -252,6 +293,8 @@ impl MdsService {
                     Instant::now()
                 }
             };
+            self.leases.note_leading(&self.node);
+            self.leases.prune();
             if let Err(e) = self.new_cluster().await {
                 warn!(error = %e.message(), "cannot set up the new cluster yet");
                 continue;
@@ -364,6 +407,7 @@ impl MdsService {
             self.propose(Op::EndSession(EndSessionRequest { session }))
                 .await?;
             self.seen().remove(&session);
+            self.leases.forget_session(session);
         }
         Ok(())
     }
@@ -371,6 +415,7 @@ impl MdsService {
     /// Sessions for `shoal status`: those heard from and those holding locks.
     fn session_infos(&self) -> Result<Vec<SessionInfo>, Status> {
         let holders = self.fsm.locks_per_session()?;
+        let leases = self.leases.per_session();
         let now = Instant::now();
         let mut out: BTreeMap<u64, SessionInfo> = BTreeMap::new();
         for (id, s) in self.seen().iter() {
@@ -382,6 +427,7 @@ impl MdsService {
                     mount_point: s.mount_point.clone(),
                     silent_ms: now.duration_since(s.last_heard).as_millis() as u64,
                     locks: 0,
+                    leases: 0,
                 },
             );
         }
@@ -392,6 +438,14 @@ impl MdsService {
                     ..Default::default()
                 })
                 .locks = n;
+        }
+        for (id, n) in leases {
+            out.entry(id)
+                .or_insert_with(|| SessionInfo {
+                    session: id,
+                    ..Default::default()
+                })
+                .leases = n;
         }
         Ok(out.into_values().collect())
     }
@@ -413,41 +467,111 @@ impl MdsService {
 #[tonic::async_trait]
 impl Mds for MdsService {
     async fn lookup(&self, req: Request<LookupRequest>) -> Reply<AttrReply> {
-        self.node.read_barrier().await?;
+        let session = session_of(req.metadata());
         let r = req.into_inner();
+        // The entry is cached under the directory's lease, the attributes under the child's.
+        let dir_ms = self.leases.grant_read(session, r.parent).await;
+        self.node.read_barrier().await?;
         let attr = self.fsm.lookup(r.parent, &r.name)?;
-        Ok(Response::new(AttrReply { attr: Some(attr) }))
+        let (attr, lease_ms) = if dir_ms > 0 {
+            let (attr, ms) = self.leased(session, attr.ino).await?;
+            (attr, ms.min(dir_ms))
+        } else {
+            (attr, 0)
+        };
+        Ok(Response::new(AttrReply {
+            attr: Some(attr),
+            lease_ms,
+            write_lease_ms: 0,
+        }))
     }
 
     async fn get_attr(&self, req: Request<GetAttrRequest>) -> Reply<AttrReply> {
+        let session = session_of(req.metadata());
+        let ino = req.into_inner().ino;
+        let lease_ms = self.leases.grant_read(session, ino).await;
         self.node.read_barrier().await?;
-        let attr = self.fsm.getattr(req.into_inner().ino)?;
-        Ok(Response::new(AttrReply { attr: Some(attr) }))
+        let attr = self.fsm.getattr(ino)?;
+        Ok(Response::new(AttrReply {
+            attr: Some(attr),
+            lease_ms,
+            write_lease_ms: 0,
+        }))
     }
 
     async fn set_attr(&self, req: Request<SetAttrRequest>) -> Reply<AttrReply> {
-        attr_reply(self.propose_for(req, Op::SetAttr).await?)
+        let session = session_of(req.metadata());
+        let (ino, want_write) = (req.get_ref().ino, req.get_ref().want_write_lease);
+        attr_of(self.propose_for(req, Op::SetAttr).await?)?;
+        self.changed(session, vec![(ino, Vec::new())]).await;
+        let write_lease_ms = if want_write {
+            self.leases.grant_write(session, ino)
+        } else {
+            0
+        };
+        let (attr, lease_ms) = self.leased(session, ino).await?;
+        Ok(Response::new(AttrReply {
+            attr: Some(attr),
+            lease_ms,
+            write_lease_ms,
+        }))
     }
 
     async fn make_node(&self, req: Request<MakeNodeRequest>) -> Reply<AttrReply> {
         name_ok(&req.get_ref().name)?;
-        attr_reply(self.propose_for(req, Op::MakeNode).await?)
+        let session = session_of(req.metadata());
+        let (parent, name) = (req.get_ref().parent, req.get_ref().name.clone());
+        let made = attr_of(self.propose_for(req, Op::MakeNode).await?)?;
+        self.changed(session, vec![(parent, vec![name])]).await;
+        let dir_ms = self.leases.grant_read(session, parent).await;
+        let (attr, ms) = self.leased(session, made.ino).await?;
+        Ok(Response::new(AttrReply {
+            attr: Some(attr),
+            lease_ms: ms.min(dir_ms),
+            write_lease_ms: 0,
+        }))
     }
 
     async fn unlink(&self, req: Request<UnlinkRequest>) -> Reply<UnlinkReply> {
+        let session = session_of(req.metadata());
+        let (parent, name) = (req.get_ref().parent, req.get_ref().name.clone());
+        let child = self.child(parent, &name);
         let orphan = orphan(self.propose_for(req, Op::Unlink).await?)?;
+        self.changed(session, vec![(parent, vec![name]), (child, Vec::new())])
+            .await;
         Ok(Response::new(UnlinkReply { orphan }))
     }
 
     async fn rename(&self, req: Request<RenameRequest>) -> Reply<RenameReply> {
         name_ok(&req.get_ref().new_name)?;
+        let session = session_of(req.metadata());
+        let r = req.get_ref();
+        let touched = vec![
+            (self.child(r.parent, &r.name), Vec::new()),
+            (self.child(r.new_parent, &r.new_name), Vec::new()),
+            (r.parent, vec![r.name.clone()]),
+            (r.new_parent, vec![r.new_name.clone()]),
+        ];
         let orphan = orphan(self.propose_for(req, Op::Rename).await?)?;
+        self.changed(session, touched).await;
         Ok(Response::new(RenameReply { orphan }))
     }
 
     async fn link(&self, req: Request<LinkRequest>) -> Reply<AttrReply> {
         name_ok(&req.get_ref().new_name)?;
-        attr_reply(self.propose_for(req, Op::Link).await?)
+        let session = session_of(req.metadata());
+        let r = req.get_ref();
+        let (ino, parent) = (r.ino, r.new_parent);
+        let touched = vec![(parent, vec![r.new_name.clone()]), (ino, Vec::new())];
+        attr_of(self.propose_for(req, Op::Link).await?)?;
+        self.changed(session, touched).await;
+        let dir_ms = self.leases.grant_read(session, parent).await;
+        let (attr, ms) = self.leased(session, ino).await?;
+        Ok(Response::new(AttrReply {
+            attr: Some(attr),
+            lease_ms: ms.min(dir_ms),
+            write_lease_ms: 0,
+        }))
     }
 
     async fn read_link(&self, req: Request<ReadLinkRequest>) -> Reply<ReadLinkReply> {
@@ -497,7 +621,10 @@ impl Mds for MdsService {
     }
 
     async fn set_xattr(&self, req: Request<SetXattrRequest>) -> Reply<Empty> {
+        let session = session_of(req.metadata());
+        let ino = req.get_ref().ino;
         self.propose_for(req, Op::SetXattr).await?;
+        self.changed(session, vec![(ino, Vec::new())]).await;
         Ok(Response::new(Empty {}))
     }
 
@@ -510,7 +637,10 @@ impl Mds for MdsService {
     }
 
     async fn remove_xattr(&self, req: Request<RemoveXattrRequest>) -> Reply<Empty> {
+        let session = session_of(req.metadata());
+        let ino = req.get_ref().ino;
         self.propose_for(req, Op::RemoveXattr).await?;
+        self.changed(session, vec![(ino, Vec::new())]).await;
         Ok(Response::new(Empty {}))
     }
 
@@ -643,7 +773,38 @@ impl Mds for MdsService {
         self.propose(Op::EndSession(EndSessionRequest { session }))
             .await?;
         self.seen().remove(&session);
+        self.leases.forget_session(session);
         Ok(Response::new(Empty {}))
+    }
+
+    type LeasesStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<LeaseDown, Status>> + Send + 'static>,
+    >;
+
+    async fn leases(&self, req: Request<Streaming<LeaseUp>>) -> Reply<Self::LeasesStream> {
+        // Only the leader keeps leases; a follower sends the client there.
+        self.node.read_barrier().await?;
+        let mut up = req.into_inner();
+        let first = up
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("a lease stream starts with its session"))?;
+        let session = first.session;
+        if session == 0 {
+            return Err(Status::invalid_argument("session 0 is not a session"));
+        }
+        let (n, rx) = self.leases.attach(session);
+        let leases = self.leases.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(m)) = up.next().await {
+                if m.ack != 0 {
+                    leases.ack(m.ack);
+                }
+            }
+            leases.detach(session, n);
+        });
+        let down = tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map(Ok);
+        Ok(Response::new(Box::pin(down)))
     }
 
     async fn change_members(

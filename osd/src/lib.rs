@@ -28,7 +28,6 @@ use shoal_proto::error::WireError;
 use shoal_proto::mds::mds_client::MdsClient;
 use shoal_proto::mds::{OsdBootRequest, OsdReportRequest};
 use shoal_proto::osd::osd_server::OsdServer;
-use tokio_stream::wrappers::TcpListenerStream;
 use tracing::{info, warn};
 
 pub use config::OsdConfig;
@@ -93,7 +92,7 @@ pub async fn run(
                 .max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(shoal_proto::MAX_MESSAGE_BYTES),
         )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(shoal_proto::incoming(listener), shutdown)
         .await;
     reporter.abort();
     result.context("serving gRPC")

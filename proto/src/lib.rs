@@ -30,3 +30,18 @@ pub mod osd {
 /// Largest gRPC message any Shoal endpoint accepts or sends: a data RPC carries up to one
 /// object (4 MiB by default, 64 MiB at most) plus framing.
 pub const MAX_MESSAGE_BYTES: usize = 80 << 20;
+
+/// The connections a daemon's gRPC server accepts on `listener`, with Nagle's algorithm off
+/// (tonic sets it only on listeners it binds itself): small replies and stream messages are
+/// sent at once instead of waiting out the peer's delayed ACK.
+pub fn incoming(
+    listener: tokio::net::TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|s| {
+        if let Ok(s) = &s {
+            let _ = s.set_nodelay(true);
+        }
+        s
+    })
+}

@@ -53,6 +53,26 @@ impl ReqId {
     }
 }
 
+/// Metadata key naming the caller's session on reads, so the MDS can grant it leases.
+pub const SESSION_KEY: &str = "shoal-session";
+
+/// Puts the session into a request's metadata.
+pub fn insert_session(md: &mut MetadataMap, session: u64) {
+    if let Ok(v) = format!("{session:x}").parse() {
+        md.insert(SESSION_KEY, v);
+    }
+}
+
+/// The session a request names: its `shoal-session`, else its request id's, else none.
+pub fn session_of(md: &MetadataMap) -> Option<u64> {
+    let named = md
+        .get(SESSION_KEY)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| u64::from_str_radix(s, 16).ok())
+        .filter(|&s| s != 0);
+    named.or_else(|| ReqId::from_metadata(md).ok().flatten().map(|id| id.session))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -52,7 +52,6 @@ fn main() -> anyhow::Result<()> {
         options: args.options,
         retry_for: Duration::from_secs(args.retry_secs),
         pid_file: args.pid_file,
-        ..MountConfig::default()
     };
     mount::run(cfg, shutdown_signal())
 }

@@ -1,0 +1,174 @@
+//! The coherence promise across mounts of one cluster: after a call returns on one mount,
+//! the next call on another sees its effect (data, size, mtime, names, attributes), while
+//! both mounts keep caching under leases the MDS revokes on conflict.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use shoal_fstests::TestCluster;
+
+/// Rounds of the write-here/read-there check (`SHOAL_COHERENCE_ROUNDS` overrides).
+fn rounds() -> usize {
+    std::env::var("SHOAL_COHERENCE_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000)
+}
+
+fn errno_of(r: std::io::Result<fs::Metadata>) -> Option<i32> {
+    r.err().and_then(|e| e.raw_os_error())
+}
+
+#[test]
+fn a_write_on_one_mount_is_read_at_once_on_another() {
+    const SPAN: u64 = 1 << 20;
+    let c = TestCluster::start();
+    let m2 = c.mount_again("mnt2");
+    let seed: u64 = rand::random();
+    println!("seed {seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut model = vec![0u8; SPAN as usize];
+    rng.fill(&mut model[..]);
+    fs::write(c.path("f"), &model).unwrap();
+    let a = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(c.path("f"))
+        .unwrap();
+    let b = fs::File::open(m2.join("f")).unwrap();
+    // Both mounts have the file's pages and attributes cached.
+    let mut buf = vec![0u8; SPAN as usize];
+    b.read_exact_at(&mut buf, 0).unwrap();
+    assert!(buf == model, "the second mount reads the first one's file");
+    let n = rounds();
+    let start = Instant::now();
+    for i in 0..n {
+        let len = rng.gen_range(1..=8192usize);
+        // Mostly inside the file, sometimes past its end (the size grows).
+        let off = rng.gen_range(0..model.len() as u64 + 4096);
+        let data: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+        a.write_all_at(&data, off).unwrap();
+        let end = off as usize + len;
+        if end > model.len() {
+            model.resize(end, 0);
+        }
+        model[off as usize..end].copy_from_slice(&data);
+        let mut got = vec![0u8; len];
+        b.read_exact_at(&mut got, off)
+            .unwrap_or_else(|e| panic!("round {i}: read {len} at {off}: {e}"));
+        assert!(
+            got == data,
+            "round {i} (seed {seed}): {len} bytes at {off} read stale on the other mount"
+        );
+        if i % 50 == 0 {
+            let size = b.metadata().unwrap().len();
+            assert_eq!(
+                size,
+                model.len() as u64,
+                "round {i}: size behind the writer"
+            );
+        }
+    }
+    println!("{n} rounds in {:?}", start.elapsed());
+    // The whole file, read there, is the model.
+    let mut all = vec![0u8; model.len()];
+    b.read_exact_at(&mut all, 0).unwrap();
+    assert!(all == model, "the whole file differs on the other mount");
+    // mtime seen there is the writer's.
+    let (ma, mb) = (a.metadata().unwrap(), b.metadata().unwrap());
+    assert_eq!((ma.mtime(), ma.mtime_nsec()), (mb.mtime(), mb.mtime_nsec()));
+}
+
+#[test]
+fn namespace_changes_on_one_mount_are_seen_at_once_on_another() {
+    let c = TestCluster::start();
+    let m2 = c.mount_again("mnt2");
+    let (a, b) = (&c.mnt, &m2);
+    for i in 0..100 {
+        let (f, g) = (format!("f{i}"), format!("g{i}"));
+        // The second mount looks first, so it holds a negative answer or a cached entry.
+        assert_eq!(errno_of(fs::metadata(b.join(&f))), Some(libc::ENOENT));
+        fs::write(a.join(&f), b"x").unwrap();
+        let st = fs::metadata(b.join(&f)).expect("created file seen");
+        assert_eq!(st.len(), 1, "round {i}");
+        // setattr: mode, size, times.
+        fs::set_permissions(a.join(&f), fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(fs::metadata(b.join(&f)).unwrap().mode() & 0o777, 0o600);
+        fs::OpenOptions::new()
+            .write(true)
+            .open(a.join(&f))
+            .unwrap()
+            .set_len(5000 + i)
+            .unwrap();
+        assert_eq!(fs::metadata(b.join(&f)).unwrap().len(), 5000 + i);
+        // rename: the old name is gone there, the new one names the same inode.
+        let ino = fs::metadata(b.join(&f)).unwrap().ino();
+        fs::rename(a.join(&f), a.join(&g)).unwrap();
+        assert_eq!(errno_of(fs::metadata(b.join(&f))), Some(libc::ENOENT));
+        assert_eq!(fs::metadata(b.join(&g)).unwrap().ino(), ino);
+        // link and unlink move nlink.
+        fs::hard_link(a.join(&g), a.join(&f)).unwrap();
+        assert_eq!(fs::metadata(b.join(&g)).unwrap().nlink(), 2);
+        fs::remove_file(a.join(&f)).unwrap();
+        assert_eq!(fs::metadata(b.join(&g)).unwrap().nlink(), 1);
+        assert_eq!(errno_of(fs::metadata(b.join(&f))), Some(libc::ENOENT));
+        // A directory replaces the file under the same name.
+        fs::remove_file(a.join(&g)).unwrap();
+        assert_eq!(errno_of(fs::metadata(b.join(&g))), Some(libc::ENOENT));
+        fs::create_dir(a.join(&g)).unwrap();
+        assert!(fs::metadata(b.join(&g)).unwrap().is_dir(), "round {i}");
+        fs::write(a.join(&g).join("in"), b"y").unwrap();
+        assert_eq!(fs::read(b.join(&g).join("in")).unwrap(), b"y");
+    }
+}
+
+#[test]
+fn tail_follows_appends_on_another_mount() {
+    let c = TestCluster::start();
+    let m2 = c.mount_again("mnt2");
+    fs::write(c.path("log"), b"").unwrap();
+    // Polling tail (FUSE has no inotify events from other hosts), every 100 ms.
+    let mut tail = Command::new("tail")
+        .args(["-f", "---disable-inotify", "-s", "0.1"])
+        .arg(m2.join("log"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("tail");
+    let out = tail.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if tx.send((line, Instant::now())).is_err() {
+                break;
+            }
+        }
+    });
+    let mut log = fs::OpenOptions::new()
+        .append(true)
+        .open(c.path("log"))
+        .unwrap();
+    let mut worst = Duration::ZERO;
+    for i in 0..30 {
+        let line = format!("record {i}");
+        let sent = Instant::now();
+        writeln!(log, "{line}").unwrap();
+        let (got, at) = rx
+            .recv_timeout(Duration::from_secs(5))
+            .unwrap_or_else(|_| panic!("tail did not show {line:?} within 5 s"));
+        assert_eq!(got, line);
+        worst = worst.max(at.duration_since(sent));
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    let _ = tail.kill();
+    let _ = tail.wait();
+    assert!(
+        worst < Duration::from_secs(1),
+        "an append took {worst:?} to show on the other mount"
+    );
+}

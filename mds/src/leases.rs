@@ -1,0 +1,383 @@
+//! Leases: which client sessions may cache what (soft state, kept on the leader).
+//!
+//! A read lease on an inode lets a session cache its attributes, its data pages and, for a
+//! directory, its entries; a write lease lets one session keep the size and mtime of its
+//! writes locally. Leases last [`Leases::duration`] from the grant and are revoked early when
+//! another session changes what they cover: the change is applied, every other holder is sent
+//! a [`LeaseDown`] on its `Leases` stream, and the change is answered once each holder acked
+//! (after dropping its caches and, for a write lease, sending its size) or its lease ran out.
+//!
+//! Invariants:
+//! - A grant is recorded before the state it covers is read, so a change applied after that
+//!   read finds the holder and revokes it.
+//! - A revocation keeps the holder on record until it acks: a second change to the same inode
+//!   waits for the same holder too, never answering before it dropped its caches.
+//! - A read lease is never granted while another session holds a live write lease on the
+//!   inode: that lease is revoked first (its size reaches the MDS), and the inode counts as
+//!   contended for [`CONTENDED`], during which no write lease is granted (writes go
+//!   synchronous while readers and writers share a file).
+//! - A new leader answers no change before one lease duration after it took over, since it
+//!   cannot know what its predecessor granted.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use shoal_proto::mds::LeaseDown;
+use tokio::sync::{mpsc, watch};
+use tracing::debug;
+
+use crate::node::NodeHandle;
+
+/// After a write lease was revoked for a reader, no write lease on that inode for this long.
+pub const CONTENDED: Duration = Duration::from_secs(1);
+
+/// What one session holds on one inode.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    read_until: Option<Instant>,
+    write_until: Option<Instant>,
+    /// When the newest grant was made (a revocation issued later covers it).
+    granted: Instant,
+}
+
+impl Held {
+    fn end(&self) -> Option<Instant> {
+        self.read_until.max(self.write_until)
+    }
+
+    fn live(&self, now: Instant) -> bool {
+        self.end().is_some_and(|e| e > now)
+    }
+
+    fn writes(&self, now: Instant) -> bool {
+        self.write_until.is_some_and(|e| e > now)
+    }
+}
+
+/// A revocation waiting for its ack.
+struct Pending {
+    acked: watch::Sender<bool>,
+    session: u64,
+    ino: u64,
+    issued: Instant,
+}
+
+#[derive(Default)]
+struct Inner {
+    by_ino: HashMap<u64, HashMap<u64, Held>>,
+    /// Each session's open stream: (stream number, sender).
+    streams: HashMap<u64, (u64, mpsc::UnboundedSender<LeaseDown>)>,
+    pending: HashMap<u64, Pending>,
+    next_id: u64,
+    contended: HashMap<u64, Instant>,
+    /// The term this node was first seen leading, and when.
+    leading: Option<(u64, Instant)>,
+    last_prune: Option<Instant>,
+}
+
+/// The lease table.
+#[derive(Clone)]
+pub struct Leases {
+    inner: Arc<Mutex<Inner>>,
+    duration: Duration,
+}
+
+impl Leases {
+    /// An empty table granting leases of `duration`.
+    pub fn new(duration: Duration) -> Leases {
+        Leases {
+            inner: Arc::default(),
+            duration,
+        }
+    }
+
+    /// How long a lease lasts.
+    pub fn duration(&self) -> Duration {
+        self.duration
+    }
+
+    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn ms(&self) -> u32 {
+        self.duration.as_millis().min(u32::MAX as u128) as u32
+    }
+
+    /// Grants `session` a read lease on `ino`, first revoking another session's write lease
+    /// on it. Returns the lease in milliseconds (0: none).
+    pub async fn grant_read(&self, session: Option<u64>, ino: u64) -> u32 {
+        let Some(session) = session else { return 0 };
+        if self.duration.is_zero() {
+            return 0;
+        }
+        for _ in 0..3 {
+            let writer = {
+                let now = Instant::now();
+                let mut g = self.inner();
+                let writer = g
+                    .by_ino
+                    .get(&ino)
+                    .is_some_and(|h| h.iter().any(|(s, h)| *s != session && h.writes(now)));
+                if !writer {
+                    let h = g.by_ino.entry(ino).or_default();
+                    let e = h.entry(session).or_insert(Held {
+                        read_until: None,
+                        write_until: None,
+                        granted: now,
+                    });
+                    e.read_until = Some(now + self.duration);
+                    e.granted = now;
+                    return self.ms();
+                }
+                g.contended.insert(ino, now);
+                writer
+            };
+            debug_assert!(writer);
+            self.revoke(ino, Vec::new(), Some(session), true).await;
+        }
+        0
+    }
+
+    /// Grants `session` the write lease on `ino` if no other session holds a live lease on it
+    /// and it was not contended lately. Returns the lease in milliseconds (0: none).
+    pub fn grant_write(&self, session: Option<u64>, ino: u64) -> u32 {
+        let Some(session) = session else { return 0 };
+        if self.duration.is_zero() {
+            return 0;
+        }
+        let now = Instant::now();
+        let mut g = self.inner();
+        if g.contended
+            .get(&ino)
+            .is_some_and(|t| now.duration_since(*t) < CONTENDED)
+        {
+            return 0;
+        }
+        let h = g.by_ino.entry(ino).or_default();
+        if h.iter().any(|(s, h)| *s != session && h.live(now)) {
+            return 0;
+        }
+        let e = h.entry(session).or_insert(Held {
+            read_until: None,
+            write_until: None,
+            granted: now,
+        });
+        e.write_until = Some(now + self.duration);
+        e.granted = now;
+        self.ms()
+    }
+
+    /// Revokes the leases other sessions than `except` hold on `ino` (only write leases if
+    /// `only_write`), telling them to drop their cached `names` in it too; returns once each
+    /// acked or its lease ran out.
+    pub async fn revoke(&self, ino: u64, names: Vec<Bytes>, except: Option<u64>, only_write: bool) {
+        let waits: Vec<(u64, watch::Receiver<bool>, Instant)> = {
+            let now = Instant::now();
+            let mut g = self.inner();
+            let Some(holders) = g.by_ino.get(&ino) else {
+                return;
+            };
+            let targets: Vec<(u64, Instant)> = holders
+                .iter()
+                .filter(|(s, h)| Some(**s) != except && h.live(now))
+                .filter(|(_, h)| !only_write || h.writes(now))
+                .filter_map(|(s, h)| Some((*s, h.end()?)))
+                .collect();
+            let mut waits = Vec::with_capacity(targets.len());
+            for (session, until) in targets {
+                g.next_id += 1;
+                let id = g.next_id;
+                let (tx, rx) = watch::channel(false);
+                g.pending.insert(
+                    id,
+                    Pending {
+                        acked: tx,
+                        session,
+                        ino,
+                        issued: now,
+                    },
+                );
+                let down = LeaseDown {
+                    id,
+                    ino,
+                    names: names.clone(),
+                };
+                if let Some((_, tx)) = g.streams.get(&session) {
+                    let _ = tx.send(down);
+                }
+                waits.push((id, rx, until));
+            }
+            waits
+        };
+        for (id, mut rx, until) in waits {
+            let acked = tokio::time::timeout_at(until.into(), rx.wait_for(|a| *a)).await;
+            if acked.is_err() {
+                debug!(ino, id, "lease ran out before the holder acked");
+            }
+            self.inner().pending.remove(&id);
+        }
+    }
+
+    /// A holder acked revocation `id`: its hold ends unless it was granted anew since.
+    pub fn ack(&self, id: u64) {
+        let mut g = self.inner();
+        let Some(p) = g.pending.remove(&id) else {
+            return;
+        };
+        let _ = p.acked.send(true);
+        if let Some(h) = g.by_ino.get_mut(&p.ino) {
+            if h.get(&p.session)
+                .is_some_and(|held| held.granted <= p.issued)
+            {
+                h.remove(&p.session);
+            }
+            if h.is_empty() {
+                g.by_ino.remove(&p.ino);
+            }
+        }
+    }
+
+    /// A session opened its stream: revocations go there from now on.
+    pub fn attach(&self, session: u64) -> (u64, mpsc::UnboundedReceiver<LeaseDown>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut g = self.inner();
+        g.next_id += 1;
+        let n = g.next_id;
+        g.streams.insert(session, (n, tx));
+        (n, rx)
+    }
+
+    /// A session's stream `n` ended.
+    pub fn detach(&self, session: u64, n: u64) {
+        let mut g = self.inner();
+        if g.streams.get(&session).is_some_and(|(m, _)| *m == n) {
+            g.streams.remove(&session);
+        }
+    }
+
+    /// A session ended: what it held goes.
+    pub fn forget_session(&self, session: u64) {
+        let mut g = self.inner();
+        g.streams.remove(&session);
+        g.by_ino.retain(|_, h| {
+            h.remove(&session);
+            !h.is_empty()
+        });
+    }
+
+    /// Waits, on a leader that took over less than a lease ago, until its predecessor's
+    /// grants have run out.
+    pub async fn settle(&self, node: &NodeHandle) {
+        let since = self.note_leading(node);
+        if let Some(since) = since {
+            tokio::time::sleep_until((since + self.duration).into()).await;
+        }
+    }
+
+    /// Records when this node was first seen leading its current term; returns it.
+    pub fn note_leading(&self, node: &NodeHandle) -> Option<Instant> {
+        let st = node.status();
+        if st.leader_id != st.id {
+            return None;
+        }
+        let mut g = self.inner();
+        match g.leading {
+            Some((term, since)) if term == st.term => Some(since),
+            _ => {
+                let now = Instant::now();
+                g.leading = Some((st.term, now));
+                Some(now)
+            }
+        }
+    }
+
+    /// Drops expired holds and contention marks (called now and then).
+    pub fn prune(&self) {
+        let now = Instant::now();
+        let mut g = self.inner();
+        if g.last_prune
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+        {
+            return;
+        }
+        g.last_prune = Some(now);
+        g.by_ino.retain(|_, h| {
+            h.retain(|_, held| held.live(now));
+            !h.is_empty()
+        });
+        g.contended
+            .retain(|_, t| now.duration_since(*t) < CONTENDED);
+    }
+
+    /// Live holds per session, for `shoal status`.
+    pub fn per_session(&self) -> HashMap<u64, u32> {
+        let now = Instant::now();
+        let g = self.inner();
+        let mut out: HashMap<u64, u32> = HashMap::new();
+        for h in g.by_ino.values() {
+            for (s, held) in h {
+                if held.live(now) {
+                    *out.entry(*s).or_default() += 1;
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_revocation_waits_for_the_ack_and_a_writer_yields_to_a_reader() {
+        let l = Leases::new(Duration::from_secs(5));
+        let (_, mut rx) = l.attach(1);
+        assert_eq!(l.grant_read(Some(1), 10).await, 5000);
+        assert_eq!(l.grant_read(None, 10).await, 0);
+        // Session 2 changes inode 10: session 1 is told, and the change waits for its ack.
+        let l2 = l.clone();
+        let revoke = tokio::spawn(async move {
+            l2.revoke(10, vec![Bytes::from_static(b"n")], Some(2), false)
+                .await
+        });
+        let down = rx.recv().await.unwrap();
+        assert_eq!((down.ino, down.names.len()), (10, 1));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!revoke.is_finished(), "answered before the holder acked");
+        l.ack(down.id);
+        revoke.await.unwrap();
+        assert!(l.per_session().is_empty(), "the acked hold is gone");
+
+        // A writer's lease is revoked for a reader, and the inode then refuses write leases.
+        assert_eq!(l.grant_write(Some(1), 11), 5000);
+        assert_eq!(l.grant_write(Some(2), 11), 0, "exclusive");
+        let l3 = l.clone();
+        let reader = tokio::spawn(async move { l3.grant_read(Some(2), 11).await });
+        let down = rx.recv().await.unwrap();
+        assert_eq!(down.ino, 11);
+        l.ack(down.id);
+        assert_eq!(reader.await.unwrap(), 5000);
+        assert_eq!(l.grant_write(Some(1), 11), 0, "contended");
+    }
+
+    #[tokio::test]
+    async fn a_silent_holder_holds_a_change_only_until_its_lease_ends() {
+        let l = Leases::new(Duration::from_millis(300));
+        assert_eq!(l.grant_read(Some(1), 10).await, 300);
+        let t = Instant::now();
+        // No stream, no ack: the revocation ends when the lease does.
+        l.revoke(10, Vec::new(), None, false).await;
+        let waited = t.elapsed();
+        assert!(waited >= Duration::from_millis(250), "{waited:?}");
+        assert!(waited < Duration::from_secs(2), "{waited:?}");
+        // The holder itself is not revoked by its own change.
+        assert_eq!(l.grant_read(Some(3), 12).await, 300);
+        let t = Instant::now();
+        l.revoke(12, Vec::new(), Some(3), false).await;
+        assert!(t.elapsed() < Duration::from_millis(100));
+    }
+}
