@@ -11,6 +11,12 @@
 //! `shoal-bench mds` answers "what does a replicated MDS cost?": the create rate (empty files,
 //! several threads, through a mount) of a cluster with one MDS and of one with three, started
 //! one after the other in the same run, and the ratio.
+//!
+//! `shoal-bench idle-mount` answers "does a second mount cost a client that works alone?":
+//! on one cluster, sequential writes, small random writes, creates and stats through one
+//! mount, then the same with a second mount present that has looked at the files and sits
+//! idle, then alone again; it reports each workload's rate with the second mount over the
+//! mean of the two runs alone.
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
@@ -40,6 +46,21 @@ enum Cmd {
     Recovery(RecoveryArgs),
     /// Create rate with one MDS against three (a Raft group), in the same run.
     Mds(MdsArgs),
+    /// One client's speed alone, and with a second, idle mount of the same cluster.
+    IdleMount(IdleArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+struct IdleArgs {
+    /// Sequential write per run, MiB (64 KiB writes, then fsync).
+    #[arg(long, default_value_t = 256)]
+    write_mib: usize,
+    /// Small files created, then stat'ed, per run; also the count of random 4 KiB writes.
+    #[arg(long, default_value_t = 2000)]
+    ops: usize,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -76,7 +97,90 @@ fn main() -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Recovery(a) => recovery(&a),
         Cmd::Mds(a) => mds_bench(&a),
+        Cmd::IdleMount(a) => idle_mount(&a),
     }
+}
+
+/// Rates of one run of the single-client workloads in `dir`: sequential write MB/s, random
+/// 4 KiB writes/s, creates/s, stats/s.
+fn single_client_run(dir: &Path, a: &IdleArgs) -> anyhow::Result<[f64; 4]> {
+    use std::os::unix::fs::FileExt;
+    fs::create_dir(dir)?;
+    let block = vec![0x5au8; 64 << 10];
+    let start = Instant::now();
+    let mut f = File::create(dir.join("seq"))?;
+    for _ in 0..a.write_mib * 16 {
+        f.write_all(&block)?;
+    }
+    f.sync_all()?;
+    let seq = (a.write_mib * MIB) as f64 / 1e6 / start.elapsed().as_secs_f64();
+    let mut rng = rand::thread_rng();
+    let start = Instant::now();
+    for _ in 0..a.ops {
+        let off = (rng.next_u64() % (a.write_mib as u64 * 256)) * 4096;
+        f.write_all_at(&block[..4096], off)?;
+    }
+    f.sync_all()?;
+    let random = a.ops as f64 / start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    for i in 0..a.ops {
+        File::create(dir.join(format!("f{i}")))?;
+    }
+    let creates = a.ops as f64 / start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    for i in 0..a.ops {
+        fs::metadata(dir.join(format!("f{i}")))?;
+    }
+    let stats = a.ops as f64 / start.elapsed().as_secs_f64();
+    Ok([seq, random, creates, stats])
+}
+
+fn idle_mount(a: &IdleArgs) -> anyhow::Result<()> {
+    if a.write_mib == 0 || a.ops == 0 {
+        bail!("--write-mib and --ops must be at least 1");
+    }
+    let c = TestCluster::start();
+    eprintln!("alone...");
+    let alone1 = single_client_run(&c.path("alone1"), a)?;
+    let m2 = c.mount_again("idle");
+    // The idle mount has seen the tree (it holds entries and attributes) and then rests.
+    for e in fs::read_dir(&m2)? {
+        fs::metadata(e?.path())?;
+    }
+    eprintln!("with an idle second mount...");
+    let shared = single_client_run(&c.path("shared"), a)?;
+    fs::metadata(m2.join("shared"))?;
+    let umount = std::process::Command::new("umount").arg(&m2).status()?;
+    if !umount.success() {
+        bail!("umount {} failed", m2.display());
+    }
+    eprintln!("alone again...");
+    let alone2 = single_client_run(&c.path("alone2"), a)?;
+    let names = ["seq_write_mb_s", "rand_4k_writes_s", "creates_s", "stats_s"];
+    let ratio = |i: usize| shared[i] / ((alone1[i] + alone2[i]) / 2.0);
+    if a.json {
+        let mut m = serde_json::Map::new();
+        for (i, n) in names.iter().enumerate() {
+            m.insert(
+                n.to_string(),
+                serde_json::json!({"alone": [round(alone1[i]), round(alone2[i])],
+                    "with_idle_mount": round(shared[i]), "ratio": round(ratio(i))}),
+            );
+        }
+        println!("{}", serde_json::Value::Object(m));
+    } else {
+        println!("one client alone, and with a second idle mount (ratio: with / mean alone)");
+        for (i, n) in names.iter().enumerate() {
+            println!(
+                "  {n:<18} alone {:>9.1} {:>9.1}   with idle mount {:>9.1}   ratio {:.2}",
+                alone1[i],
+                alone2[i],
+                shared[i],
+                ratio(i)
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Creates `files` empty files in each of `threads` directories under `root`; returns

@@ -331,14 +331,20 @@ fn signal_pending(pid: u32) -> bool {
 /// lasts until the attribute timeout). The kernel takes a size only with data, so the file's
 /// last byte is stored into its cache.
 async fn refresh_kernel_view(c: &Client, notifier: Option<&Notifier>, ino: u64) {
-    let Some(n) = notifier else { return };
-    if let Err(e) = n.inval_inode(INodeNo(ino), 0, 0) {
+    let Some(n) = notifier.cloned() else { return };
+    // Notifications can wait for the kernel's page locks, held by reads this mount serves:
+    // never on a runtime thread.
+    let inval = n.clone();
+    let dropped = tokio::task::spawn_blocking(move || inval.inval_inode(INodeNo(ino), 0, 0));
+    if let Ok(Err(e)) = dropped.await {
         warn!(ino, error = %e, "cannot invalidate the kernel's cache after a lock");
     }
     match c.tail(ino).await {
         Ok((size, last)) if !last.is_empty() => {
             // An inode the kernel has dropped meanwhile is fine (ENOENT).
-            let _ = n.store(INodeNo(ino), size - 1, &last);
+            let stored =
+                tokio::task::spawn_blocking(move || n.store(INodeNo(ino), size - 1, &last));
+            let _ = stored.await;
         }
         Ok(_) => {}
         Err(e) => warn!(ino, error = %e, "cannot refresh a locked file's size"),

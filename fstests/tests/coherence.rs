@@ -172,3 +172,87 @@ fn tail_follows_appends_on_another_mount() {
         "an append took {worst:?} to show on the other mount"
     );
 }
+
+/// One SQLite writer: `n` transactions, each adding a row and bumping a shared counter.
+const SQLITE_WRITER: &str = r#"
+import sqlite3, sys
+path, who, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+db = sqlite3.connect(path, timeout=120, isolation_level=None)
+for i in range(n):
+    db.execute("BEGIN IMMEDIATE")
+    db.execute("INSERT INTO rows (who, i) VALUES (?, ?)", (who, i))
+    db.execute("UPDATE counter SET n = n + 1")
+    db.execute("COMMIT")
+print("ok")
+"#;
+
+#[test]
+fn sqlite_on_two_mounts_keeps_every_transaction() {
+    // SHOAL_SQLITE_TXNS overrides the total (about 140 ms a transaction; the full run of
+    // 10,000 is for a run by hand).
+    let total: usize = std::env::var("SHOAL_SQLITE_TXNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let c = TestCluster::start();
+    let m2 = c.mount_again("mnt2");
+    let db = c.path("app.db");
+    let setup = Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3,sys; d=sqlite3.connect(sys.argv[1]); \
+             d.executescript('CREATE TABLE rows (id INTEGER PRIMARY KEY, who TEXT, i INT); \
+             CREATE TABLE counter (n INT); INSERT INTO counter VALUES (0);'); d.close()",
+        ])
+        .arg(&db)
+        .status()
+        .expect("python3");
+    assert!(setup.success());
+    let start = Instant::now();
+    // Two processes on each mount, all writing at once.
+    let per = total / 4;
+    let writers: Vec<_> = [("a1", &c.mnt), ("a2", &c.mnt), ("b1", &m2), ("b2", &m2)]
+        .into_iter()
+        .map(|(who, mnt)| {
+            let child = Command::new("python3")
+                .args(["-c", SQLITE_WRITER])
+                .arg(mnt.join("app.db"))
+                .args([who, &per.to_string()])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("python3");
+            (who, child)
+        })
+        .collect();
+    for (who, w) in writers {
+        let out = w.wait_with_output().unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "ok",
+            "writer {who}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    println!("{} transactions in {:?}", per * 4, start.elapsed());
+    // Checked through the second mount.
+    let check = Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3,sys; d=sqlite3.connect(sys.argv[1]); \
+             print(d.execute('PRAGMA integrity_check').fetchone()[0], \
+             d.execute('SELECT count(*) FROM rows').fetchone()[0], \
+             d.execute('SELECT n FROM counter').fetchone()[0], \
+             d.execute('SELECT count(DISTINCT who || \":\" || i) FROM rows').fetchone()[0])",
+        ])
+        .arg(m2.join("app.db"))
+        .output()
+        .expect("python3");
+    let n = per * 4;
+    assert_eq!(
+        String::from_utf8_lossy(&check.stdout).trim(),
+        format!("ok {n} {n} {n}"),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+}

@@ -16,6 +16,8 @@
 //!   inode: that lease is revoked first (its size reaches the MDS), and the inode counts as
 //!   contended for [`CONTENDED`], during which no write lease is granted (writes go
 //!   synchronous while readers and writers share a file).
+//! - Only a session with its stream open here gets leases: one that cannot hear revocations
+//!   would hold every change to what it reads until its leases ran out.
 //! - A new leader answers no change before one lease duration after it took over, since it
 //!   cannot know what its predecessor granted.
 
@@ -117,6 +119,9 @@ impl Leases {
             let writer = {
                 let now = Instant::now();
                 let mut g = self.inner();
+                if !g.streams.contains_key(&session) {
+                    return 0;
+                }
                 let writer = g
                     .by_ino
                     .get(&ino)
@@ -150,6 +155,9 @@ impl Leases {
         }
         let now = Instant::now();
         let mut g = self.inner();
+        if !g.streams.contains_key(&session) {
+            return 0;
+        }
         if g.contended
             .get(&ino)
             .is_some_and(|t| now.duration_since(*t) < CONTENDED)
@@ -335,7 +343,9 @@ mod tests {
     #[tokio::test]
     async fn a_revocation_waits_for_the_ack_and_a_writer_yields_to_a_reader() {
         let l = Leases::new(Duration::from_secs(5));
+        assert_eq!(l.grant_read(Some(1), 10).await, 0, "no stream, no lease");
         let (_, mut rx) = l.attach(1);
+        let (_, _rx2) = l.attach(2);
         assert_eq!(l.grant_read(Some(1), 10).await, 5000);
         assert_eq!(l.grant_read(None, 10).await, 0);
         // Session 2 changes inode 10: session 1 is told, and the change waits for its ack.
@@ -367,9 +377,11 @@ mod tests {
     #[tokio::test]
     async fn a_silent_holder_holds_a_change_only_until_its_lease_ends() {
         let l = Leases::new(Duration::from_millis(300));
+        let (_, _rx1) = l.attach(1);
+        let (_, _rx3) = l.attach(3);
         assert_eq!(l.grant_read(Some(1), 10).await, 300);
         let t = Instant::now();
-        // No stream, no ack: the revocation ends when the lease does.
+        // No ack: the revocation ends when the lease does.
         l.revoke(10, Vec::new(), None, false).await;
         let waited = t.elapsed();
         assert!(waited >= Duration::from_millis(250), "{waited:?}");
