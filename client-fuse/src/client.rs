@@ -173,34 +173,20 @@ impl Client {
         Ok(())
     }
 
-    /// Calls the MDS for an attribute reply, and records the read lease that came with it
-    /// on `inos` (with `None`, on the reply's inode).
-    async fn leased_call<F, Fut>(
-        &self,
-        what: &str,
-        inos: Option<&[u64]>,
-        f: F,
-    ) -> Result<(Attr, u32)>
-    where
-        F: Fn(crate::cluster::Mds) -> Fut,
-        Fut: std::future::Future<
-            Output = std::result::Result<tonic::Response<AttrReply>, tonic::Status>,
-        >,
-    {
-        let sent = Instant::now();
-        let r = self.cluster.mds(what, f).await?;
-        let (ms, wms) = (r.lease_ms, r.write_lease_ms);
+    /// The attributes of a reply to a request sent at `sent`: records the read lease that
+    /// came with it on their inode and on `also` (a directory), and an open file's known
+    /// size follows them. Returns them and the write lease granted, in milliseconds.
+    fn leased_reply(&self, r: AttrReply, sent: Instant, also: Option<u64>) -> Result<(Attr, u32)> {
+        let (ms, write_ms) = (r.lease_ms, r.write_lease_ms);
         let attr = attr_of(r)?;
-        self.note_lease(inos.unwrap_or(&[attr.ino]), sent, ms);
-        self.fresh_size(&attr);
-        Ok((attr, wms))
-    }
-
-    /// An attribute just read from the MDS: an open file's known size follows it.
-    fn fresh_size(&self, attr: &Attr) {
+        match also {
+            Some(dir) => self.note_lease(&[dir, attr.ino], sent, ms),
+            None => self.note_lease(&[attr.ino], sent, ms),
+        }
         if let Some(st) = self.files().get_mut(&attr.ino) {
             st.size = attr.size;
         }
+        Ok((attr, write_ms))
     }
 
     fn lockers(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<(u64, u64)>> {
@@ -315,29 +301,28 @@ impl Client {
                 async move { c.lookup(req).await }
             })
             .await?;
-        let ms = r.lease_ms;
-        let attr = attr_of(r)?;
         // The lease covers the entry (the directory's) and the child's attributes.
-        self.note_lease(&[parent, attr.ino], sent, ms);
-        self.fresh_size(&attr);
+        let (attr, _) = self.leased_reply(r, sent, Some(parent))?;
         Ok(self.overlay(attr))
     }
 
     async fn getattr_raw(&self, ino: u64) -> Result<Attr> {
-        let (attr, _) = self
-            .leased_call("getattr", None, |mut c| async move {
+        let sent = Instant::now();
+        let r = self
+            .cluster
+            .mds("getattr", |mut c| async move {
                 c.get_attr(GetAttrRequest { ino }).await
             })
             .await?;
-        Ok(attr)
+        Ok(self.leased_reply(r, sent, None)?.0)
     }
 
     /// A mutation answered with attributes, and the leases that came with them (the read
-    /// lease on `inos`; the write lease, in milliseconds, returned).
+    /// lease also on directory `also`; the write lease, in milliseconds, returned).
     async fn leased_mutate<Q, F, Fut>(
         &self,
         what: &str,
-        inos: &[u64],
+        also: Option<u64>,
         req: Q,
         f: F,
     ) -> Result<(Attr, u32)>
@@ -350,13 +335,7 @@ impl Client {
     {
         let sent = Instant::now();
         let r = self.cluster.mds_mutate(what, req, f).await?;
-        let (ms, wms) = (r.lease_ms, r.write_lease_ms);
-        let attr = attr_of(r)?;
-        let mut all = inos.to_vec();
-        all.push(attr.ino);
-        self.note_lease(&all, sent, ms);
-        self.fresh_size(&attr);
-        Ok((attr, wms))
+        self.leased_reply(r, sent, also)
     }
 
     /// The attributes of `ino`.
@@ -386,7 +365,7 @@ impl Client {
             }
         }
         let (attr, _) = self
-            .leased_mutate("setattr", &[], req, |mut c, r| async move {
+            .leased_mutate("setattr", None, req, |mut c, r| async move {
                 c.set_attr(r).await
             })
             .await?;
@@ -443,7 +422,7 @@ impl Client {
     pub async fn make_node(&self, req: MakeNodeRequest) -> Result<Attr> {
         let parent = req.parent;
         let (attr, _) = self
-            .leased_mutate("make_node", &[parent], req, |mut c, r| async move {
+            .leased_mutate("make_node", Some(parent), req, |mut c, r| async move {
                 c.make_node(r).await
             })
             .await?;
@@ -619,7 +598,7 @@ impl Client {
         let (_, write_ms) = self
             .leased_mutate(
                 "flush",
-                &[],
+                None,
                 req,
                 |mut c, r| async move { c.set_attr(r).await },
             )
@@ -744,7 +723,7 @@ impl Client {
             new_name: Bytes::copy_from_slice(new_name),
         };
         let (attr, _) = self
-            .leased_mutate("link", &[new_parent], req, |mut c, r| async move {
+            .leased_mutate("link", Some(new_parent), req, |mut c, r| async move {
                 c.link(r).await
             })
             .await?;

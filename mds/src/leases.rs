@@ -79,6 +79,22 @@ struct Inner {
     last_prune: Option<Instant>,
 }
 
+/// `session`'s hold on `ino`, granted anew at `now` (the caller sets what it grants).
+fn hold(g: &mut Inner, ino: u64, session: u64, now: Instant) -> &mut Held {
+    let h = g
+        .by_ino
+        .entry(ino)
+        .or_default()
+        .entry(session)
+        .or_insert(Held {
+            read_until: None,
+            write_until: None,
+            granted: now,
+        });
+    h.granted = now;
+    h
+}
+
 /// The lease table.
 #[derive(Clone)]
 pub struct Leases {
@@ -104,6 +120,11 @@ impl Leases {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether `session` can be granted leases: leases are on, and it can hear revocations.
+    fn may_hold(&self, g: &Inner, session: u64) -> bool {
+        !self.duration.is_zero() && g.streams.contains_key(&session)
+    }
+
     fn ms(&self) -> u32 {
         self.duration.as_millis().min(u32::MAX as u128) as u32
     }
@@ -112,14 +133,11 @@ impl Leases {
     /// on it. Returns the lease in milliseconds (0: none).
     pub async fn grant_read(&self, session: Option<u64>, ino: u64) -> u32 {
         let Some(session) = session else { return 0 };
-        if self.duration.is_zero() {
-            return 0;
-        }
         for _ in 0..3 {
-            let writer = {
+            {
                 let now = Instant::now();
                 let mut g = self.inner();
-                if !g.streams.contains_key(&session) {
+                if !self.may_hold(&g, session) {
                     return 0;
                 }
                 let writer = g
@@ -127,20 +145,11 @@ impl Leases {
                     .get(&ino)
                     .is_some_and(|h| h.iter().any(|(s, h)| *s != session && h.writes(now)));
                 if !writer {
-                    let h = g.by_ino.entry(ino).or_default();
-                    let e = h.entry(session).or_insert(Held {
-                        read_until: None,
-                        write_until: None,
-                        granted: now,
-                    });
-                    e.read_until = Some(now + self.duration);
-                    e.granted = now;
+                    hold(&mut g, ino, session, now).read_until = Some(now + self.duration);
                     return self.ms();
                 }
                 g.contended.insert(ino, now);
-                writer
-            };
-            debug_assert!(writer);
+            }
             self.revoke(ino, Vec::new(), Some(session), true).await;
         }
         0
@@ -150,12 +159,9 @@ impl Leases {
     /// and it was not contended lately. Returns the lease in milliseconds (0: none).
     pub fn grant_write(&self, session: Option<u64>, ino: u64) -> u32 {
         let Some(session) = session else { return 0 };
-        if self.duration.is_zero() {
-            return 0;
-        }
         let now = Instant::now();
         let mut g = self.inner();
-        if !g.streams.contains_key(&session) {
+        if !self.may_hold(&g, session) {
             return 0;
         }
         if g.contended
@@ -164,17 +170,14 @@ impl Leases {
         {
             return 0;
         }
-        let h = g.by_ino.entry(ino).or_default();
-        if h.iter().any(|(s, h)| *s != session && h.live(now)) {
+        let others = g
+            .by_ino
+            .get(&ino)
+            .is_some_and(|h| h.iter().any(|(s, h)| *s != session && h.live(now)));
+        if others {
             return 0;
         }
-        let e = h.entry(session).or_insert(Held {
-            read_until: None,
-            write_until: None,
-            granted: now,
-        });
-        e.write_until = Some(now + self.duration);
-        e.granted = now;
+        hold(&mut g, ino, session, now).write_until = Some(now + self.duration);
         self.ms()
     }
 
@@ -354,12 +357,12 @@ mod tests {
             l2.revoke(10, vec![Bytes::from_static(b"n")], Some(2), false)
                 .await
         });
-        let down = rx.recv().await.unwrap();
+        let down = rx.recv().await.expect("a revocation");
         assert_eq!((down.ino, down.names.len()), (10, 1));
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!revoke.is_finished(), "answered before the holder acked");
         l.ack(down.id);
-        revoke.await.unwrap();
+        revoke.await.expect("the revoking task");
         assert!(l.per_session().is_empty(), "the acked hold is gone");
 
         // A writer's lease is revoked for a reader, and the inode then refuses write leases.
@@ -367,10 +370,10 @@ mod tests {
         assert_eq!(l.grant_write(Some(2), 11), 0, "exclusive");
         let l3 = l.clone();
         let reader = tokio::spawn(async move { l3.grant_read(Some(2), 11).await });
-        let down = rx.recv().await.unwrap();
+        let down = rx.recv().await.expect("a revocation");
         assert_eq!(down.ino, 11);
         l.ack(down.id);
-        assert_eq!(reader.await.unwrap(), 5000);
+        assert_eq!(reader.await.expect("the reading task"), 5000);
         assert_eq!(l.grant_write(Some(1), 11), 0, "contended");
     }
 

@@ -171,6 +171,21 @@ impl MdsService {
         Ok((self.fsm.getattr(ino)?, ms))
     }
 
+    /// An entry's reply: `ino`'s attributes under a read lease, which the directory's lease
+    /// (`dir_ms`, granted before the entry was read) caps.
+    async fn entry_reply(&self, session: Option<u64>, dir_ms: u32, ino: u64) -> Reply<AttrReply> {
+        let (attr, ms) = if dir_ms > 0 {
+            self.leased(session, ino).await?
+        } else {
+            (self.fsm.getattr(ino)?, 0)
+        };
+        Ok(Response::new(AttrReply {
+            attr: Some(attr),
+            lease_ms: ms.min(dir_ms),
+            write_lease_ms: 0,
+        }))
+    }
+
     /// The inode `name` in `parent` names now, if any (what a change is about to touch).
     fn child(&self, parent: u64, name: &[u8]) -> u64 {
         self.fsm.lookup(parent, name).map_or(0, |a| a.ino)
@@ -431,21 +446,17 @@ impl MdsService {
                 },
             );
         }
+        fn info(out: &mut BTreeMap<u64, SessionInfo>, id: u64) -> &mut SessionInfo {
+            out.entry(id).or_insert_with(|| SessionInfo {
+                session: id,
+                ..Default::default()
+            })
+        }
         for (id, n) in holders {
-            out.entry(id)
-                .or_insert_with(|| SessionInfo {
-                    session: id,
-                    ..Default::default()
-                })
-                .locks = n;
+            info(&mut out, id).locks = n;
         }
         for (id, n) in leases {
-            out.entry(id)
-                .or_insert_with(|| SessionInfo {
-                    session: id,
-                    ..Default::default()
-                })
-                .leases = n;
+            info(&mut out, id).leases = n;
         }
         Ok(out.into_values().collect())
     }
@@ -472,18 +483,8 @@ impl Mds for MdsService {
         // The entry is cached under the directory's lease, the attributes under the child's.
         let dir_ms = self.leases.grant_read(session, r.parent).await;
         self.node.read_barrier().await?;
-        let attr = self.fsm.lookup(r.parent, &r.name)?;
-        let (attr, lease_ms) = if dir_ms > 0 {
-            let (attr, ms) = self.leased(session, attr.ino).await?;
-            (attr, ms.min(dir_ms))
-        } else {
-            (attr, 0)
-        };
-        Ok(Response::new(AttrReply {
-            attr: Some(attr),
-            lease_ms,
-            write_lease_ms: 0,
-        }))
+        let child = self.fsm.lookup(r.parent, &r.name)?.ino;
+        self.entry_reply(session, dir_ms, child).await
     }
 
     async fn get_attr(&self, req: Request<GetAttrRequest>) -> Reply<AttrReply> {
@@ -524,12 +525,7 @@ impl Mds for MdsService {
         let made = attr_of(self.propose_for(req, Op::MakeNode).await?)?;
         self.changed(session, vec![(parent, vec![name])]).await;
         let dir_ms = self.leases.grant_read(session, parent).await;
-        let (attr, ms) = self.leased(session, made.ino).await?;
-        Ok(Response::new(AttrReply {
-            attr: Some(attr),
-            lease_ms: ms.min(dir_ms),
-            write_lease_ms: 0,
-        }))
+        self.entry_reply(session, dir_ms, made.ino).await
     }
 
     async fn unlink(&self, req: Request<UnlinkRequest>) -> Reply<UnlinkReply> {
@@ -566,12 +562,7 @@ impl Mds for MdsService {
         attr_of(self.propose_for(req, Op::Link).await?)?;
         self.changed(session, touched).await;
         let dir_ms = self.leases.grant_read(session, parent).await;
-        let (attr, ms) = self.leased(session, ino).await?;
-        Ok(Response::new(AttrReply {
-            attr: Some(attr),
-            lease_ms: ms.min(dir_ms),
-            write_lease_ms: 0,
-        }))
+        self.entry_reply(session, dir_ms, ino).await
     }
 
     async fn read_link(&self, req: Request<ReadLinkRequest>) -> Reply<ReadLinkReply> {
