@@ -77,8 +77,9 @@ enum MdsCmd {
 
 #[derive(Subcommand, Debug)]
 enum ClientCmd {
-    /// End client session ID (hex, as `shoal status` prints it): its locks are released at
-    /// once.
+    /// Evict client session ID (hex, as `shoal status` prints it): the OSDs and the MDS
+    /// refuse it from now on, then its locks are released. The mount notices, fails what the
+    /// old session had open with EIO, and carries on with a new session.
     Evict {
         /// The session id.
         id: String,
@@ -647,10 +648,13 @@ fn client_cmd(c: ClientCmd) -> anyhow::Result<()> {
     let addrs = mds_addrs(at.mds, &at.data)?;
     let rt = runtime()?;
     rt.block_on(status::call_leader(&addrs, |mut c| async move {
-        let req = shoal_proto::mds::EndSessionRequest { session };
+        let req = shoal_proto::mds::EndSessionRequest {
+            session,
+            evict: true,
+        };
         c.end_session(req).await.map(|r| r.into_inner())
     }))?;
-    println!("ended session {session:016x}");
+    println!("evicted session {session:016x}: fenced at the OSDs, its locks released");
     Ok(())
 }
 

@@ -82,6 +82,8 @@ pub struct Report {
     pub pgs: PgSummary,
     /// Client sessions: mounts the leader hears from, and holders of locks.
     pub sessions: Vec<SessionStatus>,
+    /// Evicted sessions the OSDs and the MDS refuse (the blocklist).
+    pub evicted: Vec<u64>,
 }
 
 /// One client session.
@@ -318,6 +320,7 @@ pub fn report(st: &StatusReply, nearfull: f64) -> Report {
                 leases: s.leases,
             })
             .collect(),
+        evicted: map.blocklist.clone(),
     }
 }
 
@@ -527,7 +530,11 @@ pub fn render(r: &Report) -> String {
         .map(|(k, n)| format!("{n} {k}"))
         .collect();
     out += &format!("pgs: {}\n", states.join(", "));
-    out += &format!("clients: {} session(s)\n", r.sessions.len());
+    out += &format!(
+        "clients: {} session(s), {} evicted\n",
+        r.sessions.len(),
+        r.evicted.len()
+    );
     for s in &r.sessions {
         out += &format!(
             "  {:016x} {} {}  last heard {:.1} s ago, {} lock(s), {} lease(s)\n",
@@ -588,6 +595,7 @@ mod tests {
                 pg_count: 1,
                 size: 1,
                 min_size: 1,
+                blocklist: Vec::new(),
             }),
             pgs: vec![PgStat {
                 pg: 0,

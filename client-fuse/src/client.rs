@@ -18,6 +18,11 @@
 //! - Without a write lease, a write sends the new size and mtime to the MDS before it returns
 //!   (which revokes other mounts' leases on the file); with one, they stay local until the
 //!   lease is revoked, fsync, close or a setattr.
+//! - A file handle names the session it was opened in (the FUSE file handle is the session
+//!   id). Once that session was evicted, the handle's reads, writes, fsyncs and locks fail
+//!   with EIO, and its unsent size and mtime are dropped: its locks may have gone to another
+//!   client, so nothing done under it may land any more. Files opened after that use the new
+//!   session.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -51,6 +56,8 @@ struct FileState {
     orphan: bool,
     /// Until when this mount holds the file's write lease.
     write_until: Option<Instant>,
+    /// The session the unsent size and mtime were written under.
+    dirty_session: u64,
 }
 
 /// This mount's read lease on an inode.
@@ -152,6 +159,28 @@ impl Client {
         })
     }
 
+    /// The session was evicted and a new one started: leases, unsent sizes and the locks of
+    /// the old one are gone.
+    pub fn session_renewed(&self) {
+        self.leases().clear();
+        self.lockers().clear();
+        for st in self.files().values_mut() {
+            st.pending = None;
+            st.dirty_mtime = None;
+            st.write_until = None;
+        }
+    }
+
+    /// The session to act under for a handle opened in session `fh` (0: not opened through
+    /// a handle): EIO if that session was evicted.
+    pub fn handle(&self, fh: u64) -> Result<u64> {
+        let current = self.cluster.session();
+        if fh != 0 && fh != current {
+            return Err(ClientError::Evicted(fh));
+        }
+        Ok(if fh == 0 { current } else { fh })
+    }
+
     /// The MDS revoked this mount's leases on `ino`: from now on nothing of it is cached
     /// under them, and a write lease's size and mtime go to the MDS. The caller then drops
     /// the kernel's caches and acks.
@@ -208,7 +237,8 @@ impl Client {
     /// Takes, changes or releases a lock; EAGAIN when another owner's lock conflicts.
     /// Before a lock is released, the size and mtime of this mount's writes reach the MDS,
     /// so whoever locks next sees them.
-    pub async fn set_lock(&self, ino: u64, a: LockArgs) -> Result<()> {
+    pub async fn set_lock(&self, fh: u64, ino: u64, a: LockArgs) -> Result<()> {
+        self.handle(fh)?;
         if a.kind == LockKind::Unlock {
             self.flush(ino).await?;
         } else {
@@ -245,13 +275,18 @@ impl Client {
         let layout = attr
             .layout
             .unwrap_or_else(shoal_proto::layout::default_layout);
-        let last = self.cluster.read(ino, &layout, attr.size - 1, 1).await?;
+        let session = self.cluster.session();
+        let last = self
+            .cluster
+            .read(session, ino, &layout, attr.size - 1, 1)
+            .await?;
         Ok((attr.size, last))
     }
 
-    /// A close by `owner`: releases its locks on `ino`, if it may hold any.
-    pub async fn release_locks(&self, ino: u64, owner: u64) -> Result<()> {
-        if !self.lockers().contains(&(ino, owner)) {
+    /// A close by `owner` of a handle opened in session `fh`: releases its locks on `ino`,
+    /// if it may hold any (an evicted session's are gone already).
+    pub async fn release_locks(&self, fh: u64, ino: u64, owner: u64) -> Result<()> {
+        if !self.lockers().contains(&(ino, owner)) || self.handle(fh).is_err() {
             return Ok(());
         }
         let all = LockArgs {
@@ -261,7 +296,7 @@ impl Client {
             kind: LockKind::Unlock,
             pid: 0,
         };
-        self.set_lock(ino, all).await
+        self.set_lock(fh, ino, all).await
     }
 
     /// The cluster connections.
@@ -359,8 +394,9 @@ impl Client {
                 let layout = attr
                     .layout
                     .unwrap_or_else(shoal_proto::layout::default_layout);
+                let session = self.cluster.session();
                 self.cluster
-                    .truncate(ino, &layout, new_size, attr.size)
+                    .truncate(session, ino, &layout, new_size, attr.size)
                     .await?;
             }
         }
@@ -400,8 +436,9 @@ impl Client {
             let layout = attr
                 .layout
                 .unwrap_or_else(shoal_proto::layout::default_layout);
+            let session = self.cluster.session();
             self.cluster
-                .zero_range(ino, &layout, off, end.min(attr.size) - off)
+                .zero_range(session, ino, &layout, off, end.min(attr.size) - off)
                 .await?;
         }
         let grow = mode & KEEP == 0 && end > attr.size;
@@ -458,6 +495,7 @@ impl Client {
             generation: 0,
             orphan: false,
             write_until: None,
+            dirty_session: 0,
         });
         st.open += 1;
     }
@@ -469,8 +507,9 @@ impl Client {
             .ok_or_else(|| ClientError::errno_msg(EBADF, format!("inode {ino} is not open")))
     }
 
-    /// Reads up to `len` bytes at `off` of an open file.
-    pub async fn read(&self, ino: u64, off: u64, len: u32) -> Result<Bytes> {
+    /// Reads up to `len` bytes at `off` of a file open as handle `fh`.
+    pub async fn read(&self, fh: u64, ino: u64, off: u64, len: u32) -> Result<Bytes> {
+        let session = self.handle(fh)?;
         let st = self.open_state(ino)?;
         let size = st.pending.unwrap_or(0).max(st.size);
         // The size may have grown through another mount; ask when reading past what we know.
@@ -487,11 +526,13 @@ impl Client {
             return Ok(Bytes::new());
         }
         let len = (len as u64).min(size - off);
-        self.cluster.read(ino, &st.layout, off, len).await
+        self.cluster.read(session, ino, &st.layout, off, len).await
     }
 
-    /// Writes `data` at `off` of an open file; durable on the OSDs when this returns.
-    pub async fn write(&self, ino: u64, off: u64, data: Bytes) -> Result<u32> {
+    /// Writes `data` at `off` of a file open as handle `fh`; durable on the OSDs when this
+    /// returns.
+    pub async fn write(&self, fh: u64, ino: u64, off: u64, data: Bytes) -> Result<u32> {
+        let session = self.handle(fh)?;
         let st = self.open_state(ino)?;
         let len = data.len() as u64;
         let end = off
@@ -503,9 +544,12 @@ impl Client {
                 "write past the largest file size",
             ));
         };
-        self.cluster.write(ino, &st.layout, off, data).await?;
+        self.cluster
+            .write(session, ino, &st.layout, off, data)
+            .await?;
         let leased = match self.files().get_mut(&ino) {
             Some(s) => {
+                s.dirty_session = session;
                 if end > s.size {
                     s.pending = Some(s.pending.unwrap_or(0).max(end));
                 }
@@ -581,12 +625,29 @@ impl Client {
         self.send_size(ino, false).await
     }
 
+    /// flush/fsync of handle `fh`: EIO if its session was evicted.
+    pub async fn flush_handle(&self, fh: u64, ino: u64) -> Result<()> {
+        self.handle(fh)?;
+        self.flush(ino).await
+    }
+
     /// Sends the size and mtime of local writes to the MDS, asking for the write lease if
     /// `want_lease`.
     async fn send_size(&self, ino: u64, want_lease: bool) -> Result<()> {
-        let (pending, size, generation) = match self.files().get(&ino) {
-            Some(s) if s.dirty_mtime.is_some() => (s.pending, s.size, s.generation),
-            _ => return Ok(()),
+        let (pending, size, generation) = {
+            let mut files = self.files();
+            match files.get_mut(&ino) {
+                Some(s) if s.dirty_mtime.is_some() => {
+                    if s.dirty_session != self.cluster.session() {
+                        // Written under an evicted session: dropped (see the module docs).
+                        s.pending = None;
+                        s.dirty_mtime = None;
+                        return Err(ClientError::Evicted(s.dirty_session));
+                    }
+                    (s.pending, s.size, s.generation)
+                }
+                _ => return Ok(()),
+            }
         };
         let req = SetAttrRequest {
             ino,
@@ -638,9 +699,9 @@ impl Client {
         }
     }
 
-    /// Closes one handle; the last close of an unlinked file deletes its data.
-    pub async fn release(&self, ino: u64) -> Result<()> {
-        let flushed = self.flush(ino).await;
+    /// Closes handle `fh`; the last close of an unlinked file deletes its data.
+    pub async fn release(&self, fh: u64, ino: u64) -> Result<()> {
+        let flushed = self.flush_handle(fh, ino).await;
         let last = {
             let mut files = self.files();
             match files.get_mut(&ino) {
@@ -661,7 +722,8 @@ impl Client {
 
     /// Deletes an orphan's objects, then its inode.
     async fn purge(&self, ino: u64, layout: &Layout, size: u64) -> Result<()> {
-        self.cluster.delete_data(ino, layout, size).await?;
+        let session = self.cluster.session();
+        self.cluster.delete_data(session, ino, layout, size).await?;
         self.cluster
             .mds_mutate("purge", PurgeRequest { ino }, |mut c, r| async move {
                 c.purge(r).await

@@ -6,6 +6,11 @@
 //! with backoff until `retry_for` has passed, refreshing the OSD map in between. An OSD that
 //! placed the request by a newer map says so; the client fetches that map and resends at once.
 //! A call answered with an errno is never retried.
+//!
+//! Sessions: the mount's session names every request (MDS calls in metadata, OSD calls in
+//! the request). When a daemon says the session was evicted, the cluster starts a new one
+//! (subscribers of [`Cluster::watch_session`] hear of it); an MDS call is then retried once
+//! under the new session, an OSD call fails (it belongs to a file opened in the old one).
 //! Known limit: a mutation whose reply was lost is re-sent, which is not yet exactly-once.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -52,8 +57,11 @@ pub struct Cluster {
     /// MDS members by address; calls go to `mds_at` (the leader, as far as we know).
     mds: RwLock<Vec<(String, Mds)>>,
     mds_at: AtomicUsize,
-    /// This mount's session for exactly-once mutations, and its request numbers.
-    session: u64,
+    /// This mount's session (shared with the MDS clients' interceptors), and its request
+    /// numbers for exactly-once mutations.
+    session: Arc<AtomicU64>,
+    /// Tells tasks that follow the session (heartbeats, the lease stream) of a new one.
+    renewed: tokio::sync::watch::Sender<u64>,
     next_seq: AtomicU64,
     /// Request numbers sent and not yet answered.
     in_flight: Mutex<BTreeSet<u64>>,
@@ -78,13 +86,14 @@ fn channel(addr: &str) -> Result<Channel, ClientError> {
     Ok(ep.connect_lazy())
 }
 
-/// Names the mount's session on every MDS call, so reads can be granted leases.
-#[derive(Clone, Copy)]
-pub struct SessionTag(u64);
+/// Names the mount's current session on every MDS call, so reads can be granted leases.
+#[derive(Clone)]
+pub struct SessionTag(Arc<AtomicU64>);
 
 impl tonic::service::Interceptor for SessionTag {
     fn call(&mut self, mut r: Request<()>) -> Result<Request<()>, Status> {
-        shoal_proto::request::insert_session(r.metadata_mut(), self.0);
+        let session = self.0.load(Ordering::Relaxed);
+        shoal_proto::request::insert_session(r.metadata_mut(), session);
         Ok(r)
     }
 }
@@ -92,9 +101,9 @@ impl tonic::service::Interceptor for SessionTag {
 /// An MDS connection that names the session.
 pub type Mds = MdsClient<InterceptedService<Channel, SessionTag>>;
 
-fn mds_client(addr: &str, session: u64) -> Result<Mds, ClientError> {
+fn mds_client(addr: &str, session: &Arc<AtomicU64>) -> Result<Mds, ClientError> {
     Ok(
-        MdsClient::with_interceptor(channel(addr)?, SessionTag(session))
+        MdsClient::with_interceptor(channel(addr)?, SessionTag(session.clone()))
             .max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(shoal_proto::MAX_MESSAGE_BYTES),
     )
@@ -106,15 +115,17 @@ impl Cluster {
         if mds.is_empty() {
             return Err(ClientError::Protocol("no MDS address given".into()));
         }
-        let session = rand::random::<u64>().max(1);
+        let first = rand::random::<u64>().max(1);
+        let session = Arc::new(AtomicU64::new(first));
         let mds = mds
             .iter()
-            .map(|a| Ok((a.clone(), mds_client(a, session)?)))
+            .map(|a| Ok((a.clone(), mds_client(a, &session)?)))
             .collect::<Result<Vec<_>, ClientError>>()?;
         let cluster = Arc::new(Cluster {
             mds: RwLock::new(mds),
             mds_at: AtomicUsize::new(0),
             session,
+            renewed: tokio::sync::watch::Sender::new(first),
             next_seq: AtomicU64::new(1),
             in_flight: Mutex::new(BTreeSet::new()),
             map: RwLock::new(Arc::new(MapView {
@@ -142,7 +153,7 @@ impl Cluster {
             Some(addr) => match members.iter().position(|(a, _)| a == addr) {
                 Some(i) => i,
                 None => {
-                    members.push((addr.to_string(), mds_client(addr, self.session)?));
+                    members.push((addr.to_string(), mds_client(addr, &self.session)?));
                     members.len() - 1
                 }
             },
@@ -165,6 +176,7 @@ impl Cluster {
         let start = Instant::now();
         let mut backoff = Duration::from_millis(50);
         let mut hops = 0;
+        let mut renewed = false;
         loop {
             let (i, client) = self.mds_member();
             let last = match f(client).await {
@@ -190,6 +202,16 @@ impl Cluster {
                     WireError::Transport(m) => {
                         self.switch_mds(i, None)?;
                         m
+                    }
+                    WireError::Evicted { session } => {
+                        // Our session was evicted: carry on under a new one (once; a request
+                        // that names the old session in its body fails).
+                        self.evicted(session);
+                        if renewed {
+                            return Err(ClientError::Evicted(session));
+                        }
+                        renewed = true;
+                        continue;
                     }
                     other => return Err(other.into()),
                 },
@@ -229,7 +251,7 @@ impl Cluster {
             let oldest = self.in_flight().first().copied().unwrap_or(seq).min(seq);
             let mut r = Request::new(req.clone());
             ReqId {
-                session: self.session,
+                session: self.session(),
                 seq,
                 oldest,
             }
@@ -250,7 +272,7 @@ impl Cluster {
         ),
         ClientError,
     > {
-        let session = self.session;
+        let session = self.session();
         self.mds("leases", |mut c| async move {
             let (tx, rx) = futures::channel::mpsc::unbounded();
             let hello = LeaseUp { session, ack: 0 };
@@ -264,7 +286,29 @@ impl Cluster {
 
     /// This mount's session id (request ids, heartbeats, locks).
     pub fn session(&self) -> u64 {
-        self.session
+        self.session.load(Ordering::Relaxed)
+    }
+
+    /// A daemon refused `session` as evicted: if it is still ours, starts a new session.
+    pub fn evicted(&self, session: u64) {
+        let new = rand::random::<u64>().max(1);
+        let swapped =
+            self.session
+                .compare_exchange(session, new, Ordering::Relaxed, Ordering::Relaxed);
+        if swapped.is_ok() {
+            warn!(
+                old = format!("{session:x}"),
+                new = format!("{new:x}"),
+                "this mount's session was evicted: files it had open fail with EIO; \
+                 going on with a new session"
+            );
+            self.renewed.send_replace(new);
+        }
+    }
+
+    /// Follows the session: changes when an evicted one is replaced.
+    pub fn watch_session(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.renewed.subscribe()
     }
 
     fn in_flight(&self) -> std::sync::MutexGuard<'_, BTreeSet<u64>> {
@@ -342,6 +386,10 @@ impl Cluster {
                             continue;
                         }
                         WireError::Remap { message, .. } => format!("osd.{id}: {message}"),
+                        WireError::Evicted { session } => {
+                            self.evicted(session);
+                            return Err(ClientError::Evicted(session));
+                        }
                         other => return Err(other.into()),
                     },
                 },
@@ -361,10 +409,11 @@ impl Cluster {
         }
     }
 
-    /// Writes `data` at file offset `off` of inode `ino`: one request per object, all in
-    /// parallel; each carries a slice of `data` (no copy).
+    /// Writes `data` at file offset `off` of inode `ino` for `session`: one request per
+    /// object, all in parallel; each carries a slice of `data` (no copy).
     pub async fn write(
         &self,
+        session: u64,
         ino: u64,
         layout: &Layout,
         off: u64,
@@ -382,6 +431,7 @@ impl Cluster {
                         offset: e.obj_off,
                         data: piece.clone(),
                         epoch,
+                        session,
                     };
                     async move { c.write(req).await }
                 })
@@ -392,10 +442,11 @@ impl Cluster {
         Ok(())
     }
 
-    /// Reads `len` bytes at `off` (the caller bounds it by the file size); holes and missing
-    /// objects read as zeros.
+    /// Reads `len` bytes at `off` for `session` (the caller bounds it by the file size);
+    /// holes and missing objects read as zeros.
     pub async fn read(
         &self,
+        session: u64,
         ino: u64,
         layout: &Layout,
         off: u64,
@@ -405,7 +456,9 @@ impl Cluster {
         let extents = file_to_extents(layout, off, len);
         if let [e] = extents.as_slice() {
             // One object: hand its bytes through unless it is short.
-            let data = self.read_extent(ino, e.objno, e.obj_off, e.len).await?;
+            let data = self
+                .read_extent(session, ino, e.objno, e.obj_off, e.len)
+                .await?;
             if data.len() as u64 == len {
                 return Ok(data);
             }
@@ -413,7 +466,7 @@ impl Cluster {
         let pieces = try_join_all(
             extents
                 .iter()
-                .map(|e| self.read_extent(ino, e.objno, e.obj_off, e.len)),
+                .map(|e| self.read_extent(session, ino, e.objno, e.obj_off, e.len)),
         )
         .await?;
         let mut out = BytesMut::zeroed(len as usize);
@@ -426,6 +479,7 @@ impl Cluster {
 
     async fn read_extent(
         &self,
+        session: u64,
         ino: u64,
         objno: u64,
         obj_off: u64,
@@ -439,6 +493,7 @@ impl Cluster {
                     offset: obj_off,
                     len: len as u32,
                     epoch,
+                    session,
                 };
                 async move { c.read(req).await }
             })
@@ -529,6 +584,7 @@ impl Cluster {
     /// sparse file's, only where the OSDs list objects.
     pub async fn truncate(
         &self,
+        session: u64,
         ino: u64,
         layout: &Layout,
         new_size: u64,
@@ -555,13 +611,14 @@ impl Cluster {
             let object = object_name(ino, objno);
             async move {
                 if keep == 0 {
-                    self.delete_object(&object).await
+                    self.delete_object(session, &object).await
                 } else {
                     self.osd(&object, |mut c, epoch| {
                         let req = TruncateRequest {
                             object: object.clone(),
                             size: keep,
                             epoch,
+                            session,
                         };
                         async move { c.truncate(req).await }
                     })
@@ -582,6 +639,7 @@ impl Cluster {
     /// list objects.
     pub async fn zero_range(
         &self,
+        session: u64,
         ino: u64,
         layout: &Layout,
         off: u64,
@@ -614,7 +672,7 @@ impl Cluster {
             async move {
                 let covered: u64 = pieces.iter().map(|&(_, len)| len).sum();
                 if covered >= u64::from(layout.object_size) {
-                    return self.delete_object(&object).await;
+                    return self.delete_object(session, &object).await;
                 }
                 for (offset, len) in pieces {
                     self.osd(&object, |mut c, epoch| {
@@ -623,6 +681,7 @@ impl Cluster {
                             offset,
                             len,
                             epoch,
+                            session,
                         };
                         async move { c.zero(req).await }
                     })
@@ -640,18 +699,20 @@ impl Cluster {
     /// Deletes every object of a file of `size` bytes.
     pub async fn delete_data(
         &self,
+        session: u64,
         ino: u64,
         layout: &Layout,
         size: u64,
     ) -> Result<(), ClientError> {
-        self.truncate(ino, layout, 0, size).await
+        self.truncate(session, ino, layout, 0, size).await
     }
 
-    async fn delete_object(&self, object: &str) -> Result<(), ClientError> {
+    async fn delete_object(&self, session: u64, object: &str) -> Result<(), ClientError> {
         self.osd(object, |mut c, epoch| {
             let req = DeleteRequest {
                 object: object.to_string(),
                 epoch,
+                session,
             };
             async move { c.delete(req).await }
         })

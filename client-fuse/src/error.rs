@@ -22,6 +22,10 @@ pub enum ClientError {
         /// The last transport error seen.
         last: String,
     },
+    /// The session was evicted (the mount goes on with a new one; this call belonged to the
+    /// old one).
+    #[error("session {0:x} was evicted")]
+    Evicted(u64),
     /// A daemon sent something malformed or failed without an errno.
     #[error("{0}")]
     Protocol(String),
@@ -33,7 +37,7 @@ impl ClientError {
         match self {
             ClientError::Errno { errno, .. } => *errno,
             ClientError::Unavailable { .. } => ETIMEDOUT,
-            ClientError::Protocol(_) => EIO,
+            ClientError::Protocol(_) | ClientError::Evicted(_) => EIO,
         }
     }
 
@@ -62,6 +66,7 @@ impl From<WireError> for ClientError {
                 what: "mds".into(),
                 last: e.to_string(),
             },
+            WireError::Evicted { session } => ClientError::Evicted(session),
             WireError::Server { code, message } => {
                 ClientError::Protocol(format!("server error {code:?}: {message}"))
             }

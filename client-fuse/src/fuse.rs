@@ -135,7 +135,7 @@ pub fn fuse_attr(a: &Attr) -> Result<FileAttr, ClientError> {
 fn errno(e: &ClientError) -> Errno {
     match e {
         ClientError::Errno { .. } => {}
-        ClientError::Unavailable { .. } | ClientError::Protocol(_) => {
+        ClientError::Unavailable { .. } | ClientError::Protocol(_) | ClientError::Evicted(_) => {
             warn!(error = %e, "request failed");
         }
     }
@@ -284,12 +284,13 @@ fn lock_args(owner: LockOwner, start: u64, end: u64, typ: i32, pid: u32) -> Opti
 /// pending signals are read from /proc instead.
 async fn lock_waiting(
     c: &Client,
+    fh: u64,
     ino: u64,
     args: LockArgs,
     sleep: bool,
 ) -> Result<(), ClientError> {
     loop {
-        match c.set_lock(ino, args).await {
+        match c.set_lock(fh, ino, args).await {
             Err(e) if sleep && e.errno() == libc::EAGAIN => {}
             other => return other,
         }
@@ -454,7 +455,7 @@ impl Filesystem for ShoalFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         lock_owner: LockOwner,
         start: u64,
         end: u64,
@@ -468,7 +469,7 @@ impl Filesystem for ShoalFs {
         };
         let notifier = self.notifier.clone();
         self.go(move |c| async move {
-            let r = lock_waiting(&c, ino.0, args, sleep).await;
+            let r = lock_waiting(&c, fh.0, ino.0, args, sleep).await;
             if r.is_ok() && args.kind != LockKind::Unlock {
                 refresh_kernel_view(&c, notifier.get(), ino.0).await;
             }
@@ -656,7 +657,8 @@ impl Filesystem for ShoalFs {
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         self.go(move |c| async move {
             match c.open(ino.0).await {
-                Ok(_) => reply.opened(FileHandle(0), FopenFlags::empty()),
+                // The handle names the session it was opened in (see `Client::handle`).
+                Ok(_) => reply.opened(FileHandle(c.cluster().session()), FopenFlags::empty()),
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -666,7 +668,7 @@ impl Filesystem for ShoalFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         size: u32,
         _flags: OpenFlags,
@@ -674,7 +676,7 @@ impl Filesystem for ShoalFs {
         reply: ReplyData,
     ) {
         self.go(move |c| async move {
-            match c.read(ino.0, offset, size).await {
+            match c.read(fh.0, ino.0, offset, size).await {
                 Ok(data) => reply.data(&data),
                 Err(e) => reply.error(errno(&e)),
             }
@@ -685,7 +687,7 @@ impl Filesystem for ShoalFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         data: &[u8],
         _write_flags: WriteFlags,
@@ -697,7 +699,7 @@ impl Filesystem for ShoalFs {
         // every per-object request slices.
         let data = Bytes::copy_from_slice(data);
         self.go(move |c| async move {
-            match c.write(ino.0, offset, data).await {
+            match c.write(fh.0, ino.0, offset, data).await {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(errno(&e)),
             }
@@ -708,7 +710,7 @@ impl Filesystem for ShoalFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
@@ -718,10 +720,10 @@ impl Filesystem for ShoalFs {
         // background (fsync and release still wait for it).
         self.go(move |c| async move {
             // A close releases the closing process's fcntl locks on the file (POSIX).
-            if let Err(e) = c.release_locks(ino.0, lock_owner.0).await {
+            if let Err(e) = c.release_locks(fh.0, ino.0, lock_owner.0).await {
                 warn!(ino = ino.0, error = %e, "cannot release locks at close");
             }
-            let task = tokio::spawn(async move { c.flush(ino.0).await });
+            let task = tokio::spawn(async move { c.flush_handle(fh.0, ino.0).await });
             match tokio::time::timeout(FLUSH_WAIT, task).await {
                 Ok(Ok(r)) => reply_empty(reply, r),
                 Ok(Err(e)) => reply_empty(
@@ -737,7 +739,7 @@ impl Filesystem for ShoalFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         _flags: OpenFlags,
         lock_owner: Option<LockOwner>,
         _flush: bool,
@@ -746,11 +748,11 @@ impl Filesystem for ShoalFs {
         self.go(move |c| async move {
             // The last close of an open file releases its flock lock.
             if let Some(owner) = lock_owner {
-                if let Err(e) = c.release_locks(ino.0, owner.0).await {
+                if let Err(e) = c.release_locks(fh.0, ino.0, owner.0).await {
                     warn!(ino = ino.0, error = %e, "cannot release a flock lock at close");
                 }
             }
-            reply_empty(reply, c.release(ino.0).await)
+            reply_empty(reply, c.release(fh.0, ino.0).await)
         });
     }
 
@@ -758,12 +760,12 @@ impl Filesystem for ShoalFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
         // Data is durable on the OSDs when each write returns; what is left is the size.
-        self.go(move |c| async move { reply_empty(reply, c.flush(ino.0).await) });
+        self.go(move |c| async move { reply_empty(reply, c.flush_handle(fh.0, ino.0).await) });
     }
 
     fn readdir(
@@ -967,7 +969,8 @@ impl Filesystem for ShoalFs {
             match c.create(mk).await.and_then(|a| fuse_attr(&a)) {
                 Ok(a) => {
                     let ttl = c.ttl(parent.0).min(c.ttl(a.ino.0));
-                    reply.created(&ttl, &a, Generation(0), FileHandle(0), FopenFlags::empty())
+                    let fh = FileHandle(c.cluster().session());
+                    reply.created(&ttl, &a, Generation(0), fh, FopenFlags::empty())
                 }
                 Err(e) => reply.error(errno(&e)),
             }

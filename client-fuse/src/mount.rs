@@ -222,6 +222,7 @@ pub fn run(
     let fs = ShoalFs::new(client.clone(), rt.handle().clone());
     let notifier = fs.notifier_slot();
     rt.spawn(lease_stream(client.clone(), notifier.clone()));
+    rt.spawn(follow_session(client.clone()));
     rt.spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_millis(250)).await;
@@ -269,7 +270,10 @@ pub fn run(
     let session = cluster.session();
     let end = cluster.mds_mutate(
         "end_session",
-        EndSessionRequest { session },
+        EndSessionRequest {
+            session,
+            evict: false,
+        },
         |mut c, r| async move { c.end_session(r).await },
     );
     if let Err(e) = rt.block_on(async { tokio::time::timeout(Duration::from_secs(5), end).await }) {
@@ -286,14 +290,14 @@ async fn heartbeats(cluster: Arc<Cluster>, mount_point: String) {
         .unwrap_or_default();
     let mut every = Duration::from_secs(5);
     loop {
-        let req = HeartbeatRequest {
-            session: cluster.session(),
-            host: host.clone(),
-            mount_point: mount_point.clone(),
-        };
         match cluster
             .mds("heartbeat", |mut c| {
-                let req = req.clone();
+                // Built per attempt: after an eviction the retry names the new session.
+                let req = HeartbeatRequest {
+                    session: cluster.session(),
+                    host: host.clone(),
+                    mount_point: mount_point.clone(),
+                };
                 async move { c.heartbeat(req).await }
             })
             .await
@@ -308,13 +312,27 @@ async fn heartbeats(cluster: Arc<Cluster>, mount_point: String) {
     }
 }
 
-/// Keeps this session's lease stream open at the MDS leader (reopened after a failover) and
-/// carries out its revocations, each acked once done.
+/// After an eviction: forgets what the old session held.
+async fn follow_session(client: Arc<Client>) {
+    let mut session = client.cluster().watch_session();
+    while session.changed().await.is_ok() {
+        client.session_renewed();
+    }
+}
+
+/// Keeps this session's lease stream open at the MDS leader (reopened after a failover or
+/// under a new session) and carries out its revocations, each acked once done.
 async fn lease_stream(client: Arc<Client>, notifier: Arc<OnceLock<Notifier>>) {
+    let mut session = client.cluster().watch_session();
     loop {
+        session.borrow_and_update();
         match client.cluster().open_leases().await {
             Ok((acks, mut down)) => loop {
-                match down.message().await {
+                let next = tokio::select! {
+                    m = down.message() => m,
+                    _ = session.changed() => break,
+                };
+                match next {
                     Ok(Some(d)) => {
                         let (c, n, acks) = (client.clone(), notifier.get().cloned(), acks.clone());
                         tokio::spawn(async move {

@@ -3,6 +3,7 @@
 mod coherence;
 mod data;
 mod faults;
+mod fencing;
 mod mds_ha;
 mod namespace;
 mod posix;

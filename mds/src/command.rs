@@ -12,7 +12,7 @@ pub struct Command {
     /// The mutation.
     #[prost(
         oneof = "Op",
-        tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16"
+        tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17"
     )]
     pub op: Option<Op>,
     /// The client request this mutation answers, for exactly-once retries.
@@ -203,6 +203,20 @@ pub enum Op {
     /// End a client session: release its locks.
     #[prost(message, tag = "16")]
     EndSession(pb::EndSessionRequest),
+    /// Fence a client session: put it on the blocklist (a new OSD map epoch).
+    #[prost(message, tag = "17")]
+    Evict(pb::EndSessionRequest),
+}
+
+/// An evicted session on the blocklist.
+#[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
+pub struct BlockEntry {
+    /// The OSD map epoch that first listed it.
+    #[prost(uint64, tag = "1")]
+    pub epoch: u64,
+    /// When it was evicted (seconds since the Unix epoch, leader's clock).
+    #[prost(int64, tag = "2")]
+    pub at: i64,
 }
 
 /// A held lock, stored under (ino, session, owner, start).

@@ -20,6 +20,9 @@ pub enum MdsError {
         /// The leader's address, when known.
         leader: Option<String>,
     },
+    /// The client session was evicted: the MDS refuses it from now on.
+    #[error("session {0:x} was evicted")]
+    Evicted(u64),
     /// RocksDB failed.
     #[error("storage: {0}")]
     Storage(#[from] rocksdb::Error),
@@ -54,6 +57,7 @@ impl From<MdsError> for Status {
             MdsError::NotLeader { leader } => {
                 shoal_proto::error::not_leader_status(leader.as_deref())
             }
+            MdsError::Evicted(session) => shoal_proto::error::evicted_status(session),
             MdsError::Storage(e) => errno_status(libc::EIO, format!("mds storage: {e}")),
             MdsError::Io(e) => errno_status(libc::EIO, format!("mds file: {e}")),
             MdsError::Raft(e) => Status::unavailable(format!("raft: {e}")),

@@ -7,6 +7,8 @@
 //!   (ino, kind, name). The two always change together.
 //! - `orphans`: regular files with no names left, kept until a client purges their data.
 //! - `locks`: byte-range locks by (ino, session, owner, start) (`locks`).
+//! - `blocklist`: evicted sessions, refused here and (through the OSD map) by the OSDs; an
+//!   entry is kept for [`BLOCKLIST_KEEP_SECS`].
 //!
 //! Invariants: a directory's `nlink` is 2 + its subdirectories; a file's `nlink` is its number
 //! of dentries; every command is applied as one batch together with the applied index, so a
@@ -21,8 +23,8 @@ use shoal_proto::mds::{self as pb, Attr, FileKind, Timespec};
 
 use crate::acl;
 use crate::command::{
-    Applied, Command, MemberAddr, MemberList, Op, OsdRecord, Pool, SessionWindow, SetOsdState,
-    StoredReply, WindowEntry,
+    Applied, BlockEntry, Command, MemberAddr, MemberList, Op, OsdRecord, Pool, SessionWindow,
+    SetOsdState, StoredReply, WindowEntry,
 };
 use crate::error::MdsError;
 use crate::store::{Cf, Db};
@@ -31,6 +33,9 @@ use crate::store::{Cf, Db};
 pub const ROOT_INO: u64 = 1;
 /// Replies kept per client session at most (a client has far fewer requests in flight).
 pub const SESSION_WINDOW_MAX: usize = 4096;
+/// How long an evicted session stays on the blocklist: far longer than any client can stay
+/// frozen or partitioned and still hold a request it has not sent.
+pub const BLOCKLIST_KEEP_SECS: i64 = 24 * 3600;
 /// First cookie handed to a directory entry (1 and 2 stand for "." and "..").
 pub const FIRST_COOKIE: u64 = 3;
 
@@ -300,6 +305,14 @@ impl Fsm {
                 return Ok(stored.outcome());
             }
         }
+        // An evicted session changes nothing any more (a request it sent before it was
+        // fenced and that was ordered after is refused too).
+        if let Some(r) = cmd.req {
+            if self.blocklisted(r.session)? {
+                Txn::new(&self.db).commit(index)?;
+                return Ok(Err(MdsError::Evicted(r.session)));
+            }
+        }
         let mut txn = Txn::new(&self.db);
         let now = cmd.now.unwrap_or_default();
         let result = match &cmd.op {
@@ -308,7 +321,7 @@ impl Fsm {
         };
         let result = match result {
             // Storage or decoding trouble: not an outcome of the command.
-            Err(e) if !matches!(e, MdsError::Fs { .. }) => return Err(e),
+            Err(e) if !matches!(e, MdsError::Fs { .. } | MdsError::Evicted(_)) => return Err(e),
             r => r,
         };
         // A failed mutation changes nothing but the applied index (and its stored reply).
@@ -337,6 +350,19 @@ impl Fsm {
         }
         txn.commit(index)?;
         Ok(result)
+    }
+
+    /// Whether `session` was evicted (and is still on the blocklist).
+    pub fn blocklisted(&self, session: u64) -> Result<bool, MdsError> {
+        Ok(self.db.get(Cf::Blocklist, &be(session))?.is_some())
+    }
+
+    /// The evicted sessions on the blocklist.
+    pub fn blocklist(&self) -> Result<Vec<u64>, MdsError> {
+        self.db
+            .scan(Cf::Blocklist, &[], &[])
+            .map(|r| r.and_then(|(k, _)| u64_at(&k, 0)))
+            .collect()
     }
 
     /// The replies session `session` may still retry.
@@ -559,9 +585,45 @@ fn apply_op(t: &mut Txn<'_>, op: &Op, now: &Timespec) -> Result<Applied, MdsErro
         Op::OsdBoot(r) => osd_boot(t, r),
         Op::SetOsdState(r) => set_osd_state(t, r, now),
         Op::SetPool(p) => set_pool(t, p),
-        Op::SetLock(r) => locks::set_lock(t, r),
+        Op::SetLock(r) => {
+            if t.get(Cf::Blocklist, &be(r.session))?.is_some() {
+                return Err(MdsError::Evicted(r.session));
+            }
+            locks::set_lock(t, r)
+        }
         Op::EndSession(r) => locks::end_session(t, r.session),
+        Op::Evict(r) => evict(t, r.session, now),
     }
+}
+
+/// Puts `session` on the blocklist in a new OSD map epoch (which the OSDs refuse it from),
+/// and drops entries older than [`BLOCKLIST_KEEP_SECS`]. Evicting it again changes nothing.
+fn evict(t: &mut Txn<'_>, session: u64, now: &Timespec) -> Result<Applied, MdsError> {
+    if let Some(b) = t.get(Cf::Blocklist, &be(session))? {
+        let e = BlockEntry::decode(b.as_slice())
+            .map_err(|e| MdsError::Corrupt(format!("blocklist entry: {e}")))?;
+        return Ok(Applied::Epoch(e.epoch));
+    }
+    let expired: Vec<Vec<u8>> = t
+        .db
+        .scan(Cf::Blocklist, &[], &[])
+        .filter_map(|r| match r {
+            Ok((k, v)) => match BlockEntry::decode(&*v) {
+                Ok(e) if now.sec.saturating_sub(e.at) > BLOCKLIST_KEEP_SECS => Some(Ok(k.to_vec())),
+                Ok(_) => None,
+                Err(e) => Some(Err(MdsError::Corrupt(format!("blocklist entry: {e}")))),
+            },
+            Err(e) => Some(Err(e)),
+        })
+        .collect::<Result<_, _>>()?;
+    for k in expired {
+        t.delete(Cf::Blocklist, &k);
+    }
+    let epoch = t.counter(KEY_OSD_EPOCH, 0)? + 1;
+    let entry = BlockEntry { epoch, at: now.sec };
+    t.put(Cf::Blocklist, &be(session), entry.encode_to_vec());
+    t.set_counter(KEY_OSD_EPOCH, epoch);
+    Ok(Applied::Epoch(epoch))
 }
 
 fn bootstrap(t: &mut Txn<'_>, uid: u32, gid: u32, now: &Timespec) -> Result<Applied, MdsError> {

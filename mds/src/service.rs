@@ -4,7 +4,7 @@
 // add a conversion at every handler.
 #![allow(clippy::result_large_err)]
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,6 +33,8 @@ struct Liveness {
     used: u64,
     free: u64,
     device: String,
+    /// The OSD map epoch it last said it works at.
+    epoch: u64,
 }
 
 /// What the leader learns from heartbeats: soft state, rebuilt from reports after a restart.
@@ -90,6 +92,8 @@ pub struct MdsService {
     started: Instant,
     reports: Arc<Mutex<Reports>>,
     sessions: Arc<Mutex<HashMap<u64, Seen>>>,
+    /// Sessions being evicted now (waiting for the OSDs to learn the blocklist).
+    evicting: Arc<Mutex<HashSet<u64>>>,
     leases: Leases,
 }
 
@@ -140,6 +144,7 @@ impl MdsService {
             started: Instant::now(),
             reports: Arc::default(),
             sessions: Arc::default(),
+            evicting: Arc::default(),
             leases: Leases::new(settings.lease),
             settings,
         }
@@ -249,6 +254,7 @@ impl MdsService {
             pg_count: pool.pg_count,
             size: pool.size,
             min_size: pool.min_size,
+            blocklist: self.fsm.blocklist()?,
         })
     }
 
@@ -262,6 +268,7 @@ impl MdsService {
                 used: r.used_bytes,
                 free: r.free_bytes,
                 device: r.device.clone(),
+                epoch: r.epoch,
             },
         );
         let total: u64 = r.pgs.iter().map(|p| p.recovered).sum();
@@ -395,36 +402,107 @@ impl MdsService {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Ends sessions silent for the session timeout (those holding locks through Raft, which
-    /// releases the locks); a session a previous leader heard counts from our election.
+    /// The session a request names, refused if it was evicted.
+    fn session(&self, md: &tonic::metadata::MetadataMap) -> Result<Option<u64>, Status> {
+        match session_of(md) {
+            Some(s) if self.fsm.blocklisted(s)? => Err(MdsError::Evicted(s).into()),
+            other => Ok(other),
+        }
+    }
+
+    /// Evicts sessions silent for the session timeout: those this leader heard from, and
+    /// those holding locks (counted from our election if a previous leader heard them).
+    /// Each eviction runs on its own task, as it waits for the OSDs.
     async fn check_sessions(&self, leading_since: Instant) -> Result<(), Status> {
         let timeout = self.settings.session_timeout;
         let now = Instant::now();
         let holders = self.fsm.locks_per_session()?;
-        self.seen().retain(|id, s| {
-            holders.contains_key(id) || now.duration_since(s.last_heard) <= timeout
-        });
-        for (session, locks) in holders {
-            let heard = self
-                .seen()
-                .get(&session)
-                .map_or(leading_since, |s| s.last_heard);
-            let silent = now.duration_since(heard);
-            if silent <= timeout {
+        let mut silent: Vec<(u64, Duration)> = self
+            .seen()
+            .iter()
+            .map(|(id, s)| (*id, now.duration_since(s.last_heard)))
+            .filter(|(_, d)| *d > timeout)
+            .collect();
+        for id in holders.keys() {
+            if !self.seen().contains_key(id) && now.duration_since(leading_since) > timeout {
+                silent.push((*id, now.duration_since(leading_since)));
+            }
+        }
+        for (session, quiet) in silent {
+            if !self.evicting().insert(session) {
                 continue;
             }
             warn!(
                 session,
-                locks,
-                silent_ms = silent.as_millis() as u64,
-                "client session timed out: ending it and releasing its locks"
+                locks = holders.get(&session).copied().unwrap_or(0),
+                silent_ms = quiet.as_millis() as u64,
+                "client session timed out: evicting it"
             );
-            self.propose(Op::EndSession(EndSessionRequest { session }))
-                .await?;
-            self.seen().remove(&session);
-            self.leases.forget_session(session);
+            let me = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = me.evict(session).await {
+                    warn!(session, error = %e.message(), "eviction not finished; will retry");
+                }
+                me.evicting().remove(&session);
+            });
         }
         Ok(())
+    }
+
+    fn evicting(&self) -> std::sync::MutexGuard<'_, HashSet<u64>> {
+        self.evicting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Evicts `session`: blocklists it in a new OSD map epoch (from then on the MDS refuses
+    /// it), waits until every up OSD works at that epoch (so they refuse it too), then ends
+    /// it, releasing its locks. Only then can another client take them: a frozen or
+    /// partitioned client can never write under a lock that went to someone else.
+    async fn evict(&self, session: u64) -> Result<(), Status> {
+        let epoch = epoch_of(
+            self.propose(Op::Evict(EndSessionRequest {
+                session,
+                evict: true,
+            }))
+            .await?,
+        )?;
+        self.seen().remove(&session);
+        self.leases.forget_session(session);
+        self.osds_at(epoch).await?;
+        self.propose(Op::EndSession(EndSessionRequest {
+            session,
+            evict: false,
+        }))
+        .await?;
+        info!(session, epoch, "client session evicted and fenced");
+        Ok(())
+    }
+
+    /// Waits until every OSD that is up in the map has reported working at `epoch` or a
+    /// newer one. An OSD that stops reporting is marked down after the grace period (and
+    /// refetches the map when it boots again), so this ends; it gives up after twice that.
+    async fn osds_at(&self, epoch: u64) -> Result<(), Status> {
+        let deadline = Instant::now() + self.settings.osd_grace * 2 + Duration::from_secs(5);
+        loop {
+            let (_, records) = self.fsm.osds()?;
+            let behind: Vec<u32> = {
+                let rep = self.reports();
+                records
+                    .iter()
+                    .filter(|r| r.up)
+                    .filter(|r| rep.osds.get(&r.id).is_none_or(|l| l.epoch < epoch))
+                    .map(|r| r.id)
+                    .collect()
+            };
+            if behind.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(Status::unavailable(format!(
+                    "osds {behind:?} have not reached map epoch {epoch}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Sessions for `shoal status`: those heard from and those holding locks.
@@ -478,7 +556,7 @@ impl MdsService {
 #[tonic::async_trait]
 impl Mds for MdsService {
     async fn lookup(&self, req: Request<LookupRequest>) -> Reply<AttrReply> {
-        let session = session_of(req.metadata());
+        let session = self.session(req.metadata())?;
         let r = req.into_inner();
         // The entry is cached under the directory's lease, the attributes under the child's.
         let dir_ms = self.leases.grant_read(session, r.parent).await;
@@ -488,7 +566,7 @@ impl Mds for MdsService {
     }
 
     async fn get_attr(&self, req: Request<GetAttrRequest>) -> Reply<AttrReply> {
-        let session = session_of(req.metadata());
+        let session = self.session(req.metadata())?;
         let ino = req.into_inner().ino;
         let lease_ms = self.leases.grant_read(session, ino).await;
         self.node.read_barrier().await?;
@@ -501,7 +579,7 @@ impl Mds for MdsService {
     }
 
     async fn set_attr(&self, req: Request<SetAttrRequest>) -> Reply<AttrReply> {
-        let session = session_of(req.metadata());
+        let session = self.session(req.metadata())?;
         let (ino, want_write) = (req.get_ref().ino, req.get_ref().want_write_lease);
         attr_of(self.propose_for(req, Op::SetAttr).await?)?;
         self.changed(session, vec![(ino, Vec::new())]).await;
@@ -520,7 +598,7 @@ impl Mds for MdsService {
 
     async fn make_node(&self, req: Request<MakeNodeRequest>) -> Reply<AttrReply> {
         name_ok(&req.get_ref().name)?;
-        let session = session_of(req.metadata());
+        let session = self.session(req.metadata())?;
         let (parent, name) = (req.get_ref().parent, req.get_ref().name.clone());
         let made = attr_of(self.propose_for(req, Op::MakeNode).await?)?;
         self.changed(session, vec![(parent, vec![name])]).await;
@@ -529,7 +607,7 @@ impl Mds for MdsService {
     }
 
     async fn unlink(&self, req: Request<UnlinkRequest>) -> Reply<UnlinkReply> {
-        let session = session_of(req.metadata());
+        let session = self.session(req.metadata())?;
         let (parent, name) = (req.get_ref().parent, req.get_ref().name.clone());
         let child = self.child(parent, &name);
         let orphan = orphan(self.propose_for(req, Op::Unlink).await?)?;
@@ -540,7 +618,7 @@ impl Mds for MdsService {
 
     async fn rename(&self, req: Request<RenameRequest>) -> Reply<RenameReply> {
         name_ok(&req.get_ref().new_name)?;
-        let session = session_of(req.metadata());
+        let session = self.session(req.metadata())?;
         let r = req.get_ref();
         let touched = vec![
             (self.child(r.parent, &r.name), Vec::new()),
@@ -555,7 +633,7 @@ impl Mds for MdsService {
 
     async fn link(&self, req: Request<LinkRequest>) -> Reply<AttrReply> {
         name_ok(&req.get_ref().new_name)?;
-        let session = session_of(req.metadata());
+        let session = self.session(req.metadata())?;
         let r = req.get_ref();
         let (ino, parent) = (r.ino, r.new_parent);
         let touched = vec![(parent, vec![r.new_name.clone()]), (ino, Vec::new())];
@@ -612,7 +690,7 @@ impl Mds for MdsService {
     }
 
     async fn set_xattr(&self, req: Request<SetXattrRequest>) -> Reply<Empty> {
-        let session = session_of(req.metadata());
+        let session = self.session(req.metadata())?;
         let ino = req.get_ref().ino;
         self.propose_for(req, Op::SetXattr).await?;
         self.changed(session, vec![(ino, Vec::new())]).await;
@@ -628,7 +706,7 @@ impl Mds for MdsService {
     }
 
     async fn remove_xattr(&self, req: Request<RemoveXattrRequest>) -> Reply<Empty> {
-        let session = session_of(req.metadata());
+        let session = self.session(req.metadata())?;
         let ino = req.get_ref().ino;
         self.propose_for(req, Op::RemoveXattr).await?;
         self.changed(session, vec![(ino, Vec::new())]).await;
@@ -735,6 +813,9 @@ impl Mds for MdsService {
         // Only the leader keeps sessions; a follower sends the client there.
         self.node.read_barrier().await?;
         let r = req.into_inner();
+        if self.fsm.blocklisted(r.session)? {
+            return Err(MdsError::Evicted(r.session).into());
+        }
         self.seen().insert(
             r.session,
             Seen {
@@ -760,11 +841,14 @@ impl Mds for MdsService {
 
     async fn end_session(&self, req: Request<EndSessionRequest>) -> Reply<Empty> {
         // Idempotent, so no request id is needed (`shoal client evict` sends none).
-        let session = req.into_inner().session;
-        self.propose(Op::EndSession(EndSessionRequest { session }))
-            .await?;
-        self.seen().remove(&session);
-        self.leases.forget_session(session);
+        let r = req.into_inner();
+        if r.evict {
+            self.evict(r.session).await?;
+            return Ok(Response::new(Empty {}));
+        }
+        self.propose(Op::EndSession(r)).await?;
+        self.seen().remove(&r.session);
+        self.leases.forget_session(r.session);
         Ok(Response::new(Empty {}))
     }
 
@@ -783,6 +867,9 @@ impl Mds for MdsService {
         let session = first.session;
         if session == 0 {
             return Err(Status::invalid_argument("session 0 is not a session"));
+        }
+        if self.fsm.blocklisted(session)? {
+            return Err(MdsError::Evicted(session).into());
         }
         let (n, rx) = self.leases.attach(session);
         let leases = self.leases.clone();

@@ -45,11 +45,13 @@ pub enum Cf {
     Sessions,
     /// (ino, session, owner, start) → `LockRecord`: byte-range locks held.
     Locks,
+    /// evicted client session → `BlockEntry`: sessions the MDS and OSDs refuse.
+    Blocklist,
 }
 
 impl Cf {
     /// Every column family, in creation order.
-    pub const ALL: [Cf; 11] = [
+    pub const ALL: [Cf; 12] = [
         Cf::Raft,
         Cf::Meta,
         Cf::Inodes,
@@ -61,6 +63,7 @@ impl Cf {
         Cf::Osds,
         Cf::Sessions,
         Cf::Locks,
+        Cf::Blocklist,
     ];
 
     /// The column family's name on disk.
@@ -77,6 +80,7 @@ impl Cf {
             Cf::Osds => "osds",
             Cf::Sessions => "sessions",
             Cf::Locks => "locks",
+            Cf::Blocklist => "blocklist",
         }
     }
 }

@@ -14,13 +14,13 @@
 // conversion at every call.
 #![allow(clippy::result_large_err)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::join_all;
-use shoal_proto::error::{remap_status, status_errno, WireError};
+use shoal_proto::error::{evicted_status, remap_status, status_errno, WireError};
 use shoal_proto::mds::mds_client::MdsClient;
 use shoal_proto::mds::{GetOsdMapRequest, OsdMap};
 use shoal_proto::osd::osd_client::OsdClient;
@@ -57,6 +57,36 @@ pub struct MapState {
     /// Placement answers for the map.
     pub placement: Placement,
     peers: HashMap<u32, (String, OsdClient<Channel>)>,
+    /// Evicted client sessions, refused.
+    blocklist: HashSet<u64>,
+    /// What placement and peering depend on: the pool and each OSD's address, state and
+    /// boot epoch. A new map that changes none of it (only the blocklist) needs no peering.
+    shape: MapShape,
+}
+
+/// The parts of a map peering depends on (see [`MapState::shape`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct MapShape {
+    pool: (u32, u32, u32),
+    osds: Vec<(u32, String, String, bool, bool, u64)>,
+}
+
+impl MapShape {
+    fn of(map: &OsdMap) -> MapShape {
+        let mut osds: Vec<_> = map
+            .osds
+            .iter()
+            .map(|o| {
+                let (id, addr, host) = (o.id, o.addr.clone(), o.host.clone());
+                (id, addr, host, o.up, o.in_cluster, o.up_from)
+            })
+            .collect();
+        osds.sort();
+        MapShape {
+            pool: (map.pg_count, map.size, map.min_size),
+            osds,
+        }
+    }
 }
 
 /// The OSD's state, shared by the gRPC service, the heartbeat and the recovery tasks.
@@ -110,6 +140,8 @@ impl Osd {
             map: RwLock::new(Arc::new(MapState {
                 placement: Placement::default(),
                 peers: HashMap::new(),
+                blocklist: HashSet::new(),
+                shape: MapShape::default(),
             })),
             refreshing: tokio::sync::Mutex::new(()),
             locks: (0..OBJECT_LOCKS)
@@ -171,7 +203,17 @@ impl Osd {
         Err(last.unwrap_or_else(|| anyhow::anyhow!("no MDS address")))
     }
 
-    /// Adopts `map` if it is newer than the current one, then re-peers.
+    /// Refuses a client request from an evicted session (the map this OSD works at lists
+    /// it). Callers first bring the OSD up to the epoch the client placed the request by.
+    pub fn check_session(&self, session: u64) -> Result<(), Status> {
+        if session != 0 && self.map().blocklist.contains(&session) {
+            return Err(evicted_status(session));
+        }
+        Ok(())
+    }
+
+    /// Adopts `map` if it is newer than the current one, then re-peers (or, when only the
+    /// blocklist changed, carries the PGs over to the new epoch as they are).
     pub fn install_map(self: &Arc<Self>, map: OsdMap) -> anyhow::Result<()> {
         let old = self.map();
         if map.epoch <= old.placement.epoch {
@@ -190,8 +232,15 @@ impl Osd {
         let me_down = map.osds.iter().any(|o| o.id == self.id && !o.up);
         let placement = Placement::from_map(&map);
         let epoch = placement.epoch;
-        *self.map.write().unwrap_or_else(|p| p.into_inner()) =
-            Arc::new(MapState { placement, peers });
+        let shape = MapShape::of(&map);
+        let same_shape = shape == old.shape;
+        let blocklist = map.blocklist.iter().copied().collect();
+        *self.map.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(MapState {
+            placement,
+            peers,
+            blocklist,
+            shape,
+        });
         if me_down {
             warn!(
                 osd = self.id,
@@ -200,10 +249,43 @@ impl Osd {
             self.wrongly_down
                 .store(true, std::sync::atomic::Ordering::Relaxed);
         }
+        if same_shape && !me_down && self.carry_pgs(old.placement.epoch, epoch) {
+            info!(
+                osd = self.id,
+                epoch, "new osd map (blocklist only; pgs stay active)"
+            );
+            return Ok(());
+        }
         info!(osd = self.id, epoch, "new osd map");
         let me = self.clone();
         tokio::spawn(async move { me.peer_all(epoch).await });
         Ok(())
+    }
+
+    /// Moves every PG this OSD is primary of from epoch `from` to `to` without peering, when
+    /// all of them are active at `from` and none is recovering; false (nothing changed)
+    /// otherwise, and the caller peers.
+    fn carry_pgs(&self, from: u64, to: u64) -> bool {
+        let m = self.map();
+        let pl = &m.placement;
+        let mine: Vec<u32> = (0..pl.pg_count)
+            .filter(|&pg| pl.primary(pg) == Some(self.id))
+            .collect();
+        {
+            let mut pgs = self.pgs.lock().unwrap_or_else(|p| p.into_inner());
+            let ready = mine.iter().all(|pg| {
+                pgs.get(pg)
+                    .is_some_and(|i| i.epoch == from && !i.recovering)
+            });
+            if !ready || pgs.len() != mine.len() {
+                return false;
+            }
+            for info in pgs.values_mut() {
+                info.epoch = to;
+            }
+        }
+        self.peered.notify_waiters();
+        true
     }
 
     /// The lock that orders every change to `object` on this OSD.
@@ -279,9 +361,11 @@ impl Osd {
         offset: u64,
         len: u64,
         client_epoch: u64,
+        session: u64,
     ) -> Result<Option<Bytes>, Status> {
         let _load = self.qos.client_op();
         let (_m, pg) = self.primary_of(&object, client_epoch).await?;
+        self.check_session(session)?;
         if self.locally_missing(pg, &object) {
             let _g = self.lock_object(&object).await;
             self.recover_object(pg, &object).await?;
@@ -304,10 +388,14 @@ impl Osd {
         object: String,
         mutation: Mutation,
         client_epoch: u64,
+        session: u64,
     ) -> Result<u64, Status> {
         let _load = self.qos.client_op();
         let (m, pg) = self.primary_of(&object, client_epoch).await?;
         let _g = self.lock_object(&object).await;
+        // Checked under the object's lock, so a write that got past it is applied before a
+        // newer map's client (one that saw the eviction) gets to the object.
+        self.check_session(session)?;
         if self.locally_missing(pg, &object) {
             self.recover_object(pg, &object).await?;
         }

@@ -139,6 +139,7 @@ async fn report_loop(cfg: OsdConfig, addr: String, osd: Arc<daemon::Osd>) {
                 booted = true;
                 osd.ensure_epoch(epoch).await;
             }
+            let reported = osd.epoch();
             let reply = client
                 .osd_report(OsdReportRequest {
                     id: cfg.id,
@@ -146,14 +147,20 @@ async fn report_loop(cfg: OsdConfig, addr: String, osd: Arc<daemon::Osd>) {
                     used_bytes: usage.bytes,
                     free_bytes: disk.free,
                     device: disk.device.clone(),
-                    epoch: osd.epoch(),
+                    epoch: reported,
                     pgs: osd.pg_stats(),
                 })
                 .await?;
             osd.ensure_epoch(reply.get_ref().epoch).await;
-            anyhow::Ok(())
+            // A new map: say so at once (an eviction waits for every OSD to have it).
+            anyhow::Ok(osd.epoch() > reported)
         }
         .await;
+        let result = match result {
+            Ok(true) => continue,
+            Ok(false) => Ok(()),
+            Err(e) => Err(e),
+        };
         if let Err(e) = result {
             let redirect = e.downcast_ref::<tonic::Status>().and_then(|st| {
                 match shoal_proto::error::status_errno(st) {

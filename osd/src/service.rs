@@ -55,7 +55,10 @@ impl Osd for OsdService {
             offset: r.offset,
             data: r.data,
         };
-        let object_size = self.osd.client_mutate(r.object, m, r.epoch).await?;
+        let object_size = self
+            .osd
+            .client_mutate(r.object, m, r.epoch, r.session)
+            .await?;
         Ok(Response::new(WriteReply { object_size }))
     }
 
@@ -63,7 +66,7 @@ impl Osd for OsdService {
         let r = req.into_inner();
         let data = self
             .osd
-            .client_read(r.object, r.offset, r.len as u64, r.epoch)
+            .client_read(r.object, r.offset, r.len as u64, r.epoch, r.session)
             .await?;
         Ok(Response::new(ReadReply {
             exists: data.is_some(),
@@ -74,14 +77,16 @@ impl Osd for OsdService {
     async fn truncate(&self, req: Request<TruncateRequest>) -> Reply<Empty> {
         let r = req.into_inner();
         let m = Mutation::Truncate { size: r.size };
-        self.osd.client_mutate(r.object, m, r.epoch).await?;
+        self.osd
+            .client_mutate(r.object, m, r.epoch, r.session)
+            .await?;
         Ok(Response::new(Empty {}))
     }
 
     async fn delete(&self, req: Request<DeleteRequest>) -> Reply<Empty> {
         let r = req.into_inner();
         self.osd
-            .client_mutate(r.object, Mutation::Delete, r.epoch)
+            .client_mutate(r.object, Mutation::Delete, r.epoch, r.session)
             .await?;
         Ok(Response::new(Empty {}))
     }
@@ -92,7 +97,9 @@ impl Osd for OsdService {
             offset: r.offset,
             len: r.len,
         };
-        self.osd.client_mutate(r.object, m, r.epoch).await?;
+        self.osd
+            .client_mutate(r.object, m, r.epoch, r.session)
+            .await?;
         Ok(Response::new(Empty {}))
     }
 

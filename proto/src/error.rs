@@ -13,6 +13,9 @@ pub const ERRNO_KEY: &str = "shoal-errno";
 /// older map (it is not the PG's primary any more, or not yet).
 pub const EPOCH_KEY: &str = "shoal-epoch";
 
+/// Metadata key naming the evicted session a server refuses (hex).
+pub const EVICTED_KEY: &str = "shoal-evicted";
+
 /// Metadata key naming the MDS leader's address when a follower refuses a request.
 pub const LEADER_KEY: &str = "shoal-leader";
 
@@ -32,6 +35,18 @@ pub fn remap_status(epoch: u64, message: impl Into<String>) -> Status {
     let mut status = Status::new(Code::Aborted, message);
     if let Ok(v) = epoch.to_string().parse() {
         status.metadata_mut().insert(EPOCH_KEY, v);
+    }
+    status
+}
+
+/// The status an MDS or OSD answers a session that was evicted (fenced).
+pub fn evicted_status(session: u64) -> Status {
+    let mut status = Status::new(
+        Code::FailedPrecondition,
+        format!("session {session:x} was evicted"),
+    );
+    if let Ok(v) = format!("{session:x}").parse() {
+        status.metadata_mut().insert(EVICTED_KEY, v);
     }
     status
 }
@@ -80,6 +95,13 @@ pub enum WireError {
         /// The leader's address.
         leader: Option<String>,
     },
+    /// The server refused `session`: it was evicted. The client starts a new session; what
+    /// the old one had open fails with EIO.
+    #[error("session {session:x} was evicted")]
+    Evicted {
+        /// The evicted session.
+        session: u64,
+    },
     /// The call did not reach a server or its answer did not come back; worth retrying.
     #[error("transport: {0}")]
     Transport(String),
@@ -98,9 +120,10 @@ impl WireError {
     pub fn errno(&self) -> i32 {
         match self {
             WireError::Errno { errno, .. } => *errno,
-            WireError::Transport(_) | WireError::Remap { .. } | WireError::NotLeader { .. } => {
-                crate::limits::libc_consts::EIO
-            }
+            WireError::Transport(_)
+            | WireError::Remap { .. }
+            | WireError::NotLeader { .. }
+            | WireError::Evicted { .. } => crate::limits::libc_consts::EIO,
             WireError::Server { .. } => crate::limits::libc_consts::EIO,
         }
     }
@@ -129,6 +152,14 @@ pub fn status_errno(status: &Status) -> WireError {
             epoch,
             message: status.message().to_string(),
         };
+    }
+    if let Some(session) = status
+        .metadata()
+        .get(EVICTED_KEY)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| u64::from_str_radix(s, 16).ok())
+    {
+        return WireError::Evicted { session };
     }
     if let Some(v) = status.metadata().get(LEADER_KEY) {
         let leader = v
@@ -179,5 +210,8 @@ mod tests {
                 message: "not primary".into()
             }
         );
+        let evicted = status_errno(&evicted_status(0xabc));
+        assert_eq!(evicted, WireError::Evicted { session: 0xabc });
+        assert_eq!(evicted.errno(), 5);
     }
 }

@@ -193,13 +193,24 @@ fn lock_type(kind: &str) -> Result<libc::c_short, String> {
 /// Lock ops, each on its own descriptor of P (opened read-write): `setlk P r|w|u START LEN`,
 /// `setlkw P r|w START LEN [ALARM_SECS]` (F_SETLKW, interrupted by SIGALRM after ALARM_SECS),
 /// `getlk P r|w START LEN` (prints `unlocked` or `r|w START LEN pid=PID`), `hold P` (a write
-/// lock on the whole file: prints `ok`, then waits to be killed), and `append-locked P TAG N`
-/// (N records of 64 bytes appended with O_APPEND, each under flock LOCK_EX).
+/// lock on the whole file: prints `ok`, then waits to be killed), `hold-write P` (the same
+/// lock, then per line read from stdin writes 4096 bytes of `Z` at offset 0 and prints `ok`
+/// or the errno, until stdin ends), and `append-locked P TAG N` (N records of 64 bytes
+/// appended with O_APPEND, each under flock LOCK_EX).
 fn lock_op(a: &[&str]) -> Result<Option<Result<String, String>>, String> {
     let [cmd, p, rest @ ..] = a else {
         return Ok(None);
     };
-    if !["setlk", "setlkw", "getlk", "hold", "append-locked"].contains(cmd) {
+    if ![
+        "setlk",
+        "setlkw",
+        "getlk",
+        "hold",
+        "hold-write",
+        "append-locked",
+    ]
+    .contains(cmd)
+    {
         return Ok(None);
     }
     let append = if *cmd == "append-locked" {
@@ -271,6 +282,29 @@ fn lock_op(a: &[&str]) -> Result<Option<Result<String, String>>, String> {
                 }
                 Err(e) => Err(e),
             }
+        }
+        ("hold-write", []) => {
+            use std::io::{BufRead, Write};
+            let fl = lock("w", "0", "0")?;
+            if let Err(e) = done(unsafe { libc::fcntl(fd, libc::F_SETLKW, &fl) }) {
+                return Ok(Some(Err(e)));
+            }
+            println!("ok");
+            let _ = std::io::stdout().flush();
+            let data = [b'Z'; 4096];
+            for _ in std::io::stdin().lock().lines() {
+                let w = unsafe { libc::pwrite(fd, data.as_ptr().cast(), data.len(), 0) };
+                let said = if w == data.len() as isize {
+                    "ok".to_string()
+                } else if w < 0 {
+                    last_errno()
+                } else {
+                    format!("short write {w}")
+                };
+                println!("{said}");
+                let _ = std::io::stdout().flush();
+            }
+            Ok(String::new())
         }
         ("append-locked", [tag, n]) => {
             let mut r = Ok(String::new());

@@ -389,3 +389,63 @@ fn retried_requests_get_their_first_reply() {
     assert_eq!(kept[0].seq, 3);
     assert_eq!(h.fsm.files().unwrap(), 4, "root, f, g, h");
 }
+
+#[test]
+fn eviction_blocklists_in_a_new_epoch_and_refuses_the_session() {
+    let mut h = Harness::new();
+    let (before, _) = h.fsm.osds().unwrap();
+    let lock = |session| {
+        Op::SetLock(pb::LockRequest {
+            ino: ROOT_INO,
+            session,
+            owner: 1,
+            start: 0,
+            end: u64::MAX,
+            kind: pb::LockKind::Write as i32,
+            pid: 1,
+        })
+    };
+    h.run(lock(7)).unwrap();
+    let evict = |session| {
+        Op::Evict(pb::EndSessionRequest {
+            session,
+            evict: true,
+        })
+    };
+    let Ok(Applied::Epoch(epoch)) = h.run(evict(7)) else {
+        panic!("an eviction answers its epoch");
+    };
+    assert_eq!(epoch, before + 1);
+    assert!(h.fsm.blocklisted(7).unwrap());
+    assert_eq!(h.fsm.blocklist().unwrap(), vec![7]);
+    // Evicting again changes nothing and answers the same epoch.
+    assert_eq!(h.run(evict(7)).unwrap(), Applied::Epoch(epoch));
+    assert_eq!(h.fsm.osds().unwrap().0, epoch);
+    // The evicted session's lock stays until the session is ended (after the OSDs know).
+    assert_eq!(h.fsm.locks_per_session().unwrap().get(&7), Some(&1));
+    // It can take no lock and make no change any more; other sessions can.
+    assert!(matches!(h.run(lock(7)), Err(MdsError::Evicted(7))));
+    let id = |session| RequestId {
+        session,
+        seq: 1,
+        oldest: 1,
+    };
+    let mk = Op::MakeNode(pb::MakeNodeRequest {
+        parent: ROOT_INO,
+        name: b"f".to_vec().into(),
+        kind: FileKind::Regular as i32,
+        perm: 0o644,
+        ..Default::default()
+    });
+    assert!(matches!(
+        h.run_as(mk.clone(), Some(id(7))),
+        Err(MdsError::Evicted(7))
+    ));
+    assert!(matches!(h.run_as(mk, Some(id(8))), Ok(Applied::Attr(_))));
+    h.run(Op::EndSession(pb::EndSessionRequest {
+        session: 7,
+        evict: false,
+    }))
+    .unwrap();
+    assert_eq!(h.fsm.locks_per_session().unwrap().get(&7), None);
+}

@@ -1,0 +1,248 @@
+//! Eviction and fencing: a client that stops answering loses its session after the session
+//! timeout, its locks go to others only once the OSDs refuse it, and a write it still had in
+//! hand never lands. The mount itself recovers with a new session.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use shoal_fstests::{bin, TestCluster};
+use shoal_proto::error::{status_errno, WireError};
+use shoal_proto::mds::mds_client::MdsClient;
+use shoal_proto::mds::GetOsdMapRequest;
+use shoal_proto::osd::osd_client::OsdClient;
+use shoal_proto::osd::ReadRequest;
+use shoal_proto::placement::Placement;
+
+/// Sends `sig` to `pid`.
+fn signal(pid: i32, sig: i32) {
+    // SAFETY: kill has no memory effects.
+    assert_eq!(unsafe { libc::kill(pid, sig) }, 0, "kill({pid}, {sig})");
+}
+
+/// Waits until every thread of `pid` has stopped (SIGSTOP takes effect asynchronously).
+fn wait_stopped(pid: i32) {
+    let start = Instant::now();
+    loop {
+        let states: Vec<String> = fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .filter_map(|t| fs::read_to_string(t.ok()?.path().join("stat")).ok())
+            .collect();
+        // The state follows the parenthesised command name.
+        let stopped = states.iter().all(|s| {
+            s.rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('T'))
+        });
+        if stopped && !states.is_empty() {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{pid} never stopped"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Resumes a stopped process however the test ends, so the mount can be cleaned up.
+struct Resume(i32);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        // SAFETY: as in `signal`.
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
+    }
+}
+
+/// Write-locks all of `f` (F_SETLK); the errno on failure.
+fn lock_all(f: &fs::File) -> Result<(), i32> {
+    // SAFETY: a zeroed flock filled in below, passed to fcntl on an open descriptor.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETLK, &fl) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+    }
+}
+
+/// Whether another process can write-lock `p` right now (it takes the lock and exits).
+fn lockable(p: &Path) -> bool {
+    let out = Command::new(bin("shoal-fsop"))
+        .args(["setlk", p.to_str().unwrap(), "w", "0", "0"])
+        .output()
+        .expect("run shoal-fsop");
+    let said = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(said == "ok" || said == "EAGAIN", "setlk said {said:?}");
+    said == "ok"
+}
+
+/// `shoal-fsop hold-write`: a process holding a write lock on a file, writing on request.
+struct Holder {
+    child: Child,
+    out: BufReader<ChildStdout>,
+}
+
+impl Holder {
+    fn start(p: &Path) -> Holder {
+        let mut child = Command::new(bin("shoal-fsop"))
+            .args(["hold-write", p.to_str().unwrap()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn shoal-fsop");
+        let out = BufReader::new(child.stdout.take().unwrap());
+        let mut h = Holder { child, out };
+        assert_eq!(h.said(), "ok", "the holder has its lock");
+        h
+    }
+
+    /// Asks for one write (4096 bytes of `Z` at offset 0).
+    fn write(&mut self) {
+        let stdin = self.child.stdin.as_mut().unwrap();
+        stdin.write_all(b"\n").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// The next line the holder printed.
+    fn said(&mut self) -> String {
+        let mut line = String::new();
+        self.out.read_line(&mut line).unwrap();
+        line.trim().to_string()
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads the first 4096 bytes of inode `ino`'s first object straight from its primary OSD,
+/// as client session `session`: the bytes read, or how the OSD refused.
+fn read_as(c: &TestCluster, ino: u64, session: u64) -> Result<usize, WireError> {
+    let mds = fs::read_to_string(c.data.join("mds.0").join("addr")).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut m = MdsClient::connect(format!("http://{}", mds.trim()))
+            .await
+            .unwrap();
+        let map = m
+            .get_osd_map(GetOsdMapRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        let placement = Placement::from_map(&map);
+        let object = shoal_proto::layout::object_name(ino, 0);
+        let primary = placement.primary(placement.pg_of(&object)).unwrap();
+        let addr = &map.osds.iter().find(|o| o.id == primary).unwrap().addr;
+        let mut osd = OsdClient::connect(format!("http://{addr}")).await.unwrap();
+        let req = ReadRequest {
+            object,
+            offset: 0,
+            len: 4096,
+            epoch: map.epoch,
+            session,
+        };
+        match osd.read(req).await {
+            Ok(r) => Ok(r.into_inner().data.len()),
+            Err(st) => Err(status_errno(&st)),
+        }
+    })
+}
+
+fn rw(p: &Path) -> fs::File {
+    fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(p)
+        .unwrap()
+}
+
+#[test]
+fn a_frozen_lock_holder_is_evicted_fenced_and_its_late_write_never_lands() {
+    let c = TestCluster::start_args(&["--osds", "3", "--session-timeout", "3"]);
+    let m2 = c.mount_again("mnt2");
+    let (a, b) = (c.path("f"), m2.join("f"));
+    fs::write(&a, vec![b'a'; 8192]).unwrap();
+
+    // A process on the second mount write-locks the file; then that mount's client freezes
+    // (SIGSTOP) and the process starts a write under its lock, which waits in the kernel.
+    let mut holder = Holder::start(&b);
+    assert!(!lockable(&a), "the lock is enforced across mounts");
+    let client = c.pid("client.1");
+    signal(client, libc::SIGSTOP);
+    let _resume = Resume(client);
+    wait_stopped(client);
+    holder.write();
+
+    // After the session timeout (3 s) the frozen client is evicted: the lock goes to the
+    // first mount, which writes under it.
+    let frozen = Instant::now();
+    while !lockable(&a) {
+        assert!(
+            frozen.elapsed() < Duration::from_secs(30),
+            "the frozen client's lock was never released"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        frozen.elapsed() >= Duration::from_secs(2),
+        "released before the session could time out: {:?}",
+        frozen.elapsed()
+    );
+    let mine = rw(&a);
+    lock_all(&mine).unwrap();
+    mine.write_all_at(&[b'F'; 4096], 0).unwrap();
+    mine.sync_all().unwrap();
+    let status = c.status();
+    let evicted: Vec<u64> = status["evicted"]
+        .as_array()
+        .map(|b| b.iter().filter_map(|s| s.as_u64()).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        evicted.len(),
+        1,
+        "the evicted session is blocklisted: {status}"
+    );
+    // The OSD holding the file's first object refuses that session, not others.
+    let ino = std::os::unix::fs::MetadataExt::ino(&fs::metadata(&a).unwrap());
+    assert_eq!(
+        read_as(&c, ino, evicted[0]),
+        Err(shoal_proto::error::WireError::Evicted {
+            session: evicted[0]
+        })
+    );
+    assert_eq!(read_as(&c, ino, 0), Ok(4096));
+
+    // The frozen client wakes up: the write it had in hand is refused (EIO) and never lands.
+    signal(client, libc::SIGCONT);
+    assert_eq!(holder.said(), "EIO", "a write under a lost lock must fail");
+    std::thread::sleep(Duration::from_millis(500));
+    let want: Vec<u8> = [vec![b'F'; 4096], vec![b'a'; 4096]].concat();
+    assert!(fs::read(&a).unwrap() == want, "the late write landed");
+
+    // What the old session had open stays failed; the mount goes on with a new session.
+    holder.write();
+    assert_eq!(holder.said(), "EIO", "an evicted handle stays failed");
+    drop(holder);
+    assert!(
+        fs::read(&b).unwrap() == want,
+        "the second mount reads again"
+    );
+    fs::write(m2.join("new"), b"after eviction").unwrap();
+    assert_eq!(fs::read(c.path("new")).unwrap(), b"after eviction");
+    drop(mine);
+    assert!(lockable(&b), "the new session takes locks");
+    let _ = Command::new("umount").arg("-l").arg(&m2).output();
+}
