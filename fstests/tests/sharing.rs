@@ -125,7 +125,8 @@ fn fcntl_locks_are_enforced_across_mounts_and_released_by_close() {
     let out = waiter.0.wait_with_output_ref();
     assert_eq!(out, "ok");
 
-    // `shoal client evict` ends a session that holds a lock: the lock goes at once.
+    // `shoal client evict` evicts a session that holds a lock: the lock goes once the OSDs
+    // refuse the session.
     fs::write(c.path("h"), b"h").unwrap();
     let holder = hold(&m2.join("h"));
     let h = open_rw(&c.path("h"));
