@@ -256,6 +256,38 @@ impl Drop for TestCluster {
 }
 
 /// A path as a C string.
+/// Opens `p` for reading and writing.
+pub fn open_rw(p: &Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(p)
+        .unwrap_or_else(|e| panic!("open {}: {e}", p.display()))
+}
+
+/// Polls `free` every 200 ms until it says yes, as a lock held by a client that stopped
+/// answering must become: not before `timeout` could have passed (less a second of slack),
+/// and within 30 s. `what` names the lock for the failure message.
+pub fn wait_released(
+    since: Instant,
+    timeout: Duration,
+    what: &str,
+    mut free: impl FnMut() -> bool,
+) {
+    while !free() {
+        assert!(
+            since.elapsed() < Duration::from_secs(30),
+            "{what} was never released"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        since.elapsed() + Duration::from_secs(1) >= timeout,
+        "{what} was released before the session could time out: {:?}",
+        since.elapsed()
+    );
+}
+
 pub fn cpath(p: &std::path::Path) -> std::ffi::CString {
     std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap()
 }

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use shoal_fstests::{bin, TestCluster};
+use shoal_fstests::{bin, open_rw, wait_released, TestCluster};
 use shoal_proto::error::{status_errno, WireError};
 use shoal_proto::mds::mds_client::MdsClient;
 use shoal_proto::mds::GetOsdMapRequest;
@@ -161,14 +161,6 @@ fn read_as(c: &TestCluster, ino: u64, session: u64) -> Result<usize, WireError> 
     })
 }
 
-fn rw(p: &Path) -> fs::File {
-    fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(p)
-        .unwrap()
-}
-
 #[test]
 fn a_frozen_lock_holder_is_evicted_fenced_and_its_late_write_never_lands() {
     let c = TestCluster::start_args(&["--osds", "3", "--session-timeout", "3"]);
@@ -188,20 +180,11 @@ fn a_frozen_lock_holder_is_evicted_fenced_and_its_late_write_never_lands() {
 
     // After the session timeout (3 s) the frozen client is evicted: the lock goes to the
     // first mount, which writes under it.
-    let frozen = Instant::now();
-    while !lockable(&a) {
-        assert!(
-            frozen.elapsed() < Duration::from_secs(30),
-            "the frozen client's lock was never released"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    assert!(
-        frozen.elapsed() >= Duration::from_secs(2),
-        "released before the session could time out: {:?}",
-        frozen.elapsed()
-    );
-    let mine = rw(&a);
+    let timeout = Duration::from_secs(3);
+    wait_released(Instant::now(), timeout, "the frozen client's lock", || {
+        lockable(&a)
+    });
+    let mine = open_rw(&a);
     lock_all(&mine).unwrap();
     mine.write_all_at(&[b'F'; 4096], 0).unwrap();
     mine.sync_all().unwrap();

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use shoal_fstests::{bin, TestCluster};
+use shoal_fstests::{bin, open_rw, wait_released, TestCluster};
 
 /// Runs one `shoal-fsop` call and returns what it printed.
 fn fsop(args: &[&str]) -> String {
@@ -68,14 +68,6 @@ fn setlk(f: &fs::File, kind: i32, start: i64, len: i64) -> Result<(), i32> {
     } else {
         Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
     }
-}
-
-fn open_rw(p: &Path) -> fs::File {
-    fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(p)
-        .unwrap()
 }
 
 #[test]
@@ -242,22 +234,16 @@ fn a_dead_clients_locks_go_after_the_session_timeout_and_an_unmount_frees_at_onc
     c.kill9("client.1");
     let killed = Instant::now();
     assert_eq!(setlk(&f, libc::F_WRLCK, 0, 0), Err(libc::EAGAIN));
-    loop {
+    let timeout = Duration::from_secs(3);
+    wait_released(killed, timeout, "the dead client's lock", || {
         match setlk(&f, libc::F_WRLCK, 0, 0) {
-            Ok(()) => break,
-            Err(e) => assert_eq!(e, libc::EAGAIN),
+            Ok(()) => true,
+            Err(e) => {
+                assert_eq!(e, libc::EAGAIN);
+                false
+            }
         }
-        assert!(
-            killed.elapsed() < Duration::from_secs(30),
-            "the dead client's lock was never released"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    assert!(
-        killed.elapsed() >= Duration::from_secs(2),
-        "released before the session could time out: {:?}",
-        killed.elapsed()
-    );
+    });
     drop(holder);
     let _ = Command::new("umount").arg("-l").arg(&m2).output();
 }
