@@ -393,7 +393,7 @@ fn retried_requests_get_their_first_reply() {
 #[test]
 fn eviction_blocklists_in_a_new_epoch_and_refuses_the_session() {
     let mut h = Harness::new();
-    let (before, _) = h.fsm.osds().unwrap();
+    let (before, _) = h.fsm.osds().expect("osd map");
     let lock = |session| {
         Op::SetLock(pb::LockRequest {
             ino: ROOT_INO,
@@ -405,7 +405,7 @@ fn eviction_blocklists_in_a_new_epoch_and_refuses_the_session() {
             pid: 1,
         })
     };
-    h.run(lock(7)).unwrap();
+    h.run(lock(7)).expect("session 7 takes a lock");
     let evict = |session| {
         Op::Evict(pb::EndSessionRequest {
             session,
@@ -416,13 +416,22 @@ fn eviction_blocklists_in_a_new_epoch_and_refuses_the_session() {
         panic!("an eviction answers its epoch");
     };
     assert_eq!(epoch, before + 1);
-    assert!(h.fsm.blocklisted(7).unwrap());
-    assert_eq!(h.fsm.blocklist().unwrap(), vec![7]);
+    assert!(h.fsm.blocklisted(7).expect("blocklist lookup"));
+    assert_eq!(h.fsm.blocklist().expect("blocklist scan"), vec![7]);
     // Evicting again changes nothing and answers the same epoch.
-    assert_eq!(h.run(evict(7)).unwrap(), Applied::Epoch(epoch));
-    assert_eq!(h.fsm.osds().unwrap().0, epoch);
+    assert_eq!(
+        h.run(evict(7)).expect("a repeated eviction"),
+        Applied::Epoch(epoch)
+    );
+    assert_eq!(h.fsm.osds().expect("osd map").0, epoch);
     // The evicted session's lock stays until the session is ended (after the OSDs know).
-    assert_eq!(h.fsm.locks_per_session().unwrap().get(&7), Some(&1));
+    assert_eq!(
+        h.fsm
+            .locks_per_session()
+            .expect("locks per session")
+            .get(&7),
+        Some(&1)
+    );
     // It can take no lock and make no change any more; other sessions can.
     assert!(matches!(h.run(lock(7)), Err(MdsError::Evicted(7))));
     let id = |session| RequestId {
@@ -446,6 +455,12 @@ fn eviction_blocklists_in_a_new_epoch_and_refuses_the_session() {
         session: 7,
         evict: false,
     }))
-    .unwrap();
-    assert_eq!(h.fsm.locks_per_session().unwrap().get(&7), None);
+    .expect("ending the evicted session");
+    assert_eq!(
+        h.fsm
+            .locks_per_session()
+            .expect("locks per session")
+            .get(&7),
+        None
+    );
 }
