@@ -17,7 +17,9 @@
 //!   inode arrived after that.
 //! - Without a write lease, a write sends the new size and mtime to the MDS before it returns
 //!   (which revokes other mounts' leases on the file); with one, they stay local until the
-//!   lease is revoked, fsync, close or a setattr.
+//!   lease is revoked, fsync, close or a setattr. Sending them gives the lease back, except
+//!   at fsync and before it runs out, where it is renewed. Should this mount die holding it,
+//!   the MDS finds its writes on the OSDs (the file is marked with the writer's session).
 //! - A file handle names the session it was opened in (the FUSE file handle is the session
 //!   id). Once that session was evicted, the handle's reads, writes, fsyncs and locks fail
 //!   with EIO, and its unsent size and mtime are dropped: its locks may have gone to another
@@ -620,15 +622,26 @@ impl Client {
         }
     }
 
-    /// Sends the size and mtime of local writes to the MDS.
+    /// Sends the size and mtime of local writes to the MDS, giving the write lease back.
     pub async fn flush(&self, ino: u64) -> Result<()> {
         self.send_size(ino, false).await
     }
 
-    /// flush/fsync of handle `fh`: EIO if its session was evicted.
+    /// flush (a close) of handle `fh`: EIO if its session was evicted.
     pub async fn flush_handle(&self, fh: u64, ino: u64) -> Result<()> {
         self.handle(fh)?;
         self.flush(ino).await
+    }
+
+    /// fsync of handle `fh`: the size and mtime reach the MDS, and a write lease is renewed
+    /// rather than given back (the writer is likely to go on writing).
+    pub async fn fsync_handle(&self, fh: u64, ino: u64) -> Result<()> {
+        self.handle(fh)?;
+        let leased = self.files().get(&ino).is_some_and(|s| {
+            s.write_until
+                .is_some_and(|u| u > Instant::now() + LEASE_MARGIN)
+        });
+        self.send_size(ino, leased).await
     }
 
     /// Sends the size and mtime of local writes to the MDS, asking for the write lease if
@@ -674,10 +687,11 @@ impl Client {
                 s.pending = None;
                 s.dirty_mtime = None;
             }
-            if write_ms > 0 && !revoked {
+            // Without a new grant the lease went back with the size.
+            s.write_until = (write_ms > 0 && !revoked).then(|| {
                 let ms = Duration::from_millis(write_ms as u64);
-                s.write_until = Some(sent + ms.saturating_sub(LEASE_MARGIN));
-            }
+                sent + ms.saturating_sub(LEASE_MARGIN)
+            });
         }
         Ok(())
     }

@@ -30,9 +30,7 @@ use shoal_proto::layout::{
 use shoal_proto::mds::mds_client::MdsClient;
 use shoal_proto::mds::{GetOsdMapRequest, Layout, LeaseDown, LeaseUp, OsdMap};
 use shoal_proto::osd::osd_client::OsdClient;
-use shoal_proto::osd::{
-    DeleteRequest, ListFileRequest, ReadRequest, TruncateRequest, WriteRequest, ZeroRequest,
-};
+use shoal_proto::osd::{DeleteRequest, ReadRequest, TruncateRequest, WriteRequest, ZeroRequest};
 use shoal_proto::placement::Placement;
 use shoal_proto::request::ReqId;
 use tonic::service::interceptor::InterceptedService;
@@ -525,25 +523,10 @@ impl Cluster {
             let lists = futures::future::join_all(ids.iter().map(|id| {
                 let client = map.clients.get(id).map(|(_, c)| c.clone());
                 async move {
-                    let Some(mut c) = client else {
+                    let Some(c) = client else {
                         return Err(Status::unavailable("no address"));
                     };
-                    let mut out = Vec::new();
-                    let mut next = from;
-                    loop {
-                        let req = ListFileRequest {
-                            ino,
-                            from: next,
-                            limit: 0,
-                        };
-                        let r = c.list_file(req).await?.into_inner();
-                        let last = r.objects.last().map(|o| o.objno);
-                        out.extend(r.objects.into_iter().map(|o| (o.objno, o.size)));
-                        match last {
-                            Some(l) if r.more && l < u64::MAX => next = l + 1,
-                            _ => return Ok(out),
-                        }
-                    }
+                    shoal_proto::listing::list_file(c, ino, from, false).await
                 }
             }))
             .await;
@@ -552,9 +535,9 @@ impl Cluster {
             for (id, list) in ids.iter().zip(lists) {
                 match list {
                     Ok(objects) => {
-                        for (objno, size) in objects {
-                            let s = found.entry(objno).or_default();
-                            *s = (*s).max(size);
+                        for o in objects {
+                            let s = found.entry(o.objno).or_default();
+                            *s = (*s).max(o.size);
                         }
                     }
                     Err(status) => failed = Some(format!("osd.{id}: {}", status.message())),

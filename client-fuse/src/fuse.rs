@@ -516,8 +516,7 @@ impl Filesystem for ShoalFs {
             size,
             atime: set_time(atime),
             mtime: set_time(mtime),
-            grow_size: None,
-            want_write_lease: false,
+            ..Default::default()
         };
         self.go(move |c| async move { reply_attr(&c, reply, c.setattr(req).await) });
     }
@@ -765,7 +764,7 @@ impl Filesystem for ShoalFs {
         reply: ReplyEmpty,
     ) {
         // Data is durable on the OSDs when each write returns; what is left is the size.
-        self.go(move |c| async move { reply_empty(reply, c.flush_handle(fh.0, ino.0).await) });
+        self.go(move |c| async move { reply_empty(reply, c.fsync_handle(fh.0, ino.0).await) });
     }
 
     fn readdir(

@@ -105,8 +105,13 @@ impl Holder {
 
     /// Asks for one write (4096 bytes of `Z` at offset 0).
     fn write(&mut self) {
+        self.write_at(0);
+    }
+
+    /// Asks for one write of 4096 bytes of `Z` at `off`.
+    fn write_at(&mut self, off: u64) {
         let stdin = self.child.stdin.as_mut().unwrap();
-        stdin.write_all(b"\n").unwrap();
+        writeln!(stdin, "{off}").unwrap();
         stdin.flush().unwrap();
     }
 
@@ -227,5 +232,71 @@ fn a_frozen_lock_holder_is_evicted_fenced_and_its_late_write_never_lands() {
     assert_eq!(fs::read(c.path("new")).unwrap(), b"after eviction");
     drop(mine);
     assert!(lockable(&b), "the new session takes locks");
+    let _ = Command::new("umount").arg("-l").arg(&m2).output();
+}
+
+#[test]
+fn a_killed_writers_returned_writes_keep_their_size_and_its_lock_goes() {
+    let c = TestCluster::start_args(&["--osds", "3", "--session-timeout", "3"]);
+    let m2 = c.mount_again("mnt2");
+    let (a, b) = (c.path("f"), m2.join("f"));
+    fs::write(&a, b"").unwrap();
+    let theirs: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    fs::write(c.path("theirs"), &theirs).unwrap();
+
+    // A process on the second mount locks the file and writes blocks out to the second
+    // 4 MiB object. The first write takes the write lease; the size of the others stays with
+    // that mount's client, which is then killed before it can send it.
+    let mut holder = Holder::start(&b);
+    let offsets = [0u64, 4096, 1 << 20, (4 << 20) - 2048, (5 << 20) + 12345];
+    let mut before_last = std::time::SystemTime::now();
+    for off in offsets {
+        before_last = std::time::SystemTime::now();
+        holder.write_at(off);
+        assert_eq!(holder.said(), "ok", "write at {off}");
+    }
+    let end = offsets[offsets.len() - 1] + 4096;
+    c.kill9("client.1");
+    let killed = Instant::now();
+
+    // Its lock goes after the session timeout (3 s).
+    wait_released(
+        killed,
+        Duration::from_secs(3),
+        "the killed writer's lock",
+        || lockable(&a),
+    );
+    // Every write that returned counts: the size, the bytes and the mtime.
+    let meta = fs::metadata(&a).unwrap();
+    assert_eq!(
+        meta.len(),
+        end,
+        "the size covers the killed writer's writes"
+    );
+    let got = fs::read(&a).unwrap();
+    for off in offsets {
+        let at = off as usize;
+        assert!(
+            got[at..at + 4096].iter().all(|&x| x == b'Z'),
+            "the block written at {off}"
+        );
+    }
+    assert!(
+        got[8192..1 << 20].iter().all(|&x| x == 0),
+        "a hole reads as zeros"
+    );
+    let mtime = meta.modified().unwrap();
+    assert!(
+        mtime + Duration::from_millis(50) >= before_last,
+        "the mtime {mtime:?} is behind the last write at {before_last:?}"
+    );
+    // Another client's file is untouched, and this mount goes on writing the file.
+    assert_eq!(fs::read(c.path("theirs")).unwrap(), theirs);
+    let mine = open_rw(&a);
+    lock_all(&mine).unwrap();
+    mine.write_all_at(b"after", end).unwrap();
+    drop(mine);
+    assert_eq!(fs::metadata(&a).unwrap().len(), end + 5);
+    drop(holder);
     let _ = Command::new("umount").arg("-l").arg(&m2).output();
 }

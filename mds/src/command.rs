@@ -12,7 +12,7 @@ pub struct Command {
     /// The mutation.
     #[prost(
         oneof = "Op",
-        tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17"
+        tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18"
     )]
     pub op: Option<Op>,
     /// The client request this mutation answers, for exactly-once retries.
@@ -206,6 +206,27 @@ pub enum Op {
     /// Fence a client session: put it on the blocklist (a new OSD map epoch).
     #[prost(message, tag = "17")]
     Evict(pb::EndSessionRequest),
+    /// Record what a file's writer left on the OSDs, and clear its mark.
+    #[prost(message, tag = "18")]
+    RecoverWrites(RecoverWrites),
+}
+
+/// Payload of [`Op::RecoverWrites`]: what the OSDs hold of a file marked with a writer that
+/// went away (see `recovery`).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RecoverWrites {
+    /// The file.
+    #[prost(uint64, tag = "1")]
+    pub ino: u64,
+    /// The mark probed for: a newer one is left alone.
+    #[prost(uint64, tag = "2")]
+    pub writer_mark: u64,
+    /// One past the last byte the OSDs hold: the size grows to it.
+    #[prost(uint64, tag = "3")]
+    pub end: u64,
+    /// The newest change of any object: the mtime moves up to it.
+    #[prost(message, optional, tag = "4")]
+    pub mtime: Option<pb::Timespec>,
 }
 
 /// An evicted session on the blocklist.

@@ -32,6 +32,9 @@ pub enum MdsError {
     /// raft-rs refused an operation.
     #[error("raft: {0}")]
     Raft(#[from] raft::Error),
+    /// The OSDs could not be asked what they hold (a dark PG, an OSD not answering).
+    #[error("osds: {0}")]
+    Osd(String),
     /// A record on disk could not be decoded.
     #[error("corrupt record: {0}")]
     Corrupt(String),
@@ -61,6 +64,7 @@ impl From<MdsError> for Status {
             MdsError::Storage(e) => errno_status(libc::EIO, format!("mds storage: {e}")),
             MdsError::Io(e) => errno_status(libc::EIO, format!("mds file: {e}")),
             MdsError::Raft(e) => Status::unavailable(format!("raft: {e}")),
+            MdsError::Osd(m) => Status::unavailable(format!("osds: {m}")),
             MdsError::Corrupt(m) => errno_status(libc::EIO, format!("mds corrupt record: {m}")),
             MdsError::Shutdown => Status::unavailable("mds shutting down"),
         }

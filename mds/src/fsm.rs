@@ -23,8 +23,8 @@ use shoal_proto::mds::{self as pb, Attr, FileKind, Timespec};
 
 use crate::acl;
 use crate::command::{
-    Applied, BlockEntry, Command, MemberAddr, MemberList, Op, OsdRecord, Pool, SessionWindow,
-    SetOsdState, StoredReply, WindowEntry,
+    Applied, BlockEntry, Command, MemberAddr, MemberList, Op, OsdRecord, Pool, RecoverWrites,
+    SessionWindow, SetOsdState, StoredReply, WindowEntry,
 };
 use crate::error::MdsError;
 use crate::store::{Cf, Db};
@@ -316,7 +316,7 @@ impl Fsm {
         let mut txn = Txn::new(&self.db);
         let now = cmd.now.unwrap_or_default();
         let result = match &cmd.op {
-            Some(op) => apply_op(&mut txn, op, &now),
+            Some(op) => apply_op(&mut txn, op, cmd.req.map(|r| r.session), &now),
             None => fs(libc::EINVAL, "empty command"),
         };
         let result = match result {
@@ -570,11 +570,17 @@ impl Fsm {
     }
 }
 
-fn apply_op(t: &mut Txn<'_>, op: &Op, now: &Timespec) -> Result<Applied, MdsError> {
+/// Applies `op`, sent by client `session` if it came from one.
+fn apply_op(
+    t: &mut Txn<'_>,
+    op: &Op,
+    session: Option<u64>,
+    now: &Timespec,
+) -> Result<Applied, MdsError> {
     match op {
         Op::Noop(_) => Ok(Applied::Done),
         Op::Bootstrap(b) => bootstrap(t, b.uid, b.gid, now),
-        Op::SetAttr(r) => setattr(t, r, now).map(Applied::Attr),
+        Op::SetAttr(r) => setattr(t, r, session, now).map(Applied::Attr),
         Op::MakeNode(r) => make_node(t, r, now).map(Applied::Attr),
         Op::Unlink(r) => unlink(t, r, now).map(Applied::Removed),
         Op::Rename(r) => rename(t, r, now).map(Applied::Removed),
@@ -593,7 +599,36 @@ fn apply_op(t: &mut Txn<'_>, op: &Op, now: &Timespec) -> Result<Applied, MdsErro
         }
         Op::EndSession(r) => locks::end_session(t, r.session),
         Op::Evict(r) => evict(t, r.session, now),
+        Op::RecoverWrites(r) => recover_writes(t, r, now),
     }
+}
+
+/// Records what a file's departed writer left on the OSDs (size and mtime only move up) and
+/// clears its mark, unless the file was marked again since the probe.
+fn recover_writes(t: &mut Txn<'_>, r: &RecoverWrites, now: &Timespec) -> Result<Applied, MdsError> {
+    let mut a = t.inode(r.ino)?;
+    if a.writer == 0 || a.writer_mark != r.writer_mark {
+        return Ok(Applied::Attr(a));
+    }
+    a.writer = 0;
+    let mut changed = false;
+    let end = r.end.min(limits::FILE_SIZE_MAX);
+    if end > a.size {
+        a.size = end;
+        changed = true;
+    }
+    if let Some(m) = r.mtime {
+        let old = a.mtime.unwrap_or_default();
+        if (m.sec, m.nsec) > (old.sec, old.nsec) {
+            a.mtime = Some(m);
+            changed = true;
+        }
+    }
+    if changed {
+        a.ctime = Some(*now);
+    }
+    t.put_inode(&a);
+    Ok(Applied::Attr(a))
 }
 
 /// Puts `session` on the blocklist in a new OSD map epoch (which the OSDs refuse it from),
@@ -651,8 +686,25 @@ fn bootstrap(t: &mut Txn<'_>, uid: u32, gid: u32, now: &Timespec) -> Result<Appl
     Ok(Applied::Attr(root))
 }
 
-fn setattr(t: &mut Txn<'_>, r: &pb::SetAttrRequest, now: &Timespec) -> Result<Attr, MdsError> {
+/// Changes attributes for `session`. A size sent by the file's writer records its writes
+/// (its mark goes), and `mark_writer` marks the file with the session about to get the write
+/// lease (see `recovery`).
+fn setattr(
+    t: &mut Txn<'_>,
+    r: &pb::SetAttrRequest,
+    session: Option<u64>,
+    now: &Timespec,
+) -> Result<Attr, MdsError> {
     let mut a = t.inode(r.ino)?;
+    if let Some(s) = session {
+        if r.grow_size.is_some() && a.writer == s {
+            a.writer = 0;
+        }
+        if r.mark_writer {
+            a.writer = s;
+            a.writer_mark += 1;
+        }
+    }
     if let Some(perm) = r.perm {
         a.perm = perm & 0o7777;
         // The access ACL's owner, mask and other entries follow the mode bits.
@@ -786,6 +838,8 @@ fn make_node(t: &mut Txn<'_>, r: &pb::MakeNodeRequest, now: &Timespec) -> Result
         },
         next_cookie: if dir { FIRST_COOKIE } else { 0 },
         parent: if dir { parent.ino } else { 0 },
+        writer: 0,
+        writer_mark: 0,
     };
     if kind == FileKind::Symlink {
         t.put(Cf::Symlinks, &be(ino), r.target.to_vec());

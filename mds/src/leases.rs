@@ -130,46 +130,52 @@ impl Leases {
     }
 
     /// Grants `session` a read lease on `ino`, first revoking another session's write lease
-    /// on it. Returns the lease in milliseconds (0: none).
+    /// on it (also for a caller that gets no lease: what it reads must include the writer's
+    /// writes). Returns the lease in milliseconds (0: none).
     pub async fn grant_read(&self, session: Option<u64>, ino: u64) -> u32 {
-        let Some(session) = session else { return 0 };
         for _ in 0..3 {
             {
                 let now = Instant::now();
                 let mut g = self.inner();
-                if !self.may_hold(&g, session) {
-                    return 0;
-                }
                 let writer = g
                     .by_ino
                     .get(&ino)
-                    .is_some_and(|h| h.iter().any(|(s, h)| *s != session && h.writes(now)));
+                    .is_some_and(|h| h.iter().any(|(s, h)| Some(*s) != session && h.writes(now)));
                 if !writer {
+                    let Some(session) = session.filter(|s| self.may_hold(&g, *s)) else {
+                        return 0;
+                    };
                     hold(&mut g, ino, session, now).read_until = Some(now + self.duration);
                     return self.ms();
                 }
                 g.contended.insert(ino, now);
             }
-            self.revoke(ino, Vec::new(), Some(session), true).await;
+            self.revoke(ino, Vec::new(), session, true).await;
         }
         0
+    }
+
+    /// Whether `session` may be granted the write lease on `ino` as far as the session and
+    /// the inode's recent history go (others' leases are checked by [`Leases::grant_write`]).
+    pub fn may_write(&self, session: Option<u64>, ino: u64) -> bool {
+        let Some(session) = session else { return false };
+        let now = Instant::now();
+        let g = self.inner();
+        self.may_hold(&g, session)
+            && g.contended
+                .get(&ino)
+                .is_none_or(|t| now.duration_since(*t) >= CONTENDED)
     }
 
     /// Grants `session` the write lease on `ino` if no other session holds a live lease on it
     /// and it was not contended lately. Returns the lease in milliseconds (0: none).
     pub fn grant_write(&self, session: Option<u64>, ino: u64) -> u32 {
         let Some(session) = session else { return 0 };
+        if !self.may_write(Some(session), ino) {
+            return 0;
+        }
         let now = Instant::now();
         let mut g = self.inner();
-        if !self.may_hold(&g, session) {
-            return 0;
-        }
-        if g.contended
-            .get(&ino)
-            .is_some_and(|t| now.duration_since(*t) < CONTENDED)
-        {
-            return 0;
-        }
         let others = g
             .by_ino
             .get(&ino)
@@ -179,6 +185,29 @@ impl Leases {
         }
         hold(&mut g, ino, session, now).write_until = Some(now + self.duration);
         self.ms()
+    }
+
+    /// `session` gave its write lease on `ino` back (its writes are recorded).
+    pub fn release_write(&self, session: Option<u64>, ino: u64) {
+        let Some(session) = session else { return };
+        if let Some(h) = self
+            .inner()
+            .by_ino
+            .get_mut(&ino)
+            .and_then(|h| h.get_mut(&session))
+        {
+            h.write_until = None;
+        }
+    }
+
+    /// Whether `session` holds a live write lease on `ino`.
+    pub fn writing(&self, ino: u64, session: u64) -> bool {
+        let now = Instant::now();
+        self.inner()
+            .by_ino
+            .get(&ino)
+            .and_then(|h| h.get(&session))
+            .is_some_and(|h| h.writes(now))
     }
 
     /// Revokes the leases other sessions than `except` hold on `ino` (only write leases if

@@ -7,6 +7,7 @@
 //!   OSD map); applies commands, answers reads.
 //! - [`acl`]: POSIX ACL values; how new inodes inherit them and chmod keeps them in step.
 //! - [`leases`]: which sessions may cache what; revocations pushed on their streams.
+//! - [`recovery`]: what a writer that went away left past the recorded size, found on the OSDs.
 //! - [`node`]: the thread that owns the raft-rs `RawNode` and runs the ready loop.
 //! - [`service`]: the gRPC `Mds` service; reads go to the state machine, writes to the node.
 //! - [`snapshot`]: state snapshots for members behind the compacted log (checkpoint, chunked
@@ -24,6 +25,7 @@ pub mod error;
 pub mod fsm;
 pub mod leases;
 pub mod node;
+pub mod recovery;
 pub mod service;
 pub mod snapshot;
 pub mod store;

@@ -19,11 +19,12 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
-use crate::command::{Applied, Bootstrap, Op, Pool, SetOsdState};
+use crate::command::{Applied, Bootstrap, Op, Pool, RecoverWrites, SetOsdState};
 use crate::error::MdsError;
 use crate::fsm::Fsm;
 use crate::leases::Leases;
 use crate::node::NodeHandle;
+use crate::recovery::{needs_recovery, Prober};
 
 /// Usage and last report of one OSD.
 #[derive(Debug, Clone)]
@@ -95,6 +96,9 @@ pub struct MdsService {
     /// Sessions being evicted now (waiting for the OSDs to learn the blocklist).
     evicting: Arc<Mutex<HashSet<u64>>>,
     leases: Leases,
+    /// Asks the OSDs what departed writers left (one recovery at a time).
+    prober: Arc<Prober>,
+    recovering: Arc<tokio::sync::Mutex<()>>,
 }
 
 type Reply<T> = Result<Response<T>, Status>;
@@ -146,6 +150,8 @@ impl MdsService {
             sessions: Arc::default(),
             evicting: Arc::default(),
             leases: Leases::new(settings.lease),
+            prober: Arc::default(),
+            recovering: Arc::default(),
             settings,
         }
     }
@@ -173,7 +179,68 @@ impl MdsService {
     /// `ino`'s attributes under a read lease for `session`, granted before they are read.
     async fn leased(&self, session: Option<u64>, ino: u64) -> Result<(Attr, u32), Status> {
         let ms = self.leases.grant_read(session, ino).await;
-        Ok((self.fsm.getattr(ino)?, ms))
+        Ok((self.current(session, ino).await?, ms))
+    }
+
+    /// `ino`'s attributes as `session` may see them: including what another session that
+    /// held its write lease and went away left on the OSDs.
+    async fn current(&self, session: Option<u64>, ino: u64) -> Result<Attr, Status> {
+        let attr = self.fsm.getattr(ino)?;
+        if !needs_recovery(&attr, session, self.leases.writing(ino, attr.writer)) {
+            return Ok(attr);
+        }
+        let _one = self.recovering.lock().await;
+        // A predecessor may have granted the writer a lease that is still running.
+        self.leases.settle(&self.node).await;
+        let attr = self.fsm.getattr(ino)?;
+        if !needs_recovery(&attr, session, self.leases.writing(ino, attr.writer)) {
+            return Ok(attr);
+        }
+        let layout = attr
+            .layout
+            .unwrap_or_else(shoal_proto::layout::default_layout);
+        let map = self.osd_map()?;
+        let extent = match self.prober.file_extent(&map, ino, &layout).await {
+            Ok(e) => e,
+            Err(e) => {
+                warn!(ino, writer = attr.writer, error = %e,
+                    "cannot find what the file's departed writer left; keeping the recorded size");
+                return Ok(attr);
+            }
+        };
+        let after = attr_of(
+            self.propose(Op::RecoverWrites(RecoverWrites {
+                ino,
+                writer_mark: attr.writer_mark,
+                end: extent.end,
+                mtime: extent.mtime,
+            }))
+            .await?,
+        )?;
+        info!(
+            ino,
+            writer = attr.writer,
+            size = after.size,
+            recorded = attr.size,
+            "recorded what a departed writer left"
+        );
+        Ok(after)
+    }
+
+    /// Before `session` changes `ino`: other sessions' write leases on it are revoked (their
+    /// sizes reach the MDS first) and what departed writers left is recorded, so the change
+    /// comes after every write that returned.
+    async fn writes_settled(&self, session: Option<u64>, ino: u64) -> Result<(), Status> {
+        if ino == 0 {
+            return Ok(());
+        }
+        self.leases.revoke(ino, Vec::new(), session, true).await;
+        match self.current(session, ino).await {
+            // Gone already: the change itself will say so.
+            Err(e) if shoal_proto::error::status_errno(&e).errno() == libc::ENOENT => Ok(()),
+            Err(e) => Err(e),
+            Ok(_) => Ok(()),
+        }
     }
 
     /// An entry's reply: `ino`'s attributes under a read lease, which the directory's lease
@@ -182,7 +249,7 @@ impl MdsService {
         let (attr, ms) = if dir_ms > 0 {
             self.leased(session, ino).await?
         } else {
-            (self.fsm.getattr(ino)?, 0)
+            (self.current(session, ino).await?, 0)
         };
         Ok(Response::new(AttrReply {
             attr: Some(attr),
@@ -570,7 +637,7 @@ impl Mds for MdsService {
         let ino = req.into_inner().ino;
         let lease_ms = self.leases.grant_read(session, ino).await;
         self.node.read_barrier().await?;
-        let attr = self.fsm.getattr(ino)?;
+        let attr = self.current(session, ino).await?;
         Ok(Response::new(AttrReply {
             attr: Some(attr),
             lease_ms,
@@ -578,16 +645,38 @@ impl Mds for MdsService {
         }))
     }
 
-    async fn set_attr(&self, req: Request<SetAttrRequest>) -> Reply<AttrReply> {
+    async fn set_attr(&self, mut req: Request<SetAttrRequest>) -> Reply<AttrReply> {
         let session = self.session(req.metadata())?;
-        let (ino, want_write) = (req.get_ref().ino, req.get_ref().want_write_lease);
-        attr_of(self.propose_for(req, Op::SetAttr).await?)?;
+        let r = req.get_ref();
+        let (ino, want_write, sends_size) = (r.ino, r.want_write_lease, r.grow_size.is_some());
+        self.writes_settled(session, ino).await?;
+        // The file is marked with the writer in the same entry that records its size, so a
+        // write lease is never held without the mark that lets its writes be recovered.
+        let mark = want_write && self.leases.may_write(session, ino);
+        req.get_mut().mark_writer = mark;
+        // A size sent without the mark clears it: the lease goes back with it.
+        let gives_back = sends_size && !mark;
+        let applied = attr_of(self.propose_for(req, Op::SetAttr).await?)?;
+        if gives_back {
+            self.leases.release_write(session, ino);
+        }
         self.changed(session, vec![(ino, Vec::new())]).await;
-        let write_lease_ms = if want_write {
+        let write_lease_ms = if mark {
             self.leases.grant_write(session, ino)
         } else {
             0
         };
+        if mark && write_lease_ms == 0 {
+            // Marked but not granted (another session took a lease meanwhile): this entry
+            // recorded all the writer did, so the mark can go without asking the OSDs.
+            self.propose(Op::RecoverWrites(RecoverWrites {
+                ino,
+                writer_mark: applied.writer_mark,
+                end: 0,
+                mtime: None,
+            }))
+            .await?;
+        }
         let (attr, lease_ms) = self.leased(session, ino).await?;
         Ok(Response::new(AttrReply {
             attr: Some(attr),
@@ -610,6 +699,8 @@ impl Mds for MdsService {
         let session = self.session(req.metadata())?;
         let (parent, name) = (req.get_ref().parent, req.get_ref().name.clone());
         let child = self.child(parent, &name);
+        // An unlinked file's data is purged up to its recorded size.
+        self.writes_settled(session, child).await?;
         let orphan = orphan(self.propose_for(req, Op::Unlink).await?)?;
         self.changed(session, vec![(parent, vec![name]), (child, Vec::new())])
             .await;
@@ -620,12 +711,14 @@ impl Mds for MdsService {
         name_ok(&req.get_ref().new_name)?;
         let session = self.session(req.metadata())?;
         let r = req.get_ref();
+        let replaced = self.child(r.new_parent, &r.new_name);
         let touched = vec![
             (self.child(r.parent, &r.name), Vec::new()),
-            (self.child(r.new_parent, &r.new_name), Vec::new()),
+            (replaced, Vec::new()),
             (r.parent, vec![r.name.clone()]),
             (r.new_parent, vec![r.new_name.clone()]),
         ];
+        self.writes_settled(session, replaced).await?;
         let orphan = orphan(self.propose_for(req, Op::Rename).await?)?;
         self.changed(session, touched).await;
         Ok(Response::new(RenameReply { orphan }))

@@ -127,10 +127,35 @@ impl Osd for OsdService {
             .store
             .file_objects(r.ino, r.from, limit + 1)
             .into_iter()
-            .map(|(objno, size)| FileObject { objno, size })
+            .map(|(objno, size)| FileObject {
+                objno,
+                size,
+                ..Default::default()
+            })
             .collect();
         let more = objects.len() > limit;
         objects.truncate(limit);
+        if r.with_mtime {
+            // One stat per object: off the async threads.
+            let osd = self.osd.clone();
+            let ino = r.ino;
+            objects = tokio::task::spawn_blocking(move || {
+                for o in &mut objects {
+                    let name = shoal_proto::layout::object_name(ino, o.objno);
+                    let at = osd
+                        .store
+                        .changed_at(&name)
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+                    if let Some(d) = at {
+                        o.mtime_sec = d.as_secs().min(i64::MAX as u64) as i64;
+                        o.mtime_nsec = d.subsec_nanos();
+                    }
+                }
+                objects
+            })
+            .await
+            .map_err(|e| Status::internal(format!("listing task: {e}")))?;
+        }
         Ok(Response::new(ListFileReply { objects, more }))
     }
 

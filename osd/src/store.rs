@@ -704,6 +704,13 @@ impl ObjectStore {
         Ok(())
     }
 
+    /// When this copy of an object last changed (its data file's mtime); `None` if it has no
+    /// data file or the name is not an object's.
+    pub fn changed_at(&self, object: &str) -> Option<std::time::SystemTime> {
+        let path = self.paths(object).ok()?.data;
+        std::fs::metadata(path).and_then(|m| m.modified()).ok()
+    }
+
     /// Where an object's data file lives (tests use it to damage objects on purpose).
     pub fn data_path(&self, object: &str) -> Result<PathBuf> {
         Ok(self.paths(object)?.data)

@@ -5,6 +5,7 @@
 //! - [`layout`]: file striping math — which object holds which byte of a file, and object names.
 //! - [`placement`]: which OSD stores an object, a pure function of the OSD map.
 //! - [`limits`]: name and size limits both ends enforce.
+//! - [`listing`]: a file's objects as one OSD lists them (clients and the MDS ask every OSD).
 //! - [`request`]: request ids that make MDS mutations exactly-once across retries.
 //!
 //! Both ends of a wire compute striping and placement with this crate, so they always agree.
@@ -12,6 +13,7 @@
 pub mod error;
 pub mod layout;
 pub mod limits;
+pub mod listing;
 pub mod placement;
 pub mod request;
 

@@ -194,8 +194,8 @@ fn lock_type(kind: &str) -> Result<libc::c_short, String> {
 /// `setlkw P r|w START LEN [ALARM_SECS]` (F_SETLKW, interrupted by SIGALRM after ALARM_SECS),
 /// `getlk P r|w START LEN` (prints `unlocked` or `r|w START LEN pid=PID`), `hold P` (a write
 /// lock on the whole file: prints `ok`, then waits to be killed), `hold-write P` (the same
-/// lock, then per line read from stdin writes 4096 bytes of `Z` at offset 0 and prints `ok`
-/// or the errno, until stdin ends), and `append-locked P TAG N` (N records of 64 bytes
+/// lock, then per line read from stdin writes 4096 bytes of `Z` at the offset the line names,
+/// 0 if none, and prints `ok` or the errno, until stdin ends), and `append-locked P TAG N` (N records of 64 bytes
 /// appended with O_APPEND, each under flock LOCK_EX).
 fn lock_op(a: &[&str]) -> Result<Option<Result<String, String>>, String> {
     let [cmd, p, rest @ ..] = a else {
@@ -292,8 +292,14 @@ fn lock_op(a: &[&str]) -> Result<Option<Result<String, String>>, String> {
             println!("ok");
             let _ = std::io::stdout().flush();
             let data = [b'Z'; 4096];
-            for _ in std::io::stdin().lock().lines() {
-                let w = unsafe { libc::pwrite(fd, data.as_ptr().cast(), data.len(), 0) };
+            // Each line asks for one write, at the offset it names (none: 0).
+            for line in std::io::stdin().lock().lines() {
+                let off = match line.as_deref().map(str::trim) {
+                    Ok("") => 0,
+                    Ok(n) => num::<i64>(n)?,
+                    Err(e) => return Err(format!("reading stdin: {e}")),
+                };
+                let w = unsafe { libc::pwrite(fd, data.as_ptr().cast(), data.len(), off) };
                 let said = if w == data.len() as isize {
                     "ok".to_string()
                 } else if w < 0 {

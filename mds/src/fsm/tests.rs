@@ -464,3 +464,70 @@ fn eviction_blocklists_in_a_new_epoch_and_refuses_the_session() {
         None
     );
 }
+
+#[test]
+fn a_writer_mark_follows_the_write_lease_and_recovery_only_grows() {
+    let mut h = Harness::new();
+    let f = h.mk(ROOT_INO, "f", FileKind::Regular).unwrap();
+    let mut seq = 0;
+    let mut as_session = |h: &mut Harness, session: u64, r: pb::SetAttrRequest| {
+        seq += 1;
+        let id = RequestId {
+            session,
+            seq,
+            oldest: seq,
+        };
+        match h.run_as(Op::SetAttr(r), Some(id)) {
+            Ok(Applied::Attr(a)) => a,
+            other => panic!("setattr: {other:?}"),
+        }
+    };
+    let grow = |size, mark| pb::SetAttrRequest {
+        ino: f.ino,
+        grow_size: Some(size),
+        want_write_lease: mark,
+        mark_writer: mark,
+        ..Default::default()
+    };
+    // Session 5 is granted the lease: marked. Another session's size leaves the mark alone.
+    let a = as_session(&mut h, 5, grow(10, true));
+    assert_eq!((a.writer, a.writer_mark, a.size), (5, 1, 10));
+    let a = as_session(&mut h, 6, grow(20, false));
+    assert_eq!((a.writer, a.size), (5, 20), "another session's size");
+    // The writer's own size without the lease clears it.
+    let a = as_session(&mut h, 5, grow(30, false));
+    assert_eq!((a.writer, a.size), (0, 30), "the lease went back");
+    let a = as_session(&mut h, 5, grow(30, true));
+    assert_eq!((a.writer, a.writer_mark), (5, 2));
+
+    let recover = |mark, end, mtime: Option<Timespec>| {
+        Op::RecoverWrites(RecoverWrites {
+            ino: f.ino,
+            writer_mark: mark,
+            end,
+            mtime,
+        })
+    };
+    // A probe for an older mark changes nothing.
+    let stale = h.run(recover(1, 500, Some(ts(1_000)))).unwrap();
+    assert!(matches!(stale, Applied::Attr(a) if a.writer == 5 && a.size == 30));
+    // The current one: the size grows to what the OSDs hold, the mtime moves up, no mark.
+    let before = h.fsm.getattr(f.ino).unwrap();
+    match h.run(recover(2, 500, Some(ts(1_000)))).unwrap() {
+        Applied::Attr(a) => {
+            assert_eq!((a.writer, a.size), (0, 500));
+            assert_eq!(a.mtime, Some(ts(1_000)));
+            assert!(a.ctime.unwrap().sec > before.ctime.unwrap().sec);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Marked again: a probe finding less than recorded shrinks nothing and keeps the mtime.
+    let a = as_session(&mut h, 5, grow(40, true));
+    match h.run(recover(a.writer_mark, 7, Some(ts(3)))).unwrap() {
+        Applied::Attr(b) => {
+            assert_eq!((b.writer, b.size, b.mtime), (0, 500, a.mtime));
+            assert_eq!(b.ctime, a.ctime, "nothing changed");
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -1,0 +1,166 @@
+//! Recovering what a writer left unrecorded: a client holding a file's write lease keeps the
+//! size and mtime of its writes locally (its data is already on the OSDs). If it goes away
+//! without sending them (killed, evicted, or its lease simply ran out), the file stays marked
+//! with its session (`Attr.writer`), and before another session reads or changes the file the
+//! leader asks every up OSD which objects of it they hold ([`Prober::file_extent`]): the end of
+//! the last byte any object holds becomes the size if it is larger, and the newest change of
+//! any object the mtime if it is newer (CephFS probes the objects the same way).
+//!
+//! Invariants:
+//! - A probe is an answer only if every placement group has an OSD up and every up OSD
+//!   answered: a dark PG may hold the last object.
+//! - The recorded size only grows from a probe, and the mark is cleared only if it is still
+//!   the one probed for (`Attr.writer_mark`), so a writer that took the lease again meanwhile
+//!   stays marked.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use shoal_proto::layout::object_to_file;
+use shoal_proto::mds::{Attr, Layout, OsdMap, Timespec};
+use shoal_proto::osd::osd_client::OsdClient;
+use shoal_proto::placement::Placement;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::error::MdsError;
+
+/// How long one probe may take before it gives up (the file then keeps its mark).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the OSDs hold of one file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    /// One past the last byte any object holds (0: no objects).
+    pub end: u64,
+    /// The newest change to any copy of any object.
+    pub mtime: Option<Timespec>,
+}
+
+/// Whether `attr`'s writer mark must be settled before `session` reads or changes the file:
+/// another session's mark, whose write lease is not live (`writer_live`).
+pub fn needs_recovery(attr: &Attr, session: Option<u64>, writer_live: bool) -> bool {
+    attr.writer != 0 && Some(attr.writer) != session && !writer_live
+}
+
+/// One past the last file byte of an object `objno` holding `size` bytes.
+fn object_end(layout: &Layout, objno: u64, size: u64) -> u64 {
+    if size == 0 {
+        return 0;
+    }
+    object_to_file(layout, objno, size - 1).saturating_add(1)
+}
+
+fn newer(a: Option<Timespec>, b: Timespec) -> Option<Timespec> {
+    match a {
+        Some(a) if (a.sec, a.nsec) >= (b.sec, b.nsec) => Some(a),
+        _ => Some(b),
+    }
+}
+
+/// Asks OSDs what they hold of files (connections kept by OSD id and address).
+#[derive(Default)]
+pub struct Prober {
+    clients: Mutex<HashMap<u32, (String, OsdClient<Channel>)>>,
+}
+
+impl Prober {
+    fn client(&self, id: u32, addr: &str) -> Result<OsdClient<Channel>, MdsError> {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((a, c)) = clients.get(&id) {
+            if a == addr {
+                return Ok(c.clone());
+            }
+        }
+        let ep = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| MdsError::Osd(format!("bad address {addr:?} of osd.{id}: {e}")))?
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true);
+        let c = OsdClient::new(ep.connect_lazy());
+        clients.insert(id, (addr.to_string(), c.clone()));
+        Ok(c)
+    }
+
+    /// What the OSDs of `map` hold of inode `ino` laid out by `layout`.
+    pub async fn file_extent(
+        &self,
+        map: &OsdMap,
+        ino: u64,
+        layout: &Layout,
+    ) -> Result<Extent, MdsError> {
+        shoal_proto::layout::validate(layout)
+            .map_err(|_| MdsError::Corrupt(format!("unusable layout {layout:?} of {ino}")))?;
+        let placement = Placement::from_map(map);
+        if let Some(pg) = (0..placement.pg_count).find(|&pg| placement.primary(pg).is_none()) {
+            return Err(MdsError::Osd(format!("pg {pg} has no OSD up")));
+        }
+        let asks = map.osds.iter().filter(|o| o.up).map(|o| {
+            let client = self.client(o.id, &o.addr);
+            let id = o.id;
+            async move {
+                let objects = shoal_proto::listing::list_file(client?, ino, 0, true)
+                    .await
+                    .map_err(|s| MdsError::Osd(format!("osd.{id}: {}", s.message())))?;
+                Ok::<_, MdsError>(objects)
+            }
+        });
+        let lists = tokio::time::timeout(PROBE_TIMEOUT, futures::future::try_join_all(asks))
+            .await
+            .map_err(|_| MdsError::Osd(format!("listing the objects of {ino} timed out")))??;
+        let mut out = Extent {
+            end: 0,
+            mtime: None,
+        };
+        for o in lists.into_iter().flatten() {
+            out.end = out.end.max(object_end(layout, o.objno, o.size));
+            if o.mtime_sec != 0 || o.mtime_nsec != 0 {
+                let t = Timespec {
+                    sec: o.mtime_sec,
+                    nsec: o.mtime_nsec,
+                };
+                out.mtime = newer(out.mtime, t);
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_objects_last_byte_maps_back_into_the_file() {
+        let plain = shoal_proto::layout::default_layout();
+        assert_eq!(object_end(&plain, 0, 0), 0);
+        assert_eq!(object_end(&plain, 0, 10), 10);
+        let os = plain.object_size as u64;
+        assert_eq!(object_end(&plain, 2, 5), 2 * os + 5);
+        // Striped: 4 objects of 1 MiB in stripes of 64 KiB units.
+        let striped = Layout {
+            object_size: 1 << 20,
+            stripe_unit: 64 << 10,
+            stripe_count: 4,
+        };
+        // The second object's first unit holds file bytes 64 KiB..128 KiB.
+        assert_eq!(object_end(&striped, 1, 100), (64 << 10) + 100);
+        // Its second unit is in the next stripe: file bytes 5 × 64 KiB on.
+        assert_eq!(object_end(&striped, 1, (64 << 10) + 1), 5 * (64 << 10) + 1);
+    }
+
+    #[test]
+    fn only_another_sessions_mark_without_a_live_lease_needs_recovery() {
+        let a = Attr {
+            writer: 7,
+            ..Default::default()
+        };
+        assert!(needs_recovery(&a, Some(8), false));
+        assert!(needs_recovery(&a, None, false));
+        assert!(!needs_recovery(&a, Some(7), false), "its own writes");
+        assert!(
+            !needs_recovery(&a, Some(8), true),
+            "the writer still holds its lease"
+        );
+        assert!(!needs_recovery(&Attr::default(), Some(8), false), "no mark");
+    }
+}

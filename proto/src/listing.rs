@@ -1,0 +1,34 @@
+//! A file's objects as one OSD lists them (`Osd.ListFile`), page after page.
+
+use tonic::transport::Channel;
+use tonic::Status;
+
+use crate::osd::osd_client::OsdClient;
+use crate::osd::{FileObject, ListFileRequest};
+
+/// Every live object of inode `ino` numbered `from` or more that the OSD behind `client` holds
+/// a copy of, ascending; with when each copy last changed if `with_mtime`.
+pub async fn list_file(
+    mut client: OsdClient<Channel>,
+    ino: u64,
+    from: u64,
+    with_mtime: bool,
+) -> Result<Vec<FileObject>, Status> {
+    let mut out = Vec::new();
+    let mut next = from;
+    loop {
+        let req = ListFileRequest {
+            ino,
+            from: next,
+            limit: 0,
+            with_mtime,
+        };
+        let r = client.list_file(req).await?.into_inner();
+        let last = r.objects.last().map(|o| o.objno);
+        out.extend(r.objects);
+        match last {
+            Some(l) if r.more && l < u64::MAX => next = l + 1,
+            _ => return Ok(out),
+        }
+    }
+}
