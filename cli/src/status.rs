@@ -30,6 +30,8 @@ pub struct OsdStatus {
     pub capacity_bytes: u64,
     /// Free space on its disk.
     pub free_bytes: u64,
+    /// The map epoch it last reported working at (0: not heard yet).
+    pub map_epoch: u64,
 }
 
 /// One MDS member as the leader sees it.
@@ -202,6 +204,7 @@ pub fn report(st: &StatusReply, nearfull: f64) -> Report {
             used_bytes: o.used_bytes,
             capacity_bytes: o.capacity_bytes,
             free_bytes: o.free_bytes,
+            map_epoch: o.map_epoch,
         })
         .collect();
     let mut err = Vec::new();
@@ -508,7 +511,7 @@ pub fn render(r: &Report) -> String {
     );
     for o in &r.osds {
         out += &format!(
-            "  osd.{:<3} {:<4} {:<3} {:<21} {:<10} used {:>10}  disk {:>10} free of {:>10}\n",
+            "  osd.{:<3} {:<4} {:<3} {:<21} {:<10} used {:>10}  disk {:>10} free of {:>10}  epoch {}\n",
             o.id,
             if o.up { "up" } else { "down" },
             if o.in_cluster { "in" } else { "out" },
@@ -516,7 +519,8 @@ pub fn render(r: &Report) -> String {
             o.host,
             gib(o.used_bytes),
             gib(o.free_bytes),
-            gib(o.capacity_bytes)
+            gib(o.capacity_bytes),
+            o.map_epoch
         );
     }
     out += &format!(

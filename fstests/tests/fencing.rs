@@ -91,15 +91,24 @@ struct Holder {
 
 impl Holder {
     fn start(p: &Path) -> Holder {
+        Holder::start_as("hold-write", p)
+    }
+
+    /// `shoal-fsop CMD P`: `hold-write` (under a lock) or `write-lines` (without).
+    fn start_as(cmd: &str, p: &Path) -> Holder {
         let mut child = Command::new(bin("shoal-fsop"))
-            .args(["hold-write", p.to_str().unwrap()])
+            .args([cmd, p.to_str().unwrap()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
             .expect("spawn shoal-fsop");
         let out = BufReader::new(child.stdout.take().unwrap());
         let mut h = Holder { child, out };
-        assert_eq!(h.said(), "ok", "the holder has its lock");
+        assert_eq!(
+            h.said(),
+            "ok",
+            "the file is open (and locked, with hold-write)"
+        );
         h
     }
 
@@ -299,4 +308,86 @@ fn a_killed_writers_returned_writes_keep_their_size_and_its_lock_goes() {
     assert_eq!(fs::metadata(&a).unwrap().len(), end + 5);
     drop(holder);
     let _ = Command::new("umount").arg("-l").arg(&m2).output();
+}
+
+/// Waits until `shoal status` lists one evicted session and every up OSD works at a map that
+/// blocklists it (the eviction is complete: the OSDs refuse it); returns the session.
+fn wait_fenced(c: &TestCluster) -> u64 {
+    let start = Instant::now();
+    loop {
+        let st = c.status();
+        let evicted: Vec<u64> = st["evicted"]
+            .as_array()
+            .map(|b| b.iter().filter_map(|s| s.as_u64()).collect())
+            .unwrap_or_default();
+        let epoch = st["osd_epoch"].as_u64().unwrap();
+        let behind = st["osds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|o| o["up"].as_bool() == Some(true))
+            .any(|o| o["map_epoch"].as_u64().unwrap_or(0) < epoch);
+        if evicted.len() == 1 && !behind {
+            return evicted[0];
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the frozen client was never fenced: {st}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_frozen_writer_without_a_lock_is_fenced_and_its_returned_writes_count() {
+    let c = TestCluster::start_args(&["--osds", "3", "--session-timeout", "3"]);
+    let m2 = c.mount_again("mnt2");
+    let (a, b) = (c.path("f"), m2.join("f"));
+    fs::write(&a, vec![b'a'; 8192]).unwrap();
+
+    // A process on the second mount writes past the end (its client keeps the new size under
+    // its write lease); then that client freezes and the process starts a write at offset 0,
+    // which waits in the kernel.
+    let mut writer = Holder::start_as("write-lines", &b);
+    writer.write_at(8192);
+    assert_eq!(writer.said(), "ok");
+    let client = c.pid("client.1");
+    signal(client, libc::SIGSTOP);
+    let _resume = Resume(client);
+    wait_stopped(client);
+    writer.write_at(0);
+
+    // This mount writes meanwhile; once the frozen client's lease ran out, the size its
+    // returned write reached is found on the OSDs.
+    let mine = open_rw(&a);
+    mine.write_all_at(&[b'F'; 4096], 0).unwrap();
+    assert_eq!(
+        fs::metadata(&a).unwrap().len(),
+        12288,
+        "the frozen writer's size"
+    );
+    wait_fenced(&c);
+
+    // It wakes up: the write it had in hand fails with EIO and never lands, and so does the
+    // next one on that descriptor; its mount reads what the others wrote.
+    signal(client, libc::SIGCONT);
+    assert_eq!(
+        writer.said(),
+        "EIO",
+        "a write of an evicted client must fail"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let want: Vec<u8> = [vec![b'F'; 4096], vec![b'a'; 4096], vec![b'Z'; 4096]].concat();
+    let got = fs::read(&a).unwrap();
+    let runs = |v: &[u8]| -> Vec<(u8, usize)> {
+        v.chunk_by(|x, y| x == y).map(|r| (r[0], r.len())).collect()
+    };
+    assert_eq!(runs(&got), runs(&want), "the late write landed");
+    writer.write_at(0);
+    assert_eq!(writer.said(), "EIO", "an evicted descriptor stays failed");
+    assert_eq!(
+        runs(&fs::read(&b).unwrap()),
+        runs(&want),
+        "the resumed mount reads the others' data"
+    );
 }

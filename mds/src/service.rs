@@ -312,6 +312,7 @@ impl MdsService {
                     free_bytes: l.map_or(0, |l| l.free),
                     last_heard_ms: heard.map_or(0, |h| h.as_millis() as u64),
                     device: l.map_or_else(String::new, |l| l.device.clone()),
+                    map_epoch: l.map_or(0, |l| l.epoch),
                 }
             })
             .collect();

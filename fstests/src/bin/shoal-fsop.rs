@@ -190,13 +190,40 @@ fn lock_type(kind: &str) -> Result<libc::c_short, String> {
     } as libc::c_short)
 }
 
+/// Per line read from stdin, writes 4096 bytes of `Z` to `fd` at the offset the line names
+/// (none: 0) and prints `ok` or the errno, until stdin ends.
+fn write_lines(fd: libc::c_int) -> Result<String, String> {
+    use std::io::{BufRead, Write};
+    let data = [b'Z'; 4096];
+    for line in std::io::stdin().lock().lines() {
+        let off = match line.as_deref().map(str::trim) {
+            Ok("") => 0,
+            Ok(n) => num::<i64>(n)?,
+            Err(e) => return Err(format!("reading stdin: {e}")),
+        };
+        // SAFETY: a write from a buffer owned here to a descriptor the caller opened.
+        let w = unsafe { libc::pwrite(fd, data.as_ptr().cast(), data.len(), off) };
+        let said = if w == data.len() as isize {
+            "ok".to_string()
+        } else if w < 0 {
+            last_errno()
+        } else {
+            format!("short write {w}")
+        };
+        println!("{said}");
+        let _ = std::io::stdout().flush();
+    }
+    Ok(String::new())
+}
+
 /// Lock ops, each on its own descriptor of P (opened read-write): `setlk P r|w|u START LEN`,
 /// `setlkw P r|w START LEN [ALARM_SECS]` (F_SETLKW, interrupted by SIGALRM after ALARM_SECS),
 /// `getlk P r|w START LEN` (prints `unlocked` or `r|w START LEN pid=PID`), `hold P` (a write
 /// lock on the whole file: prints `ok`, then waits to be killed), `hold-write P` (the same
 /// lock, then per line read from stdin writes 4096 bytes of `Z` at the offset the line names,
-/// 0 if none, and prints `ok` or the errno, until stdin ends), and `append-locked P TAG N` (N records of 64 bytes
-/// appended with O_APPEND, each under flock LOCK_EX).
+/// 0 if none, and prints `ok` or the errno, until stdin ends), `write-lines P` (the same
+/// without the lock), and `append-locked P TAG N` (N records of 64 bytes appended with
+/// O_APPEND, each under flock LOCK_EX).
 fn lock_op(a: &[&str]) -> Result<Option<Result<String, String>>, String> {
     let [cmd, p, rest @ ..] = a else {
         return Ok(None);
@@ -207,6 +234,7 @@ fn lock_op(a: &[&str]) -> Result<Option<Result<String, String>>, String> {
         "getlk",
         "hold",
         "hold-write",
+        "write-lines",
         "append-locked",
     ]
     .contains(cmd)
@@ -284,33 +312,20 @@ fn lock_op(a: &[&str]) -> Result<Option<Result<String, String>>, String> {
             }
         }
         ("hold-write", []) => {
-            use std::io::{BufRead, Write};
+            use std::io::Write;
             let fl = lock("w", "0", "0")?;
             if let Err(e) = done(unsafe { libc::fcntl(fd, libc::F_SETLKW, &fl) }) {
                 return Ok(Some(Err(e)));
             }
             println!("ok");
             let _ = std::io::stdout().flush();
-            let data = [b'Z'; 4096];
-            // Each line asks for one write, at the offset it names (none: 0).
-            for line in std::io::stdin().lock().lines() {
-                let off = match line.as_deref().map(str::trim) {
-                    Ok("") => 0,
-                    Ok(n) => num::<i64>(n)?,
-                    Err(e) => return Err(format!("reading stdin: {e}")),
-                };
-                let w = unsafe { libc::pwrite(fd, data.as_ptr().cast(), data.len(), off) };
-                let said = if w == data.len() as isize {
-                    "ok".to_string()
-                } else if w < 0 {
-                    last_errno()
-                } else {
-                    format!("short write {w}")
-                };
-                println!("{said}");
-                let _ = std::io::stdout().flush();
-            }
-            Ok(String::new())
+            write_lines(fd)
+        }
+        ("write-lines", []) => {
+            use std::io::Write;
+            println!("ok");
+            let _ = std::io::stdout().flush();
+            write_lines(fd)
         }
         ("append-locked", [tag, n]) => {
             let mut r = Ok(String::new());
