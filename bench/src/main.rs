@@ -14,9 +14,9 @@
 //!
 //! `shoal-bench idle-mount` answers "does a second mount cost a client that works alone?":
 //! on one cluster, sequential writes, small random writes, creates and stats through one
-//! mount, then the same with a second mount present that has looked at the files and sits
-//! idle, then alone again; it reports each workload's rate with the second mount over the
-//! mean of the two runs alone.
+//! mount, then the same with a second mount present that has looked at the tree and the
+//! directory worked in and sits idle, then alone again (`--rounds` repeats the pair); it
+//! reports each workload's mean rate with the second mount over the mean of the runs alone.
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
@@ -58,6 +58,9 @@ struct IdleArgs {
     /// Small files created, then stat'ed, per run; also the count of random 4 KiB writes.
     #[arg(long, default_value_t = 2000)]
     ops: usize,
+    /// Runs with the idle mount, each between two runs alone (alone, with, alone, ...).
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -105,7 +108,7 @@ fn main() -> anyhow::Result<()> {
 /// 4 KiB writes/s, creates/s, stats/s.
 fn single_client_run(dir: &Path, a: &IdleArgs) -> anyhow::Result<[f64; 4]> {
     use std::os::unix::fs::FileExt;
-    fs::create_dir(dir)?;
+    fs::create_dir_all(dir)?;
     let block = vec![0x5au8; 64 << 10];
     let start = Instant::now();
     let mut f = File::create(dir.join("seq"))?;
@@ -127,6 +130,9 @@ fn single_client_run(dir: &Path, a: &IdleArgs) -> anyhow::Result<[f64; 4]> {
         File::create(dir.join(format!("f{i}")))?;
     }
     let creates = a.ops as f64 / start.elapsed().as_secs_f64();
+    // Past the leases the creates came with, so each stat asks the MDS (cached stats would
+    // measure only how many leases happened to be left).
+    std::thread::sleep(Duration::from_millis(2500));
     let start = Instant::now();
     for i in 0..a.ops {
         fs::metadata(dir.join(format!("f{i}")))?;
@@ -136,46 +142,59 @@ fn single_client_run(dir: &Path, a: &IdleArgs) -> anyhow::Result<[f64; 4]> {
 }
 
 fn idle_mount(a: &IdleArgs) -> anyhow::Result<()> {
-    if a.write_mib == 0 || a.ops == 0 {
-        bail!("--write-mib and --ops must be at least 1");
+    if a.write_mib == 0 || a.ops == 0 || a.rounds == 0 {
+        bail!("--write-mib, --ops and --rounds must be at least 1");
     }
     let c = TestCluster::start();
-    eprintln!("alone...");
-    let alone1 = single_client_run(&c.path("alone1"), a)?;
-    let m2 = c.mount_again("idle");
-    // The idle mount has seen the tree (it holds entries and attributes) and then rests.
-    for e in fs::read_dir(&m2)? {
-        fs::metadata(e?.path())?;
+    let mut alone = Vec::new();
+    let mut shared = Vec::new();
+    for round in 0..a.rounds {
+        eprintln!("round {}: alone...", round + 1);
+        alone.push(single_client_run(&c.path(&format!("alone{round}")), a)?);
+        let m2 = c.mount_again(&format!("idle{round}"));
+        // The idle mount has seen the tree and the directory the client works in (it holds
+        // their entries and attributes), and then rests.
+        let dir = c.path(&format!("shared{round}"));
+        fs::create_dir(&dir)?;
+        for e in fs::read_dir(&m2)? {
+            fs::metadata(e?.path())?;
+        }
+        fs::read_dir(m2.join(format!("shared{round}")))?.count();
+        eprintln!("round {}: with an idle second mount...", round + 1);
+        shared.push(single_client_run(&dir, a)?);
+        let umount = std::process::Command::new("umount").arg(&m2).status()?;
+        if !umount.success() {
+            bail!("umount {} failed", m2.display());
+        }
     }
-    eprintln!("with an idle second mount...");
-    let shared = single_client_run(&c.path("shared"), a)?;
-    fs::metadata(m2.join("shared"))?;
-    let umount = std::process::Command::new("umount").arg(&m2).status()?;
-    if !umount.success() {
-        bail!("umount {} failed", m2.display());
-    }
-    eprintln!("alone again...");
-    let alone2 = single_client_run(&c.path("alone2"), a)?;
+    eprintln!("alone, last...");
+    alone.push(single_client_run(&c.path("alone-last"), a)?);
     let names = ["seq_write_mb_s", "rand_4k_writes_s", "creates_s", "stats_s"];
-    let ratio = |i: usize| shared[i] / ((alone1[i] + alone2[i]) / 2.0);
+    let mean =
+        |runs: &[[f64; 4]], i: usize| runs.iter().map(|r| r[i]).sum::<f64>() / runs.len() as f64;
+    let ratio = |i: usize| mean(&shared, i) / mean(&alone, i);
     if a.json {
         let mut m = serde_json::Map::new();
         for (i, n) in names.iter().enumerate() {
+            let each = |runs: &[[f64; 4]]| runs.iter().map(|r| round(r[i])).collect::<Vec<_>>();
             m.insert(
                 n.to_string(),
-                serde_json::json!({"alone": [round(alone1[i]), round(alone2[i])],
-                    "with_idle_mount": round(shared[i]), "ratio": round(ratio(i))}),
+                serde_json::json!({"alone": each(&alone), "with_idle_mount": each(&shared),
+                    "ratio": round(ratio(i))}),
             );
         }
         println!("{}", serde_json::Value::Object(m));
     } else {
-        println!("one client alone, and with a second idle mount (ratio: with / mean alone)");
+        println!(
+            "one client alone ({} runs) and with a second idle mount ({} runs); ratio: mean with / mean alone",
+            alone.len(),
+            shared.len()
+        );
         for (i, n) in names.iter().enumerate() {
             println!(
-                "  {n:<18} alone {:>9.1} {:>9.1}   with idle mount {:>9.1}   ratio {:.2}",
-                alone1[i],
-                alone2[i],
-                shared[i],
+                "  {n:<18} alone {:>9.1}   with idle mount {:>9.1}   ratio {:.2}",
+                mean(&alone, i),
+                mean(&shared, i),
                 ratio(i)
             );
         }
