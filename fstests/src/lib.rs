@@ -5,8 +5,9 @@
 //! Binaries are found beside the test executable (`target/<profile>/`), so run
 //! `cargo build --workspace --bins` before the tests (the README's test command does).
 
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, ChildStdout, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// A running cluster with one mount.
@@ -255,7 +256,75 @@ impl Drop for TestCluster {
     }
 }
 
-/// A path as a C string.
+/// Whether another process can write-lock `p` right now (it takes the lock and exits).
+pub fn lockable(p: &Path) -> bool {
+    let out = Command::new(bin("shoal-fsop"))
+        .args(["setlk", p.to_str().unwrap(), "w", "0", "0"])
+        .output()
+        .expect("run shoal-fsop");
+    let said = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(said == "ok" || said == "EAGAIN", "setlk said {said:?}");
+    said == "ok"
+}
+
+/// `shoal-fsop hold-write` (or `write-lines`): a process with a file open (and write-locked),
+/// writing 4096 bytes of `Z` where asked; killed when dropped.
+pub struct Holder {
+    child: Child,
+    out: BufReader<ChildStdout>,
+}
+
+impl Holder {
+    /// Opens and write-locks `p`.
+    pub fn start(p: &Path) -> Holder {
+        Holder::start_as("hold-write", p)
+    }
+
+    /// `shoal-fsop CMD P`: `hold-write` (under a lock) or `write-lines` (without).
+    pub fn start_as(cmd: &str, p: &Path) -> Holder {
+        let mut child = Command::new(bin("shoal-fsop"))
+            .args([cmd, p.to_str().unwrap()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn shoal-fsop");
+        let out = BufReader::new(child.stdout.take().unwrap());
+        let mut h = Holder { child, out };
+        assert_eq!(
+            h.said(),
+            "ok",
+            "the file is open (and locked, with hold-write)"
+        );
+        h
+    }
+
+    /// Asks for one write (4096 bytes of `Z` at offset 0).
+    pub fn write(&mut self) {
+        self.write_at(0);
+    }
+
+    /// Asks for one write of 4096 bytes of `Z` at `off`.
+    pub fn write_at(&mut self, off: u64) {
+        let stdin = self.child.stdin.as_mut().unwrap();
+        writeln!(stdin, "{off}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// The next line the holder printed.
+    pub fn said(&mut self) -> String {
+        let mut line = String::new();
+        self.out.read_line(&mut line).unwrap();
+        line.trim().to_string()
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Opens `p` for reading and writing.
 pub fn open_rw(p: &Path) -> std::fs::File {
     std::fs::OpenOptions::new()
@@ -288,6 +357,7 @@ pub fn wait_released(
     );
 }
 
+/// A path as a C string.
 pub fn cpath(p: &std::path::Path) -> std::ffi::CString {
     std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap()
 }

@@ -3,14 +3,12 @@
 //! hand never lands. The mount itself recovers with a new session.
 
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use shoal_fstests::{bin, open_rw, wait_released, TestCluster};
+use shoal_fstests::{lockable, open_rw, wait_released, Holder, TestCluster};
 use shoal_proto::error::{status_errno, WireError};
 use shoal_proto::mds::mds_client::MdsClient;
 use shoal_proto::mds::GetOsdMapRequest;
@@ -69,73 +67,6 @@ fn lock_all(f: &fs::File) -> Result<(), i32> {
         Ok(())
     } else {
         Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
-    }
-}
-
-/// Whether another process can write-lock `p` right now (it takes the lock and exits).
-fn lockable(p: &Path) -> bool {
-    let out = Command::new(bin("shoal-fsop"))
-        .args(["setlk", p.to_str().unwrap(), "w", "0", "0"])
-        .output()
-        .expect("run shoal-fsop");
-    let said = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert!(said == "ok" || said == "EAGAIN", "setlk said {said:?}");
-    said == "ok"
-}
-
-/// `shoal-fsop hold-write`: a process holding a write lock on a file, writing on request.
-struct Holder {
-    child: Child,
-    out: BufReader<ChildStdout>,
-}
-
-impl Holder {
-    fn start(p: &Path) -> Holder {
-        Holder::start_as("hold-write", p)
-    }
-
-    /// `shoal-fsop CMD P`: `hold-write` (under a lock) or `write-lines` (without).
-    fn start_as(cmd: &str, p: &Path) -> Holder {
-        let mut child = Command::new(bin("shoal-fsop"))
-            .args([cmd, p.to_str().unwrap()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn shoal-fsop");
-        let out = BufReader::new(child.stdout.take().unwrap());
-        let mut h = Holder { child, out };
-        assert_eq!(
-            h.said(),
-            "ok",
-            "the file is open (and locked, with hold-write)"
-        );
-        h
-    }
-
-    /// Asks for one write (4096 bytes of `Z` at offset 0).
-    fn write(&mut self) {
-        self.write_at(0);
-    }
-
-    /// Asks for one write of 4096 bytes of `Z` at `off`.
-    fn write_at(&mut self, off: u64) {
-        let stdin = self.child.stdin.as_mut().unwrap();
-        writeln!(stdin, "{off}").unwrap();
-        stdin.flush().unwrap();
-    }
-
-    /// The next line the holder printed.
-    fn said(&mut self) -> String {
-        let mut line = String::new();
-        self.out.read_line(&mut line).unwrap();
-        line.trim().to_string()
-    }
-}
-
-impl Drop for Holder {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -8,13 +8,15 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use shoal_fstests::TestCluster;
+use shoal_fstests::{lockable, Holder, TestCluster};
 
-/// The daemon name (`mds.N`) of the current leader.
+/// The daemon name (`mds.N`) of the current leader (waiting for one, as during an election
+/// `shoal status` may find no member to answer).
 fn leader(c: &TestCluster) -> String {
     let start = Instant::now();
     loop {
-        let st = c.status();
+        let out = c.shoal(&["status", "--json", "--nearfull-ratio", "1"]);
+        let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
         if let Some(m) = st["mds"]
             .as_array()
             .and_then(|ms| ms.iter().find(|m| m["leader"] == true))
@@ -657,4 +659,51 @@ fn a_group_of_five_survives_losing_two_members() {
     wait_n_members_caught_up(&c, 5, Duration::from_secs(60));
     assert_eq!(fs::read(c.path("before")).unwrap(), b"1");
     assert_eq!(fs::read(c.path("d/during")).unwrap(), b"2");
+}
+
+#[test]
+fn sessions_locks_and_unrecorded_writes_move_with_the_leader() {
+    let c = TestCluster::start_args(&["--mds", "3", "--session-timeout", "3"]);
+    let m2 = c.mount_again("mnt2");
+    let (a, b) = (c.path("f"), m2.join("f"));
+    fs::write(&a, b"").unwrap();
+    // A process on the second mount locks the file and writes; under its write lease the
+    // new size stays with that mount.
+    let mut holder = Holder::start(&b);
+    for off in [0, 1 << 20] {
+        holder.write_at(off);
+        assert_eq!(holder.said(), "ok");
+    }
+    let old = leader(&c);
+    c.kill9(&old);
+    let new = leader(&c);
+    assert_ne!(old, new);
+
+    // Past twice the session timeout under the new leader: no mount was evicted, the lock is
+    // still held, and both sessions are heard from.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(6) {
+        assert!(!lockable(&a), "the lock went during the failover");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let st = c.status();
+    assert_eq!(st["evicted"].as_array().map_or(0, |e| e.len()), 0, "{st}");
+    let sessions = st["sessions"].as_array().unwrap();
+    let heard = sessions
+        .iter()
+        .filter(|s| s["silent_ms"].as_u64().unwrap() < 3000 && s["host"] != "")
+        .count();
+    assert_eq!(heard, 2, "both mounts heartbeat the new leader: {st}");
+
+    // What the writer did under the old leader's lease is seen, and so is what it does now.
+    assert_eq!(fs::metadata(&a).unwrap().len(), (1 << 20) + 4096);
+    holder.write_at(2 << 20);
+    assert_eq!(holder.said(), "ok");
+    assert_eq!(fs::metadata(&a).unwrap().len(), (2 << 20) + 4096);
+    let got = fs::read(&a).unwrap();
+    assert!(got[2 << 20..].iter().all(|&x| x == b'Z'));
+    drop(holder);
+    assert!(lockable(&a), "a closed holder's lock is free");
+    c.up();
+    wait_members_caught_up(&c, Duration::from_secs(60));
 }
