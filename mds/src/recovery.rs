@@ -38,9 +38,13 @@ pub struct Extent {
 }
 
 /// Whether `attr`'s writer mark must be settled before `session` reads or changes the file:
-/// another session's mark, whose write lease is not live (`writer_live`).
-pub fn needs_recovery(attr: &Attr, session: Option<u64>, writer_live: bool) -> bool {
-    attr.writer != 0 && Some(attr.writer) != session && !writer_live
+/// another session's mark, whose write lease is not live (`writer_live`, asked only then).
+pub fn needs_recovery(
+    attr: &Attr,
+    session: Option<u64>,
+    writer_live: impl FnOnce(u64) -> bool,
+) -> bool {
+    attr.writer != 0 && Some(attr.writer) != session && !writer_live(attr.writer)
 }
 
 /// One past the last file byte of an object `objno` holding `size` bytes.
@@ -154,13 +158,15 @@ mod tests {
             writer: 7,
             ..Default::default()
         };
-        assert!(needs_recovery(&a, Some(8), false));
-        assert!(needs_recovery(&a, None, false));
-        assert!(!needs_recovery(&a, Some(7), false), "its own writes");
+        let live = |w: u64| w == 7;
+        let gone = |_: u64| false;
+        assert!(needs_recovery(&a, Some(8), gone));
+        assert!(needs_recovery(&a, None, gone));
+        assert!(!needs_recovery(&a, Some(7), gone), "its own writes");
         assert!(
-            !needs_recovery(&a, Some(8), true),
+            !needs_recovery(&a, Some(8), live),
             "the writer still holds its lease"
         );
-        assert!(!needs_recovery(&Attr::default(), Some(8), false), "no mark");
+        assert!(!needs_recovery(&Attr::default(), Some(8), gone), "no mark");
     }
 }

@@ -186,14 +186,14 @@ impl MdsService {
     /// held its write lease and went away left on the OSDs.
     async fn current(&self, session: Option<u64>, ino: u64) -> Result<Attr, Status> {
         let attr = self.fsm.getattr(ino)?;
-        if !needs_recovery(&attr, session, self.leases.writing(ino, attr.writer)) {
+        if !needs_recovery(&attr, session, |w| self.leases.writing(ino, w)) {
             return Ok(attr);
         }
         let _one = self.recovering.lock().await;
         // A predecessor may have granted the writer a lease that is still running.
         self.leases.settle(&self.node).await;
         let attr = self.fsm.getattr(ino)?;
-        if !needs_recovery(&attr, session, self.leases.writing(ino, attr.writer)) {
+        if !needs_recovery(&attr, session, |w| self.leases.writing(ino, w)) {
             return Ok(attr);
         }
         let layout = attr
