@@ -377,7 +377,7 @@ mod tests {
         let l = Leases::new(Duration::from_secs(5));
         assert_eq!(l.grant_read(Some(1), 10).await, 0, "no stream, no lease");
         let (_, mut rx) = l.attach(1);
-        let (_, _rx2) = l.attach(2);
+        let (_, mut rx2) = l.attach(2);
         assert_eq!(l.grant_read(Some(1), 10).await, 5000);
         assert_eq!(l.grant_read(None, 10).await, 0);
         // Session 2 changes inode 10: session 1 is told, and the change waits for its ack.
@@ -404,6 +404,21 @@ mod tests {
         l.ack(down.id);
         assert_eq!(reader.await.expect("the reading task"), 5000);
         assert_eq!(l.grant_write(Some(1), 11), 0, "contended");
+
+        // A reader that can hold no lease still makes the writer send its size first.
+        assert_eq!(l.grant_write(Some(2), 12), 5000);
+        assert!(l.writing(12, 2));
+        let l4 = l.clone();
+        let anonymous = tokio::spawn(async move { l4.grant_read(None, 12).await });
+        let down = rx2.recv().await.expect("a revocation for the writer");
+        assert_eq!(down.ino, 12);
+        l.ack(down.id);
+        assert_eq!(anonymous.await.expect("the reading task"), 0, "no lease");
+        assert!(!l.writing(12, 2));
+        // A writer that gives its lease back holds it no more.
+        assert_eq!(l.grant_write(Some(2), 13), 5000);
+        l.release_write(Some(2), 13);
+        assert!(!l.writing(13, 2));
     }
 
     #[tokio::test]
