@@ -60,6 +60,9 @@ struct FileState {
     write_until: Option<Instant>,
     /// The session the unsent size and mtime were written under.
     dirty_session: u64,
+    /// Held while a size or a lease is on its way to the MDS: one at a time per file, so
+    /// replies cannot overtake each other (a renewal answered after a give-back).
+    sending: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// This mount's read lease on an inode.
@@ -193,15 +196,9 @@ impl Client {
             l.until = None;
             l.revoked = Some(Instant::now());
         }
-        let wrote = self
-            .files()
-            .get_mut(&ino)
-            .and_then(|s| s.write_until.take())
-            .is_some();
-        if wrote {
-            self.flush(ino).await?;
-        }
-        Ok(())
+        // A write lease goes back with the size, or on its own when nothing is unsent, so the
+        // MDS need not look for this mount's writes on the OSDs.
+        self.send_size_or_release(ino, false, true).await
     }
 
     /// The attributes of a reply to a request sent at `sent`: records the read lease that
@@ -498,6 +495,7 @@ impl Client {
             orphan: false,
             write_until: None,
             dirty_session: 0,
+            sending: Arc::default(),
         });
         st.open += 1;
     }
@@ -645,55 +643,88 @@ impl Client {
     }
 
     /// Sends the size and mtime of local writes to the MDS, asking for the write lease if
-    /// `want_lease`.
+    /// `want_lease`; otherwise the lease goes back with them (and, if `release` and nothing
+    /// is unsent, on its own).
     async fn send_size(&self, ino: u64, want_lease: bool) -> Result<()> {
-        let (pending, size, generation) = {
-            let mut files = self.files();
-            match files.get_mut(&ino) {
-                Some(s) if s.dirty_mtime.is_some() => {
-                    if s.dirty_session != self.cluster.session() {
-                        // Written under an evicted session: dropped (see the module docs).
-                        s.pending = None;
-                        s.dirty_mtime = None;
-                        return Err(ClientError::Evicted(s.dirty_session));
-                    }
-                    (s.pending, s.size, s.generation)
+        self.send_size_or_release(ino, want_lease, false).await
+    }
+
+    async fn send_size_or_release(&self, ino: u64, want_lease: bool, release: bool) -> Result<()> {
+        let Some(sending) = self.files().get(&ino).map(|s| s.sending.clone()) else {
+            return Ok(());
+        };
+        let _one = sending.lock().await;
+        let mut want_lease = want_lease;
+        loop {
+            let (pending, generation, had_lease) = {
+                let mut files = self.files();
+                let Some(s) = files.get_mut(&ino) else {
+                    return Ok(());
+                };
+                if s.dirty_mtime.is_some() && s.dirty_session != self.cluster.session() {
+                    // Written under an evicted session: dropped (see the module docs).
+                    s.pending = None;
+                    s.dirty_mtime = None;
+                    return Err(ClientError::Evicted(s.dirty_session));
                 }
-                _ => return Ok(()),
+                // A lease given back is not used from now on: writes meanwhile send their own
+                // sizes (after this one), instead of hiding behind a lease the MDS dropped.
+                let had_lease = if want_lease {
+                    s.write_until.is_some()
+                } else {
+                    s.write_until.take().is_some()
+                };
+                if s.dirty_mtime.is_none() && !(release && had_lease) {
+                    return Ok(());
+                }
+                let pending = s.dirty_mtime.map(|_| s.pending.unwrap_or(s.size));
+                (pending, s.generation, had_lease)
+            };
+            let req = SetAttrRequest {
+                ino,
+                grow_size: pending,
+                want_write_lease: want_lease,
+                release_write_lease: pending.is_none() && had_lease,
+                ..Default::default()
+            };
+            let sent = Instant::now();
+            let (_, write_ms) = self
+                .leased_mutate(
+                    "flush",
+                    None,
+                    req,
+                    |mut c, r| async move { c.set_attr(r).await },
+                )
+                .await?;
+            let revoked = self
+                .leases()
+                .get(&ino)
+                .and_then(|l| l.revoked)
+                .is_some_and(|r| r >= sent);
+            let leased = write_ms > 0 && !revoked;
+            let again = {
+                let mut files = self.files();
+                let Some(s) = files.get_mut(&ino) else {
+                    return Ok(());
+                };
+                let covered = s.generation == generation;
+                if covered {
+                    s.pending = None;
+                    s.dirty_mtime = None;
+                }
+                // Without a new grant the lease went back with the size.
+                s.write_until = leased.then(|| {
+                    let ms = Duration::from_millis(write_ms as u64);
+                    sent + ms.saturating_sub(LEASE_MARGIN)
+                });
+                // Writes that returned meanwhile under the lease just lost: their size goes too.
+                !leased && !covered && s.dirty_mtime.is_some()
+            };
+            if !again {
+                return Ok(());
             }
-        };
-        let req = SetAttrRequest {
-            ino,
-            grow_size: Some(pending.unwrap_or(size)),
-            want_write_lease: want_lease,
-            ..Default::default()
-        };
-        let sent = Instant::now();
-        let (_, write_ms) = self
-            .leased_mutate(
-                "flush",
-                None,
-                req,
-                |mut c, r| async move { c.set_attr(r).await },
-            )
-            .await?;
-        let revoked = self
-            .leases()
-            .get(&ino)
-            .and_then(|l| l.revoked)
-            .is_some_and(|r| r >= sent);
-        if let Some(s) = self.files().get_mut(&ino) {
-            if s.generation == generation {
-                s.pending = None;
-                s.dirty_mtime = None;
-            }
-            // Without a new grant the lease went back with the size.
-            s.write_until = (write_ms > 0 && !revoked).then(|| {
-                let ms = Duration::from_millis(write_ms as u64);
-                sent + ms.saturating_sub(LEASE_MARGIN)
-            });
+            want_lease = false;
         }
-        Ok(())
     }
 
     /// Sends the size and mtime of files whose write lease ends within `within` (renewing

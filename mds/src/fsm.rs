@@ -697,7 +697,7 @@ fn setattr(
 ) -> Result<Attr, MdsError> {
     let mut a = t.inode(r.ino)?;
     if let Some(s) = session {
-        if r.grow_size.is_some() && a.writer == s {
+        if (r.grow_size.is_some() || r.release_write_lease) && a.writer == s {
             a.writer = 0;
         }
         if r.mark_writer {
@@ -754,7 +754,16 @@ fn setattr(
             mt.time.unwrap_or_default()
         });
     }
-    a.ctime = Some(*now);
+    let changes = r.perm.is_some()
+        || r.uid.is_some()
+        || r.gid.is_some()
+        || r.size.is_some()
+        || r.grow_size.is_some()
+        || r.atime.is_some()
+        || r.mtime.is_some();
+    if changes {
+        a.ctime = Some(*now);
+    }
     t.put_inode(&a);
     Ok(a)
 }

@@ -187,6 +187,14 @@ impl Leases {
         self.ms()
     }
 
+    /// Holds the write lease on `ino` for `session` from now, before the entry that marks the
+    /// file with it is proposed, so no recovery clears that mark meanwhile;
+    /// [`Leases::grant_write`] then confirms it or [`Leases::release_write`] drops it.
+    pub fn reserve_write(&self, session: u64, ino: u64) {
+        let now = Instant::now();
+        hold(&mut self.inner(), ino, session, now).write_until = Some(now + self.duration);
+    }
+
     /// `session` gave its write lease on `ino` back (its writes are recorded).
     pub fn release_write(&self, session: Option<u64>, ino: u64) {
         let Some(session) = session else { return };

@@ -17,16 +17,18 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use shoal_proto::layout::object_to_file;
+use shoal_proto::layout::{first_object_at, object_to_file};
+use shoal_proto::limits::FILE_SIZE_MAX;
 use shoal_proto::mds::{Attr, Layout, OsdMap, Timespec};
 use shoal_proto::osd::osd_client::OsdClient;
 use shoal_proto::placement::Placement;
 use tonic::transport::{Channel, Endpoint};
+use tracing::warn;
 
 use crate::error::MdsError;
 
 /// How long one probe may take before it gives up (the file then keeps its mark).
-const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the OSDs hold of one file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,12 +49,17 @@ pub fn needs_recovery(
     attr.writer != 0 && Some(attr.writer) != session && !writer_live(attr.writer)
 }
 
-/// One past the last file byte of an object `objno` holding `size` bytes.
-fn object_end(layout: &Layout, objno: u64, size: u64) -> u64 {
+/// One past the last file byte of an object `objno` holding `size` bytes; `None` for an
+/// object no file of this layout can have (larger than an object, or past the largest file).
+fn object_end(layout: &Layout, objno: u64, size: u64) -> Option<u64> {
     if size == 0 {
-        return 0;
+        return Some(0);
     }
-    object_to_file(layout, objno, size - 1).saturating_add(1)
+    let last = first_object_at(layout, FILE_SIZE_MAX).saturating_add(layout.stripe_count as u64);
+    if size > layout.object_size as u64 || objno > last {
+        return None;
+    }
+    Some(object_to_file(layout, objno, size - 1).saturating_add(1))
 }
 
 fn newer(a: Option<Timespec>, b: Timespec) -> Option<Timespec> {
@@ -116,7 +123,16 @@ impl Prober {
             mtime: None,
         };
         for o in lists.into_iter().flatten() {
-            out.end = out.end.max(object_end(layout, o.objno, o.size));
+            let Some(end) = object_end(layout, o.objno, o.size) else {
+                warn!(
+                    ino,
+                    objno = o.objno,
+                    size = o.size,
+                    "an osd lists an impossible object"
+                );
+                continue;
+            };
+            out.end = out.end.max(end);
             if o.mtime_sec != 0 || o.mtime_nsec != 0 {
                 let t = Timespec {
                     sec: o.mtime_sec,
@@ -136,10 +152,17 @@ mod tests {
     #[test]
     fn an_objects_last_byte_maps_back_into_the_file() {
         let plain = shoal_proto::layout::default_layout();
-        assert_eq!(object_end(&plain, 0, 0), 0);
-        assert_eq!(object_end(&plain, 0, 10), 10);
+        assert_eq!(object_end(&plain, 0, 0), Some(0));
+        assert_eq!(object_end(&plain, 0, 10), Some(10));
         let os = plain.object_size as u64;
-        assert_eq!(object_end(&plain, 2, 5), 2 * os + 5);
+        assert_eq!(object_end(&plain, 2, 5), Some(2 * os + 5));
+        assert_eq!(object_end(&plain, 2, os + 1), None, "larger than an object");
+        assert_eq!(
+            object_end(&plain, u64::MAX, 1),
+            None,
+            "past the largest file"
+        );
+        assert!(object_end(&plain, FILE_SIZE_MAX / os, 1).is_some());
         // Striped: 4 objects of 1 MiB in stripes of 64 KiB units.
         let striped = Layout {
             object_size: 1 << 20,
@@ -147,9 +170,13 @@ mod tests {
             stripe_count: 4,
         };
         // The second object's first unit holds file bytes 64 KiB..128 KiB.
-        assert_eq!(object_end(&striped, 1, 100), (64 << 10) + 100);
+        assert_eq!(object_end(&striped, 1, 100), Some((64 << 10) + 100));
         // Its second unit is in the next stripe: file bytes 5 × 64 KiB on.
-        assert_eq!(object_end(&striped, 1, (64 << 10) + 1), 5 * (64 << 10) + 1);
+        assert_eq!(
+            object_end(&striped, 1, (64 << 10) + 1),
+            Some(5 * (64 << 10) + 1)
+        );
+        assert_eq!(object_end(&striped, u64::MAX - 1, 1 << 20), None);
     }
 
     #[test]

@@ -96,9 +96,9 @@ pub struct MdsService {
     /// Sessions being evicted now (waiting for the OSDs to learn the blocklist).
     evicting: Arc<Mutex<HashSet<u64>>>,
     leases: Leases,
-    /// Asks the OSDs what departed writers left (one recovery at a time).
+    /// Asks the OSDs what departed writers left (one recovery per file at a time).
     prober: Arc<Prober>,
-    recovering: Arc<tokio::sync::Mutex<()>>,
+    recovering: Arc<Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 type Reply<T> = Result<Response<T>, Status>;
@@ -183,13 +183,43 @@ impl MdsService {
     }
 
     /// `ino`'s attributes as `session` may see them: including what another session that
-    /// held its write lease and went away left on the OSDs.
+    /// held its write lease and went away left on the OSDs. If the OSDs cannot say, the
+    /// recorded attributes (the mark stays for the next access), or with `strict` an error.
     async fn current(&self, session: Option<u64>, ino: u64) -> Result<Attr, Status> {
+        self.current_as(session, ino, false).await
+    }
+
+    async fn current_as(
+        &self,
+        session: Option<u64>,
+        ino: u64,
+        strict: bool,
+    ) -> Result<Attr, Status> {
         let attr = self.fsm.getattr(ino)?;
         if !needs_recovery(&attr, session, |w| self.leases.writing(ino, w)) {
             return Ok(attr);
         }
-        let _one = self.recovering.lock().await;
+        // One recovery per file at a time; the others then find it done.
+        let one = self
+            .recovering
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(ino)
+            .or_default()
+            .clone();
+        let result = {
+            let _one = one.lock().await;
+            self.recover(session, ino, strict).await
+        };
+        let mut map = self.recovering.lock().unwrap_or_else(|p| p.into_inner());
+        // Ours and the map's: nobody else waits for it.
+        if Arc::strong_count(&one) == 2 {
+            map.remove(&ino);
+        }
+        result
+    }
+
+    async fn recover(&self, session: Option<u64>, ino: u64, strict: bool) -> Result<Attr, Status> {
         // A predecessor may have granted the writer a lease that is still running.
         self.leases.settle(&self.node).await;
         let attr = self.fsm.getattr(ino)?;
@@ -202,6 +232,7 @@ impl MdsService {
         let map = self.osd_map()?;
         let extent = match self.prober.file_extent(&map, ino, &layout).await {
             Ok(e) => e,
+            Err(e) if strict => return Err(e.into()),
             Err(e) => {
                 warn!(ino, writer = attr.writer, error = %e,
                     "cannot find what the file's departed writer left; keeping the recorded size");
@@ -229,13 +260,13 @@ impl MdsService {
 
     /// Before `session` changes `ino`: other sessions' write leases on it are revoked (their
     /// sizes reach the MDS first) and what departed writers left is recorded, so the change
-    /// comes after every write that returned.
+    /// comes after every write that returned (or fails while the OSDs cannot say).
     async fn writes_settled(&self, session: Option<u64>, ino: u64) -> Result<(), Status> {
         if ino == 0 {
             return Ok(());
         }
         self.leases.revoke(ino, Vec::new(), session, true).await;
-        match self.current(session, ino).await {
+        match self.current_as(session, ino, true).await {
             // Gone already: the change itself will say so.
             Err(e) if shoal_proto::error::status_errno(&e).errno() == libc::ENOENT => Ok(()),
             Err(e) => Err(e),
@@ -649,27 +680,62 @@ impl Mds for MdsService {
     async fn set_attr(&self, mut req: Request<SetAttrRequest>) -> Reply<AttrReply> {
         let session = self.session(req.metadata())?;
         let r = req.get_ref();
-        let (ino, want_write, sends_size) = (r.ino, r.want_write_lease, r.grow_size.is_some());
+        let (ino, want_write) = (r.ino, r.want_write_lease);
+        let (sends_size, releases) = (r.grow_size.is_some(), r.release_write_lease);
+        // Only the lease goes back: nothing changes that others cache.
+        let release_only = releases
+            && !sends_size
+            && r.perm.is_none()
+            && r.uid.is_none()
+            && r.gid.is_none()
+            && r.size.is_none()
+            && r.atime.is_none()
+            && r.mtime.is_none();
         self.writes_settled(session, ino).await?;
-        // The file is marked with the writer in the same entry that records its size, so a
-        // write lease is never held without the mark that lets its writes be recovered.
-        let mark = want_write && self.leases.may_write(session, ino);
+        // The file is marked with the writer in the same entry that records its size, and the
+        // lease is held from before that entry, so no recovery clears the mark while a grant
+        // depends on it: a write lease is never held without the mark that lets its writes be
+        // found.
+        let writer = session.filter(|_| want_write && self.leases.may_write(session, ino));
+        if let Some(w) = writer {
+            self.leases.reserve_write(w, ino);
+        }
+        let mark = writer.is_some();
         req.get_mut().mark_writer = mark;
         // A size sent without the mark clears it: the lease goes back with it.
-        let gives_back = sends_size && !mark;
-        let applied = attr_of(self.propose_for(req, Op::SetAttr).await?)?;
+        let gives_back = (sends_size || releases) && !mark;
+        let applied = match self.propose_for(req, Op::SetAttr).await {
+            Ok(a) => attr_of(a)?,
+            Err(e) => {
+                if mark {
+                    self.leases.release_write(session, ino);
+                }
+                return Err(e);
+            }
+        };
         if gives_back {
             self.leases.release_write(session, ino);
         }
-        self.changed(session, vec![(ino, Vec::new())]).await;
-        let write_lease_ms = if mark {
+        if !release_only {
+            self.changed(session, vec![(ino, Vec::new())]).await;
+        }
+        let mut write_lease_ms = if mark {
             self.leases.grant_write(session, ino)
         } else {
             0
         };
+        if write_lease_ms > 0 {
+            // The grant rests on the mark this request made (a retried request makes none
+            // anew: its first attempt's mark may be gone).
+            let now = self.fsm.getattr(ino)?;
+            if now.writer != applied.writer || now.writer_mark != applied.writer_mark {
+                write_lease_ms = 0;
+            }
+        }
         if mark && write_lease_ms == 0 {
             // Marked but not granted (another session took a lease meanwhile): this entry
             // recorded all the writer did, so the mark can go without asking the OSDs.
+            self.leases.release_write(session, ino);
             self.propose(Op::RecoverWrites(RecoverWrites {
                 ino,
                 writer_mark: applied.writer_mark,

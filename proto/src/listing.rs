@@ -25,6 +25,11 @@ pub async fn list_file(
         };
         let r = client.list_file(req).await?.into_inner();
         let last = r.objects.last().map(|o| o.objno);
+        if r.objects.iter().any(|o| o.objno < next) {
+            return Err(Status::internal(format!(
+                "the listing of inode {ino} went back before object {next}"
+            )));
+        }
         out.extend(r.objects);
         match last {
             Some(l) if r.more && l < u64::MAX => next = l + 1,

@@ -499,6 +499,21 @@ fn a_writer_mark_follows_the_write_lease_and_recovery_only_grows() {
     assert_eq!((a.writer, a.size), (0, 30), "the lease went back");
     let a = as_session(&mut h, 5, grow(30, true));
     assert_eq!((a.writer, a.writer_mark), (5, 2));
+    // The lease given back on its own (nothing unsent): the mark goes, no time moves.
+    let release = pb::SetAttrRequest {
+        ino: f.ino,
+        release_write_lease: true,
+        ..Default::default()
+    };
+    let b = as_session(&mut h, 5, release);
+    assert_eq!(
+        (b.writer, b.size, b.mtime, b.ctime),
+        (0, 30, a.mtime, a.ctime)
+    );
+    let a = as_session(&mut h, 5, grow(30, true));
+    assert_eq!((a.writer, a.writer_mark), (5, 3));
+    let b = as_session(&mut h, 6, release);
+    assert_eq!(b.writer, 5, "only the writer gives its lease back");
 
     let recover = |mark, end, mtime: Option<Timespec>| {
         Op::RecoverWrites(RecoverWrites {
@@ -509,11 +524,11 @@ fn a_writer_mark_follows_the_write_lease_and_recovery_only_grows() {
         })
     };
     // A probe for an older mark changes nothing.
-    let stale = h.run(recover(1, 500, Some(ts(1_000)))).unwrap();
+    let stale = h.run(recover(2, 500, Some(ts(1_000)))).unwrap();
     assert!(matches!(stale, Applied::Attr(a) if a.writer == 5 && a.size == 30));
     // The current one: the size grows to what the OSDs hold, the mtime moves up, no mark.
     let before = h.fsm.getattr(f.ino).unwrap();
-    match h.run(recover(2, 500, Some(ts(1_000)))).unwrap() {
+    match h.run(recover(3, 500, Some(ts(1_000)))).unwrap() {
         Applied::Attr(a) => {
             assert_eq!((a.writer, a.size), (0, 500));
             assert_eq!(a.mtime, Some(ts(1_000)));
