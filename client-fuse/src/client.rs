@@ -656,7 +656,7 @@ impl Client {
         let _one = sending.lock().await;
         let mut want_lease = want_lease;
         loop {
-            let (pending, generation, had_lease) = {
+            let (pending, generation) = {
                 let mut files = self.files();
                 let Some(s) = files.get_mut(&ino) else {
                     return Ok(());
@@ -678,13 +678,14 @@ impl Client {
                     return Ok(());
                 }
                 let pending = s.dirty_mtime.map(|_| s.pending.unwrap_or(s.size));
-                (pending, s.generation, had_lease)
+                (pending, s.generation)
             };
             let req = SetAttrRequest {
                 ino,
                 grow_size: pending,
                 want_write_lease: want_lease,
-                release_write_lease: pending.is_none() && had_lease,
+                // Only a lease given back on its own gets here without a size.
+                release_write_lease: pending.is_none(),
                 ..Default::default()
             };
             let sent = Instant::now();

@@ -5,6 +5,7 @@
 use std::fs;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -106,12 +107,27 @@ fn read_as(c: &TestCluster, ino: u64, session: u64) -> Result<usize, WireError> 
     })
 }
 
-#[test]
-fn a_frozen_lock_holder_is_evicted_fenced_and_its_late_write_never_lands() {
+/// A cluster with a 3 s session timeout mounted twice: (cluster, second mount, file `f`
+/// through the first mount holding `content`, the same file through the second).
+fn two_mounts(content: &[u8]) -> (TestCluster, PathBuf, PathBuf, PathBuf) {
     let c = TestCluster::start_args(&["--osds", "3", "--session-timeout", "3"]);
     let m2 = c.mount_again("mnt2");
     let (a, b) = (c.path("f"), m2.join("f"));
-    fs::write(&a, vec![b'a'; 8192]).unwrap();
+    fs::write(&a, content).unwrap();
+    (c, m2, a, b)
+}
+
+/// The sessions a `shoal status --json` answer lists as evicted.
+fn evicted(status: &serde_json::Value) -> Vec<u64> {
+    status["evicted"]
+        .as_array()
+        .map(|b| b.iter().filter_map(|s| s.as_u64()).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_frozen_lock_holder_is_evicted_fenced_and_its_late_write_never_lands() {
+    let (c, m2, a, b) = two_mounts(&[b'a'; 8192]);
 
     // A process on the second mount write-locks the file; then that mount's client freezes
     // (SIGSTOP) and the process starts a write under its lock, which waits in the kernel.
@@ -134,10 +150,7 @@ fn a_frozen_lock_holder_is_evicted_fenced_and_its_late_write_never_lands() {
     mine.write_all_at(&[b'F'; 4096], 0).unwrap();
     mine.sync_all().unwrap();
     let status = c.status();
-    let evicted: Vec<u64> = status["evicted"]
-        .as_array()
-        .map(|b| b.iter().filter_map(|s| s.as_u64()).collect())
-        .unwrap_or_default();
+    let evicted = evicted(&status);
     assert_eq!(
         evicted.len(),
         1,
@@ -177,10 +190,7 @@ fn a_frozen_lock_holder_is_evicted_fenced_and_its_late_write_never_lands() {
 
 #[test]
 fn a_killed_writers_returned_writes_keep_their_size_and_its_lock_goes() {
-    let c = TestCluster::start_args(&["--osds", "3", "--session-timeout", "3"]);
-    let m2 = c.mount_again("mnt2");
-    let (a, b) = (c.path("f"), m2.join("f"));
-    fs::write(&a, b"").unwrap();
+    let (c, m2, a, b) = two_mounts(b"");
     let theirs: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
     fs::write(c.path("theirs"), &theirs).unwrap();
 
@@ -247,10 +257,7 @@ fn wait_fenced(c: &TestCluster) -> u64 {
     let start = Instant::now();
     loop {
         let st = c.status();
-        let evicted: Vec<u64> = st["evicted"]
-            .as_array()
-            .map(|b| b.iter().filter_map(|s| s.as_u64()).collect())
-            .unwrap_or_default();
+        let evicted = evicted(&st);
         let epoch = st["osd_epoch"].as_u64().unwrap();
         let behind = st["osds"]
             .as_array()
@@ -271,10 +278,7 @@ fn wait_fenced(c: &TestCluster) -> u64 {
 
 #[test]
 fn a_frozen_writer_without_a_lock_is_fenced_and_its_returned_writes_count() {
-    let c = TestCluster::start_args(&["--osds", "3", "--session-timeout", "3"]);
-    let m2 = c.mount_again("mnt2");
-    let (a, b) = (c.path("f"), m2.join("f"));
-    fs::write(&a, vec![b'a'; 8192]).unwrap();
+    let (c, _m2, a, b) = two_mounts(&[b'a'; 8192]);
 
     // A process on the second mount writes past the end (its client keeps the new size under
     // its write lease); then that client freezes and the process starts a write at offset 0,

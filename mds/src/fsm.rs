@@ -686,6 +686,17 @@ fn bootstrap(t: &mut Txn<'_>, uid: u32, gid: u32, now: &Timespec) -> Result<Appl
     Ok(Applied::Attr(root))
 }
 
+/// Whether `r` changes any attribute (one that only gives a write lease back changes none).
+pub fn changes_attrs(r: &pb::SetAttrRequest) -> bool {
+    r.perm.is_some()
+        || r.uid.is_some()
+        || r.gid.is_some()
+        || r.size.is_some()
+        || r.grow_size.is_some()
+        || r.atime.is_some()
+        || r.mtime.is_some()
+}
+
 /// Changes attributes for `session`. A size sent by the file's writer records its writes
 /// (its mark goes), and `mark_writer` marks the file with the session about to get the write
 /// lease (see `recovery`).
@@ -754,14 +765,7 @@ fn setattr(
             mt.time.unwrap_or_default()
         });
     }
-    let changes = r.perm.is_some()
-        || r.uid.is_some()
-        || r.gid.is_some()
-        || r.size.is_some()
-        || r.grow_size.is_some()
-        || r.atime.is_some()
-        || r.mtime.is_some();
-    if changes {
+    if changes_attrs(r) {
         a.ctime = Some(*now);
     }
     t.put_inode(&a);

@@ -683,14 +683,7 @@ impl Mds for MdsService {
         let (ino, want_write) = (r.ino, r.want_write_lease);
         let (sends_size, releases) = (r.grow_size.is_some(), r.release_write_lease);
         // Only the lease goes back: nothing changes that others cache.
-        let release_only = releases
-            && !sends_size
-            && r.perm.is_none()
-            && r.uid.is_none()
-            && r.gid.is_none()
-            && r.size.is_none()
-            && r.atime.is_none()
-            && r.mtime.is_none();
+        let release_only = !crate::fsm::changes_attrs(r);
         self.writes_settled(session, ino).await?;
         // The file is marked with the writer in the same entry that records its size, and the
         // lease is held from before that entry, so no recovery clears the mark while a grant

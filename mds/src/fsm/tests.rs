@@ -468,7 +468,7 @@ fn eviction_blocklists_in_a_new_epoch_and_refuses_the_session() {
 #[test]
 fn a_writer_mark_follows_the_write_lease_and_recovery_only_grows() {
     let mut h = Harness::new();
-    let f = h.mk(ROOT_INO, "f", FileKind::Regular).unwrap();
+    let f = h.mk(ROOT_INO, "f", FileKind::Regular).expect("create f");
     let mut seq = 0;
     let mut as_session = |h: &mut Harness, session: u64, r: pb::SetAttrRequest| {
         seq += 1;
@@ -524,21 +524,30 @@ fn a_writer_mark_follows_the_write_lease_and_recovery_only_grows() {
         })
     };
     // A probe for an older mark changes nothing.
-    let stale = h.run(recover(2, 500, Some(ts(1_000)))).unwrap();
+    let stale = h
+        .run(recover(2, 500, Some(ts(1_000))))
+        .expect("a stale recovery applies as a no-op");
     assert!(matches!(stale, Applied::Attr(a) if a.writer == 5 && a.size == 30));
     // The current one: the size grows to what the OSDs hold, the mtime moves up, no mark.
-    let before = h.fsm.getattr(f.ino).unwrap();
-    match h.run(recover(3, 500, Some(ts(1_000)))).unwrap() {
+    let before = h.fsm.getattr(f.ino).expect("f exists");
+    match h
+        .run(recover(3, 500, Some(ts(1_000))))
+        .expect("the recovery applies")
+    {
         Applied::Attr(a) => {
             assert_eq!((a.writer, a.size), (0, 500));
             assert_eq!(a.mtime, Some(ts(1_000)));
-            assert!(a.ctime.unwrap().sec > before.ctime.unwrap().sec);
+            let sec = |t: Option<Timespec>| t.expect("every inode has a ctime").sec;
+            assert!(sec(a.ctime) > sec(before.ctime));
         }
         other => panic!("{other:?}"),
     }
     // Marked again: a probe finding less than recorded shrinks nothing and keeps the mtime.
     let a = as_session(&mut h, 5, grow(40, true));
-    match h.run(recover(a.writer_mark, 7, Some(ts(3)))).unwrap() {
+    match h
+        .run(recover(a.writer_mark, 7, Some(ts(3))))
+        .expect("a recovery finding less applies")
+    {
         Applied::Attr(b) => {
             assert_eq!((b.writer, b.size, b.mtime), (0, 500, a.mtime));
             assert_eq!(b.ctime, a.ctime, "nothing changed");
