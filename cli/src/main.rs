@@ -143,6 +143,10 @@ struct UpArgs {
     /// further behind catches up by snapshot; default 20000).
     #[arg(long)]
     mds_log_entries: Option<u64>,
+    /// Milliseconds a client's lease on an inode lasts: how long it may cache what it read,
+    /// and keep what it wrote, before asking again (default 2000).
+    #[arg(long)]
+    lease_ms: Option<u64>,
     /// Return once everything is up instead of staying in the foreground.
     #[arg(long)]
     detach: bool,
@@ -298,6 +302,7 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
                 session_timeout_secs: 0,
                 hosts,
                 mds_log_entries: 0,
+                lease_ms: 0,
             }
         }
     };
@@ -318,6 +323,12 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
             bail!("--mds-log-entries must be at least 4");
         }
         cf.mds_log_entries = n;
+    }
+    if let Some(ms) = a.lease_ms {
+        if !(100..=600_000).contains(&ms) {
+            bail!("--lease-ms must be between 100 and 600000");
+        }
+        cf.lease_ms = ms;
     }
     if !matches!(cf.mds.len(), 1 | 3 | 5) {
         bail!("--mds must be 1, 3 or 5 (a Raft group needs an odd number of members)");
@@ -360,6 +371,7 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
             ("--session-timeout-secs", cf.session_timeout_secs),
             ("--log-compact-entries", cf.mds_log_entries),
             ("--log-keep-entries", cf.mds_log_entries / 4),
+            ("--lease-ms", cf.lease_ms),
         ] {
             if v > 0 {
                 args.push(flag.into());

@@ -53,6 +53,9 @@ pub struct ClusterFile {
     /// default).
     #[serde(default)]
     pub mds_log_entries: u64,
+    /// Milliseconds a client's lease on an inode lasts (0: the MDS default).
+    #[serde(default)]
+    pub lease_ms: u64,
 }
 
 /// The failure-domain label of OSD `id` when OSDs are spread over `hosts` labels (0: one

@@ -1,12 +1,22 @@
 //! The client's view of the filesystem, by inode number: what FUSE calls, minus FUSE.
 //!
-//! Owns the state of files open on this mount ([`FileState`]): the size and mtime reached by
-//! local writes not yet sent to the MDS, and whether the file was unlinked while open.
+//! Owns the state of files open on this mount ([`FileState`]): the data, size and mtime of
+//! local writes not yet sent, and whether the file was unlinked while open.
 //!
 //! Invariants:
-//! - File data goes straight to the OSDs (durable when the write returns); only the size and
-//!   mtime are deferred, and they reach the MDS on flush, fsync, close and before any setattr,
-//!   so an explicit utimes() or truncate is never overridden by an older write.
+//! - Under the file's write lease a write's data stays here ([`Extents`]) until fsync, close,
+//!   a revocation, a lock release, a setattr, a lease renewal (a second before the lease
+//!   runs out) or enough piled up (4 MiB starts a flush in the background, 16 MiB per file
+//!   or 64 MiB per mount makes the writer wait); reads on this mount see it. Without the
+//!   lease, data goes straight to the OSDs (durable when the write returns). The data always
+//!   reaches the OSDs before the size and mtime reach the MDS, and no write is kept once a
+//!   size or a give-back is on its way, so the MDS never hands the file to another client
+//!   while data of a returned write is only here (unless this mount stops answering: then
+//!   the data dies with it, as with a page cache). A flush nobody waited for that failed is
+//!   reported by the next fsync or close.
+//! - The size and mtime are deferred too, and reach the MDS on flush, fsync, close and
+//!   before any setattr, so an explicit utimes() or truncate is never overridden by an older
+//!   write.
 //! - An attribute handed out overlays the local unflushed size/mtime on the MDS's answer.
 //! - A file unlinked while open here keeps its data until its last close on this mount; then
 //!   its objects are deleted and the MDS purges the inode.
@@ -22,11 +32,12 @@
 //!   the MDS finds its writes on the OSDs (the file is marked with the writer's session).
 //! - A file handle names the session it was opened in (the FUSE file handle is the session
 //!   id). Once that session was evicted, the handle's reads, writes, fsyncs and locks fail
-//!   with EIO, and its unsent size and mtime are dropped: its locks may have gone to another
-//!   client, so nothing done under it may land any more. Files opened after that use the new
+//!   with EIO, and its unsent data, size and mtime are dropped: its locks may have gone to
+//!   another client, so nothing done under it may land any more. Files opened after that use the new
 //!   session.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -37,11 +48,12 @@ use tracing::warn;
 
 use crate::cluster::Cluster;
 use crate::error::ClientError;
+use crate::writeback::{covers, overlay, Extents};
 
 type Result<T> = std::result::Result<T, ClientError>;
 
 /// A file open on this mount.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct FileState {
     /// Open handles on this mount.
     open: u32,
@@ -63,6 +75,25 @@ struct FileState {
     /// Held while a size or a lease is on its way to the MDS: one at a time per file, so
     /// replies cannot overtake each other (a renewal answered after a give-back).
     sending: Arc<tokio::sync::Mutex<()>>,
+    /// Data written under the write lease and not yet sent to the OSDs.
+    dirty: Extents,
+    /// What the flush in flight sends: reads still see it until the OSDs have it.
+    flushing: Option<Arc<Extents>>,
+    /// Held by the flush in flight: one at a time per file, so an older flush never lands
+    /// after a newer one.
+    flush_lock: Arc<tokio::sync::Mutex<()>>,
+    /// A flush in the background was asked for and has not taken the data yet.
+    flush_queued: bool,
+    /// A flush that failed where no caller could hear it (in the background, at a
+    /// revocation): the next fsync or close reports it.
+    flush_error: Option<ClientError>,
+}
+
+/// What a read or write needs of an open file.
+struct Opened {
+    layout: Layout,
+    /// The size as known here, local writes included.
+    size: u64,
 }
 
 /// This mount's read lease on an inode.
@@ -76,6 +107,14 @@ struct Lease {
 /// Leases end this much before the MDS's reckoning.
 const LEASE_MARGIN: Duration = Duration::from_millis(20);
 
+/// A file holding this much unsent data starts sending it in the background.
+const FLUSH_AT: u64 = 4 << 20;
+/// A write that leaves more than this unsent in one file waits until it is sent, so a
+/// revocation's flush stays well within the lease it has left.
+const FILE_DIRTY_MAX: u64 = 16 << 20;
+/// Nor more than this on the whole mount.
+const MOUNT_DIRTY_MAX: u64 = 64 << 20;
+
 /// One mount's client.
 pub struct Client {
     cluster: Arc<Cluster>,
@@ -84,6 +123,8 @@ pub struct Client {
     /// locks only when there can be some.
     lockers: Mutex<std::collections::HashSet<(u64, u64)>>,
     leases: Mutex<HashMap<u64, Lease>>,
+    /// Bytes of written data held here, not yet on the OSDs (all files).
+    dirty_total: AtomicU64,
 }
 
 /// A byte-range lock request from the kernel (fcntl or flock).
@@ -111,6 +152,10 @@ fn now() -> Timespec {
     }
 }
 
+fn not_open(ino: u64) -> ClientError {
+    ClientError::errno_msg(EBADF, format!("inode {ino} is not open"))
+}
+
 fn attr_of(reply: AttrReply) -> Result<Attr> {
     reply
         .attr
@@ -125,6 +170,7 @@ impl Client {
             files: Mutex::default(),
             lockers: Mutex::default(),
             leases: Mutex::default(),
+            dirty_total: AtomicU64::new(0),
         }
     }
 
@@ -173,6 +219,12 @@ impl Client {
             st.pending = None;
             st.dirty_mtime = None;
             st.write_until = None;
+            let dropped = std::mem::take(&mut st.dirty);
+            if !dropped.is_empty() {
+                self.dirty_total
+                    .fetch_sub(dropped.bytes(), Ordering::Relaxed);
+                st.flush_error = Some(ClientError::Evicted(st.dirty_session));
+            }
         }
     }
 
@@ -196,9 +248,32 @@ impl Client {
             l.until = None;
             l.revoked = Some(Instant::now());
         }
-        // A write lease goes back with the size, or on its own when nothing is unsent, so the
-        // MDS need not look for this mount's writes on the OSDs.
-        self.send_size_or_release(ino, false, true).await
+        // A write lease goes back with the data and the size, or on its own when nothing is
+        // unsent, so the MDS need not look for this mount's writes on the OSDs.
+        let sent = self.send_size_or_release(ino, false, true).await;
+        if let Err(e) = &sent {
+            self.latch(ino, e.clone());
+        }
+        sent
+    }
+
+    /// Keeps a failure of a flush no caller hears for the next fsync or close of the file.
+    fn latch(&self, ino: u64, e: ClientError) {
+        if let Some(s) = self.files().get_mut(&ino) {
+            s.flush_error.get_or_insert(e);
+        }
+    }
+
+    /// The failure of a flush since the last one reported, if any (reported once).
+    fn take_flush_error(&self, ino: u64) -> Result<()> {
+        match self
+            .files()
+            .get_mut(&ino)
+            .and_then(|s| s.flush_error.take())
+        {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// The attributes of a reply to a request sent at `sent`: records the read lease that
@@ -276,8 +351,7 @@ impl Client {
             .unwrap_or_else(shoal_proto::layout::default_layout);
         let session = self.cluster.session();
         let last = self
-            .cluster
-            .read(session, ino, &layout, attr.size - 1, 1)
+            .read_range(session, ino, &layout, attr.size - 1, 1)
             .await?;
         Ok((attr.size, last))
     }
@@ -496,22 +570,62 @@ impl Client {
             write_until: None,
             dirty_session: 0,
             sending: Arc::default(),
+            dirty: Extents::default(),
+            flushing: None,
+            flush_lock: Arc::default(),
+            flush_queued: false,
+            flush_error: None,
         });
         st.open += 1;
     }
 
-    fn open_state(&self, ino: u64) -> Result<FileState> {
+    fn open_state(&self, ino: u64) -> Result<Opened> {
         self.files()
             .get(&ino)
-            .cloned()
-            .ok_or_else(|| ClientError::errno_msg(EBADF, format!("inode {ino} is not open")))
+            .map(|s| Opened {
+                layout: s.layout,
+                size: s.pending.unwrap_or(0).max(s.size),
+            })
+            .ok_or_else(|| not_open(ino))
+    }
+
+    /// Reads `[off, off + len)` (bounded by the size already) with this mount's unsent
+    /// writes laid over what the OSDs hold.
+    async fn read_range(
+        &self,
+        session: u64,
+        ino: u64,
+        layout: &Layout,
+        off: u64,
+        len: u64,
+    ) -> Result<Bytes> {
+        // Taken before the OSDs are asked: what a flush finishing meanwhile sent is then
+        // either still here or already on the OSDs when they answer.
+        let end = off + len;
+        let pieces = match self.files().get(&ino) {
+            Some(s) => {
+                let mut p = s
+                    .flushing
+                    .as_ref()
+                    .map_or_else(Vec::new, |f| f.within(off, end));
+                p.extend(s.dirty.within(off, end));
+                p
+            }
+            None => Vec::new(),
+        };
+        let base = if covers(&pieces, off, end) {
+            Bytes::new()
+        } else {
+            self.cluster.read(session, ino, layout, off, len).await?
+        };
+        Ok(overlay(base, off, len, &pieces))
     }
 
     /// Reads up to `len` bytes at `off` of a file open as handle `fh`.
     pub async fn read(&self, fh: u64, ino: u64, off: u64, len: u32) -> Result<Bytes> {
         let session = self.handle(fh)?;
         let st = self.open_state(ino)?;
-        let size = st.pending.unwrap_or(0).max(st.size);
+        let size = st.size;
         // The size may have grown through another mount; ask when reading past what we know.
         let size = if off + len as u64 > size {
             let fresh = self.getattr_raw(ino).await?.size;
@@ -526,14 +640,14 @@ impl Client {
             return Ok(Bytes::new());
         }
         let len = (len as u64).min(size - off);
-        self.cluster.read(session, ino, &st.layout, off, len).await
+        self.read_range(session, ino, &st.layout, off, len).await
     }
 
-    /// Writes `data` at `off` of a file open as handle `fh`; durable on the OSDs when this
-    /// returns.
-    pub async fn write(&self, fh: u64, ino: u64, off: u64, data: Bytes) -> Result<u32> {
+    /// Writes `data` at `off` of a file open as handle `fh`. Under the file's write lease the
+    /// data stays here until a flush (see [`Client::flush_dirty`]); without it, it is durable
+    /// on the OSDs and its size known to the MDS when this returns.
+    pub async fn write(self: &Arc<Self>, fh: u64, ino: u64, off: u64, data: Bytes) -> Result<u32> {
         let session = self.handle(fh)?;
-        let st = self.open_state(ino)?;
         let len = data.len() as u64;
         let end = off
             .checked_add(len)
@@ -544,9 +658,59 @@ impl Client {
                 "write past the largest file size",
             ));
         };
-        self.cluster
-            .write(session, ino, &st.layout, off, data)
-            .await?;
+        // The lease is checked and the data kept under one lock, which a give-back takes
+        // before it flushes: no write is kept once the lease is on its way back.
+        let kept = {
+            let mut files = self.files();
+            let s = files.get_mut(&ino).ok_or_else(|| not_open(ino))?;
+            let leased = s
+                .write_until
+                .is_some_and(|u| u > Instant::now() + LEASE_MARGIN);
+            if leased {
+                let before = s.dirty.bytes();
+                s.dirty.insert(off, data.clone());
+                let total = self
+                    .dirty_total
+                    .fetch_add(s.dirty.bytes() - before, Ordering::Relaxed)
+                    + (s.dirty.bytes() - before);
+                s.dirty_session = session;
+                if end > s.size {
+                    s.pending = Some(s.pending.unwrap_or(0).max(end));
+                }
+                s.dirty_mtime = Some(now());
+                s.generation += 1;
+                let held = s.dirty.bytes() + s.flushing.as_ref().map_or(0, |f| f.bytes());
+                let wait = held > FILE_DIRTY_MAX || total > MOUNT_DIRTY_MAX;
+                let start = !wait && !s.flush_queued && s.dirty.bytes() >= FLUSH_AT;
+                s.flush_queued |= start;
+                Some((wait, start))
+            } else {
+                None
+            }
+        };
+        match kept {
+            Some((true, _)) => {
+                self.flush_dirty(ino).await?;
+                return Ok(len as u32);
+            }
+            Some((false, start)) => {
+                if start {
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = me.flush_dirty(ino).await {
+                            warn!(ino, error = %e, "cannot send a file's written data");
+                            me.latch(ino, e);
+                        }
+                    });
+                }
+                return Ok(len as u32);
+            }
+            None => {}
+        }
+        // Without the lease: after whatever is still kept here, straight to the OSDs.
+        self.flush_dirty(ino).await?;
+        let layout = self.open_state(ino)?.layout;
+        self.cluster.write(session, ino, &layout, off, data).await?;
         let leased = match self.files().get_mut(&ino) {
             Some(s) => {
                 s.dirty_session = session;
@@ -568,6 +732,47 @@ impl Client {
         Ok(len as u32)
     }
 
+    /// Sends the data written under the write lease to the OSDs (after the flush in flight,
+    /// if any). Data written under a session that was evicted is dropped (EIO): its lease
+    /// and locks may belong to another client by now.
+    pub async fn flush_dirty(&self, ino: u64) -> Result<()> {
+        let Some(one) = self.files().get(&ino).map(|s| s.flush_lock.clone()) else {
+            return Ok(());
+        };
+        let _one = one.lock().await;
+        let (taken, session, layout) = {
+            let mut files = self.files();
+            let Some(s) = files.get_mut(&ino) else {
+                return Ok(());
+            };
+            s.flush_queued = false;
+            if s.dirty.is_empty() {
+                return Ok(());
+            }
+            if s.dirty_session != self.cluster.session() {
+                let dropped = std::mem::take(&mut s.dirty);
+                self.dirty_total
+                    .fetch_sub(dropped.bytes(), Ordering::Relaxed);
+                return Err(ClientError::Evicted(s.dirty_session));
+            }
+            let taken = Arc::new(std::mem::take(&mut s.dirty));
+            s.flushing = Some(taken.clone());
+            (taken, s.dirty_session, s.layout)
+        };
+        let sent = futures::future::try_join_all(
+            taken
+                .runs()
+                .into_iter()
+                .map(|(off, data)| self.cluster.write(session, ino, &layout, off, data)),
+        )
+        .await;
+        if let Some(s) = self.files().get_mut(&ino) {
+            s.flushing = None;
+        }
+        self.dirty_total.fetch_sub(taken.bytes(), Ordering::Relaxed);
+        sent.map(|_| ())
+    }
+
     /// lseek SEEK_DATA / SEEK_HOLE: data is what the file's objects hold (a hole inside an
     /// object reads as zeros but counts as data, which POSIX allows), holes are the rest.
     pub async fn seek_data_hole(&self, ino: u64, off: i64, whence: i32) -> Result<i64> {
@@ -575,6 +780,8 @@ impl Client {
         if whence != libc::SEEK_DATA && whence != libc::SEEK_HOLE {
             return Err(ClientError::errno_msg(libc::EINVAL, "unknown lseek whence"));
         }
+        // What is written here counts as data only once the OSDs hold it.
+        self.flush_dirty(ino).await?;
         let attr = self.getattr(ino).await?;
         let off = u64::try_from(off).unwrap_or(u64::MAX);
         if off >= attr.size {
@@ -620,31 +827,42 @@ impl Client {
         }
     }
 
-    /// Sends the size and mtime of local writes to the MDS, giving the write lease back.
+    /// Sends local writes (the data, then the size and mtime) to the cluster, giving the
+    /// write lease back.
     pub async fn flush(&self, ino: u64) -> Result<()> {
         self.send_size(ino, false).await
+    }
+
+    /// The data part of a close of handle `fh`: local writes reach the OSDs, and a flush
+    /// that failed since the last fsync or close is reported. EIO if its session was evicted.
+    pub async fn flush_data_handle(&self, fh: u64, ino: u64) -> Result<()> {
+        self.handle(fh)?;
+        let sent = self.flush_dirty(ino).await;
+        self.take_flush_error(ino).and(sent)
     }
 
     /// flush (a close) of handle `fh`: EIO if its session was evicted.
     pub async fn flush_handle(&self, fh: u64, ino: u64) -> Result<()> {
         self.handle(fh)?;
-        self.flush(ino).await
+        let sent = self.flush(ino).await;
+        self.take_flush_error(ino).and(sent)
     }
 
-    /// fsync of handle `fh`: the size and mtime reach the MDS, and a write lease is renewed
-    /// rather than given back (the writer is likely to go on writing).
+    /// fsync of handle `fh`: data, size and mtime reach the cluster, and a write lease is
+    /// renewed rather than given back (the writer is likely to go on writing).
     pub async fn fsync_handle(&self, fh: u64, ino: u64) -> Result<()> {
         self.handle(fh)?;
         let leased = self.files().get(&ino).is_some_and(|s| {
             s.write_until
                 .is_some_and(|u| u > Instant::now() + LEASE_MARGIN)
         });
-        self.send_size(ino, leased).await
+        let sent = self.send_size(ino, leased).await;
+        self.take_flush_error(ino).and(sent)
     }
 
-    /// Sends the size and mtime of local writes to the MDS, asking for the write lease if
-    /// `want_lease`; otherwise the lease goes back with them (and, if `release` and nothing
-    /// is unsent, on its own).
+    /// Sends local writes to the cluster, asking for the write lease if `want_lease`;
+    /// otherwise the lease goes back with them (and, if `release` and nothing is unsent, on
+    /// its own).
     async fn send_size(&self, ino: u64, want_lease: bool) -> Result<()> {
         self.send_size_or_release(ino, want_lease, false).await
     }
@@ -656,7 +874,7 @@ impl Client {
         let _one = sending.lock().await;
         let mut want_lease = want_lease;
         loop {
-            let (pending, generation) = {
+            let had_lease = {
                 let mut files = self.files();
                 let Some(s) = files.get_mut(&ino) else {
                     return Ok(());
@@ -665,20 +883,35 @@ impl Client {
                     // Written under an evicted session: dropped (see the module docs).
                     s.pending = None;
                     s.dirty_mtime = None;
+                    let dropped = std::mem::take(&mut s.dirty);
+                    self.dirty_total
+                        .fetch_sub(dropped.bytes(), Ordering::Relaxed);
                     return Err(ClientError::Evicted(s.dirty_session));
                 }
-                // A lease given back is not used from now on: writes meanwhile send their own
-                // sizes (after this one), instead of hiding behind a lease the MDS dropped.
-                let had_lease = if want_lease {
-                    s.write_until.is_some()
-                } else {
-                    s.write_until.take().is_some()
+                if s.dirty_mtime.is_none() && !(release && s.write_until.is_some()) {
+                    if !want_lease {
+                        s.write_until = None;
+                    }
+                    return Ok(());
+                }
+                // The lease is not used while a size is on its way (a renewal may be refused):
+                // writes meanwhile go to the OSDs and send their own sizes after this one.
+                s.write_until.take().is_some()
+            };
+            // The data first: the MDS may hand the file to another client once it has this.
+            self.flush_dirty(ino).await?;
+            let (pending, generation) = {
+                let files = self.files();
+                let Some(s) = files.get(&ino) else {
+                    return Ok(());
                 };
                 if s.dirty_mtime.is_none() && !(release && had_lease) {
                     return Ok(());
                 }
-                let pending = s.dirty_mtime.map(|_| s.pending.unwrap_or(s.size));
-                (pending, s.generation)
+                (
+                    s.dirty_mtime.map(|_| s.pending.unwrap_or(s.size)),
+                    s.generation,
+                )
             };
             let req = SetAttrRequest {
                 ino,
@@ -728,8 +961,9 @@ impl Client {
         }
     }
 
-    /// Sends the size and mtime of files whose write lease ends within `within` (renewing
-    /// the lease), so what their writes did never hides behind a lease that ran out.
+    /// Sends the data, size and mtime of files whose write lease ends within `within`
+    /// (renewing the lease), so what their writes did never hides behind a lease that ran
+    /// out. A failure to send data is reported by the file's next fsync or close.
     pub async fn renew_write_leases(&self, within: Duration) {
         let soon = Instant::now() + within;
         let due: Vec<u64> = self
@@ -739,6 +973,10 @@ impl Client {
             .map(|(ino, _)| *ino)
             .collect();
         for ino in due {
+            if let Err(e) = self.flush_dirty(ino).await {
+                warn!(ino, error = %e, "cannot send a file's written data");
+                self.latch(ino, e);
+            }
             if let Err(e) = self.send_size(ino, true).await {
                 warn!(ino, error = %e, "cannot send a file's size before its write lease ends");
             }
@@ -759,6 +997,11 @@ impl Client {
                 None => None,
             }
         };
+        if let Some(st) = &last {
+            // Kept only if its flush failed, which `flushed` reports.
+            self.dirty_total
+                .fetch_sub(st.dirty.bytes(), Ordering::Relaxed);
+        }
         if let Some(st) = last.filter(|s| s.orphan) {
             let size = st.size.max(st.pending.unwrap_or(0));
             self.purge(ino, &st.layout, size).await?;

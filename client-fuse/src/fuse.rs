@@ -714,13 +714,18 @@ impl Filesystem for ShoalFs {
         reply: ReplyEmpty,
     ) {
         // The kernel flushes on every close of every copy of a descriptor, including the
-        // copies a forking process closes at exec. So a close waits for the MDS only briefly:
+        // copies a forking process closes at exec. A close waits for the data written here
+        // to reach the OSDs (and reports a failure to send it), but for the MDS only briefly:
         // if the MDS is away the size stays dirty here and the flush finishes in the
         // background (fsync and release still wait for it).
         self.go(move |c| async move {
-            // A close releases the closing process's fcntl locks on the file (POSIX).
+            // A close releases the closing process's fcntl locks on the file (POSIX); their
+            // release sends the data and size first.
             if let Err(e) = c.release_locks(fh.0, ino.0, lock_owner.0).await {
                 warn!(ino = ino.0, error = %e, "cannot release locks at close");
+            }
+            if let Err(e) = c.flush_data_handle(fh.0, ino.0).await {
+                return reply.error(errno(&e));
             }
             let task = tokio::spawn(async move { c.flush_handle(fh.0, ino.0).await });
             match tokio::time::timeout(FLUSH_WAIT, task).await {
@@ -763,7 +768,7 @@ impl Filesystem for ShoalFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        // Data is durable on the OSDs when each write returns; what is left is the size.
+        // Data kept under the write lease goes to the OSDs, then the size to the MDS.
         self.go(move |c| async move { reply_empty(reply, c.fsync_handle(fh.0, ino.0).await) });
     }
 

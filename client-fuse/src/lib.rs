@@ -7,16 +7,21 @@
 //! - [`fuse`]: the fuser `Filesystem` that turns kernel requests into [`client`] calls.
 //! - [`mount`]: mount options, the `mount.fuse.shoal` helper, and [`mount::run`] that serves a
 //!   mount until it is unmounted or told to stop.
+//! - [`writeback`]: a file's data written under its write lease, not yet on the OSDs.
 //! - [`error`]: the client's error type and its errno.
 //!
-//! A write: kernel → `ShoalFs::write` → tokio task → `Client::write` → one `Osd.Write` per
-//! object in parallel (fdatasync'd on the OSD) → reply; the new size reaches the MDS at flush.
+//! A write under the file's write lease: kernel → `ShoalFs::write` → tokio task →
+//! `Client::write` keeps the bytes → reply; they reach the OSDs (one `Osd.Write` per
+//! contiguous run and object, in parallel, fdatasync'd there) at fsync, close, a revocation,
+//! before the lease runs out, or once enough piled up. Without the lease the write goes to
+//! the OSDs before the reply, and its new size to the MDS.
 
 pub mod client;
 pub mod cluster;
 pub mod error;
 pub mod fuse;
 pub mod mount;
+pub mod writeback;
 
 pub use client::Client;
 pub use cluster::Cluster;

@@ -268,7 +268,7 @@ pub fn lockable(p: &Path) -> bool {
 }
 
 /// `shoal-fsop hold-write` (or `write-lines`): a process with a file open (and write-locked),
-/// writing 4096 bytes of `Z` where asked; killed when dropped.
+/// writing 4096 bytes of `Z` where asked, or fsyncing; killed when dropped.
 pub struct Holder {
     child: Child,
     out: BufReader<ChildStdout>,
@@ -305,8 +305,17 @@ impl Holder {
 
     /// Asks for one write of 4096 bytes of `Z` at `off`.
     pub fn write_at(&mut self, off: u64) {
+        self.ask(&off.to_string());
+    }
+
+    /// Asks for an fsync of the descriptor.
+    pub fn sync(&mut self) {
+        self.ask("sync");
+    }
+
+    fn ask(&mut self, line: &str) {
         let stdin = self.child.stdin.as_mut().unwrap();
-        writeln!(stdin, "{off}").unwrap();
+        writeln!(stdin, "{line}").unwrap();
         stdin.flush().unwrap();
     }
 

@@ -85,6 +85,69 @@ fn a_write_on_one_mount_is_read_at_once_on_another() {
 }
 
 #[test]
+fn a_writer_keeps_its_data_under_its_lease_until_fsync_or_another_mount_reads() {
+    // A long lease, so nothing sends the kept data on its own while the test looks.
+    let c = TestCluster::start_args(&["--lease-ms", "10000"]);
+    let m2 = c.mount_again("mnt2");
+    let p = c.path("f");
+    fs::write(&p, [b'a'; 8192]).unwrap();
+    let ino = fs::metadata(&p).unwrap().ino();
+    let on_osds = || crate::read_object(&c, ino, 0, 1 << 20, 0).unwrap();
+
+    // The first write goes to the OSDs and takes the write lease; the next ones (partial
+    // pages, one over another, one past the end) stay with this mount's client.
+    let f = fs::OpenOptions::new().write(true).open(&p).unwrap();
+    let mut want = vec![b'a'; 8192];
+    let writes: [(u64, u8, usize); 4] = [
+        (10, b'b', 100),
+        (1000, b'c', 100),
+        (1050, b'd', 50),
+        (8192, b'e', 5000),
+    ];
+    for (off, byte, len) in writes {
+        f.write_all_at(&vec![byte; len], off).unwrap();
+        let end = off as usize + len;
+        want.resize(want.len().max(end), 0);
+        want[off as usize..end].fill(byte);
+    }
+    let mut sent = vec![b'a'; 8192];
+    sent[10..110].fill(b'b');
+    assert!(on_osds() == sent, "only the first write is on the OSDs");
+
+    // This mount reads them (a fresh open drops the kernel's pages, so the reads come to
+    // the client, which lays the kept data over what the OSDs hold); still nothing sent.
+    let mut g = fs::File::open(&p).unwrap();
+    let mut got = Vec::new();
+    std::io::Read::read_to_end(&mut g, &mut got).unwrap();
+    assert!(got == want, "the writer reads its own kept writes");
+    assert!(on_osds() == sent, "reading sends nothing");
+
+    // Another mount's read revokes the write lease: the data reaches the OSDs first.
+    assert!(
+        fs::read(m2.join("f")).unwrap() == want,
+        "the other mount reads every returned write"
+    );
+    assert!(
+        on_osds() == want,
+        "the OSDs hold the data after the revocation"
+    );
+    assert_eq!(fs::metadata(m2.join("f")).unwrap().len(), want.len() as u64);
+
+    // Once the file is no longer contended (1 s), the lease comes back with the next write,
+    // and fsync sends what the writer kept after it.
+    std::thread::sleep(Duration::from_millis(1500));
+    f.write_all_at(b"g", 3000).unwrap();
+    f.write_all_at(b"h", 4000).unwrap();
+    want[3000] = b'g';
+    want[4000] = b'h';
+    assert_eq!(on_osds()[4000], b'a', "the second write is kept");
+    f.sync_all().unwrap();
+    assert!(on_osds() == want, "fsync sends it");
+    drop((f, g));
+    assert!(fs::read(m2.join("f")).unwrap() == want);
+}
+
+#[test]
 fn namespace_changes_on_one_mount_are_seen_at_once_on_another() {
     let c = TestCluster::start();
     let m2 = c.mount_again("mnt2");

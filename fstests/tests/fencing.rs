@@ -10,12 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use shoal_fstests::{lockable, open_rw, wait_released, Holder, TestCluster};
-use shoal_proto::error::{status_errno, WireError};
-use shoal_proto::mds::mds_client::MdsClient;
-use shoal_proto::mds::GetOsdMapRequest;
-use shoal_proto::osd::osd_client::OsdClient;
-use shoal_proto::osd::ReadRequest;
-use shoal_proto::placement::Placement;
+use shoal_proto::error::WireError;
 
 /// Sends `sig` to `pid`.
 fn signal(pid: i32, sig: i32) {
@@ -71,40 +66,10 @@ fn lock_all(f: &fs::File) -> Result<(), i32> {
     }
 }
 
-/// Reads the first 4096 bytes of inode `ino`'s first object straight from its primary OSD,
-/// as client session `session`: the bytes read, or how the OSD refused.
+/// Reads the first 4096 bytes of inode `ino` straight from an OSD as client session
+/// `session`: how many there are, or how the OSD refused.
 fn read_as(c: &TestCluster, ino: u64, session: u64) -> Result<usize, WireError> {
-    let mds = fs::read_to_string(c.data.join("mds.0").join("addr")).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let mut m = MdsClient::connect(format!("http://{}", mds.trim()))
-            .await
-            .unwrap();
-        let map = m
-            .get_osd_map(GetOsdMapRequest {})
-            .await
-            .unwrap()
-            .into_inner();
-        let placement = Placement::from_map(&map);
-        let object = shoal_proto::layout::object_name(ino, 0);
-        let primary = placement.primary(placement.pg_of(&object)).unwrap();
-        let addr = &map.osds.iter().find(|o| o.id == primary).unwrap().addr;
-        let mut osd = OsdClient::connect(format!("http://{addr}")).await.unwrap();
-        let req = ReadRequest {
-            object,
-            offset: 0,
-            len: 4096,
-            epoch: map.epoch,
-            session,
-        };
-        match osd.read(req).await {
-            Ok(r) => Ok(r.into_inner().data.len()),
-            Err(st) => Err(status_errno(&st)),
-        }
-    })
+    crate::read_object(c, ino, 0, 4096, session).map(|d| d.len())
 }
 
 /// A cluster with a 3 s session timeout mounted twice: (cluster, second mount, file `f`
@@ -189,14 +154,15 @@ fn a_frozen_lock_holder_is_evicted_fenced_and_its_late_write_never_lands() {
 }
 
 #[test]
-fn a_killed_writers_returned_writes_keep_their_size_and_its_lock_goes() {
+fn a_killed_writers_synced_writes_keep_their_size_and_its_lock_goes() {
     let (c, m2, a, b) = two_mounts(b"");
     let theirs: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
     fs::write(c.path("theirs"), &theirs).unwrap();
 
     // A process on the second mount locks the file and writes blocks out to the second
-    // 4 MiB object. The first write takes the write lease; the size of the others stays with
-    // that mount's client, which is then killed before it can send it.
+    // 4 MiB object, then fsyncs. The first write takes the write lease; the others' data and
+    // size stay with that mount's client until the fsync, and the size stays there after it
+    // (fsync keeps the lease). One more write returns before the client is killed.
     let mut holder = Holder::start(&b);
     let offsets = [0u64, 4096, 1 << 20, (4 << 20) - 2048, (5 << 20) + 12345];
     let mut before_last = std::time::SystemTime::now();
@@ -205,6 +171,11 @@ fn a_killed_writers_returned_writes_keep_their_size_and_its_lock_goes() {
         holder.write_at(off);
         assert_eq!(holder.said(), "ok", "write at {off}");
     }
+    holder.sync();
+    assert_eq!(holder.said(), "ok", "fsync");
+    let unsynced = 6 << 20;
+    holder.write_at(unsynced);
+    assert_eq!(holder.said(), "ok", "the write after fsync");
     let end = offsets[offsets.len() - 1] + 4096;
     c.kill9("client.1");
     let killed = Instant::now();
@@ -216,12 +187,13 @@ fn a_killed_writers_returned_writes_keep_their_size_and_its_lock_goes() {
         "the killed writer's lock",
         || lockable(&a),
     );
-    // Every write that returned counts: the size, the bytes and the mtime.
+    // Every synced write counts: the size, the bytes and the mtime. The last write may have
+    // died with the client (as with a page cache), but not in part.
     let meta = fs::metadata(&a).unwrap();
-    assert_eq!(
-        meta.len(),
-        end,
-        "the size covers the killed writer's writes"
+    assert!(
+        meta.len() == end || meta.len() == unsynced + 4096,
+        "the size {} covers the killed writer's synced writes ({end})",
+        meta.len()
     );
     let got = fs::read(&a).unwrap();
     for off in offsets {
@@ -235,6 +207,11 @@ fn a_killed_writers_returned_writes_keep_their_size_and_its_lock_goes() {
         got[8192..1 << 20].iter().all(|&x| x == 0),
         "a hole reads as zeros"
     );
+    let last = got.get(unsynced as usize..).unwrap_or_default();
+    assert!(
+        last.iter().all(|&x| x == b'Z') || last.iter().all(|&x| x == 0),
+        "the unsynced write landed in part"
+    );
     let mtime = meta.modified().unwrap();
     assert!(
         mtime + Duration::from_millis(50) >= before_last,
@@ -242,11 +219,12 @@ fn a_killed_writers_returned_writes_keep_their_size_and_its_lock_goes() {
     );
     // Another client's file is untouched, and this mount goes on writing the file.
     assert_eq!(fs::read(c.path("theirs")).unwrap(), theirs);
+    let size = meta.len();
     let mine = open_rw(&a);
     lock_all(&mine).unwrap();
-    mine.write_all_at(b"after", end).unwrap();
+    mine.write_all_at(b"after", size).unwrap();
     drop(mine);
-    assert_eq!(fs::metadata(&a).unwrap().len(), end + 5);
+    assert_eq!(fs::metadata(&a).unwrap().len(), size + 5);
     drop(holder);
     let _ = Command::new("umount").arg("-l").arg(&m2).output();
 }
@@ -281,10 +259,13 @@ fn a_frozen_writer_without_a_lock_is_fenced_and_its_returned_writes_count() {
     let (c, _m2, a, b) = two_mounts(&[b'a'; 8192]);
 
     // A process on the second mount writes past the end (its client keeps the new size under
-    // its write lease); then that client freezes and the process starts a write at offset 0,
+    // its write lease), then writes further on, which that client keeps under the lease
+    // (data and size). Then the client freezes and the process starts a write at offset 0,
     // which waits in the kernel.
     let mut writer = Holder::start_as("write-lines", &b);
     writer.write_at(8192);
+    assert_eq!(writer.said(), "ok");
+    writer.write_at(16384);
     assert_eq!(writer.said(), "ok");
     let client = c.pid("client.1");
     signal(client, libc::SIGSTOP);
@@ -293,18 +274,22 @@ fn a_frozen_writer_without_a_lock_is_fenced_and_its_returned_writes_count() {
     writer.write_at(0);
 
     // This mount writes meanwhile; once the frozen client's lease ran out, the size its
-    // returned write reached is found on the OSDs.
+    // returned writes reached on the OSDs is found there: the first one's, and the kept
+    // one's only if the frozen client sent it before it froze.
     let mine = open_rw(&a);
     mine.write_all_at(&[b'F'; 4096], 0).unwrap();
-    assert_eq!(
-        fs::metadata(&a).unwrap().len(),
-        12288,
-        "the frozen writer's size"
+    let size = fs::metadata(&a).unwrap().len();
+    assert!(
+        size == 12288 || size == 20480,
+        "the frozen writer's size: {size}"
     );
+    mine.write_all_at(&[b'F'; 4096], 16384).unwrap();
+    mine.sync_all().unwrap();
     wait_fenced(&c);
 
-    // It wakes up: the write it had in hand fails with EIO and never lands, and so does the
-    // next one on that descriptor; its mount reads what the others wrote.
+    // It wakes up: the write it had in hand fails with EIO and never lands, nor does the
+    // data it kept, and so does the next write on that descriptor and its fsync; its mount
+    // reads what the others wrote.
     signal(client, libc::SIGCONT);
     assert_eq!(
         writer.said(),
@@ -312,14 +297,23 @@ fn a_frozen_writer_without_a_lock_is_fenced_and_its_returned_writes_count() {
         "a write of an evicted client must fail"
     );
     std::thread::sleep(Duration::from_millis(500));
-    let want: Vec<u8> = [vec![b'F'; 4096], vec![b'a'; 4096], vec![b'Z'; 4096]].concat();
+    let want: Vec<u8> = [
+        vec![b'F'; 4096],
+        vec![b'a'; 4096],
+        vec![b'Z'; 4096],
+        vec![0; 4096],
+        vec![b'F'; 4096],
+    ]
+    .concat();
     let got = fs::read(&a).unwrap();
     let runs = |v: &[u8]| -> Vec<(u8, usize)> {
         v.chunk_by(|x, y| x == y).map(|r| (r[0], r.len())).collect()
     };
-    assert_eq!(runs(&got), runs(&want), "the late write landed");
+    assert_eq!(runs(&got), runs(&want), "a late write landed");
     writer.write_at(0);
     assert_eq!(writer.said(), "EIO", "an evicted descriptor stays failed");
+    writer.sync();
+    assert_eq!(writer.said(), "EIO", "its fsync reports the loss");
     assert_eq!(
         runs(&fs::read(&b).unwrap()),
         runs(&want),

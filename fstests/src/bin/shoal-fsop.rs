@@ -198,6 +198,20 @@ fn write_lines(fd: libc::c_int) -> Result<String, String> {
     for line in std::io::stdin().lock().lines() {
         let off = match line.as_deref().map(str::trim) {
             Ok("") => 0,
+            Ok("sync") => {
+                // SAFETY: fsync of a descriptor the caller opened.
+                let r = unsafe { libc::fsync(fd) };
+                println!(
+                    "{}",
+                    if r == 0 {
+                        "ok".to_string()
+                    } else {
+                        last_errno()
+                    }
+                );
+                let _ = std::io::stdout().flush();
+                continue;
+            }
             Ok(n) => num::<i64>(n)?,
             Err(e) => return Err(format!("reading stdin: {e}")),
         };
@@ -221,7 +235,7 @@ fn write_lines(fd: libc::c_int) -> Result<String, String> {
 /// `getlk P r|w START LEN` (prints `unlocked` or `r|w START LEN pid=PID`), `hold P` (a write
 /// lock on the whole file: prints `ok`, then waits to be killed), `hold-write P` (the same
 /// lock, then per line read from stdin writes 4096 bytes of `Z` at the offset the line names,
-/// 0 if none, and prints `ok` or the errno, until stdin ends), `write-lines P` (the same
+/// 0 if none, or fsyncs for a line `sync`, and prints `ok` or the errno, until stdin ends), `write-lines P` (the same
 /// without the lock), and `append-locked P TAG N` (N records of 64 bytes appended with
 /// O_APPEND, each under flock LOCK_EX).
 fn lock_op(a: &[&str]) -> Result<Option<Result<String, String>>, String> {
