@@ -6,14 +6,16 @@
 //! Invariants:
 //! - Under the file's write lease a write's data stays here ([`Extents`]) until fsync, close,
 //!   a revocation, a lock release, a setattr, a lease renewal (a second before the lease
-//!   runs out) or enough piled up (4 MiB starts a flush in the background, 16 MiB per file
-//!   or 64 MiB per mount makes the writer wait); reads on this mount see it. Without the
-//!   lease, data goes straight to the OSDs (durable when the write returns). The data always
-//!   reaches the OSDs before the size and mtime reach the MDS, and no write is kept once a
-//!   size or a give-back is on its way, so the MDS never hands the file to another client
-//!   while data of a returned write is only here (unless this mount stops answering: then
-//!   the data dies with it, as with a page cache). A flush nobody waited for that failed is
-//!   reported by the next fsync or close.
+//!   runs out), a quarter of a lease after it was kept, or enough piled up (4 MiB starts a
+//!   flush in the background, 16 MiB per file or 64 MiB per mount makes the writer wait);
+//!   reads on this mount see it. Without the lease, data goes straight to the OSDs (durable
+//!   when the write returns). The data always reaches the OSDs before the size and mtime
+//!   reach the MDS, and no write is kept once a size or a give-back is on its way, so the
+//!   MDS never hands the file to another client while data of a returned write is only here.
+//! - Kept data is sent only under the lease (and session) it was kept under: once that ran
+//!   out (this mount froze, or could not reach the MDS) another client may have written the
+//!   file, so the data is dropped, not sent. A failure to send data is kept per inode and
+//!   reported once, by the next fsync or close of the file on this mount.
 //! - The size and mtime are deferred too, and reach the MDS on flush, fsync, close and
 //!   before any setattr, so an explicit utimes() or truncate is never overridden by an older
 //!   write.
@@ -70,6 +72,10 @@ struct FileState {
     orphan: bool,
     /// Until when this mount holds the file's write lease.
     write_until: Option<Instant>,
+    /// The session that lease was granted to.
+    lease_session: u64,
+    /// How long the last write lease granted lasted.
+    lease_len: Duration,
     /// The session the unsent size and mtime were written under.
     dirty_session: u64,
     /// Held while a size or a lease is on its way to the MDS: one at a time per file, so
@@ -77,6 +83,11 @@ struct FileState {
     sending: Arc<tokio::sync::Mutex<()>>,
     /// Data written under the write lease and not yet sent to the OSDs.
     dirty: Extents,
+    /// The end of the lease `dirty` was kept under: past it, another client may have written
+    /// the file, so the data is dropped rather than sent.
+    kept_until: Option<Instant>,
+    /// Since when `dirty` holds data.
+    kept_since: Option<Instant>,
     /// What the flush in flight sends: reads still see it until the OSDs have it.
     flushing: Option<Arc<Extents>>,
     /// Held by the flush in flight: one at a time per file, so an older flush never lands
@@ -152,6 +163,24 @@ fn now() -> Timespec {
     }
 }
 
+/// Ends a flush of `ino`: what it sent is no longer laid over reads nor counted as held.
+struct FlushDone<'a> {
+    client: &'a Client,
+    ino: u64,
+    cost: u64,
+}
+
+impl Drop for FlushDone<'_> {
+    fn drop(&mut self) {
+        if let Some(s) = self.client.files().get_mut(&self.ino) {
+            s.flushing = None;
+        }
+        self.client
+            .dirty_total
+            .fetch_sub(self.cost, Ordering::Relaxed);
+    }
+}
+
 fn not_open(ino: u64) -> ClientError {
     ClientError::errno_msg(EBADF, format!("inode {ino} is not open"))
 }
@@ -219,12 +248,7 @@ impl Client {
             st.pending = None;
             st.dirty_mtime = None;
             st.write_until = None;
-            let dropped = std::mem::take(&mut st.dirty);
-            if !dropped.is_empty() {
-                self.dirty_total
-                    .fetch_sub(dropped.bytes(), Ordering::Relaxed);
-                st.flush_error = Some(ClientError::Evicted(st.dirty_session));
-            }
+            self.drop_kept(st, ClientError::Evicted(st.dirty_session));
         }
     }
 
@@ -250,14 +274,11 @@ impl Client {
         }
         // A write lease goes back with the data and the size, or on its own when nothing is
         // unsent, so the MDS need not look for this mount's writes on the OSDs.
-        let sent = self.send_size_or_release(ino, false, true).await;
-        if let Err(e) = &sent {
-            self.latch(ino, e.clone());
-        }
-        sent
+        self.send_size_or_release(ino, false, true).await
     }
 
-    /// Keeps a failure of a flush no caller hears for the next fsync or close of the file.
+    /// Keeps a failure to send a file's data for its next fsync or close (whichever comes
+    /// first, on any descriptor of this mount: the file's error is per inode here).
     fn latch(&self, ino: u64, e: ClientError) {
         if let Some(s) = self.files().get_mut(&ino) {
             s.flush_error.get_or_insert(e);
@@ -313,8 +334,10 @@ impl Client {
     /// so whoever locks next sees them.
     pub async fn set_lock(&self, fh: u64, ino: u64, a: LockArgs) -> Result<()> {
         self.handle(fh)?;
+        // A failure to send goes to the caller after the unlock: the lock goes either way.
+        let mut flushed = Ok(());
         if a.kind == LockKind::Unlock {
-            self.flush(ino).await?;
+            flushed = self.flush(ino).await;
         } else {
             self.lockers().insert((ino, a.owner));
         }
@@ -329,7 +352,7 @@ impl Client {
         if a.kind == LockKind::Unlock && a.start == 0 && a.end == u64::MAX {
             self.lockers().remove(&(ino, a.owner));
         }
-        Ok(())
+        flushed
     }
 
     /// The first lock of another owner that conflicts with `a` (kind Unlock: none).
@@ -568,9 +591,13 @@ impl Client {
             generation: 0,
             orphan: false,
             write_until: None,
+            lease_session: 0,
+            lease_len: Duration::ZERO,
             dirty_session: 0,
             sending: Arc::default(),
             dirty: Extents::default(),
+            kept_until: None,
+            kept_since: None,
             flushing: None,
             flush_lock: Arc::default(),
             flush_queued: false,
@@ -663,25 +690,31 @@ impl Client {
         let kept = {
             let mut files = self.files();
             let s = files.get_mut(&ino).ok_or_else(|| not_open(ino))?;
-            let leased = s
-                .write_until
-                .is_some_and(|u| u > Instant::now() + LEASE_MARGIN);
+            let leased = s.lease_session == session
+                && s.write_until
+                    .is_some_and(|u| u > Instant::now() + LEASE_MARGIN);
             if leased {
-                let before = s.dirty.bytes();
+                if s.dirty_session != session && !s.dirty.is_empty() {
+                    // Kept under a session that was evicted since: it may not land.
+                    self.drop_kept(s, ClientError::Evicted(s.dirty_session));
+                }
+                let before = s.dirty.cost();
                 s.dirty.insert(off, data.clone());
+                s.kept_until = s.write_until;
+                s.kept_since.get_or_insert_with(Instant::now);
                 let total = self
                     .dirty_total
-                    .fetch_add(s.dirty.bytes() - before, Ordering::Relaxed)
-                    + (s.dirty.bytes() - before);
+                    .fetch_add(s.dirty.cost() - before, Ordering::Relaxed)
+                    + (s.dirty.cost() - before);
                 s.dirty_session = session;
                 if end > s.size {
                     s.pending = Some(s.pending.unwrap_or(0).max(end));
                 }
                 s.dirty_mtime = Some(now());
                 s.generation += 1;
-                let held = s.dirty.bytes() + s.flushing.as_ref().map_or(0, |f| f.bytes());
+                let held = s.dirty.cost() + s.flushing.as_ref().map_or(0, |f| f.cost());
                 let wait = held > FILE_DIRTY_MAX || total > MOUNT_DIRTY_MAX;
-                let start = !wait && !s.flush_queued && s.dirty.bytes() >= FLUSH_AT;
+                let start = !wait && !s.flush_queued && s.dirty.cost() >= FLUSH_AT;
                 s.flush_queued |= start;
                 Some((wait, start))
             } else {
@@ -696,19 +729,15 @@ impl Client {
             Some((false, start)) => {
                 if start {
                     let me = self.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = me.flush_dirty(ino).await {
-                            warn!(ino, error = %e, "cannot send a file's written data");
-                            me.latch(ino, e);
-                        }
-                    });
+                    tokio::spawn(async move { me.flush_dirty(ino).await });
                 }
                 return Ok(len as u32);
             }
             None => {}
         }
-        // Without the lease: after whatever is still kept here, straight to the OSDs.
-        self.flush_dirty(ino).await?;
+        // Without the lease: after whatever is still kept here, straight to the OSDs. Kept
+        // data that cannot be sent is this write's business only through fsync or close.
+        let _ = self.flush_dirty(ino).await;
         let layout = self.open_state(ino)?.layout;
         self.cluster.write(session, ino, &layout, off, data).await?;
         let leased = match self.files().get_mut(&ino) {
@@ -733,9 +762,20 @@ impl Client {
     }
 
     /// Sends the data written under the write lease to the OSDs (after the flush in flight,
-    /// if any). Data written under a session that was evicted is dropped (EIO): its lease
-    /// and locks may belong to another client by now.
+    /// if any). Data that may not land any more is dropped (EIO): kept under a session that
+    /// was evicted, or under a lease that ran out before it was sent (its locks or the file
+    /// may belong to another client by now). A failure is also kept for the file's next
+    /// fsync or close (see [`Client::take_flush_error`]).
     pub async fn flush_dirty(&self, ino: u64) -> Result<()> {
+        let r = self.flush_dirty_once(ino).await;
+        if let Err(e) = &r {
+            warn!(ino, error = %e, "cannot send a file's written data");
+            self.latch(ino, e.clone());
+        }
+        r
+    }
+
+    async fn flush_dirty_once(&self, ino: u64) -> Result<()> {
         let Some(one) = self.files().get(&ino).map(|s| s.flush_lock.clone()) else {
             return Ok(());
         };
@@ -749,28 +789,51 @@ impl Client {
             if s.dirty.is_empty() {
                 return Ok(());
             }
-            if s.dirty_session != self.cluster.session() {
-                let dropped = std::mem::take(&mut s.dirty);
-                self.dirty_total
-                    .fetch_sub(dropped.bytes(), Ordering::Relaxed);
-                return Err(ClientError::Evicted(s.dirty_session));
+            let lost = if s.dirty_session != self.cluster.session() {
+                Some(ClientError::Evicted(s.dirty_session))
+            } else if s.kept_until.is_none_or(|u| u <= Instant::now()) {
+                Some(ClientError::errno_msg(
+                    libc::EIO,
+                    "the write lease ran out before the written data could be sent",
+                ))
+            } else {
+                None
+            };
+            if let Some(e) = lost {
+                self.drop_kept(s, e.clone());
+                return Err(e);
             }
+            s.kept_since = None;
             let taken = Arc::new(std::mem::take(&mut s.dirty));
             s.flushing = Some(taken.clone());
             (taken, s.dirty_session, s.layout)
         };
-        let sent = futures::future::try_join_all(
+        // Clears `flushing` and the count even if this future is dropped midway.
+        let _done = FlushDone {
+            client: self,
+            ino,
+            cost: taken.cost(),
+        };
+        // Every run is waited for, failed or not, so none lands after a later write.
+        let sent = futures::future::join_all(
             taken
                 .runs()
                 .into_iter()
                 .map(|(off, data)| self.cluster.write(session, ino, &layout, off, data)),
         )
         .await;
-        if let Some(s) = self.files().get_mut(&ino) {
-            s.flushing = None;
+        sent.into_iter().collect::<Result<Vec<()>>>().map(|_| ())
+    }
+
+    /// Drops the data `s` keeps, which may not land: `e` goes to its next fsync or close.
+    fn drop_kept(&self, s: &mut FileState, e: ClientError) {
+        let dropped = std::mem::take(&mut s.dirty);
+        self.dirty_total
+            .fetch_sub(dropped.cost(), Ordering::Relaxed);
+        s.kept_since = None;
+        if !dropped.is_empty() {
+            s.flush_error.get_or_insert(e);
         }
-        self.dirty_total.fetch_sub(taken.bytes(), Ordering::Relaxed);
-        sent.map(|_| ())
     }
 
     /// lseek SEEK_DATA / SEEK_HOLE: data is what the file's objects hold (a hole inside an
@@ -841,11 +904,10 @@ impl Client {
         self.take_flush_error(ino).and(sent)
     }
 
-    /// flush (a close) of handle `fh`: EIO if its session was evicted.
+    /// The size part of a close of handle `fh`: EIO if its session was evicted.
     pub async fn flush_handle(&self, fh: u64, ino: u64) -> Result<()> {
         self.handle(fh)?;
-        let sent = self.flush(ino).await;
-        self.take_flush_error(ino).and(sent)
+        self.flush(ino).await
     }
 
     /// fsync of handle `fh`: data, size and mtime reach the cluster, and a write lease is
@@ -883,10 +945,9 @@ impl Client {
                     // Written under an evicted session: dropped (see the module docs).
                     s.pending = None;
                     s.dirty_mtime = None;
-                    let dropped = std::mem::take(&mut s.dirty);
-                    self.dirty_total
-                        .fetch_sub(dropped.bytes(), Ordering::Relaxed);
-                    return Err(ClientError::Evicted(s.dirty_session));
+                    let e = ClientError::Evicted(s.dirty_session);
+                    self.drop_kept(s, e.clone());
+                    return Err(e);
                 }
                 if s.dirty_mtime.is_none() && !(release && s.write_until.is_some()) {
                     if !want_lease {
@@ -922,6 +983,7 @@ impl Client {
                 ..Default::default()
             };
             let sent = Instant::now();
+            let session = self.cluster.session();
             let (_, write_ms) = self
                 .leased_mutate(
                     "flush",
@@ -947,10 +1009,12 @@ impl Client {
                     s.dirty_mtime = None;
                 }
                 // Without a new grant the lease went back with the size.
-                s.write_until = leased.then(|| {
-                    let ms = Duration::from_millis(write_ms as u64);
-                    sent + ms.saturating_sub(LEASE_MARGIN)
-                });
+                let len = Duration::from_millis(write_ms as u64);
+                s.write_until = leased.then(|| sent + len.saturating_sub(LEASE_MARGIN));
+                if leased {
+                    s.lease_session = session;
+                    s.lease_len = len;
+                }
                 // Writes that returned meanwhile under the lease just lost: their size goes too.
                 !leased && !covered && s.dirty_mtime.is_some()
             };
@@ -963,24 +1027,42 @@ impl Client {
 
     /// Sends the data, size and mtime of files whose write lease ends within `within`
     /// (renewing the lease), so what their writes did never hides behind a lease that ran
-    /// out. A failure to send data is reported by the file's next fsync or close.
+    /// out, and the data kept for a quarter of a lease (so little is left for a revocation
+    /// or a renewal to send). All files at once; a failure to send data is reported by the
+    /// file's next fsync or close.
     pub async fn renew_write_leases(&self, within: Duration) {
-        let soon = Instant::now() + within;
-        let due: Vec<u64> = self
-            .files()
-            .iter()
-            .filter(|(_, s)| s.dirty_mtime.is_some() && s.write_until.is_some_and(|u| u < soon))
-            .map(|(ino, _)| *ino)
-            .collect();
-        for ino in due {
-            if let Err(e) = self.flush_dirty(ino).await {
-                warn!(ino, error = %e, "cannot send a file's written data");
-                self.latch(ino, e);
-            }
+        let now = Instant::now();
+        let soon = now + within;
+        let (due, aged): (Vec<u64>, Vec<u64>) = {
+            let files = self.files();
+            let due = files
+                .iter()
+                .filter(|(_, s)| s.dirty_mtime.is_some() && s.write_until.is_some_and(|u| u < soon))
+                .map(|(ino, _)| *ino)
+                .collect();
+            let aged = files
+                .iter()
+                .filter(|(_, s)| {
+                    let age = (s.lease_len / 4).max(Duration::from_millis(100));
+                    !s.flush_queued && s.kept_since.is_some_and(|k| now.duration_since(k) >= age)
+                })
+                .map(|(ino, _)| *ino)
+                .collect();
+            (due, aged)
+        };
+        let renewals = due.into_iter().map(|ino| async move {
             if let Err(e) = self.send_size(ino, true).await {
                 warn!(ino, error = %e, "cannot send a file's size before its write lease ends");
             }
-        }
+        });
+        let flushes = aged.into_iter().map(|ino| async move {
+            let _ = self.flush_dirty(ino).await;
+        });
+        futures::future::join(
+            futures::future::join_all(renewals),
+            futures::future::join_all(flushes),
+        )
+        .await;
     }
 
     /// Closes handle `fh`; the last close of an unlinked file deletes its data.
@@ -1000,7 +1082,7 @@ impl Client {
         if let Some(st) = &last {
             // Kept only if its flush failed, which `flushed` reports.
             self.dirty_total
-                .fetch_sub(st.dirty.bytes(), Ordering::Relaxed);
+                .fetch_sub(st.dirty.cost(), Ordering::Relaxed);
         }
         if let Some(st) = last.filter(|s| s.orphan) {
             let size = st.size.max(st.pending.unwrap_or(0));

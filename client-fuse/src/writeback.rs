@@ -9,6 +9,19 @@ use std::collections::BTreeMap;
 
 use bytes::{Bytes, BytesMut};
 
+/// What one piece costs beyond its bytes (map entry, buffer header), for the memory limits.
+const PIECE_COST: u64 = 128;
+
+/// Keeps `part` of a piece being cut: a copy when it is less than half of it, so cut pieces
+/// never hold on to much more memory than they count.
+fn keep(piece: &Bytes, part: Bytes) -> Bytes {
+    if part.len() * 2 < piece.len() {
+        Bytes::copy_from_slice(&part)
+    } else {
+        part
+    }
+}
+
 /// One file's dirty bytes: ranges that do not overlap, keyed by file offset.
 #[derive(Debug, Default)]
 pub struct Extents {
@@ -25,6 +38,11 @@ impl Extents {
     /// How many bytes are held.
     pub fn bytes(&self) -> u64 {
         self.bytes
+    }
+
+    /// What holding them costs in memory, about: the bytes and a little per piece.
+    pub fn cost(&self) -> u64 {
+        self.bytes + self.map.len() as u64 * PIECE_COST
     }
 
     /// The end of the last byte held (0 when empty).
@@ -55,12 +73,12 @@ impl Extents {
             self.bytes -= old.len() as u64;
             let old_end = start + old.len() as u64;
             if start < off {
-                let head = old.slice(..(off - start) as usize);
+                let head = keep(&old, old.slice(..(off - start) as usize));
                 self.bytes += head.len() as u64;
                 self.map.insert(start, head);
             }
             if old_end > end {
-                let tail = old.slice((end - start) as usize..);
+                let tail = keep(&old, old.slice((end - start) as usize..));
                 self.bytes += tail.len() as u64;
                 self.map.insert(end, tail);
             }
@@ -179,6 +197,7 @@ mod tests {
         assert_eq!(&image(&e, 8), b"aaddaccc");
         e.insert(0, b(b'e', 40));
         assert_eq!(e.bytes(), 40);
+        assert_eq!(e.cost(), 40 + PIECE_COST);
         assert_eq!(e.within(0, 100).len(), 1, "one piece covers all");
         assert_eq!(e.end(), 40);
     }

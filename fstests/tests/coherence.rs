@@ -133,14 +133,23 @@ fn a_writer_keeps_its_data_under_its_lease_until_fsync_or_another_mount_reads() 
     );
     assert_eq!(fs::metadata(m2.join("f")).unwrap().len(), want.len() as u64);
 
-    // Once the file is no longer contended (1 s), the lease comes back with the next write,
-    // and fsync sends what the writer kept after it.
-    std::thread::sleep(Duration::from_millis(1500));
-    f.write_all_at(b"g", 3000).unwrap();
-    f.write_all_at(b"h", 4000).unwrap();
-    want[3000] = b'g';
-    want[4000] = b'h';
-    assert_eq!(on_osds()[4000], b'a', "the second write is kept");
+    // Once the file is no longer contended (1 s), a write takes the lease back, and the
+    // writes after it are kept again; fsync sends them.
+    let start = Instant::now();
+    let mut byte = b'0';
+    loop {
+        f.write_all_at(&[byte], 4000).unwrap();
+        want[4000] = byte;
+        if on_osds()[4000] != byte {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(8),
+            "writes never got kept again"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        byte += 1;
+    }
     f.sync_all().unwrap();
     assert!(on_osds() == want, "fsync sends it");
     drop((f, g));

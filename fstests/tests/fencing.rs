@@ -207,11 +207,14 @@ fn a_killed_writers_synced_writes_keep_their_size_and_its_lock_goes() {
         got[8192..1 << 20].iter().all(|&x| x == 0),
         "a hole reads as zeros"
     );
-    let last = got.get(unsynced as usize..).unwrap_or_default();
-    assert!(
-        last.iter().all(|&x| x == b'Z') || last.iter().all(|&x| x == 0),
-        "the unsynced write landed in part"
-    );
+    assert_eq!(got.len() as u64, meta.len());
+    if meta.len() > end {
+        assert!(
+            got[end as usize..unsynced as usize].iter().all(|&x| x == 0)
+                && got[unsynced as usize..].iter().all(|&x| x == b'Z'),
+            "the unsynced write landed in part"
+        );
+    }
     let mtime = meta.modified().unwrap();
     assert!(
         mtime + Duration::from_millis(50) >= before_last,
@@ -319,4 +322,51 @@ fn a_frozen_writer_without_a_lock_is_fenced_and_its_returned_writes_count() {
         runs(&want),
         "the resumed mount reads the others' data"
     );
+}
+
+#[test]
+fn data_kept_past_a_frozen_writers_lease_is_dropped_not_landed_over_newer_writes() {
+    // Leases of 6 s (kept data goes out on its own after 1.5 s) and sessions of 60 s: the
+    // frozen client outlives its lease but is not evicted.
+    let c = TestCluster::start_args(&["--osds", "3", "--lease-ms", "6000"]);
+    let m2 = c.mount_again("mnt2");
+    let (a, b) = (c.path("f"), m2.join("f"));
+    // Written through the second mount: the first mount has held no lease on it, so there
+    // is nothing to revoke and the second mount gets the write lease at once.
+    fs::write(&b, [b'a'; 8192]).unwrap();
+
+    // A process on the second mount writes past the end (to the OSDs, taking the write
+    // lease), then over the first block, which its client keeps; then the client freezes.
+    let mut writer = Holder::start_as("write-lines", &b);
+    writer.write_at(8192);
+    assert_eq!(writer.said(), "ok");
+    writer.write_at(0);
+    assert_eq!(writer.said(), "ok");
+    let client = c.pid("client.1");
+    signal(client, libc::SIGSTOP);
+    let _resume = Resume(client);
+    wait_stopped(client);
+
+    // This mount writes the same block; the MDS waits out the frozen client's lease first.
+    let mine = open_rw(&a);
+    mine.write_all_at(&[b'F'; 4096], 0).unwrap();
+    mine.sync_all().unwrap();
+
+    // The client wakes up: what it kept under the lease it lost never lands, and the
+    // writer's fsync reports the loss.
+    signal(client, libc::SIGCONT);
+    writer.sync();
+    assert_eq!(writer.said(), "EIO", "an fsync after kept data was lost");
+    std::thread::sleep(Duration::from_millis(500));
+    let mut want: Vec<u8> = [vec![b'F'; 4096], vec![b'a'; 4096], vec![b'Z'; 4096]].concat();
+    assert!(fs::read(&a).unwrap() == want, "kept data landed late");
+
+    // The session lives on: the same descriptor writes, and both mounts read it.
+    writer.write_at(4096);
+    assert_eq!(writer.said(), "ok");
+    writer.sync();
+    assert_eq!(writer.said(), "ok", "the loss is reported once");
+    want[4096..8192].fill(b'Z');
+    assert!(fs::read(&a).unwrap() == want);
+    assert!(fs::read(&b).unwrap() == want);
 }
