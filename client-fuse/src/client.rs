@@ -98,6 +98,11 @@ struct FileState {
     /// A flush that failed where no caller could hear it (in the background, at a
     /// revocation): the next fsync or close reports it.
     flush_error: Option<ClientError>,
+    /// The quota realm the file counts in (0: none).
+    realm: u64,
+    /// Bytes the file may still grow by under the quotas over it, as the MDS last said, less
+    /// what writes here grew it by since (`Some(None)`: no byte quota; `None`: not known).
+    quota_room: Option<Option<u64>>,
 }
 
 /// What a read or write needs of an open file.
@@ -301,7 +306,7 @@ impl Client {
     /// came with it on their inode and on `also` (a directory), and an open file's known
     /// size follows them. Returns them and the write lease granted, in milliseconds.
     fn leased_reply(&self, r: AttrReply, sent: Instant, also: Option<u64>) -> Result<(Attr, u32)> {
-        let (ms, write_ms) = (r.lease_ms, r.write_lease_ms);
+        let (ms, write_ms, room) = (r.lease_ms, r.write_lease_ms, r.quota_room);
         let attr = attr_of(r)?;
         match also {
             Some(dir) => self.note_lease(&[dir, attr.ino], sent, ms),
@@ -309,6 +314,8 @@ impl Client {
         }
         if let Some(st) = self.files().get_mut(&attr.ino) {
             st.size = attr.size;
+            st.realm = attr.realm;
+            st.quota_room = Some(room);
         }
         Ok((attr, write_ms))
     }
@@ -602,6 +609,8 @@ impl Client {
             flush_lock: Arc::default(),
             flush_queued: false,
             flush_error: None,
+            realm: attr.realm,
+            quota_room: None,
         });
         st.open += 1;
     }
@@ -685,6 +694,7 @@ impl Client {
                 "write past the largest file size",
             ));
         };
+        self.quota_check(ino, end).await?;
         // The lease is checked and the data kept under one lock, which a give-back takes
         // before it flushes: no write is kept once the lease is on its way back.
         let kept = {
@@ -759,6 +769,42 @@ impl Client {
             self.send_size(ino, true).await?;
         }
         Ok(len as u32)
+    }
+
+    /// EDQUOT if growing file `ino` to `end` would take a quota over it past its limit, as far
+    /// as this mount knows (asking the MDS once when it does not know enough); the MDS checks
+    /// again when the size reaches it. The room is taken here, so writes need not ask each
+    /// time.
+    async fn quota_check(&self, ino: u64, end: u64) -> Result<()> {
+        let mut asked = false;
+        loop {
+            {
+                let mut files = self.files();
+                let Some(s) = files.get_mut(&ino) else {
+                    return Ok(());
+                };
+                let growth = end.saturating_sub(s.pending.unwrap_or(0).max(s.size));
+                if growth == 0 || s.realm == 0 {
+                    return Ok(());
+                }
+                match s.quota_room {
+                    Some(None) => return Ok(()),
+                    Some(Some(room)) if room >= growth => {
+                        s.quota_room = Some(Some(room - growth));
+                        return Ok(());
+                    }
+                    _ if asked => {
+                        return Err(ClientError::errno_msg(
+                            libc::EDQUOT,
+                            "over a quota of a directory above the file",
+                        ))
+                    }
+                    _ => {}
+                }
+            }
+            self.getattr_raw(ino).await?;
+            asked = true;
+        }
     }
 
     /// Sends the data written under the write lease to the OSDs (after the flush in flight,
@@ -1183,11 +1229,11 @@ impl Client {
             .await
     }
 
-    /// Capacity and usage of the cluster.
-    pub async fn statfs(&self) -> Result<StatFsReply> {
+    /// Capacity and usage of the cluster, or of the quota over `ino`'s tree if it has one.
+    pub async fn statfs(&self, ino: u64) -> Result<StatFsReply> {
         self.cluster
             .mds("statfs", |mut c| async move {
-                c.stat_fs(StatFsRequest {}).await
+                c.stat_fs(StatFsRequest { ino }).await
             })
             .await
     }

@@ -829,19 +829,24 @@ impl Filesystem for ShoalFs {
         reply.ok();
     }
 
-    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+    fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
         self.go(move |c| async move {
-            match c.statfs().await {
+            match c.statfs(ino.0).await {
                 Ok(s) => {
                     const BSIZE: u64 = 4096;
-                    // Inodes are only bounded by MDS disk space; report a large, stable pool.
-                    const INODES: u64 = 1 << 32;
+                    // Inodes are only bounded by MDS disk space (unless a quota bounds them);
+                    // report a large, stable pool.
+                    let inodes = if s.max_files > 0 {
+                        s.max_files
+                    } else {
+                        1 << 32
+                    };
                     reply.statfs(
                         s.capacity_bytes / BSIZE,
                         s.free_bytes / BSIZE,
                         s.free_bytes / BSIZE,
-                        INODES,
-                        INODES.saturating_sub(s.files),
+                        inodes,
+                        inodes.saturating_sub(s.files),
                         BSIZE as u32,
                         shoal_proto::limits::NAME_MAX as u32,
                         BSIZE as u32,

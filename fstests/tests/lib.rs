@@ -7,6 +7,7 @@ mod fencing;
 mod mds_ha;
 mod namespace;
 mod posix;
+mod quota;
 mod replication;
 mod sharing;
 mod tools;

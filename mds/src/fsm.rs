@@ -227,6 +227,8 @@ impl<'a> Txn<'a> {
     /// inode when it is a regular file that lost its last link and now awaits purge.
     fn drop_link(&mut self, mut victim: Attr, now: &Timespec) -> Result<Option<Attr>, MdsError> {
         if is_dir(&victim) {
+            quota::charge(self, victim.realm, 0, -1, false)?;
+            quota::forget(self, victim.ino);
             self.destroy_inode(victim.ino)?;
             return Ok(None);
         }
@@ -236,6 +238,10 @@ impl<'a> Txn<'a> {
             self.put_inode(&victim);
             return Ok(None);
         }
+        // Gone from the tree: its realms no longer count it (nor what an open handle still
+        // writes to it).
+        quota::charge(self, victim.realm, -quota::usage_of(&victim), -1, false)?;
+        victim.realm = 0;
         if victim.kind == FileKind::Regular as i32 {
             self.put_inode(&victim);
             self.put(Cf::Orphans, &be(victim.ino), Vec::new());
@@ -446,6 +452,9 @@ impl Fsm {
             let l = a.layout.unwrap_or_else(layout::default_layout);
             return Ok(layout::format_layout(&l, field).into_bytes());
         }
+        if quota::is_quota_xattr(name) {
+            return quota::get(&t, &a, name);
+        }
         t.get(Cf::Xattrs, &key2(ino, name))?
             .ok_or_else(|| MdsError::fs(libc::ENODATA, "no such xattr"))
     }
@@ -468,6 +477,21 @@ impl Fsm {
     /// Locks held, per client session.
     pub fn locks_per_session(&self) -> Result<BTreeMap<u64, u32>, MdsError> {
         locks::per_session(&self.db)
+    }
+
+    /// Bytes files in `a`'s realm may still grow by (`None`: no byte quota over it).
+    pub fn quota_room(&self, a: &Attr) -> Result<Option<u64>, MdsError> {
+        if a.realm == 0 {
+            return Ok(None);
+        }
+        quota::room(&Txn::new(&self.db), a.realm)
+    }
+
+    /// The innermost quota with a limit over inode `ino` (itself, for a directory with one).
+    pub fn quota_over(&self, ino: u64) -> Result<Option<pb::Quota>, MdsError> {
+        let t = Txn::new(&self.db);
+        let a = t.inode(ino)?;
+        quota::limiting(&t, &a)
     }
 
     /// Number of inodes in the namespace.
@@ -610,6 +634,7 @@ fn recover_writes(t: &mut Txn<'_>, r: &RecoverWrites, now: &Timespec) -> Result<
     if a.writer == 0 || a.writer_mark != r.writer_mark {
         return Ok(Applied::Attr(a));
     }
+    let used = quota::usage_of(&a);
     a.writer = 0;
     let mut changed = false;
     let end = r.end.min(limits::FILE_SIZE_MAX);
@@ -627,6 +652,8 @@ fn recover_writes(t: &mut Txn<'_>, r: &RecoverWrites, now: &Timespec) -> Result<
     if changed {
         a.ctime = Some(*now);
     }
+    // What the writer wrote counts even past a quota: it returned to the application.
+    quota::charge(t, a.realm, quota::usage_of(&a) - used, 0, false)?;
     t.put_inode(&a);
     Ok(Applied::Attr(a))
 }
@@ -707,6 +734,7 @@ fn setattr(
     now: &Timespec,
 ) -> Result<Attr, MdsError> {
     let mut a = t.inode(r.ino)?;
+    let used = quota::usage_of(&a);
     if let Some(s) = session {
         if (r.grow_size.is_some() || r.release_write_lease) && a.writer == s {
             a.writer = 0;
@@ -768,6 +796,8 @@ fn setattr(
     if changes_attrs(r) {
         a.ctime = Some(*now);
     }
+    let grown = quota::usage_of(&a) - used;
+    quota::charge(t, a.realm, grown, 0, grown > 0)?;
     t.put_inode(&a);
     Ok(a)
 }
@@ -797,6 +827,8 @@ fn make_node(t: &mut Txn<'_>, r: &pb::MakeNodeRequest, now: &Timespec) -> Result
             return fs(libc::ENAMETOOLONG, "symlink target too long");
         }
     }
+    let realm = quota::child_realm(t, &parent)?;
+    quota::charge(t, realm, 0, 1, true)?;
     let ino = t.counter(KEY_NEXT_INO, ROOT_INO + 1)?;
     t.set_counter(KEY_NEXT_INO, ino + 1);
     let dir = kind == FileKind::Directory;
@@ -853,6 +885,7 @@ fn make_node(t: &mut Txn<'_>, r: &pb::MakeNodeRequest, now: &Timespec) -> Result
         parent: if dir { parent.ino } else { 0 },
         writer: 0,
         writer_mark: 0,
+        realm,
     };
     if kind == FileKind::Symlink {
         t.put(Cf::Symlinks, &be(ino), r.target.to_vec());
@@ -956,6 +989,21 @@ fn rename(
     if is_dir(&moved) && r.parent != r.new_parent {
         check_not_inside(t, moved.ino, r.new_parent)?;
     }
+    let (from, to) = (
+        quota::child_realm(t, &t.dir(r.parent)?)?,
+        quota::child_realm(t, &t.dir(r.new_parent)?)?,
+    );
+    if from != to {
+        // A file moves its usage along; a tree (or a file with other links) would have to be
+        // walked and retagged: EXDEV, and mv copies it instead.
+        if is_dir(&moved) || moved.nlink > 1 || r.flags & RENAME_EXCHANGE != 0 {
+            return fs(libc::EXDEV, "cannot move this across a quota boundary");
+        }
+        let used = quota::usage_of(&moved);
+        quota::charge(t, to, used, 1, true)?;
+        quota::charge(t, from, -used, -1, false)?;
+        moved.realm = to;
+    }
 
     if let (true, Some(d)) = (r.flags & RENAME_EXCHANGE != 0, dst.as_ref()) {
         let mut other = t.inode(d.ino)?;
@@ -1054,6 +1102,9 @@ fn link(t: &mut Txn<'_>, r: &pb::LinkRequest, now: &Timespec) -> Result<Attr, Md
     if t.dentry(r.new_parent, &r.new_name)?.is_some() {
         return fs(libc::EEXIST, "name exists");
     }
+    if quota::child_realm(t, &np)? != a.realm {
+        return fs(libc::EXDEV, "a hard link cannot cross a quota boundary");
+    }
     if a.nlink >= u32::MAX - 1 {
         return fs(libc::EMLINK, "too many links");
     }
@@ -1078,7 +1129,8 @@ fn check_xattr_name(name: &[u8]) -> Result<(), MdsError> {
         .any(|p| name.starts_with(p) && name.len() > p.len())
         || name == acl::ACCESS
         || name == acl::DEFAULT
-        || layout::layout_xattr(name).is_some();
+        || layout::layout_xattr(name).is_some()
+        || quota::is_quota_xattr(name);
     if !known {
         return fs(libc::EOPNOTSUPP, "unsupported xattr namespace");
     }
@@ -1137,6 +1189,10 @@ fn setxattr(t: &mut Txn<'_>, r: &pb::SetXattrRequest, now: &Timespec) -> Result<
     if let Some((dir, field)) = layout::layout_xattr(&r.name) {
         return set_layout(t, r, dir, field, now);
     }
+    if quota::is_quota_xattr(&r.name) {
+        let a = t.inode(r.ino)?;
+        return quota::set(t, a, &r.name, Some(&r.value), now).map(Applied::Attr);
+    }
     if r.value.len() > limits::XATTR_VALUE_MAX {
         return fs(libc::E2BIG, "xattr value too large");
     }
@@ -1192,6 +1248,10 @@ fn removexattr(
 ) -> Result<Applied, MdsError> {
     check_xattr_name(&r.name)?;
     let mut a = t.inode(r.ino)?;
+    if quota::is_quota_xattr(&r.name) {
+        quota::set(t, a, &r.name, None, now)?;
+        return Ok(Applied::Done);
+    }
     if let Some((dir, field)) = layout::layout_xattr(&r.name) {
         // A directory's layout can be dropped (new files get the default); a file's cannot.
         layout_target(&a, dir, libc::ENODATA)?;
@@ -1297,6 +1357,7 @@ fn set_pool(t: &mut Txn<'_>, p: &Pool) -> Result<Applied, MdsError> {
 }
 
 mod locks;
+pub mod quota;
 
 #[cfg(test)]
 mod tests;

@@ -21,7 +21,7 @@ use tracing::{info, warn};
 
 use crate::command::{Applied, Bootstrap, Op, Pool, RecoverWrites, SetOsdState};
 use crate::error::MdsError;
-use crate::fsm::Fsm;
+use crate::fsm::{Fsm, ROOT_INO};
 use crate::leases::Leases;
 use crate::node::NodeHandle;
 use crate::recovery::{needs_recovery, Prober};
@@ -283,6 +283,7 @@ impl MdsService {
             (self.current(session, ino).await?, 0)
         };
         Ok(Response::new(AttrReply {
+            quota_room: self.fsm.quota_room(&attr)?,
             attr: Some(attr),
             lease_ms: ms.min(dir_ms),
             write_lease_ms: 0,
@@ -671,6 +672,7 @@ impl Mds for MdsService {
         self.node.read_barrier().await?;
         let attr = self.current(session, ino).await?;
         Ok(Response::new(AttrReply {
+            quota_room: self.fsm.quota_room(&attr)?,
             attr: Some(attr),
             lease_ms,
             write_lease_ms: 0,
@@ -739,6 +741,7 @@ impl Mds for MdsService {
         }
         let (attr, lease_ms) = self.leased(session, ino).await?;
         Ok(Response::new(AttrReply {
+            quota_room: self.fsm.quota_room(&attr)?,
             attr: Some(attr),
             lease_ms,
             write_lease_ms,
@@ -810,8 +813,9 @@ impl Mds for MdsService {
         Ok(Response::new(self.fsm.readdir(r.ino, r.after, r.limit)?))
     }
 
-    async fn stat_fs(&self, _req: Request<StatFsRequest>) -> Reply<StatFsReply> {
+    async fn stat_fs(&self, req: Request<StatFsRequest>) -> Reply<StatFsReply> {
         self.node.read_barrier().await?;
+        let ino = req.into_inner().ino;
         // Each device counts once: OSDs sharing a disk share its capacity and free space. Every
         // byte is stored `size` times, so what files can use is the raw space over `size`.
         let map = self.osd_map()?;
@@ -825,11 +829,28 @@ impl Mds for MdsService {
             }
         }
         let copies = map.size.max(1) as u64;
+        let (capacity, used, free) = (capacity / copies, used / copies, free / copies);
+        // Inside a tree under a quota, the quota is the filesystem's size (df in a volume).
+        if let Some(q) = self.fsm.quota_over(ino.max(ROOT_INO))? {
+            let capacity = if q.max_bytes > 0 {
+                q.max_bytes
+            } else {
+                capacity
+            };
+            return Ok(Response::new(StatFsReply {
+                capacity_bytes: capacity,
+                used_bytes: q.rbytes,
+                free_bytes: capacity.saturating_sub(q.rbytes).min(free),
+                files: q.rfiles,
+                max_files: q.max_files,
+            }));
+        }
         Ok(Response::new(StatFsReply {
-            capacity_bytes: capacity / copies,
-            used_bytes: used / copies,
-            free_bytes: free / copies,
+            capacity_bytes: capacity,
+            used_bytes: used,
+            free_bytes: free,
             files: self.fsm.files()?,
+            max_files: 0,
         }))
     }
 

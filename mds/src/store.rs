@@ -47,11 +47,13 @@ pub enum Cf {
     Locks,
     /// evicted client session → `BlockEntry`: sessions the MDS and OSDs refuse.
     Blocklist,
+    /// directory ino → `Quota`: its limits and what its tree uses.
+    Quotas,
 }
 
 impl Cf {
     /// Every column family, in creation order.
-    pub const ALL: [Cf; 12] = [
+    pub const ALL: [Cf; 13] = [
         Cf::Raft,
         Cf::Meta,
         Cf::Inodes,
@@ -64,6 +66,7 @@ impl Cf {
         Cf::Sessions,
         Cf::Locks,
         Cf::Blocklist,
+        Cf::Quotas,
     ];
 
     /// The column family's name on disk.
@@ -81,6 +84,7 @@ impl Cf {
             Cf::Sessions => "sessions",
             Cf::Locks => "locks",
             Cf::Blocklist => "blocklist",
+            Cf::Quotas => "quotas",
         }
     }
 }

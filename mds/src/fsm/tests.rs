@@ -555,3 +555,122 @@ fn a_writer_mark_follows_the_write_lease_and_recovery_only_grows() {
         other => panic!("{other:?}"),
     }
 }
+
+impl Harness {
+    fn setx(&mut self, ino: u64, name: &[u8], value: &str) -> Result<Applied, MdsError> {
+        self.run(Op::SetXattr(pb::SetXattrRequest {
+            ino,
+            name: name.to_vec().into(),
+            value: value.as_bytes().to_vec().into(),
+            ..Default::default()
+        }))
+    }
+
+    fn usage(&self, dir: u64) -> (u64, u64) {
+        let get = |n| {
+            String::from_utf8(self.fsm.getxattr(dir, n).unwrap())
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+        };
+        (get(quota::RBYTES), get(quota::RFILES))
+    }
+
+    fn size(&mut self, ino: u64, size: u64) -> Result<Applied, MdsError> {
+        self.run(Op::SetAttr(pb::SetAttrRequest {
+            ino,
+            size: Some(size),
+            ..Default::default()
+        }))
+    }
+}
+
+#[test]
+fn quotas_count_the_tree_and_refuse_growth_past_a_limit() {
+    let mut h = Harness::new();
+    let vol = h.mk(ROOT_INO, "vol", FileKind::Directory).unwrap().ino;
+    // Usage already there is counted when the first limit is set.
+    let old = h.mk(vol, "old", FileKind::Regular).unwrap().ino;
+    h.size(old, 1000).unwrap();
+    let sub = h.mk(vol, "sub", FileKind::Directory).unwrap().ino;
+    assert_eq!(
+        h.usage(vol),
+        (1000, 2),
+        "a directory that is not a realm is walked"
+    );
+    h.setx(vol, quota::MAX_BYTES, "5000").unwrap();
+    h.setx(vol, quota::MAX_FILES, "4").unwrap();
+    assert_eq!(h.usage(vol), (1000, 2));
+    assert_eq!(h.fsm.getattr(old).unwrap().realm, vol, "the tree is tagged");
+    assert_eq!(h.fsm.getxattr(vol, quota::MAX_BYTES).unwrap(), b"5000");
+
+    // Growth and creates are charged, up to the limits.
+    let f = h.mk(sub, "f", FileKind::Regular).unwrap();
+    assert_eq!(f.realm, vol);
+    h.size(f.ino, 4000).unwrap();
+    assert_eq!(h.usage(vol), (5000, 3));
+    assert_eq!(errno(h.size(f.ino, 4001)), libc::EDQUOT);
+    let grow = Op::SetAttr(pb::SetAttrRequest {
+        ino: f.ino,
+        grow_size: Some(4001),
+        ..Default::default()
+    });
+    assert_eq!(errno(h.run(grow)), libc::EDQUOT);
+    assert_eq!(h.fsm.getattr(f.ino).unwrap().size, 4000, "nothing applied");
+    assert_eq!(
+        h.fsm.quota_room(&h.fsm.getattr(f.ino).unwrap()).unwrap(),
+        Some(0)
+    );
+    h.mk(vol, "g", FileKind::Regular).unwrap();
+    assert_eq!(errno(h.mk(vol, "h", FileKind::Symlink)), libc::EDQUOT);
+    // Shrinking and removing give room back; the root's tree is not limited.
+    h.size(f.ino, 10).unwrap();
+    h.unlink(vol, "g", false).unwrap();
+    assert_eq!(h.usage(vol), (1010, 3));
+    assert_eq!(
+        h.fsm.quota_room(&h.fsm.getattr(f.ino).unwrap()).unwrap(),
+        Some(3990)
+    );
+    let outside = h.mk(ROOT_INO, "big", FileKind::Regular).unwrap().ino;
+    h.size(outside, 1 << 40).unwrap();
+    assert_eq!(h.fsm.getattr(outside).unwrap().realm, 0);
+
+    // A nested quota counts in both; its own limit applies first.
+    h.setx(sub, quota::MAX_BYTES, "100").unwrap();
+    assert_eq!(h.usage(sub), (10, 1));
+    assert_eq!(errno(h.size(f.ino, 101)), libc::EDQUOT);
+    h.size(f.ino, 100).unwrap();
+    assert_eq!(h.usage(vol), (1100, 3));
+    assert_eq!(h.fsm.quota_over(f.ino).unwrap().unwrap().max_bytes, 100);
+
+    // Files move their usage across a quota boundary; trees and links do not move.
+    h.rename(sub, "f", vol, "f", 0).unwrap();
+    assert_eq!(h.usage(sub), (0, 0));
+    assert_eq!(h.usage(vol), (1100, 3));
+    assert_eq!(h.fsm.getattr(f.ino).unwrap().realm, vol);
+    h.rename(vol, "f", ROOT_INO, "f", 0).unwrap();
+    assert_eq!(h.usage(vol), (1000, 2), "moved out of the realm");
+    h.mk(vol, "d", FileKind::Directory).unwrap();
+    assert_eq!(errno(h.rename(vol, "d", ROOT_INO, "d", 0)), libc::EXDEV);
+    let link = Op::Link(pb::LinkRequest {
+        ino: old,
+        new_parent: ROOT_INO,
+        new_name: b"l".to_vec().into(),
+    });
+    assert_eq!(errno(h.run(link)), libc::EXDEV);
+    h.unlink(vol, "d", true).unwrap();
+
+    // Bad values and targets are refused; removing a limit lifts it.
+    assert_eq!(errno(h.setx(vol, quota::MAX_BYTES, "lots")), libc::EINVAL);
+    assert_eq!(errno(h.setx(old, quota::MAX_BYTES, "1")), libc::EINVAL);
+    assert_eq!(errno(h.setx(vol, quota::RBYTES, "1")), libc::EPERM);
+    h.run(Op::RemoveXattr(pb::RemoveXattrRequest {
+        ino: vol,
+        name: quota::MAX_FILES.to_vec().into(),
+    }))
+    .unwrap();
+    assert_eq!(errno(h.fsm.getxattr(vol, quota::MAX_FILES)), libc::ENODATA);
+    for i in 0..5 {
+        h.mk(vol, &format!("n{i}"), FileKind::Regular).unwrap();
+    }
+}
