@@ -7,3 +7,4 @@
 
 pub mod procs;
 pub mod status;
+pub mod volume;

@@ -35,6 +35,10 @@ enum Cmd {
     /// Client sessions (listed by `shoal status`).
     #[command(subcommand)]
     Client(ClientCmd),
+    /// Volumes: directories under /volumes/ with a quota on bytes and files, each mountable
+    /// on its own (`shoal mount --volume NAME`).
+    #[command(subcommand)]
+    Volume(VolumeCmd),
     /// Scrub every PG now: compare the versions of all copies, or with --deep read every
     /// block of every copy, verify its crc32, compare the copies and repair bad ones.
     Scrub(ScrubArgs),
@@ -70,6 +74,51 @@ enum MdsCmd {
     Remove {
         /// The member's Raft id.
         id: u64,
+        #[command(flatten)]
+        at: ClusterArg,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum VolumeCmd {
+    /// Create volume NAME with a quota (creating it again with the same quota is a no-op).
+    Create {
+        /// 1 to 128 letters, digits, '.', '_' or '-', not starting with '.'.
+        name: String,
+        /// Its size: the byte quota (e.g. 10GiB, 500M, 1048576).
+        #[arg(long)]
+        size: String,
+        /// The most files and directories it may hold (default: no limit).
+        #[arg(long)]
+        max_files: Option<u64>,
+        #[command(flatten)]
+        at: ClusterArg,
+    },
+    /// Change volume NAME's quota.
+    Resize {
+        /// The volume.
+        name: String,
+        /// Its new size.
+        #[arg(long)]
+        size: String,
+        /// Its new file limit (0: none; default: unchanged).
+        #[arg(long)]
+        max_files: Option<u64>,
+        #[command(flatten)]
+        at: ClusterArg,
+    },
+    /// List the volumes with their quota and usage.
+    Ls {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        at: ClusterArg,
+    },
+    /// Remove volume NAME and everything in it.
+    Rm {
+        /// The volume.
+        name: String,
         #[command(flatten)]
         at: ClusterArg,
     },
@@ -198,6 +247,7 @@ fn main() {
         Cmd::Scrub(a) => scrub_cmd(a),
         Cmd::Mds(c) => mds_cmd(c),
         Cmd::Client(c) => client_cmd(c),
+        Cmd::Volume(v) => volume_cmd(v),
     };
     if let Err(e) = result {
         eprintln!("shoal: {e:#}");
@@ -668,6 +718,57 @@ fn client_cmd(c: ClientCmd) -> anyhow::Result<()> {
     }))?;
     println!("evicted session {session:016x}: fenced at the OSDs, its locks released");
     Ok(())
+}
+
+fn volume_cmd(v: VolumeCmd) -> anyhow::Result<()> {
+    use shoal_cli::volume::{self, parse_size};
+    use shoal_client::volumes;
+    let at = match &v {
+        VolumeCmd::Create { at, .. }
+        | VolumeCmd::Resize { at, .. }
+        | VolumeCmd::Ls { at, .. }
+        | VolumeCmd::Rm { at, .. } => at,
+    };
+    let addrs = mds_addrs(at.mds.clone(), &at.data)?;
+    let rt = runtime()?;
+    rt.block_on(async {
+        let c = volume::connect(&addrs).await?;
+        match v {
+            VolumeCmd::Create {
+                name,
+                size,
+                max_files,
+                ..
+            } => volume::create(&c, &name, parse_size(&size)?, max_files.unwrap_or(0)).await,
+            VolumeCmd::Resize {
+                name,
+                size,
+                max_files,
+                ..
+            } => {
+                let v = volumes::resize(&c, &name, parse_size(&size)?, max_files).await?;
+                println!("volume {}: {}", v.name, volume::human(v.max_bytes));
+                Ok(())
+            }
+            VolumeCmd::Ls { json, .. } => {
+                let vols = volumes::list(&c).await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&vols)?);
+                } else {
+                    print!("{}", volume::render(&vols));
+                }
+                Ok(())
+            }
+            VolumeCmd::Rm { name, .. } => {
+                if volumes::remove(&c, &name).await? {
+                    println!("volume {name} removed");
+                } else {
+                    println!("no volume {name}: nothing to remove");
+                }
+                Ok(())
+            }
+        }
+    })
 }
 
 fn status_cmd(a: StatusArgs) -> anyhow::Result<()> {

@@ -1030,14 +1030,30 @@ impl Client {
             };
             let sent = Instant::now();
             let session = self.cluster.session();
-            let (_, write_ms) = self
+            let answer = self
                 .leased_mutate(
                     "flush",
                     None,
                     req,
                     |mut c, r| async move { c.set_attr(r).await },
                 )
-                .await?;
+                .await;
+            let write_ms = match answer {
+                Ok((_, ms)) => ms,
+                Err(e) if e.errno() == libc::EDQUOT => {
+                    // The growth went past a quota (this mount's room was out of date): it is
+                    // not recorded, and the file's next fsync or close says so.
+                    if let Some(s) = self.files().get_mut(&ino) {
+                        if s.generation == generation {
+                            s.pending = None;
+                            s.dirty_mtime = None;
+                        }
+                        s.flush_error.get_or_insert(e.clone());
+                    }
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            };
             let revoked = self
                 .leases()
                 .get(&ino)

@@ -7,6 +7,7 @@
 //! - [`fuse`]: the fuser `Filesystem` that turns kernel requests into [`client`] calls.
 //! - [`mount`]: mount options, the `mount.fuse.shoal` helper, and [`mount::run`] that serves a
 //!   mount until it is unmounted or told to stop.
+//! - [`volumes`]: directories under `/volumes/` with a quota (`shoal volume`, the CSI driver).
 //! - [`writeback`]: a file's data written under its write lease, not yet on the OSDs.
 //! - [`error`]: the client's error type and its errno.
 //!
@@ -21,6 +22,7 @@ pub mod cluster;
 pub mod error;
 pub mod fuse;
 pub mod mount;
+pub mod volumes;
 pub mod writeback;
 
 pub use client::Client;

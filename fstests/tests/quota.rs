@@ -91,3 +91,85 @@ fn a_directory_quota_holds_on_every_mount() {
         libc::EXDEV
     );
 }
+
+#[test]
+fn volumes_are_created_resized_listed_and_removed_from_the_cli() {
+    let c = TestCluster::start();
+    let ls = |c: &TestCluster| -> serde_json::Value {
+        let out = c.shoal_ok(&["volume", "ls", "--json"]);
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let create = [
+        "volume",
+        "create",
+        "media",
+        "--size",
+        "1MiB",
+        "--max-files",
+        "5",
+    ];
+    c.shoal_ok(&create);
+    // The same again is a no-op; other limits are refused; bad names are refused.
+    c.shoal_ok(&create);
+    let clash = c.shoal(&["volume", "create", "media", "--size", "2MiB"]);
+    assert!(!clash.status.success());
+    assert!(String::from_utf8_lossy(&clash.stderr).contains("exists with 1048576 bytes"));
+    for bad in ["..", "a/b", ".x", &"n".repeat(129)] {
+        let out = c.shoal(&["volume", "create", bad, "--size", "1M"]);
+        assert!(!out.status.success(), "{bad:?} accepted");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("invalid volume name"),
+            "{bad:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let bad_size = c.shoal(&["volume", "create", "x", "--size", "ten"]);
+    assert!(!bad_size.status.success());
+
+    // The volume is a directory with the quota, seen through the mount.
+    let v = c.path("volumes/media");
+    assert_eq!(get_xattr(&v, "shoal.quota.max_bytes").unwrap(), "1048576");
+    fs::write(v.join("clip"), vec![7u8; 700_000]).unwrap();
+    assert_eq!(
+        errno_of(fs::write(v.join("clip2"), vec![7u8; 700_000])),
+        libc::EDQUOT
+    );
+    let vols = ls(&c);
+    assert_eq!(vols[0]["name"], "media");
+    assert_eq!(vols[0]["max_bytes"], 1 << 20);
+    assert_eq!(vols[0]["max_files"], 5);
+    assert_eq!(vols[0]["used_bytes"], 700_000);
+    assert_eq!(vols[0]["files"], 2);
+    let table = String::from_utf8(c.shoal_ok(&["volume", "ls"]).stdout).unwrap();
+    assert!(
+        table.contains("media") && table.contains("1.0 MiB"),
+        "{table}"
+    );
+
+    // Resized, the write fits.
+    c.shoal_ok(&["volume", "resize", "media", "--size", "2MiB"]);
+    fs::write(v.join("clip2"), vec![7u8; 700_000]).unwrap();
+    assert_eq!(ls(&c)[0]["max_bytes"], 2 << 20);
+    assert_eq!(ls(&c)[0]["max_files"], 5, "unchanged");
+    assert!(!c
+        .shoal(&["volume", "resize", "nope", "--size", "1M"])
+        .status
+        .success());
+
+    // Removed with everything in it, its data gone from the OSDs too.
+    fs::create_dir_all(v.join("a/b")).unwrap();
+    fs::write(v.join("a/b/deep"), b"x").unwrap();
+    c.shoal_ok(&["volume", "rm", "media"]);
+    assert!(!v.exists());
+    assert_eq!(ls(&c).as_array().unwrap().len(), 0);
+    c.shoal_ok(&["volume", "rm", "media"]);
+    let start = std::time::Instant::now();
+    while !c.object_files().is_empty() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "objects left: {:?}",
+            c.object_files()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
