@@ -209,6 +209,10 @@ struct MountArgs {
     /// MDS address(es), comma-separated, instead of a data directory.
     #[arg(long)]
     mds: Option<String>,
+    /// Mount volume NAME (see `shoal volume`) instead of the whole namespace: the volume's
+    /// directory is the mount's root, and `df` shows its quota.
+    #[arg(long)]
+    volume: Option<String>,
     /// Where to mount.
     mountpoint: PathBuf,
 }
@@ -477,7 +481,7 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
                 dir.join("client.0").join("mountpoint"),
                 mnt.as_os_str().as_encoded_bytes(),
             )?;
-            let child = procs::start_mount(&dir, "client.0", &mds, mnt)?;
+            let child = procs::start_mount(&dir, "client.0", &mds, mnt, &[])?;
             children.push(("client.0".into(), child));
         }
     }
@@ -565,6 +569,10 @@ fn down(data: &Path) -> anyhow::Result<()> {
 }
 
 fn mount(a: MountArgs) -> anyhow::Result<()> {
+    if let Some(v) = &a.volume {
+        shoal_client::volumes::check_name(v)?;
+    }
+    let options: Vec<String> = a.volume.iter().map(|v| format!("volume={v}")).collect();
     match a.mds {
         Some(addrs) => {
             let mds = shoal_client::mount::resolve_source(&addrs)?;
@@ -572,6 +580,9 @@ fn mount(a: MountArgs) -> anyhow::Result<()> {
             let mnt = a.mountpoint.canonicalize()?;
             let mut cmd = std::process::Command::new(procs::bin_path("shoal-fuse")?);
             use std::os::unix::process::CommandExt;
+            for o in &options {
+                cmd.arg("-o").arg(o);
+            }
             let mut child = cmd
                 .arg("--mds")
                 .arg(mds.join(","))
@@ -606,7 +617,7 @@ fn mount(a: MountArgs) -> anyhow::Result<()> {
                 dir.join(&name).join("mountpoint"),
                 mnt.as_os_str().as_encoded_bytes(),
             )?;
-            procs::start_mount(&dir, &name, &cf.mds_addrs(), &mnt)?;
+            procs::start_mount(&dir, &name, &cf.mds_addrs(), &mnt, &options)?;
             println!("mounted at {} as {name}", mnt.display());
         }
     }

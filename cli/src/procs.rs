@@ -239,20 +239,30 @@ pub fn unmount(dir: Option<&Path>, client: &str, mnt: &Path) -> anyhow::Result<(
 }
 
 /// Starts a client mount of `mds` at `mnt` as daemon `DIR/<name>` and waits until it is live.
-pub fn start_mount(dir: &Path, name: &str, mds: &[String], mnt: &Path) -> anyhow::Result<Child> {
+pub fn start_mount(
+    dir: &Path,
+    name: &str,
+    mds: &[String],
+    mnt: &Path,
+    options: &[String],
+) -> anyhow::Result<Child> {
     fs::create_dir_all(mnt).with_context(|| format!("creating mount point {}", mnt.display()))?;
     let mnt = mnt.canonicalize()?;
     if mounted_fstype(&mnt).is_some_and(|t| t.starts_with("fuse")) && fs::metadata(&mnt).is_ok() {
         bail!("{} is already mounted", mnt.display());
     }
     let pid_file = dir.join(name).join("pid");
-    let args: Vec<OsString> = vec![
+    let mut args: Vec<OsString> = vec![
         "--mds".into(),
         mds.join(",").into(),
         mnt.clone().into(),
         "--pid-file".into(),
         pid_file.into(),
     ];
+    for o in options {
+        args.push("-o".into());
+        args.push(o.into());
+    }
     let mut child = spawn(dir, name, &bin_path("shoal-fuse")?, &args)?;
     wait_mounted(&mnt, &mut child, Duration::from_secs(60))?;
     Ok(child)

@@ -100,8 +100,8 @@ struct FileState {
     flush_error: Option<ClientError>,
     /// The quota realm the file counts in (0: none).
     realm: u64,
-    /// Bytes the file may still grow by under the quotas over it, as the MDS last said, less
-    /// what writes here grew it by since (`Some(None)`: no byte quota; `None`: not known).
+    /// Bytes the file may grow by past `size` under the quotas over it, as the MDS last said
+    /// (`Some(None)`: no byte quota; `None`: not known).
     quota_room: Option<Option<u64>>,
 }
 
@@ -119,6 +119,9 @@ struct Lease {
     /// When the MDS last revoked it: grants asked for before then do not count.
     revoked: Option<Instant>,
 }
+
+/// The root directory's inode.
+const ROOT: u64 = 1;
 
 /// Leases end this much before the MDS's reckoning.
 const LEASE_MARGIN: Duration = Duration::from_millis(20);
@@ -141,6 +144,8 @@ pub struct Client {
     leases: Mutex<HashMap<u64, Lease>>,
     /// Bytes of written data held here, not yet on the OSDs (all files).
     dirty_total: AtomicU64,
+    /// The directory the mount shows as its root (a volume's, or the cluster's root, 1).
+    root: u64,
 }
 
 /// A byte-range lock request from the kernel (fcntl or flock).
@@ -199,12 +204,41 @@ fn attr_of(reply: AttrReply) -> Result<Attr> {
 impl Client {
     /// A client over a connected cluster.
     pub fn new(cluster: Arc<Cluster>) -> Client {
+        Client::with_root(cluster, ROOT)
+    }
+
+    /// A client whose mount shows directory `root` as its root (inode 1 to the kernel).
+    pub fn with_root(cluster: Arc<Cluster>, root: u64) -> Client {
         Client {
+            root,
             cluster,
             files: Mutex::default(),
             lockers: Mutex::default(),
             leases: Mutex::default(),
             dirty_total: AtomicU64::new(0),
+        }
+    }
+
+    /// The directory shown as the mount's root.
+    pub fn root(&self) -> u64 {
+        self.root
+    }
+
+    /// The cluster's inode for the kernel's `ino`: its root (1) is the mount's root.
+    pub fn cluster_ino(&self, ino: u64) -> u64 {
+        if ino == ROOT {
+            self.root
+        } else {
+            ino
+        }
+    }
+
+    /// The kernel's inode for the cluster's `ino` (the mount's root shows as 1).
+    pub fn kernel_ino(&self, ino: u64) -> u64 {
+        if ino == self.root {
+            ROOT
+        } else {
+            ino
         }
     }
 
@@ -773,8 +807,7 @@ impl Client {
 
     /// EDQUOT if growing file `ino` to `end` would take a quota over it past its limit, as far
     /// as this mount knows (asking the MDS once when it does not know enough); the MDS checks
-    /// again when the size reaches it. The room is taken here, so writes need not ask each
-    /// time.
+    /// again when the size reaches it.
     async fn quota_check(&self, ino: u64, end: u64) -> Result<()> {
         let mut asked = false;
         loop {
@@ -783,16 +816,15 @@ impl Client {
                 let Some(s) = files.get_mut(&ino) else {
                     return Ok(());
                 };
-                let growth = end.saturating_sub(s.pending.unwrap_or(0).max(s.size));
-                if growth == 0 || s.realm == 0 {
+                if end <= s.pending.unwrap_or(0).max(s.size) || s.realm == 0 {
                     return Ok(());
                 }
+                // The MDS's room leaves out what this mount grew the file by and has not
+                // sent yet: the growth counts from the size the MDS knows.
+                let growth = end - s.size;
                 match s.quota_room {
                     Some(None) => return Ok(()),
-                    Some(Some(room)) if room >= growth => {
-                        s.quota_room = Some(Some(room - growth));
-                        return Ok(());
-                    }
+                    Some(Some(room)) if room >= growth => return Ok(()),
                     _ if asked => {
                         return Err(ClientError::errno_msg(
                             libc::EDQUOT,

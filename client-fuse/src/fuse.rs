@@ -157,6 +157,11 @@ impl ShoalFs {
         }
     }
 
+    /// The cluster's inode for the kernel's `ino` (the mount's root is the volume's).
+    fn cluster_ino(&self, ino: INodeNo) -> INodeNo {
+        INodeNo(self.client.cluster_ino(ino.0))
+    }
+
     /// Where the mount puts the session's notifier once it has one.
     pub fn notifier_slot(&self) -> Arc<OnceLock<Notifier>> {
         self.notifier.clone()
@@ -224,14 +229,19 @@ struct EntryReplier {
 
 impl EntryReplier {
     fn reply(&self, c: &Client, reply: ReplyEntry, r: Result<Attr, ClientError>) {
-        match r.and_then(|a| fuse_attr(&a)) {
-            Ok(a) => {
-                let ttl = c.ttl(self.parent).min(c.ttl(a.ino.0));
-                reply.entry(&ttl, &a, Generation(0))
-            }
+        match r.and_then(|a| kernel_attr(c, &a)) {
+            Ok((a, ttl)) => reply.entry(&ttl.min(c.ttl(self.parent)), &a, Generation(0)),
             Err(e) => reply.error(errno(&e)),
         }
     }
+}
+
+/// The kernel's view of `a` (inode numbers as the mount shows them) and how long it may keep
+/// it (what is left of the lease on it).
+fn kernel_attr(c: &Client, a: &Attr) -> Result<(FileAttr, Duration), ClientError> {
+    let mut fa = fuse_attr(a)?;
+    fa.ino = INodeNo(c.kernel_ino(a.ino));
+    Ok((fa, c.ttl(a.ino)))
 }
 
 /// Who sets an access ACL, for the MDS's setgid rule. FUSE passes the caller's fsuid, fsgid
@@ -336,15 +346,15 @@ async fn refresh_kernel_view(c: &Client, notifier: Option<&Notifier>, ino: u64) 
     // Notifications can wait for the kernel's page locks, held by reads this mount serves:
     // never on a runtime thread.
     let inval = n.clone();
-    let dropped = tokio::task::spawn_blocking(move || inval.inval_inode(INodeNo(ino), 0, 0));
+    let kino = INodeNo(c.kernel_ino(ino));
+    let dropped = tokio::task::spawn_blocking(move || inval.inval_inode(kino, 0, 0));
     if let Ok(Err(e)) = dropped.await {
         warn!(ino, error = %e, "cannot invalidate the kernel's cache after a lock");
     }
     match c.tail(ino).await {
         Ok((size, last)) if !last.is_empty() => {
             // An inode the kernel has dropped meanwhile is fine (ENOENT).
-            let stored =
-                tokio::task::spawn_blocking(move || n.store(INodeNo(ino), size - 1, &last));
+            let stored = tokio::task::spawn_blocking(move || n.store(kino, size - 1, &last));
             let _ = stored.await;
         }
         Ok(_) => {}
@@ -366,6 +376,7 @@ pub async fn on_revoke(c: &Client, notifier: Option<Notifier>, ino: u64, names: 
         warn!(ino, error = %e, "cannot send a file's size for a revoked write lease");
     }
     let Some(n) = notifier else { return };
+    let ino = c.kernel_ino(ino);
     // The kernel may have to wait for a call in flight on the directory or the pages: not on
     // a runtime thread.
     let done = tokio::task::spawn_blocking(move || {
@@ -380,8 +391,8 @@ pub async fn on_revoke(c: &Client, notifier: Option<Notifier>, ino: u64, names: 
 
 /// Replies with attributes the kernel keeps while the mount's lease on the inode lasts.
 fn reply_attr(c: &Client, reply: ReplyAttr, r: Result<Attr, ClientError>) {
-    match r.and_then(|a| fuse_attr(&a)) {
-        Ok(a) => reply.attr(&c.ttl(a.ino.0), &a),
+    match r.and_then(|a| kernel_attr(c, &a)) {
+        Ok((a, ttl)) => reply.attr(&ttl, &a),
         Err(e) => reply.error(errno(&e)),
     }
 }
@@ -430,6 +441,7 @@ impl Filesystem for ShoalFs {
         pid: u32,
         reply: ReplyLock,
     ) {
+        let ino = self.cluster_ino(ino);
         let Some(args) = lock_args(lock_owner, start, end, typ, pid) else {
             return reply.error(Errno::EINVAL);
         };
@@ -464,6 +476,7 @@ impl Filesystem for ShoalFs {
         sleep: bool,
         reply: ReplyEmpty,
     ) {
+        let ino = self.cluster_ino(ino);
         let Some(args) = lock_args(lock_owner, start, end, typ, pid) else {
             return reply.error(Errno::EINVAL);
         };
@@ -478,6 +491,7 @@ impl Filesystem for ShoalFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let parent = self.cluster_ino(parent);
         let name = match name_ok(name) {
             Ok(n) => n,
             Err(e) => return reply.error(errno(&e)),
@@ -487,6 +501,7 @@ impl Filesystem for ShoalFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let ino = self.cluster_ino(ino);
         self.go(move |c| async move { reply_attr(&c, reply, c.getattr(ino.0).await) });
     }
 
@@ -508,6 +523,7 @@ impl Filesystem for ShoalFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let ino = self.cluster_ino(ino);
         let req = SetAttrRequest {
             ino: ino.0,
             perm: mode.map(|m| m & 0o7777),
@@ -522,6 +538,7 @@ impl Filesystem for ShoalFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let ino = self.cluster_ino(ino);
         self.go(move |c| async move {
             match c.readlink(ino.0).await {
                 Ok(t) => reply.data(&t),
@@ -540,6 +557,7 @@ impl Filesystem for ShoalFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        let parent = self.cluster_ino(parent);
         match kind_of_mode(mode) {
             Some(FileKind::Directory | FileKind::Symlink) | None => reply.error(Errno::EINVAL),
             Some(kind) => {
@@ -564,6 +582,7 @@ impl Filesystem for ShoalFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        let parent = self.cluster_ino(parent);
         let node = NewNode {
             kind: FileKind::Directory,
             mode,
@@ -575,11 +594,13 @@ impl Filesystem for ShoalFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let parent = self.cluster_ino(parent);
         let name = name.as_bytes().to_vec();
         self.go(move |c| async move { reply_empty(reply, c.unlink(parent.0, &name, false).await) });
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let parent = self.cluster_ino(parent);
         let name = name.as_bytes().to_vec();
         self.go(move |c| async move { reply_empty(reply, c.unlink(parent.0, &name, true).await) });
     }
@@ -592,6 +613,7 @@ impl Filesystem for ShoalFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        let parent = self.cluster_ino(parent);
         let target = target.as_os_str().as_bytes();
         if target.len() > shoal_proto::limits::SYMLINK_MAX {
             return reply.error(Errno::from_i32(libc::ENAMETOOLONG));
@@ -616,6 +638,8 @@ impl Filesystem for ShoalFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let parent = self.cluster_ino(parent);
+        let newparent = self.cluster_ino(newparent);
         if flags.contains(RenameFlags::RENAME_WHITEOUT) {
             return reply.error(Errno::EINVAL);
         }
@@ -641,6 +665,8 @@ impl Filesystem for ShoalFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        let ino = self.cluster_ino(ino);
+        let newparent = self.cluster_ino(newparent);
         let name = match name_ok(newname) {
             Ok(n) => n,
             Err(e) => return reply.error(errno(&e)),
@@ -654,6 +680,7 @@ impl Filesystem for ShoalFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let ino = self.cluster_ino(ino);
         self.go(move |c| async move {
             match c.open(ino.0).await {
                 // The handle names the session it was opened in (see `Client::handle`).
@@ -674,6 +701,7 @@ impl Filesystem for ShoalFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let ino = self.cluster_ino(ino);
         self.go(move |c| async move {
             match c.read(fh.0, ino.0, offset, size).await {
                 Ok(data) => reply.data(&data),
@@ -694,6 +722,7 @@ impl Filesystem for ShoalFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let ino = self.cluster_ino(ino);
         // The one copy of written data: out of FUSE's request buffer into a shared Bytes that
         // every per-object request slices.
         let data = Bytes::copy_from_slice(data);
@@ -713,6 +742,7 @@ impl Filesystem for ShoalFs {
         lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        let ino = self.cluster_ino(ino);
         // The kernel flushes on every close of every copy of a descriptor, including the
         // copies a forking process closes at exec. A close waits for the data written here
         // to reach the OSDs (and reports a failure to send it), but for the MDS only briefly:
@@ -749,6 +779,7 @@ impl Filesystem for ShoalFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let ino = self.cluster_ino(ino);
         self.go(move |c| async move {
             // The last close of an open file releases its flock lock.
             if let Some(owner) = lock_owner {
@@ -768,6 +799,7 @@ impl Filesystem for ShoalFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let ino = self.cluster_ino(ino);
         // Data kept under the write lease goes to the OSDs, then the size to the MDS.
         self.go(move |c| async move { reply_empty(reply, c.fsync_handle(fh.0, ino.0).await) });
     }
@@ -780,6 +812,7 @@ impl Filesystem for ShoalFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        let ino = self.cluster_ino(ino);
         self.go(move |c| async move {
             if offset < 2 {
                 let parent = match c.getattr(ino.0).await {
@@ -787,7 +820,12 @@ impl Filesystem for ShoalFs {
                     Ok(_) => return reply.error(Errno::ENOTDIR),
                     Err(e) => return reply.error(errno(&e)),
                 };
-                if offset == 0 && reply.add(ino, 1, FileType::Directory, ".") {
+                let (me, parent) = if ino.0 == c.root() {
+                    (1, 1)
+                } else {
+                    (c.kernel_ino(ino.0), c.kernel_ino(parent))
+                };
+                if offset == 0 && reply.add(INodeNo(me), 1, FileType::Directory, ".") {
                     return reply.ok();
                 }
                 if reply.add(INodeNo(parent), 2, FileType::Directory, "..") {
@@ -805,7 +843,8 @@ impl Filesystem for ShoalFs {
                         Ok(k) => k,
                         Err(err) => return reply.error(errno(&err)),
                     };
-                    if reply.add(INodeNo(e.ino), e.cookie, kind, OsStr::from_bytes(&e.name)) {
+                    let child = INodeNo(c.kernel_ino(e.ino));
+                    if reply.add(child, e.cookie, kind, OsStr::from_bytes(&e.name)) {
                         return reply.ok();
                     }
                     after = e.cookie;
@@ -825,11 +864,13 @@ impl Filesystem for ShoalFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let _ino = self.cluster_ino(_ino);
         // Namespace changes are durable in the MDS log before they are acknowledged.
         reply.ok();
     }
 
     fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        let ino = self.cluster_ino(ino);
         self.go(move |c| async move {
             match c.statfs(ino.0).await {
                 Ok(s) => {
@@ -867,6 +908,7 @@ impl Filesystem for ShoalFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        let ino = self.cluster_ino(ino);
         let (name, value) = (name.as_bytes().to_vec(), value.to_vec());
         let caller = (name == b"system.posix_acl_access").then(|| acl_caller(req));
         self.go(move |c| async move {
@@ -876,6 +918,7 @@ impl Filesystem for ShoalFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let ino = self.cluster_ino(ino);
         let name = name.as_bytes().to_vec();
         self.go(move |c| async move {
             reply_xattr(
@@ -887,6 +930,7 @@ impl Filesystem for ShoalFs {
     }
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let ino = self.cluster_ino(ino);
         // As local filesystems do, trusted.* names are listed only to the privileged (the
         // kernel passes FUSE's list through unfiltered; uid 0 stands in for CAP_SYS_ADMIN).
         let privileged = req.uid() == 0;
@@ -907,11 +951,13 @@ impl Filesystem for ShoalFs {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let ino = self.cluster_ino(ino);
         let name = name.as_bytes().to_vec();
         self.go(move |c| async move { reply_empty(reply, c.removexattr(ino.0, &name).await) });
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        let _ino = self.cluster_ino(_ino);
         // The kernel checks permissions itself (default_permissions).
         reply.ok();
     }
@@ -926,6 +972,7 @@ impl Filesystem for ShoalFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        let ino = self.cluster_ino(ino);
         self.go(move |c| async move {
             reply_empty(reply, c.fallocate(ino.0, offset, length, mode).await)
         });
@@ -940,6 +987,7 @@ impl Filesystem for ShoalFs {
         whence: i32,
         reply: ReplyLseek,
     ) {
+        let ino = self.cluster_ino(ino);
         self.go(move |c| async move {
             match c.seek_data_hole(ino.0, offset, whence).await {
                 Ok(pos) => reply.offset(pos),
@@ -958,6 +1006,7 @@ impl Filesystem for ShoalFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        let parent = self.cluster_ino(parent);
         let name = match name_ok(name) {
             Ok(n) => n,
             Err(e) => return reply.error(errno(&e)),
@@ -975,9 +1024,9 @@ impl Filesystem for ShoalFs {
             umask,
         };
         self.go(move |c| async move {
-            match c.create(mk).await.and_then(|a| fuse_attr(&a)) {
-                Ok(a) => {
-                    let ttl = c.ttl(parent.0).min(c.ttl(a.ino.0));
+            match c.create(mk).await.and_then(|a| kernel_attr(&c, &a)) {
+                Ok((a, ttl)) => {
+                    let ttl = c.ttl(parent.0).min(ttl);
                     let fh = FileHandle(c.cluster().session());
                     reply.created(&ttl, &a, Generation(0), fh, FopenFlags::empty())
                 }

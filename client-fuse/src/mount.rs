@@ -84,10 +84,21 @@ pub fn fuse_options(opts: &[String], fsname: &str) -> (Vec<MountOption>, Session
             "exec" => out.push(MountOption::Exec),
             "defaults" | "auto" | "noauto" | "_netdev" | "user" | "nouser" | "users" | "nofail" => {
             }
+            // Shoal's own: which tree the mount shows (see `volume_option`).
+            o if o.starts_with("volume=") => {}
             other => warn!(option = other, "ignoring unknown mount option"),
         }
     }
     (out, acl)
+}
+
+/// The volume a mount shows (`-o volume=NAME`), if one is named.
+pub fn volume_option(opts: &[String]) -> Option<String> {
+    opts.iter()
+        .flat_map(|s| s.split(','))
+        .filter_map(|o| o.strip_prefix("volume="))
+        .next_back()
+        .map(str::to_string)
 }
 
 /// MDS addresses from a mount source: `ADDR[,ADDR...]` or a cluster data directory.
@@ -218,7 +229,18 @@ pub fn run(
         }
     });
     rt.spawn(heartbeats(cluster.clone(), mnt.display().to_string()));
-    let client = Arc::new(Client::new(cluster.clone()));
+    let root = match volume_option(&cfg.options) {
+        Some(name) => {
+            let probe = Client::new(cluster.clone());
+            let v = rt
+                .block_on(crate::volumes::get(&probe, &name))
+                .with_context(|| format!("mounting volume {name}"))?;
+            info!(volume = %name, ino = v.ino, "mounting a volume");
+            v.ino
+        }
+        None => 1,
+    };
+    let client = Arc::new(Client::with_root(cluster.clone(), root));
     let fs = ShoalFs::new(client.clone(), rt.handle().clone());
     let notifier = fs.notifier_slot();
     rt.spawn(lease_stream(client.clone(), notifier.clone()));
@@ -427,5 +449,19 @@ pub fn wait_mounted(
             bail!("{} not mounted after {limit:?}", mnt.display());
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_volume_option_is_read_and_not_passed_to_the_kernel() {
+        let opts = vec!["rw,volume=media".to_string(), "noatime".to_string()];
+        assert_eq!(volume_option(&opts).as_deref(), Some("media"));
+        assert_eq!(volume_option(&["ro".to_string()]), None);
+        let (kernel, _) = fuse_options(&opts, "shoal:x");
+        assert!(!format!("{kernel:?}").contains("media"), "{kernel:?}");
     }
 }

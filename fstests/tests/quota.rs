@@ -173,3 +173,61 @@ fn volumes_are_created_resized_listed_and_removed_from_the_cli() {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
+
+#[test]
+fn a_mount_of_a_volume_shows_only_that_volume_and_its_quota() {
+    use std::os::unix::fs::MetadataExt;
+    let c = TestCluster::start();
+    c.shoal_ok(&["volume", "create", "vol1", "--size", "2MiB"]);
+    fs::write(c.path("outside"), b"not in the volume").unwrap();
+    let mnt = c.root.path().join("vm");
+    let m = mnt.to_str().unwrap();
+    c.shoal_ok(&["mount", "--volume", "vol1", m]);
+
+    // The volume's directory is the mount's root; nothing outside it shows.
+    fs::write(mnt.join("a"), b"in the volume").unwrap();
+    fs::create_dir(mnt.join("sub")).unwrap();
+    fs::rename(mnt.join("a"), mnt.join("sub/a")).unwrap();
+    assert_eq!(
+        fs::read(c.path("volumes/vol1/sub/a")).unwrap(),
+        b"in the volume"
+    );
+    let names: Vec<String> = fs::read_dir(&mnt)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, ["sub"]);
+    assert!(!mnt.join("outside").exists());
+    assert_eq!(fs::metadata(&mnt).unwrap().ino(), 1, "the root is inode 1");
+    assert_eq!(
+        fs::canonicalize(mnt.join("sub/../..")).unwrap(),
+        c.root.path().canonicalize().unwrap(),
+        "'..' of the root leaves the mount, not into the cluster's tree"
+    );
+    // Changes through the whole-namespace mount show in the volume's.
+    fs::write(c.path("volumes/vol1/b"), b"from outside").unwrap();
+    assert_eq!(fs::read(mnt.join("b")).unwrap(), b"from outside");
+    // Its quota is the size df shows, and holds: a write fills it up to the limit, no more.
+    assert_eq!(statvfs(&mnt).0, 2 << 20);
+    assert_eq!(
+        errno_of(fs::write(mnt.join("big"), vec![0u8; 3 << 20])),
+        libc::EDQUOT
+    );
+    let used: u64 = get_xattr(&mnt, "shoal.dir.rbytes")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(used <= 2 << 20, "{used} bytes in a volume of 2 MiB");
+
+    // A volume that does not exist cannot be mounted, nor an invalid name.
+    let other = c.root.path().join("vm2");
+    let out = c.shoal(&["mount", "--volume", "nope", other.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let out = c.shoal(&["mount", "--volume", "../x", other.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid volume name"));
+    let _ = std::process::Command::new("umount")
+        .arg("-l")
+        .arg(&mnt)
+        .output();
+}
