@@ -8,7 +8,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .bytes(["."])
         .type_attribute("shoal.mds.Timespec", "#[derive(Eq, Hash)]")
         .type_attribute("shoal.mds.Layout", "#[derive(Eq, Hash)]")
-        .compile_protos(&["proto/mds.proto", "proto/osd.proto"], &["proto"])?;
+        .compile_protos(
+            &["proto/mds.proto", "proto/osd.proto", "proto/csi.proto"],
+            &["proto"],
+        )?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Shoal through real daemons and a real FUSE mount. Each test starts its own cluster.
 
 mod coherence;
+mod csi;
 mod data;
 mod faults;
 mod fencing;

@@ -1,6 +1,6 @@
 //! Shoal's wire contract, shared by every daemon and client.
 //!
-//! - [`mds`], [`osd`]: the generated gRPC services and messages (`proto/*.proto`).
+//! - [`mds`], [`osd`], [`csi`]: the generated gRPC services and messages (`proto/*.proto`).
 //! - [`error`]: how a POSIX errno travels inside a `tonic::Status`, both directions.
 //! - [`layout`]: file striping math — which object holds which byte of a file, and object names.
 //! - [`placement`]: which OSD stores an object, a pure function of the OSD map.
@@ -27,6 +27,12 @@ pub mod mds {
 #[allow(clippy::all, missing_docs)]
 pub mod osd {
     tonic::include_proto!("shoal.osd");
+}
+
+/// The Container Storage Interface v1 (`proto/csi.proto`), served by `shoal-csi`.
+#[allow(clippy::all, missing_docs)]
+pub mod csi {
+    tonic::include_proto!("csi.v1");
 }
 
 /// Largest gRPC message any Shoal endpoint accepts or sends: a data RPC carries up to one
