@@ -11,3 +11,5 @@ tools="${CARGO_TARGET_DIR:-target}/tools"
 # The end-to-end tests run the daemons' binaries, so build them first.
 cargo build --workspace --bins --quiet
 cargo test --workspace --quiet -- "$@"
+# The Kubernetes manifests, against the Kubernetes schemas.
+bash scripts/validate-deploy.sh
