@@ -5,16 +5,18 @@
 //!
 //! Invariants:
 //! - Under the file's write lease a write's data stays here ([`Extents`]) until fsync, close,
-//!   a revocation, a lock release, a setattr, a lease renewal (a second before the lease
-//!   runs out), a quarter of a lease after it was kept, or enough piled up (4 MiB starts a
+//!   a revocation, a lock release, a setattr, a quarter of a lease after it was kept, or
+//!   enough piled up (4 MiB starts a
 //!   flush in the background, 16 MiB per file or 64 MiB per mount makes the writer wait);
 //!   reads on this mount see it. Without the lease, data goes straight to the OSDs (durable
 //!   when the write returns). The data always reaches the OSDs before the size and mtime
 //!   reach the MDS, and no write is kept once a size or a give-back is on its way, so the
 //!   MDS never hands the file to another client while data of a returned write is only here.
-//! - Kept data is sent only under the lease (and session) it was kept under: once that ran
-//!   out (this mount froze, or could not reach the MDS) another client may have written the
-//!   file, so the data is dropped, not sent. A failure to send data is kept per inode and
+//! - Kept data is sent only under the lease (and session) it was kept under, which the
+//!   mount keeps (`SetAttr.keep_mark`) while it has unsent writes: granted again only while
+//!   the file carries this mount's writer mark, i.e. no one else wrote it or found this
+//!   mount's writes since. Once the lease ran out and cannot be kept so (this mount froze,
+//!   and another client took the file), the data is dropped, not sent. A failure to send data is kept per inode and
 //!   reported once, by the next fsync or close of the file on this mount.
 //! - The size and mtime are deferred too, and reach the MDS on flush, fsync, close and
 //!   before any setattr, so an explicit utimes() or truncate is never overridden by an older
@@ -74,6 +76,9 @@ struct FileState {
     write_until: Option<Instant>,
     /// The session that lease was granted to.
     lease_session: u64,
+    /// The writer mark the MDS set when it granted the lease (`Attr.writer_mark`): the lease
+    /// can be kept under it (`SetAttr.keep_mark`) while no one else touched the file.
+    lease_mark: u64,
     /// How long the last write lease granted lasted.
     lease_len: Duration,
     /// The session the unsent size and mtime were written under.
@@ -633,6 +638,7 @@ impl Client {
             orphan: false,
             write_until: None,
             lease_session: 0,
+            lease_mark: 0,
             lease_len: Duration::ZERO,
             dirty_session: 0,
             sending: Arc::default(),
@@ -858,33 +864,44 @@ impl Client {
             return Ok(());
         };
         let _one = one.lock().await;
-        let (taken, session, layout) = {
-            let mut files = self.files();
-            let Some(s) = files.get_mut(&ino) else {
-                return Ok(());
-            };
-            s.flush_queued = false;
-            if s.dirty.is_empty() {
-                return Ok(());
+        let mut asked = false;
+        let (taken, session, layout) = loop {
+            {
+                let mut files = self.files();
+                let Some(s) = files.get_mut(&ino) else {
+                    return Ok(());
+                };
+                s.flush_queued = false;
+                if s.dirty.is_empty() {
+                    return Ok(());
+                }
+                let expired = s.kept_until.is_none_or(|u| u <= Instant::now());
+                let lost = if s.dirty_session != self.cluster.session() {
+                    Some(ClientError::Evicted(s.dirty_session))
+                } else if expired && asked {
+                    Some(ClientError::errno_msg(
+                        libc::EIO,
+                        "the write lease ran out and the file changed hands before the \
+                         written data could be sent",
+                    ))
+                } else {
+                    None
+                };
+                if let Some(e) = lost {
+                    self.drop_kept(s, e.clone());
+                    return Err(e);
+                }
+                if !expired {
+                    s.kept_since = None;
+                    let taken = Arc::new(std::mem::take(&mut s.dirty));
+                    s.flushing = Some(taken.clone());
+                    break (taken, s.dirty_session, s.layout);
+                }
             }
-            let lost = if s.dirty_session != self.cluster.session() {
-                Some(ClientError::Evicted(s.dirty_session))
-            } else if s.kept_until.is_none_or(|u| u <= Instant::now()) {
-                Some(ClientError::errno_msg(
-                    libc::EIO,
-                    "the write lease ran out before the written data could be sent",
-                ))
-            } else {
-                None
-            };
-            if let Some(e) = lost {
-                self.drop_kept(s, e.clone());
-                return Err(e);
-            }
-            s.kept_since = None;
-            let taken = Arc::new(std::mem::take(&mut s.dirty));
-            s.flushing = Some(taken.clone());
-            (taken, s.dirty_session, s.layout)
+            // The lease ran out (a slow flush before this one, a frozen mount): the kept data
+            // may still go if the MDS keeps the lease, i.e. no one else touched the file.
+            asked = true;
+            let _ = self.keep_lease(ino).await;
         };
         // Clears `flushing` and the count even if this future is dropped midway.
         let _done = FlushDone {
@@ -1070,18 +1087,10 @@ impl Client {
                     |mut c, r| async move { c.set_attr(r).await },
                 )
                 .await;
-            let write_ms = match answer {
-                Ok((_, ms)) => ms,
+            let (mark, write_ms) = match answer {
+                Ok((a, ms)) => (a.writer_mark, ms),
                 Err(e) if e.errno() == libc::EDQUOT => {
-                    // The growth went past a quota (this mount's room was out of date): it is
-                    // not recorded, and the file's next fsync or close says so.
-                    if let Some(s) = self.files().get_mut(&ino) {
-                        if s.generation == generation {
-                            s.pending = None;
-                            s.dirty_mtime = None;
-                        }
-                        s.flush_error.get_or_insert(e.clone());
-                    }
+                    self.over_quota(ino, generation, pending, &e).await;
                     return Err(e);
                 }
                 Err(e) => return Err(e),
@@ -1107,6 +1116,7 @@ impl Client {
                 s.write_until = leased.then(|| sent + len.saturating_sub(LEASE_MARGIN));
                 if leased {
                     s.lease_session = session;
+                    s.lease_mark = mark;
                     s.lease_len = len;
                 }
                 // Writes that returned meanwhile under the lease just lost: their size goes too.
@@ -1119,11 +1129,100 @@ impl Client {
         }
     }
 
-    /// Sends the data, size and mtime of files whose write lease ends within `within`
-    /// (renewing the lease), so what their writes did never hides behind a lease that ran
-    /// out, and the data kept for a quarter of a lease (so little is left for a revocation
-    /// or a renewal to send). All files at once; a failure to send data is reported by the
-    /// file's next fsync or close.
+    /// A size sent to the MDS went past a quota (this mount's room was out of date): the
+    /// growth is not recorded, so what was written past the recorded size is cut from the
+    /// OSDs and the write lease goes back (clearing the file's writer mark, so no recovery
+    /// brings those bytes back); the file's next fsync or close reports it.
+    async fn over_quota(&self, ino: u64, generation: u64, pending: Option<u64>, e: &ClientError) {
+        let cut = {
+            let mut files = self.files();
+            let Some(s) = files.get_mut(&ino) else {
+                return;
+            };
+            if s.generation == generation {
+                s.pending = None;
+                s.dirty_mtime = None;
+            }
+            s.flush_error.get_or_insert(e.clone());
+            s.write_until = None;
+            pending
+                .filter(|&p| p > s.size)
+                .map(|p| (s.size, p, s.layout, s.dirty_session))
+        };
+        if let Some((size, end, layout, session)) = cut {
+            if let Err(e) = self
+                .cluster
+                .truncate(session, ino, &layout, size, end)
+                .await
+            {
+                warn!(ino, error = %e, "cannot cut data written past a quota");
+            }
+        }
+        let give_back = SetAttrRequest {
+            ino,
+            release_write_lease: true,
+            ..Default::default()
+        };
+        let r = self
+            .cluster
+            .mds_mutate("release", give_back, |mut c, r| async move {
+                c.set_attr(r).await
+            })
+            .await;
+        if let Err(e) = r {
+            warn!(ino, error = %e, "cannot give a write lease back");
+        }
+    }
+
+    /// Asks the MDS to keep this mount's write lease on `ino` under the mark it was granted
+    /// with (`SetAttr.keep_mark`), even if it ran out: granted only while no one else touched
+    /// the file. Returns whether it holds the lease now; what it keeps may then be sent.
+    async fn keep_lease(&self, ino: u64) -> Result<bool> {
+        let (mark, session) = match self.files().get(&ino) {
+            Some(s) if s.lease_session == self.cluster.session() && s.lease_mark > 0 => {
+                (s.lease_mark, s.lease_session)
+            }
+            _ => return Ok(false),
+        };
+        let req = SetAttrRequest {
+            ino,
+            want_write_lease: true,
+            keep_mark: Some(mark),
+            ..Default::default()
+        };
+        let sent = Instant::now();
+        let r = self
+            .cluster
+            .mds("keep lease", |mut c| async move { c.set_attr(req).await })
+            .await?;
+        let revoked = self
+            .leases()
+            .get(&ino)
+            .and_then(|l| l.revoked)
+            .is_some_and(|r| r >= sent);
+        let mut files = self.files();
+        let Some(s) = files.get_mut(&ino) else {
+            return Ok(false);
+        };
+        if r.write_lease_ms == 0 || revoked || s.lease_session != session || s.lease_mark != mark {
+            return Ok(false);
+        }
+        let len = Duration::from_millis(r.write_lease_ms as u64);
+        let until = sent + len.saturating_sub(LEASE_MARGIN);
+        // A lease taken for a size or a give-back on its way stays taken (no write is kept
+        // meanwhile); what is kept already may be sent under it.
+        if s.write_until.is_some() {
+            s.write_until = s.write_until.max(Some(until));
+        }
+        s.kept_until = s.kept_until.max(Some(until));
+        s.lease_len = len;
+        Ok(true)
+    }
+
+    /// Keeps the write leases of files with unsent writes that end within `within`, and
+    /// sends the data kept for a quarter of a lease (so little is left for a revocation to
+    /// send). All files at once; a failure to send data is reported by the file's next fsync
+    /// or close.
     pub async fn renew_write_leases(&self, within: Duration) {
         let now = Instant::now();
         let soon = now + within;
@@ -1131,7 +1230,10 @@ impl Client {
             let files = self.files();
             let due = files
                 .iter()
-                .filter(|(_, s)| s.dirty_mtime.is_some() && s.write_until.is_some_and(|u| u < soon))
+                .filter(|(_, s)| {
+                    let unsent = s.dirty_mtime.is_some() || s.flushing.is_some();
+                    unsent && s.write_until.is_some_and(|u| u < soon)
+                })
                 .map(|(ino, _)| *ino)
                 .collect();
             let aged = files
@@ -1145,8 +1247,15 @@ impl Client {
             (due, aged)
         };
         let renewals = due.into_iter().map(|ino| async move {
-            if let Err(e) = self.send_size(ino, true).await {
-                warn!(ino, error = %e, "cannot send a file's size before its write lease ends");
+            match self.keep_lease(ino).await {
+                Ok(true) => {}
+                // Refused (another mount wants the file: the MDS revokes the lease, and the
+                // revocation sends everything) or the MDS is away: sent the usual way.
+                Ok(false) | Err(_) => {
+                    if let Err(e) = self.send_size(ino, false).await {
+                        warn!(ino, error = %e, "cannot send a file's writes before its lease ends");
+                    }
+                }
             }
         });
         let flushes = aged.into_iter().map(|ino| async move {
@@ -1352,10 +1461,16 @@ impl Client {
     }
 
     /// Removes an extended attribute.
-    pub async fn removexattr(&self, ino: u64, name: &[u8]) -> Result<()> {
+    pub async fn removexattr(
+        &self,
+        ino: u64,
+        name: &[u8],
+        acl_caller: Option<AclCaller>,
+    ) -> Result<()> {
         let req = RemoveXattrRequest {
             ino,
             name: Bytes::copy_from_slice(name),
+            acl_caller,
         };
         self.cluster
             .mds_mutate("removexattr", req, |mut c, r| async move {

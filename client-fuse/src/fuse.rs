@@ -162,6 +162,15 @@ impl ShoalFs {
         INodeNo(self.client.cluster_ino(ino.0))
     }
 
+    /// A mount of a volume cannot change quotas (its own would be the first thing its
+    /// users lift): EPERM there; elsewhere the MDS lets root change them.
+    fn quota_change_allowed(&self, name: &[u8]) -> Result<(), Errno> {
+        if is_quota(name) && self.client.root() != 1 {
+            return Err(Errno::EPERM);
+        }
+        Ok(())
+    }
+
     /// Where the mount puts the session's notifier once it has one.
     pub fn notifier_slot(&self) -> Arc<OnceLock<Notifier>> {
         self.notifier.clone()
@@ -248,6 +257,11 @@ fn kernel_attr(c: &Client, a: &Attr) -> Result<(FileAttr, Duration), ClientError
 /// and pid but not its supplementary groups (the kernel's FUSE_SETXATTR_EXT flag that would
 /// carry the verdict is not parsed by fuser), so they are read from `/proc/PID/status`; a
 /// caller gone by then counts with its fsgid only.
+/// Whether `name` is one of the quota xattrs (`shoal.quota.*`).
+fn is_quota(name: &[u8]) -> bool {
+    name.starts_with(b"shoal.quota.")
+}
+
 fn acl_caller(req: &Request) -> AclCaller {
     let mut groups = vec![req.gid()];
     if let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", req.pid())) {
@@ -910,7 +924,11 @@ impl Filesystem for ShoalFs {
     ) {
         let ino = self.cluster_ino(ino);
         let (name, value) = (name.as_bytes().to_vec(), value.to_vec());
-        let caller = (name == b"system.posix_acl_access").then(|| acl_caller(req));
+        if let Err(e) = self.quota_change_allowed(&name) {
+            return reply.error(e);
+        }
+        let caller =
+            (name == b"system.posix_acl_access" || is_quota(&name)).then(|| acl_caller(req));
         self.go(move |c| async move {
             let r = c.setxattr(ino.0, &name, &value, flags as u32, caller);
             reply_empty(reply, r.await)
@@ -950,10 +968,16 @@ impl Filesystem for ShoalFs {
         });
     }
 
-    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let ino = self.cluster_ino(ino);
         let name = name.as_bytes().to_vec();
-        self.go(move |c| async move { reply_empty(reply, c.removexattr(ino.0, &name).await) });
+        if let Err(e) = self.quota_change_allowed(&name) {
+            return reply.error(e);
+        }
+        let caller = is_quota(&name).then(|| acl_caller(req));
+        self.go(
+            move |c| async move { reply_empty(reply, c.removexattr(ino.0, &name, caller).await) },
+        );
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {

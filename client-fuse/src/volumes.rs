@@ -100,12 +100,18 @@ async fn number(c: &Client, ino: u64, name: &[u8]) -> Result<u64> {
     }
 }
 
-/// Sets (or, with 0, lifts) a quota xattr.
+/// Sets (or, with 0, lifts) a quota xattr, as the administrator.
 async fn set_number(c: &Client, ino: u64, name: &[u8], v: u64) -> Result<()> {
+    let admin = || {
+        Some(shoal_proto::mds::AclCaller {
+            groups: Vec::new(),
+            privileged: true,
+        })
+    };
     let r = if v == 0 {
-        c.removexattr(ino, name).await
+        c.removexattr(ino, name, admin()).await
     } else {
-        c.setxattr(ino, name, v.to_string().as_bytes(), 0, None)
+        c.setxattr(ino, name, v.to_string().as_bytes(), 0, admin())
             .await
     };
     match r {

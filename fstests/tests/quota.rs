@@ -207,6 +207,11 @@ fn a_mount_of_a_volume_shows_only_that_volume_and_its_quota() {
     // Changes through the whole-namespace mount show in the volume's.
     fs::write(c.path("volumes/vol1/b"), b"from outside").unwrap();
     assert_eq!(fs::read(mnt.join("b")).unwrap(), b"from outside");
+    // Its users cannot lift it from inside.
+    assert_eq!(
+        set_xattr(&mnt, "shoal.quota.max_bytes", "0"),
+        Err(libc::EPERM)
+    );
     // Its quota is the size df shows, and holds: a write fills it up to the limit, no more.
     assert_eq!(statvfs(&mnt).0, 2 << 20);
     assert_eq!(

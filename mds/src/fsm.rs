@@ -999,9 +999,10 @@ fn rename(
         if is_dir(&moved) || moved.nlink > 1 || r.flags & RENAME_EXCHANGE != 0 {
             return fs(libc::EXDEV, "cannot move this across a quota boundary");
         }
+        // Out of the old realms first: the realms above both only check what they held.
         let used = quota::usage_of(&moved);
-        quota::charge(t, to, used, 1, true)?;
         quota::charge(t, from, -used, -1, false)?;
+        quota::charge(t, to, used, 1, true)?;
         moved.realm = to;
     }
 
@@ -1191,7 +1192,8 @@ fn setxattr(t: &mut Txn<'_>, r: &pb::SetXattrRequest, now: &Timespec) -> Result<
     }
     if quota::is_quota_xattr(&r.name) {
         let a = t.inode(r.ino)?;
-        return quota::set(t, a, &r.name, Some(&r.value), now).map(Applied::Attr);
+        return quota::set(t, a, &r.name, Some(&r.value), r.acl_caller.as_ref(), now)
+            .map(Applied::Attr);
     }
     if r.value.len() > limits::XATTR_VALUE_MAX {
         return fs(libc::E2BIG, "xattr value too large");
@@ -1249,7 +1251,7 @@ fn removexattr(
     check_xattr_name(&r.name)?;
     let mut a = t.inode(r.ino)?;
     if quota::is_quota_xattr(&r.name) {
-        quota::set(t, a, &r.name, None, now)?;
+        quota::set(t, a, &r.name, None, r.acl_caller.as_ref(), now)?;
         return Ok(Applied::Done);
     }
     if let Some((dir, field)) = layout::layout_xattr(&r.name) {

@@ -274,6 +274,34 @@ impl MdsService {
         }
     }
 
+    /// `SetAttr.keep_mark`: grants `session` the write lease on `ino` again if the file is
+    /// still marked with it under `mark`. The lease is reserved before the mark is checked a
+    /// second time, so no recovery clears the mark between the check and the grant.
+    async fn keep_write_lease(
+        &self,
+        session: Option<u64>,
+        ino: u64,
+        mark: u64,
+    ) -> Reply<AttrReply> {
+        self.node.read_barrier().await?;
+        let marked = |a: &Attr| Some(a.writer) == session && a.writer_mark == mark;
+        let mut attr = self.fsm.getattr(ino)?;
+        let mut write_lease_ms = 0;
+        if let Some(s) = session.filter(|_| marked(&attr) && self.leases.may_write(session, ino)) {
+            self.leases.reserve_write(s, ino);
+            attr = self.fsm.getattr(ino)?;
+            if marked(&attr) {
+                write_lease_ms = self.leases.grant_write(session, ino);
+            }
+        }
+        Ok(Response::new(AttrReply {
+            quota_room: self.fsm.quota_room(&attr)?,
+            attr: Some(attr),
+            lease_ms: 0,
+            write_lease_ms,
+        }))
+    }
+
     /// An entry's reply: `ino`'s attributes under a read lease, which the directory's lease
     /// (`dir_ms`, granted before the entry was read) caps.
     async fn entry_reply(&self, session: Option<u64>, dir_ms: u32, ino: u64) -> Reply<AttrReply> {
@@ -681,6 +709,11 @@ impl Mds for MdsService {
 
     async fn set_attr(&self, mut req: Request<SetAttrRequest>) -> Reply<AttrReply> {
         let session = self.session(req.metadata())?;
+        if let Some(mark) = req.get_ref().keep_mark {
+            return self
+                .keep_write_lease(session, req.get_ref().ino, mark)
+                .await;
+        }
         let r = req.get_ref();
         let (ino, want_write) = (r.ino, r.want_write_lease);
         let (sends_size, releases) = (r.grow_size.is_some(), r.release_write_lease);

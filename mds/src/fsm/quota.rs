@@ -9,7 +9,8 @@
 //! (decimal; 0 or removing it: no limit); read `shoal.dir.rbytes` and `shoal.dir.rfiles` on any
 //! directory (kept for realms, counted by a walk of the tree for others). A directory becomes
 //! a realm when a first limit is set on it (its tree is walked once to count it and to tag
-//! its inodes), and stays one until it is removed. Hard links and renames of directories
+//! its inodes; a tree holding a file with several links is refused), and stays one until it
+//! is removed. Only a privileged caller (root) changes a limit. Hard links and renames of directories
 //! between realms fail with EXDEV (as in CephFS; `mv` copies instead); other renames move
 //! their usage.
 
@@ -71,11 +72,12 @@ fn chain(t: &Txn<'_>, mut realm_ino: u64) -> Result<Vec<(u64, pb::Quota)>, MdsEr
         if out.len() >= CHAIN_MAX {
             return Err(MdsError::Corrupt("quota realms nest too deep".into()));
         }
-        let q = realm(t, realm_ino)?.ok_or_else(|| {
-            MdsError::Corrupt(format!(
-                "inode counts in realm {realm_ino}, which has no quota"
-            ))
-        })?;
+        // A realm whose record is gone (its directory was removed) ends the chain: counting
+        // stops there rather than failing the entry on every member.
+        let Some(q) = realm(t, realm_ino)? else {
+            tracing::warn!(realm = realm_ino, "an inode counts in a realm that is gone");
+            break;
+        };
         let parent = q.parent;
         out.push((realm_ino, q));
         realm_ino = parent;
@@ -175,7 +177,8 @@ fn children(t: &Txn<'_>, dir: u64) -> Result<Vec<u64>, MdsError> {
 
 /// Walks the tree below `dir`, calling `visit` on each inode once (hard links once) down to,
 /// but not into, realms other than `dir`'s own. Returns (bytes, inodes) below `dir`,
-/// counting nested realms by their records. At most [`WALK_MAX`] inodes.
+/// counting nested realms by their records. At most [`WALK_MAX`] inodes; a file with several
+/// links is EMLINK (it could count in two trees).
 fn walk(
     t: &Txn<'_>,
     dir: u64,
@@ -196,6 +199,15 @@ fn walk(
                 );
             }
             let a = t.inode(ino)?;
+            if !is_dir(&a) && a.nlink > 1 {
+                return fs(
+                    libc::EMLINK,
+                    format!(
+                        "inode {ino} below directory {dir} has several links: \
+                         a quota needs each file in one tree"
+                    ),
+                );
+            }
             files += 1;
             bytes += usage_of(&a) as u64;
             let nested = if is_dir(&a) { realm(t, ino)? } else { None };
@@ -241,10 +253,14 @@ pub(super) fn set(
     mut a: Attr,
     name: &[u8],
     value: Option<&[u8]>,
+    caller: Option<&pb::AclCaller>,
     now: &pb::Timespec,
 ) -> Result<Attr, MdsError> {
     if name == RBYTES || name == RFILES {
         return fs(libc::EPERM, "tree usage is read only");
+    }
+    if !caller.is_some_and(|c| c.privileged) {
+        return fs(libc::EPERM, "only root changes quotas");
     }
     if !is_dir(&a) {
         return fs(libc::EINVAL, "quotas are set on directories");

@@ -262,6 +262,7 @@ fn xattrs_and_setattr() {
     h.run(Op::RemoveXattr(pb::RemoveXattrRequest {
         ino: f.ino,
         name: b"user.a".to_vec().into(),
+        acl_caller: None,
     }))
     .unwrap();
     assert_eq!(errno(h.fsm.getxattr(f.ino, b"user.a")), libc::ENODATA);
@@ -562,6 +563,10 @@ impl Harness {
             ino,
             name: name.to_vec().into(),
             value: value.as_bytes().to_vec().into(),
+            acl_caller: Some(pb::AclCaller {
+                groups: Vec::new(),
+                privileged: true,
+            }),
             ..Default::default()
         }))
     }
@@ -660,6 +665,24 @@ fn quotas_count_the_tree_and_refuse_growth_past_a_limit() {
     assert_eq!(errno(h.run(link)), libc::EXDEV);
     h.unlink(vol, "d", true).unwrap();
 
+    // Only root changes quotas; a tree with a file linked twice cannot get one.
+    let unprivileged = Op::SetXattr(pb::SetXattrRequest {
+        ino: vol,
+        name: quota::MAX_BYTES.to_vec().into(),
+        value: b"1".to_vec().into(),
+        ..Default::default()
+    });
+    assert_eq!(errno(h.run(unprivileged)), libc::EPERM);
+    let linked = h.mk(ROOT_INO, "linked", FileKind::Directory).unwrap().ino;
+    let twice = h.mk(linked, "f", FileKind::Regular).unwrap().ino;
+    h.run(Op::Link(pb::LinkRequest {
+        ino: twice,
+        new_parent: linked,
+        new_name: b"g".to_vec().into(),
+    }))
+    .unwrap();
+    assert_eq!(errno(h.setx(linked, quota::MAX_BYTES, "10")), libc::EMLINK);
+
     // Bad values and targets are refused; removing a limit lifts it.
     assert_eq!(errno(h.setx(vol, quota::MAX_BYTES, "lots")), libc::EINVAL);
     assert_eq!(errno(h.setx(old, quota::MAX_BYTES, "1")), libc::EINVAL);
@@ -667,6 +690,10 @@ fn quotas_count_the_tree_and_refuse_growth_past_a_limit() {
     h.run(Op::RemoveXattr(pb::RemoveXattrRequest {
         ino: vol,
         name: quota::MAX_FILES.to_vec().into(),
+        acl_caller: Some(pb::AclCaller {
+            groups: Vec::new(),
+            privileged: true,
+        }),
     }))
     .unwrap();
     assert_eq!(errno(h.fsm.getxattr(vol, quota::MAX_FILES)), libc::ENODATA);
