@@ -87,7 +87,7 @@ pub fn render(vols: &[Volume]) -> String {
 
 /// Creates a volume (the same again is a no-op); prints what it made.
 pub async fn create(c: &Client, name: &str, size: u64, max_files: u64) -> anyhow::Result<()> {
-    let v = volumes::create(c, name, size, max_files, 0o755).await?;
+    let v = volumes::create(c, name, size, max_files, 0o755, None).await?;
     println!(
         "volume {}: {} ({} files max), at /{}/{}",
         v.name,

@@ -229,22 +229,19 @@ impl Client {
         self.root
     }
 
-    /// The cluster's inode for the kernel's `ino`: its root (1) is the mount's root.
+    /// The cluster's inode for the kernel's `ino`: its root (1) is the mount's root, and the
+    /// two trade numbers (a swap, so the mapping is one to one both ways).
     pub fn cluster_ino(&self, ino: u64) -> u64 {
-        if ino == ROOT {
-            self.root
-        } else {
-            ino
+        match ino {
+            ROOT => self.root,
+            i if i == self.root => ROOT,
+            i => i,
         }
     }
 
     /// The kernel's inode for the cluster's `ino` (the mount's root shows as 1).
     pub fn kernel_ino(&self, ino: u64) -> u64 {
-        if ino == self.root {
-            ROOT
-        } else {
-            ino
-        }
+        self.cluster_ino(ino)
     }
 
     fn leases(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Lease>> {

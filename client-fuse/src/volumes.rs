@@ -177,13 +177,16 @@ pub async fn get(c: &Client, name: &str) -> Result<Volume> {
 }
 
 /// Creates volume `name` with a quota of `max_bytes` and `max_files` (0: none), its root
-/// directory made with `perm`; the same call again answers the existing volume.
+/// directory made with `perm` and, if given, the striping `layout` of the files made in it;
+/// the same call again answers the existing volume. The byte quota is set last: a volume
+/// without one is a create that stopped half way, which the next create finishes.
 pub async fn create(
     c: &Client,
     name: &str,
     max_bytes: u64,
     max_files: u64,
     perm: u32,
+    layout: Option<&str>,
 ) -> Result<Volume> {
     check_name(name)?;
     if max_bytes == 0 {
@@ -192,10 +195,14 @@ pub async fn create(
     let dir = volumes_dir(c).await?;
     let ino = ensure_dir(c, dir, name, perm).await?;
     let v = describe(c, name, ino).await?;
-    if v.max_bytes == 0 && v.max_files == 0 {
-        // Made now (or by a create that stopped half way): it gets its quota.
-        set_number(c, ino, MAX_BYTES, max_bytes).await?;
+    if v.max_bytes == 0 {
+        // Made now (or by a create that stopped half way): it gets its layout and quota.
+        if let Some(l) = layout {
+            c.setxattr(ino, b"shoal.dir.layout", l.as_bytes(), 0, None)
+                .await?;
+        }
         set_number(c, ino, MAX_FILES, max_files).await?;
+        set_number(c, ino, MAX_BYTES, max_bytes).await?;
         return describe(c, name, ino).await;
     }
     if v.max_bytes != max_bytes || v.max_files != max_files {

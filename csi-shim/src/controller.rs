@@ -194,15 +194,10 @@ impl Controller for ControllerService {
             Ok(_) | Err(VolumeError::NotFound(_)) => {}
             Err(e) => return Err(status(e)),
         }
-        let v = volumes::create(&self.client, name, size, p.max_files, p.mode)
+        let layout = p.layout.as_deref();
+        let v = volumes::create(&self.client, name, size, p.max_files, p.mode, layout)
             .await
             .map_err(status)?;
-        if let Some(layout) = &p.layout {
-            self.client
-                .setxattr(v.ino, b"shoal.dir.layout", layout.as_bytes(), 0, None)
-                .await
-                .map_err(cluster_status)?;
-        }
         Ok(Response::new(CreateVolumeResponse {
             volume: Some(csi_volume(&v)),
         }))

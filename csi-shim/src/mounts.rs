@@ -5,6 +5,7 @@ use std::ffi::CString;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// One line of `/proc/self/mountinfo`.
 #[derive(Debug, Clone, PartialEq)]
@@ -81,14 +82,44 @@ fn cpath(p: &Path) -> io::Result<CString> {
     CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
 }
 
+/// How long a mount may take to answer statfs before it counts as slow (its client waits
+/// for the cluster), which is not dead.
+pub const ANSWER_WAIT: Duration = Duration::from_secs(5);
+
 /// Whether the mount at `p` answers: a FUSE mount whose client died fails with ENOTCONN.
 /// Asked with statfs, which the kernel always sends to the client (a stat may be answered
-/// from cached attributes).
+/// from cached attributes); one that is merely slow counts as alive.
 pub fn answers(p: &Path) -> bool {
     !matches!(
-        statvfs(p).map_err(|e| e.raw_os_error()),
+        statvfs_within(p, ANSWER_WAIT).map_err(|e| e.raw_os_error()),
         Err(Some(libc::ENOTCONN))
     )
+}
+
+/// statvfs(2) of `p` on a thread of its own, waiting at most `limit` (`None`: no answer in
+/// time; the thread finishes on its own), so a hung mount never blocks the caller.
+pub fn statvfs_within(p: &Path, limit: Duration) -> io::Result<Option<libc::statvfs>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = p.to_path_buf();
+    std::thread::spawn(move || {
+        let _ = tx.send(statvfs(&path));
+    });
+    match rx.recv_timeout(limit) {
+        Ok(r) => r.map(Some),
+        Err(_) => Ok(None),
+    }
+}
+
+/// `p` with symlinks resolved (its parent's, if `p` itself cannot be resolved, as for a
+/// mount whose client died), as `/proc/self/mountinfo` names mount points.
+pub fn resolve(p: &Path) -> PathBuf {
+    if let Ok(c) = std::fs::canonicalize(p) {
+        return c;
+    }
+    match (p.parent().map(std::fs::canonicalize), p.file_name()) {
+        (Some(Ok(d)), Some(name)) => d.join(name),
+        _ => p.to_path_buf(),
+    }
 }
 
 /// statvfs(2) of `p`.

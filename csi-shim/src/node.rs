@@ -39,9 +39,19 @@ pub struct NodeService {
     pub busy: tokio::sync::Mutex<()>,
 }
 
+/// This boot of the machine: records of an earlier one describe mounts that are gone.
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
 /// A staged volume.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Staged {
+    /// The boot it was staged in.
+    #[serde(default)]
+    pub boot: String,
     /// The volume.
     pub volume_id: String,
     /// Where its FUSE mount is.
@@ -53,6 +63,9 @@ pub struct Staged {
 /// A volume published into a pod.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Published {
+    /// The boot it was published in.
+    #[serde(default)]
+    pub boot: String,
     /// The volume.
     pub volume_id: String,
     /// Its staging path (the bind mount's source).
@@ -102,7 +115,8 @@ impl NodeService {
         }
     }
 
-    /// Every record of `kind` (`staged` or `published`).
+    /// Every record of `kind` (`staged` or `published`) of this boot; those of an earlier
+    /// boot (their mounts went with it) are deleted.
     pub fn records<T: for<'de> Deserialize<'de>>(&self, kind: &str) -> Vec<T> {
         let Ok(d) = self.dir(kind) else {
             return Vec::new();
@@ -110,12 +124,27 @@ impl NodeService {
         let Ok(entries) = std::fs::read_dir(d) else {
             return Vec::new();
         };
-        entries
-            .filter_map(|e| e.ok())
-            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-            .filter_map(|e| std::fs::read(e.path()).ok())
-            .filter_map(|b| serde_json::from_slice(&b).ok())
-            .collect()
+        let boot = boot_id();
+        let mut out = Vec::new();
+        for e in entries.filter_map(|e| e.ok()) {
+            if e.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            let Ok(bytes) = std::fs::read(e.path()) else {
+                continue;
+            };
+            let of_this_boot = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .is_some_and(|v| v["boot"] == boot.as_str());
+            if !of_this_boot {
+                let _ = std::fs::remove_file(e.path());
+                continue;
+            }
+            if let Ok(r) = serde_json::from_slice(&bytes) {
+                out.push(r);
+            }
+        }
+        out
     }
 
     /// Whether a healthy Shoal mount is at `p`.
@@ -172,12 +201,13 @@ impl NodeService {
                 .spawn()
         }
         .map_err(|e| internal("starting shoal-fuse", e))?;
-        shoal_client::mount::wait_mounted(&s.staging, &mut child, MOUNT_WAIT)
-            .map_err(|e| Status::unavailable(format!("mounting volume {}: {e:#}", s.volume_id)))?;
-        // Reaps it should it exit while the plugin runs.
+        let mounted = shoal_client::mount::wait_mounted(&s.staging, &mut child, MOUNT_WAIT);
+        // Reaps it whenever it exits (at once if it did not mount).
         std::thread::spawn(move || {
             let _ = child.wait();
         });
+        mounted
+            .map_err(|e| Status::unavailable(format!("mounting volume {}: {e:#}", s.volume_id)))?;
         info!(volume = %s.volume_id, path = %s.staging.display(), "volume staged");
         Ok(())
     }
@@ -213,6 +243,11 @@ impl NodeService {
             }
         }
         for p in self.records::<Published>("published") {
+            if !p.target.parent().is_some_and(|d| d.exists()) {
+                // The pod's directory is gone: so is the pod.
+                self.forget("published", &p.target);
+                continue;
+            }
             let healthy = mounts::mount_at(&p.target)
                 .ok()
                 .flatten()
@@ -242,8 +277,9 @@ impl Node for NodeService {
         let staging = check::path("staging_target_path", &r.staging_target_path)?;
         let cap = check::capability(r.volume_capability.as_ref())?;
         let s = Staged {
+            boot: boot_id(),
             volume_id: id.to_string(),
-            staging,
+            staging: mounts::resolve(&staging),
             read_only: check::read_only_mode(cap),
         };
         let _one = self.busy.lock().await;
@@ -252,11 +288,12 @@ impl Node for NodeService {
             .into_iter()
             .find(|o| o.staging == s.staging)
         {
-            if old.volume_id != s.volume_id {
+            if old != s {
                 return Err(Status::already_exists(format!(
-                    "{} has volume {} staged",
+                    "{} has volume {} staged (read-only {})",
                     s.staging.display(),
-                    old.volume_id
+                    old.volume_id,
+                    old.read_only
                 )));
             }
         }
@@ -273,7 +310,7 @@ impl Node for NodeService {
     ) -> Result<Response<NodeUnstageVolumeResponse>, Status> {
         let r = r.into_inner();
         check::volume_id(&r.volume_id)?;
-        let staging = check::path("staging_target_path", &r.staging_target_path)?;
+        let staging = mounts::resolve(&check::path("staging_target_path", &r.staging_target_path)?);
         let _one = self.busy.lock().await;
         mounts::unmount(&staging).map_err(|e| internal("unmounting", e))?;
         self.forget("staged", &staging);
@@ -292,9 +329,10 @@ impl Node for NodeService {
         let target = check::path("target_path", &r.target_path)?;
         let cap = check::capability(r.volume_capability.as_ref())?;
         let p = Published {
+            boot: boot_id(),
             volume_id: id.to_string(),
-            staging,
-            target,
+            staging: mounts::resolve(&staging),
+            target: mounts::resolve(&target),
             read_only: r.readonly || check::read_only_mode(cap),
         };
         let _one = self.busy.lock().await;
@@ -342,7 +380,7 @@ impl Node for NodeService {
     ) -> Result<Response<NodeUnpublishVolumeResponse>, Status> {
         let r = r.into_inner();
         check::volume_id(&r.volume_id)?;
-        let target = check::path("target_path", &r.target_path)?;
+        let target = mounts::resolve(&check::path("target_path", &r.target_path)?);
         let _one = self.busy.lock().await;
         mounts::unmount(&target).map_err(|e| internal("unmounting", e))?;
         self.forget("published", &target);
@@ -357,7 +395,7 @@ impl Node for NodeService {
     ) -> Result<Response<NodeGetVolumeStatsResponse>, Status> {
         let r = r.into_inner();
         check::volume_id(&r.volume_id)?;
-        let path = check::path("volume_path", &r.volume_path)?;
+        let path = mounts::resolve(&check::path("volume_path", &r.volume_path)?);
         let mounted = mounts::mount_at(&path)
             .map_err(|e| internal("reading mounts", e))?
             .is_some();
@@ -367,8 +405,20 @@ impl Node for NodeService {
                 path.display()
             )));
         }
-        let s = match mounts::statvfs(&path) {
-            Ok(s) => s,
+        let s = match mounts::statvfs_within(&path, mounts::ANSWER_WAIT) {
+            Ok(Some(s)) => s,
+            Ok(None) => {
+                return Ok(Response::new(NodeGetVolumeStatsResponse {
+                    usage: Vec::new(),
+                    volume_condition: Some(VolumeCondition {
+                        abnormal: true,
+                        message: format!(
+                            "the volume's mount did not answer within {:?}",
+                            mounts::ANSWER_WAIT
+                        ),
+                    }),
+                }))
+            }
             Err(e) => {
                 return Ok(Response::new(NodeGetVolumeStatsResponse {
                     usage: Vec::new(),
