@@ -1,5 +1,8 @@
 //! `shoal-bench`: measurements of Shoal through real mounts.
 //!
+//! `shoal-bench run --target A --target B ...` compares mounted filesystems: the same
+//! workloads against each, and each one's ratio to the first (see `run`).
+//!
 //! `shoal-bench recovery` answers "does client I/O keep its speed while the cluster heals?":
 //! it starts a 3-OSD, 3-replica cluster, fills it, measures sequential write and read
 //! throughput through the mount, then wipes one OSD's disk, restarts it and measures the same
@@ -17,6 +20,8 @@
 //! mount, then the same with a second mount present that has looked at the tree and the
 //! directory worked in and sits idle, then alone again (`--rounds` repeats the pair); it
 //! reports each workload's mean rate with the second mount over the mean of the runs alone.
+
+mod run;
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
@@ -42,6 +47,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
+    /// The same workloads against each mounted directory given, with ratios to the first.
+    Run(run::RunArgs),
     /// Client throughput while an OSD is rebuilt, against the same cluster healthy.
     Recovery(RecoveryArgs),
     /// Create rate with one MDS against three (a Raft group), in the same run.
@@ -98,6 +105,7 @@ struct RecoveryArgs {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::Run(a) => run::run(&a),
         Cmd::Recovery(a) => recovery(&a),
         Cmd::Mds(a) => mds_bench(&a),
         Cmd::IdleMount(a) => idle_mount(&a),

@@ -125,3 +125,65 @@ fn fsx_finds_every_byte_where_it_left_it() {
         "fsx failed (seed {seed}; replay with SHOAL_FSX_SEED={seed}):\n{text}"
     );
 }
+
+#[test]
+fn the_benchmark_harness_compares_a_mount_with_a_local_directory() {
+    let c = TestCluster::start();
+    let local = c.root.path().join("local");
+    std::fs::create_dir(&local).unwrap();
+    let json = c.root.path().join("bench.json");
+    let out = Command::new(shoal_fstests::bin("shoal-bench"))
+        .arg("run")
+        .arg("--quick")
+        .arg("--target")
+        .arg(&local)
+        .args(["--label", "local"])
+        .arg("--target")
+        .arg(&c.mnt)
+        .args(["--label", "shoal"])
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "shoal-bench run failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(table.contains("| seq_write | MB/s |"), "{table}");
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let targets = r["targets"].as_array().unwrap();
+    assert_eq!(targets.len(), 2);
+    let names = |t: &serde_json::Value| -> Vec<String> {
+        t["metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(names(&targets[0]), names(&targets[1]), "the same workloads");
+    for want in [
+        "seq_write",
+        "seq_read",
+        "rand_read_4k",
+        "rand_write_4k",
+        "create",
+        "stat",
+    ] {
+        assert!(
+            names(&targets[1]).iter().any(|n| n == want),
+            "{want} measured"
+        );
+    }
+    for t in targets {
+        for m in t["metrics"].as_array().unwrap() {
+            let v = m["value"].as_f64().unwrap();
+            assert!(v.is_finite() && v >= 0.0, "{m}");
+        }
+    }
+    // Its scratch directories are gone from both targets.
+    assert_eq!(std::fs::read_dir(&c.mnt).unwrap().count(), 0);
+    assert_eq!(std::fs::read_dir(&local).unwrap().count(), 0);
+}

@@ -1,0 +1,521 @@
+//! `shoal-bench run`: the same workloads against each mounted directory given, one after the
+//! other, and a table of each target's figures with its ratio to the first target's.
+//!
+//! Workloads, each in a scratch directory `TARGET/.shoal-bench.PID` removed afterwards:
+//! sequential write (1 MiB blocks, fsync at the end) and read (caches dropped first when run
+//! as root); random 4 KiB reads and writes from several threads (O_DIRECT where the target
+//! takes it); create, stat and unlink of many empty files; mkdir and rmdir of a tree; 4 KiB
+//! small files written and read back; readdir of a large directory; extraction of a tar of a
+//! source tree (`--tar`, by default one made from this repository's files when run inside it).
+//! `--quick` shrinks everything to seconds (what CI runs); the figures then mean little.
+
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use rand::Rng;
+
+const MIB: usize = 1 << 20;
+
+/// `shoal-bench run`'s arguments.
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// A mounted directory to measure (repeat; ratios are to the first).
+    #[arg(long = "target", required = true)]
+    pub targets: Vec<PathBuf>,
+    /// A name for each target, in order (default: the path).
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
+    /// Small sizes and short runs (seconds in all): checks the harness, not the speed.
+    #[arg(long)]
+    pub quick: bool,
+    /// A tar file to extract (default: one made from this repository's files, if run in it).
+    #[arg(long)]
+    pub tar: Option<PathBuf>,
+    /// Write the results as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write the results as a Markdown table here.
+    #[arg(long)]
+    pub markdown: Option<PathBuf>,
+}
+
+/// Sizes of one run.
+struct Sizes {
+    seq_mib: usize,
+    rand_file_mib: usize,
+    rand_secs: f64,
+    threads: usize,
+    files: usize,
+    tree: (usize, usize),
+    small: usize,
+}
+
+impl Sizes {
+    fn of(quick: bool) -> Sizes {
+        if quick {
+            Sizes {
+                seq_mib: 16,
+                rand_file_mib: 8,
+                rand_secs: 0.5,
+                threads: 2,
+                files: 200,
+                tree: (4, 5),
+                small: 100,
+            }
+        } else {
+            Sizes {
+                seq_mib: 1024,
+                rand_file_mib: 256,
+                rand_secs: 10.0,
+                threads: 4,
+                files: 10_000,
+                tree: (20, 99),
+                small: 5_000,
+            }
+        }
+    }
+}
+
+/// One measured figure.
+#[derive(Debug, Clone, serde::Serialize)]
+struct Metric {
+    name: &'static str,
+    unit: &'static str,
+    /// Whether more is better (rates) or less (times).
+    higher_is_better: bool,
+    value: f64,
+}
+
+fn rate(name: &'static str, unit: &'static str, n: f64, took: Duration) -> Metric {
+    Metric {
+        name,
+        unit,
+        higher_is_better: true,
+        value: n / took.as_secs_f64().max(1e-9),
+    }
+}
+
+fn time(name: &'static str, took: Duration) -> Metric {
+    Metric {
+        name,
+        unit: "s",
+        higher_is_better: false,
+        value: took.as_secs_f64(),
+    }
+}
+
+fn progress(target: &str, what: &str) {
+    eprintln!("[{target}] {what}");
+}
+
+/// Drops the kernel's page cache (root only; otherwise reads may come from it).
+fn drop_caches() -> bool {
+    // SAFETY: sync(2) has no memory effects.
+    unsafe { libc::sync() };
+    fs::write("/proc/sys/vm/drop_caches", "3").is_ok()
+}
+
+fn seq(dir: &Path, s: &Sizes, out: &mut Vec<Metric>) -> anyhow::Result<()> {
+    let block: Vec<u8> = (0..MIB).map(|i| (i % 251) as u8).collect();
+    let path = dir.join("seq");
+    let start = Instant::now();
+    let mut f = File::create(&path)?;
+    for _ in 0..s.seq_mib {
+        f.write_all(&block)?;
+    }
+    f.sync_all()?;
+    drop(f);
+    out.push(rate(
+        "seq_write",
+        "MB/s",
+        (s.seq_mib * MIB) as f64 / 1e6,
+        start.elapsed(),
+    ));
+    drop_caches();
+    let mut buf = vec![0u8; MIB];
+    let start = Instant::now();
+    let mut f = File::open(&path)?;
+    let mut total = 0usize;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        total += n;
+    }
+    if total != s.seq_mib * MIB {
+        bail!("read back {total} bytes of {}", s.seq_mib * MIB);
+    }
+    out.push(rate(
+        "seq_read",
+        "MB/s",
+        total as f64 / 1e6,
+        start.elapsed(),
+    ));
+    fs::remove_file(&path)?;
+    Ok(())
+}
+
+/// An open file for random I/O: O_DIRECT if the target takes it.
+fn open_direct(path: &Path) -> anyhow::Result<File> {
+    let direct = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path);
+    match direct {
+        Ok(f) => Ok(f),
+        Err(_) => Ok(fs::OpenOptions::new().read(true).write(true).open(path)?),
+    }
+}
+
+/// 4 KiB-aligned buffer (O_DIRECT needs aligned memory).
+struct Aligned {
+    ptr: *mut u8,
+}
+
+impl Aligned {
+    fn new() -> Aligned {
+        let layout = std::alloc::Layout::from_size_align(4096, 4096).expect("4 KiB layout");
+        // SAFETY: a non-zero layout; freed in Drop with the same layout.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        assert!(!ptr.is_null(), "out of memory");
+        Aligned { ptr }
+    }
+
+    fn buf(&mut self) -> &mut [u8] {
+        // SAFETY: 4096 bytes allocated in `new`, owned here.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, 4096) }
+    }
+}
+
+impl Drop for Aligned {
+    fn drop(&mut self) {
+        let layout = std::alloc::Layout::from_size_align(4096, 4096).expect("4 KiB layout");
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { std::alloc::dealloc(self.ptr, layout) };
+    }
+}
+
+fn random_io(dir: &Path, s: &Sizes, out: &mut Vec<Metric>) -> anyhow::Result<()> {
+    let path = dir.join("rand");
+    let block = vec![7u8; MIB];
+    let mut f = File::create(&path)?;
+    for _ in 0..s.rand_file_mib {
+        f.write_all(&block)?;
+    }
+    f.sync_all()?;
+    drop(f);
+    let blocks = (s.rand_file_mib * MIB / 4096) as u64;
+    for (name, write) in [("rand_read_4k", false), ("rand_write_4k", true)] {
+        drop_caches();
+        let ops = AtomicU64::new(0);
+        let stop = AtomicBool::new(false);
+        let start = Instant::now();
+        std::thread::scope(|sc| -> anyhow::Result<()> {
+            let mut workers = Vec::new();
+            for _ in 0..s.threads {
+                workers.push(sc.spawn(|| -> anyhow::Result<()> {
+                    let f = open_direct(&path)?;
+                    let mut rng = rand::thread_rng();
+                    let mut buf = Aligned::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        let off = rng.gen_range(0..blocks) * 4096;
+                        if write {
+                            f.write_all_at(buf.buf(), off)?;
+                        } else {
+                            f.read_exact_at(buf.buf(), off)?;
+                        }
+                        ops.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(())
+                }));
+            }
+            std::thread::sleep(Duration::from_secs_f64(s.rand_secs));
+            stop.store(true, Ordering::Relaxed);
+            for w in workers {
+                w.join()
+                    .map_err(|_| anyhow::anyhow!("a worker panicked"))??;
+            }
+            Ok(())
+        })?;
+        out.push(rate(
+            name,
+            "IOPS",
+            ops.load(Ordering::Relaxed) as f64,
+            start.elapsed(),
+        ));
+    }
+    fs::remove_file(&path)?;
+    Ok(())
+}
+
+fn metadata(dir: &Path, s: &Sizes, out: &mut Vec<Metric>) -> anyhow::Result<()> {
+    let d = dir.join("files");
+    fs::create_dir(&d)?;
+    let name = |i: usize| d.join(format!("f{i:06}"));
+    let start = Instant::now();
+    for i in 0..s.files {
+        File::create(name(i))?;
+    }
+    out.push(rate("create", "ops/s", s.files as f64, start.elapsed()));
+    let start = Instant::now();
+    for i in 0..s.files {
+        fs::metadata(name(i))?;
+    }
+    out.push(rate("stat", "ops/s", s.files as f64, start.elapsed()));
+    drop_caches();
+    let start = Instant::now();
+    let listed = fs::read_dir(&d)?.count();
+    out.push(time("readdir", start.elapsed()));
+    if listed != s.files {
+        bail!("readdir listed {listed} of {} files", s.files);
+    }
+    let start = Instant::now();
+    for i in 0..s.files {
+        fs::remove_file(name(i))?;
+    }
+    out.push(rate("unlink", "ops/s", s.files as f64, start.elapsed()));
+    fs::remove_dir(&d)?;
+
+    let t = dir.join("tree");
+    let (top, sub) = s.tree;
+    let n = (top * (sub + 1)) as f64;
+    let start = Instant::now();
+    for i in 0..top {
+        for j in 0..sub {
+            fs::create_dir_all(t.join(format!("d{i}/s{j}")))?;
+        }
+    }
+    out.push(rate("mkdir_tree", "ops/s", n, start.elapsed()));
+    let start = Instant::now();
+    for i in 0..top {
+        for j in 0..sub {
+            fs::remove_dir(t.join(format!("d{i}/s{j}")))?;
+        }
+        fs::remove_dir(t.join(format!("d{i}")))?;
+    }
+    out.push(rate("rmdir_tree", "ops/s", n, start.elapsed()));
+    fs::remove_dir(&t)?;
+
+    let sm = dir.join("small");
+    fs::create_dir(&sm)?;
+    let data = vec![0x33u8; 4096];
+    let start = Instant::now();
+    for i in 0..s.small {
+        fs::write(sm.join(format!("s{i}")), &data)?;
+    }
+    out.push(rate(
+        "small_write_4k",
+        "files/s",
+        s.small as f64,
+        start.elapsed(),
+    ));
+    drop_caches();
+    let start = Instant::now();
+    for i in 0..s.small {
+        if fs::read(sm.join(format!("s{i}")))?.len() != 4096 {
+            bail!("small file s{i} is short");
+        }
+    }
+    out.push(rate(
+        "small_read_4k",
+        "files/s",
+        s.small as f64,
+        start.elapsed(),
+    ));
+    fs::remove_dir_all(&sm)?;
+    Ok(())
+}
+
+/// A tar of this repository's tracked files, made once in a temporary directory.
+fn repo_tar(scratch: &Path) -> anyhow::Result<Option<PathBuf>> {
+    let files = Command::new("git").args(["ls-files", "-z"]).output();
+    let Some(files) = files
+        .ok()
+        .filter(|o| o.status.success() && !o.stdout.is_empty())
+    else {
+        return Ok(None);
+    };
+    let list = scratch.join("files");
+    fs::write(&list, &files.stdout)?;
+    let tar = scratch.join("source.tar");
+    let ok = Command::new("tar")
+        .arg("-cf")
+        .arg(&tar)
+        .arg("--null")
+        .arg("-T")
+        .arg(&list)
+        .status()?
+        .success();
+    Ok(ok.then_some(tar))
+}
+
+fn untar(dir: &Path, tar: &Path, out: &mut Vec<Metric>) -> anyhow::Result<()> {
+    let d = dir.join("untar");
+    fs::create_dir(&d)?;
+    let start = Instant::now();
+    let ok = Command::new("tar")
+        .arg("-xf")
+        .arg(tar)
+        .arg("-C")
+        .arg(&d)
+        .status()?
+        .success();
+    // SAFETY: sync(2) has no memory effects.
+    unsafe { libc::sync() };
+    if !ok {
+        bail!("tar could not extract {}", tar.display());
+    }
+    out.push(time("untar", start.elapsed()));
+    fs::remove_dir_all(&d)?;
+    Ok(())
+}
+
+/// Every workload against `target`.
+fn measure(
+    target: &Path,
+    label: &str,
+    s: &Sizes,
+    tar: Option<&Path>,
+) -> anyhow::Result<Vec<Metric>> {
+    let dir = target.join(format!(".shoal-bench.{}", std::process::id()));
+    fs::create_dir(&dir).with_context(|| format!("{} is not writable", target.display()))?;
+    struct Cleanup(PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(dir.clone());
+    let mut out = Vec::new();
+    progress(label, "sequential write and read");
+    seq(&dir, s, &mut out)?;
+    progress(label, "random 4 KiB reads and writes");
+    random_io(&dir, s, &mut out)?;
+    progress(
+        label,
+        "metadata: create, stat, readdir, unlink, mkdir and rmdir, small files",
+    );
+    metadata(&dir, s, &mut out)?;
+    if let Some(t) = tar {
+        progress(label, "tar extraction");
+        untar(&dir, t, &mut out)?;
+    }
+    Ok(out)
+}
+
+/// The results table: each metric, each target's figure and its ratio to the first target
+/// (for times, first / this, so a ratio above 1 is always better).
+fn table(labels: &[String], results: &[Vec<Metric>]) -> String {
+    let mut md = String::from("| metric | unit |");
+    for l in labels {
+        md += &format!(" {l} |");
+    }
+    for l in labels.iter().skip(1) {
+        md += &format!(" {l} / {} |", labels[0]);
+    }
+    md += "\n|---|---|";
+    md += &"---:|".repeat(labels.len() * 2 - 1);
+    md += "\n";
+    for (i, m) in results[0].iter().enumerate() {
+        md += &format!("| {} | {} |", m.name, m.unit);
+        for r in results {
+            // Times are short: milliseconds show.
+            let digits = if m.higher_is_better { 1 } else { 3 };
+            md += &format!(" {:.*} |", digits, r[i].value);
+        }
+        for r in results.iter().skip(1) {
+            let ratio = if m.higher_is_better {
+                r[i].value / m.value.max(1e-12)
+            } else {
+                m.value / r[i].value.max(1e-12)
+            };
+            md += &format!(" {ratio:.2} |");
+        }
+        md += "\n";
+    }
+    md
+}
+
+/// `shoal-bench run`.
+pub fn run(a: &RunArgs) -> anyhow::Result<()> {
+    let labels: Vec<String> = a
+        .targets
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            a.labels
+                .get(i)
+                .cloned()
+                .unwrap_or_else(|| t.display().to_string())
+        })
+        .collect();
+    let sizes = Sizes::of(a.quick);
+    let scratch = tempfile::tempdir()?;
+    let tar = match &a.tar {
+        Some(t) => Some(t.clone()),
+        None => repo_tar(scratch.path())?,
+    };
+    if !drop_caches() {
+        eprintln!("note: not root, so caches are not dropped before reads");
+    }
+    let mut results = Vec::new();
+    for (t, l) in a.targets.iter().zip(&labels) {
+        results.push(measure(t, l, &sizes, tar.as_deref())?);
+    }
+    let md = table(&labels, &results);
+    print!("{md}");
+    if let Some(p) = &a.markdown {
+        fs::write(p, &md)?;
+    }
+    if let Some(p) = &a.json {
+        let v: Vec<serde_json::Value> = labels
+            .iter()
+            .zip(&a.targets)
+            .zip(&results)
+            .map(|((l, t), r)| serde_json::json!({ "label": l, "target": t, "metrics": r }))
+            .collect();
+        fs::write(
+            p,
+            serde_json::to_vec_pretty(&serde_json::json!({
+                "quick": a.quick,
+                "targets": v,
+            }))?,
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_gives_ratios_to_the_first_target_better_above_one() {
+        let m = |v, hi| Metric {
+            name: if hi { "create" } else { "untar" },
+            unit: if hi { "ops/s" } else { "s" },
+            higher_is_better: hi,
+            value: v,
+        };
+        let results = vec![
+            vec![m(100.0, true), m(2.0, false)],
+            vec![m(50.0, true), m(4.0, false)],
+        ];
+        let t = table(&["local".into(), "shoal".into()], &results);
+        assert!(
+            t.contains("| create | ops/s | 100.0 | 50.0 | 0.50 |"),
+            "{t}"
+        );
+        assert!(t.contains("| untar | s | 2.000 | 4.000 | 0.50 |"), "{t}");
+        assert!(t.starts_with("| metric | unit | local | shoal | shoal / local |"));
+    }
+}
