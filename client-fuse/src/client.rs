@@ -749,10 +749,8 @@ impl Client {
                 s.dirty.insert(off, data.clone());
                 s.kept_until = s.write_until;
                 s.kept_since.get_or_insert_with(Instant::now);
-                let total = self
-                    .dirty_total
-                    .fetch_add(s.dirty.cost() - before, Ordering::Relaxed)
-                    + (s.dirty.cost() - before);
+                // A write over several pieces can leave fewer of them: the cost may shrink.
+                let total = self.recount(before, s.dirty.cost());
                 s.dirty_session = session;
                 if end > s.size {
                     s.pending = Some(s.pending.unwrap_or(0).max(end));
@@ -915,6 +913,20 @@ impl Client {
         )
         .await;
         sent.into_iter().collect::<Result<Vec<()>>>().map(|_| ())
+    }
+
+    /// Moves the mount's count of held bytes from a file's `before` to its `after`; the new
+    /// total.
+    fn recount(&self, before: u64, after: u64) -> u64 {
+        if after >= before {
+            self.dirty_total
+                .fetch_add(after - before, Ordering::Relaxed)
+                + (after - before)
+        } else {
+            self.dirty_total
+                .fetch_sub(before - after, Ordering::Relaxed)
+                .saturating_sub(before - after)
+        }
     }
 
     /// Drops the data `s` keeps, which may not land: `e` goes to its next fsync or close.

@@ -257,9 +257,9 @@ fn kernel_attr(c: &Client, a: &Attr) -> Result<(FileAttr, Duration), ClientError
 /// and pid but not its supplementary groups (the kernel's FUSE_SETXATTR_EXT flag that would
 /// carry the verdict is not parsed by fuser), so they are read from `/proc/PID/status`; a
 /// caller gone by then counts with its fsgid only.
-/// Whether `name` is one of the quota xattrs (`shoal.quota.*`).
+/// Whether `name` sets a quota limit (which needs a privileged caller).
 fn is_quota(name: &[u8]) -> bool {
-    name.starts_with(b"shoal.quota.")
+    shoal_proto::quota::is_limit(name)
 }
 
 fn acl_caller(req: &Request) -> AclCaller {
@@ -878,7 +878,6 @@ impl Filesystem for ShoalFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let _ino = self.cluster_ino(_ino);
         // Namespace changes are durable in the MDS log before they are acknowledged.
         reply.ok();
     }
@@ -981,7 +980,6 @@ impl Filesystem for ShoalFs {
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
-        let _ino = self.cluster_ino(_ino);
         // The kernel checks permissions itself (default_permissions).
         reply.ok();
     }

@@ -6,7 +6,9 @@
 //! with other limits it is refused ([`VolumeError::Exists`]), as the CSI spec asks.
 
 use bytes::Bytes;
+use shoal_proto::layout::DIR_LAYOUT_XATTR;
 use shoal_proto::mds::{FileKind, MakeNodeRequest};
+use shoal_proto::quota::{MAX_BYTES, MAX_FILES, RBYTES, RFILES};
 
 use crate::client::Client;
 use crate::error::ClientError;
@@ -17,10 +19,6 @@ pub const VOLUMES_DIR: &str = "volumes";
 pub const NAME_MAX: usize = 128;
 
 const ROOT: u64 = 1;
-const MAX_BYTES: &[u8] = b"shoal.quota.max_bytes";
-const MAX_FILES: &[u8] = b"shoal.quota.max_files";
-const RBYTES: &[u8] = b"shoal.dir.rbytes";
-const RFILES: &[u8] = b"shoal.dir.rfiles";
 
 /// A volume and what it uses.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -198,7 +196,7 @@ pub async fn create(
     if v.max_bytes == 0 {
         // Made now (or by a create that stopped half way): it gets its layout and quota.
         if let Some(l) = layout {
-            c.setxattr(ino, b"shoal.dir.layout", l.as_bytes(), 0, None)
+            c.setxattr(ino, DIR_LAYOUT_XATTR.as_bytes(), l.as_bytes(), 0, None)
                 .await?;
         }
         set_number(c, ino, MAX_FILES, max_files).await?;

@@ -195,8 +195,10 @@ mod tests {
         e.insert(2, b(b'd', 2));
         assert_eq!(e.bytes(), 30);
         assert_eq!(&image(&e, 8), b"aaddaccc");
+        let before = e.cost();
         e.insert(0, b(b'e', 40));
         assert_eq!(e.bytes(), 40);
+        assert!(e.cost() < before, "one piece over several costs less");
         assert_eq!(e.cost(), 40 + PIECE_COST);
         assert_eq!(e.within(0, 100).len(), 1, "one piece covers all");
         assert_eq!(e.end(), 40);

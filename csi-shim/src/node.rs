@@ -46,6 +46,24 @@ fn boot_id() -> String {
         .unwrap_or_default()
 }
 
+/// A record of the state directory.
+pub trait Record: for<'de> Deserialize<'de> {
+    /// The boot it was made in.
+    fn boot(&self) -> &str;
+}
+
+impl Record for Staged {
+    fn boot(&self) -> &str {
+        &self.boot
+    }
+}
+
+impl Record for Published {
+    fn boot(&self) -> &str {
+        &self.boot
+    }
+}
+
 /// A staged volume.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Staged {
@@ -117,7 +135,7 @@ impl NodeService {
 
     /// Every record of `kind` (`staged` or `published`) of this boot; those of an earlier
     /// boot (their mounts went with it) are deleted.
-    pub fn records<T: for<'de> Deserialize<'de>>(&self, kind: &str) -> Vec<T> {
+    pub fn records<T: Record>(&self, kind: &str) -> Vec<T> {
         let Ok(d) = self.dir(kind) else {
             return Vec::new();
         };
@@ -133,15 +151,11 @@ impl NodeService {
             let Ok(bytes) = std::fs::read(e.path()) else {
                 continue;
             };
-            let of_this_boot = serde_json::from_slice::<serde_json::Value>(&bytes)
-                .ok()
-                .is_some_and(|v| v["boot"] == boot.as_str());
-            if !of_this_boot {
-                let _ = std::fs::remove_file(e.path());
-                continue;
-            }
-            if let Ok(r) = serde_json::from_slice(&bytes) {
-                out.push(r);
+            match serde_json::from_slice::<T>(&bytes) {
+                Ok(r) if r.boot() == boot => out.push(r),
+                _ => {
+                    let _ = std::fs::remove_file(e.path());
+                }
             }
         }
         out

@@ -21,14 +21,7 @@ use super::{be, fs, is_dir, Txn};
 use crate::error::MdsError;
 use crate::store::Cf;
 
-/// The byte limit of a directory's tree.
-pub const MAX_BYTES: &[u8] = b"shoal.quota.max_bytes";
-/// The inode limit of a directory's tree.
-pub const MAX_FILES: &[u8] = b"shoal.quota.max_files";
-/// The sizes of the regular files below a directory (read only).
-pub const RBYTES: &[u8] = b"shoal.dir.rbytes";
-/// How many inodes are below a directory (read only).
-pub const RFILES: &[u8] = b"shoal.dir.rfiles";
+pub use shoal_proto::quota::{is_quota_xattr, MAX_BYTES, MAX_FILES, RBYTES, RFILES};
 
 /// Inodes a walk of a tree visits at most (setting a first quota, or reading the usage of a
 /// directory that is not a realm): larger trees get their quota before they fill up.
@@ -36,11 +29,6 @@ pub const WALK_MAX: u64 = 200_000;
 
 /// Realms above one another at most: deeper chains are corrupt.
 const CHAIN_MAX: usize = 1000;
-
-/// Whether `name` is one of the quota xattrs.
-pub fn is_quota_xattr(name: &[u8]) -> bool {
-    [MAX_BYTES, MAX_FILES, RBYTES, RFILES].contains(&name)
-}
 
 /// The quota of directory `ino`, if it is a realm.
 pub(super) fn realm(t: &Txn<'_>, ino: u64) -> Result<Option<pb::Quota>, MdsError> {
