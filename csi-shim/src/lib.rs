@@ -7,6 +7,8 @@
 //! - [`node`]: one FUSE mount per volume per node at the staging path (a `shoal-fuse` process
 //!   in its own session, so it outlives a restart of the plugin), bind mounts into pods, stats,
 //!   and the repair of mounts whose client died.
+//! - [`mounter`]: starting the FUSE clients, here or in the mounter, a container of their own
+//!   that a restart of the plugin's container leaves running.
 //! - [`mounts`]: the system calls and `/proc/self/mountinfo` reading behind them.
 //! - [`check`]: argument checks every RPC starts with (ids, paths, capabilities).
 
@@ -16,6 +18,7 @@
 pub mod check;
 pub mod controller;
 pub mod identity;
+pub mod mounter;
 pub mod mounts;
 pub mod node;
 

@@ -9,7 +9,8 @@ use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use shoal_csi::controller::ControllerService;
 use shoal_csi::identity::IdentityService;
-use shoal_csi::node::NodeService;
+use shoal_csi::mounter::{self, Launcher};
+use shoal_csi::node::{Launch, NodeService};
 use shoal_proto::csi::controller_server::ControllerServer;
 use shoal_proto::csi::identity_server::IdentityServer;
 use shoal_proto::csi::node_server::NodeServer;
@@ -24,6 +25,10 @@ enum Mode {
     Node,
     /// All three.
     All,
+    /// Only start the node's FUSE clients when the node plugin asks (on `--mounter`): a
+    /// container of its own in the node plugin's pod, so the clients outlive restarts of the
+    /// plugin's container.
+    Mounter,
 }
 
 /// Shoal's CSI driver.
@@ -48,6 +53,10 @@ struct Args {
     /// The shoal-fuse binary (default: beside this one, else from PATH).
     #[arg(long)]
     fuse_bin: Option<PathBuf>,
+    /// The mounter's socket: the node plugin asks the mounter listening there to start its
+    /// FUSE clients (without it, it starts them itself); `--mode mounter` serves it.
+    #[arg(long)]
+    mounter: Option<PathBuf>,
     /// Seconds between checks for mounts whose client died.
     #[arg(long, default_value_t = 10)]
     repair_secs: u64,
@@ -89,6 +98,17 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     let mds = shoal_client::mount::resolve_source(&args.mds)?;
+    let launcher = Launcher {
+        fuse_bin: fuse_bin(args.fuse_bin.clone()),
+        mds: mds.clone(),
+        state_dir: args.state_dir.clone(),
+    };
+    if args.mode == Mode::Mounter {
+        let Some(at) = &args.mounter else {
+            anyhow::bail!("--mode mounter needs --mounter SOCKET");
+        };
+        return mounter::serve(at, launcher).await;
+    }
     let controller = args.mode != Mode::Node;
     let node = args.mode != Mode::Controller;
 
@@ -106,8 +126,10 @@ async fn main() -> anyhow::Result<()> {
     let node_svc = node.then(|| {
         Arc::new(NodeService {
             node_id: args.node_id.clone().unwrap_or_else(host_name),
-            mds: mds.clone(),
-            fuse_bin: fuse_bin(args.fuse_bin.clone()),
+            launch: match &args.mounter {
+                Some(at) => Launch::Mounter(at.clone()),
+                None => Launch::Here(launcher),
+            },
             state_dir: args.state_dir.clone(),
             busy: tokio::sync::Mutex::new(()),
         })

@@ -1,15 +1,12 @@
 //! The Node service. A volume is staged once per node: a `shoal-fuse` process mounts it
-//! (`-o volume=ID`) at the staging path, in a session of its own so it keeps serving when
-//! the plugin restarts. Publishing bind-mounts the staging path into a pod's target path
+//! (`-o volume=ID`) at the staging path, started in a session of its own or, in a pod, by the
+//! mounter container ([`crate::mounter`]), so it keeps serving when the plugin restarts. Publishing bind-mounts the staging path into a pod's target path
 //! (read-only when asked). What is staged and published is recorded in the state directory,
 //! so a restarted plugin finds its mounts again, and a mount whose client died (ENOTCONN) is
 //! mounted again at the same path, and its bind mounts redone, by the next stage or publish
 //! of it or by [`NodeService::repair`], which runs every few seconds.
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use shoal_proto::csi::node_server::Node;
@@ -19,19 +16,24 @@ use shoal_proto::csi::*;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
+use crate::mounter::{self, Launcher};
 use crate::{check, mounts};
 
-/// How long a new FUSE mount may take to come up.
-const MOUNT_WAIT: Duration = Duration::from_secs(60);
+/// Who starts the node's FUSE clients.
+#[derive(Debug, Clone)]
+pub enum Launch {
+    /// The plugin itself.
+    Here(Launcher),
+    /// The mounter serving this socket (see [`crate::mounter`]).
+    Mounter(PathBuf),
+}
 
 /// The node service.
 pub struct NodeService {
     /// This node's id (its name in the CO).
     pub node_id: String,
-    /// MDS addresses the mounts connect to.
-    pub mds: Vec<String>,
-    /// The `shoal-fuse` binary.
-    pub fuse_bin: PathBuf,
+    /// Who starts the FUSE clients.
+    pub launch: Launch,
     /// Records of what is staged and published (`staged/`, `published/`), and the mounts'
     /// logs (`log/`) and pids (`pid/`).
     pub state_dir: PathBuf,
@@ -95,7 +97,7 @@ pub struct Published {
 }
 
 /// FNV-1a of a path: the record's file name (paths are too long for file names).
-fn key(p: &Path) -> String {
+pub(crate) fn key(p: &Path) -> String {
     use std::os::unix::ffi::OsStrExt;
     let h = p
         .as_os_str()
@@ -167,8 +169,8 @@ impl NodeService {
         Ok(m.is_some_and(|m| m.is_shoal()) && mounts::answers(p))
     }
 
-    /// Mounts volume `s` at its staging path with a new `shoal-fuse`, first detaching a
-    /// mount there whose client died.
+    /// Mounts volume `s` at its staging path with a new `shoal-fuse` (started here or by the
+    /// mounter), first detaching a mount there whose client died.
     fn mount_volume(&self, s: &Staged) -> Result<(), Status> {
         if mounts::mount_at(&s.staging)
             .map_err(|e| internal("reading mounts", e))?
@@ -178,50 +180,10 @@ impl NodeService {
             mounts::unmount(&s.staging).map_err(|e| internal("detaching a dead mount", e))?;
         }
         std::fs::create_dir_all(&s.staging).map_err(|e| internal("staging path", e))?;
-        let logs = self
-            .dir("log")
-            .map_err(|e| internal("state directory", e))?;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(logs.join(format!("{}.log", s.volume_id)))
-            .map_err(|e| internal("mount log", e))?;
-        let pids = self
-            .dir("pid")
-            .map_err(|e| internal("state directory", e))?;
-        let mut cmd = Command::new(&self.fuse_bin);
-        cmd.arg("--mds")
-            .arg(self.mds.join(","))
-            .arg("--pid-file")
-            .arg(pids.join(key(&s.staging).replace(".json", ".pid")))
-            .arg("-o")
-            .arg(format!("volume={}", s.volume_id));
-        if s.read_only {
-            cmd.arg("-o").arg("ro");
+        match &self.launch {
+            Launch::Here(l) => l.mount(s)?,
+            Launch::Mounter(socket) => mounter::ask(socket, s)?,
         }
-        let err = log.try_clone().map_err(|e| internal("mount log", e))?;
-        // SAFETY: setsid in the child between fork and exec touches no memory of ours.
-        let mut child = unsafe {
-            cmd.arg(&s.staging)
-                .stdin(Stdio::null())
-                .stdout(log)
-                .stderr(err)
-                .pre_exec(|| {
-                    // Its own session: the plugin's restart (a signal to its process group or
-                    // session) leaves the mount serving.
-                    libc::setsid();
-                    Ok(())
-                })
-                .spawn()
-        }
-        .map_err(|e| internal("starting shoal-fuse", e))?;
-        let mounted = shoal_client::mount::wait_mounted(&s.staging, &mut child, MOUNT_WAIT);
-        // Reaps it whenever it exits (at once if it did not mount).
-        std::thread::spawn(move || {
-            let _ = child.wait();
-        });
-        mounted
-            .map_err(|e| Status::unavailable(format!("mounting volume {}: {e:#}", s.volume_id)))?;
         info!(volume = %s.volume_id, path = %s.staging.display(), "volume staged");
         Ok(())
     }

@@ -24,6 +24,9 @@ struct Plugin {
     socket: PathBuf,
     state: PathBuf,
     args: Vec<String>,
+    /// Runs as a container does: in a PID namespace of its own, whose processes all die
+    /// with it.
+    contained: bool,
 }
 
 impl Plugin {
@@ -57,25 +60,74 @@ impl Plugin {
             "--repair-secs".into(),
             repair_secs.to_string(),
         ];
-        let child = Plugin::spawn(&args, dir);
+        let child = Plugin::spawn(&args, dir, false);
         let p = Plugin {
             child,
             socket,
             state,
             args,
+            contained: false,
         };
         p.wait_serving();
         p
     }
 
-    fn spawn(args: &[String], dir: &Path) -> Child {
+    /// `shoal-csi --mode MODE` (node or mounter) with the mounter's socket at `mounter`, as
+    /// a container of a node's pod: in a PID namespace of its own, so that killing it kills
+    /// every process it started, as a container runtime does. State is shared through
+    /// `state`, as the pod's containers share the host's /var/lib/shoal-csi.
+    fn container(c: &TestCluster, dir: &Path, mode: &str, state: &Path, mounter: &Path) -> Plugin {
+        fs::create_dir_all(dir).unwrap();
+        let socket = match mode {
+            "mounter" => mounter.to_path_buf(),
+            _ => dir.join("csi.sock"),
+        };
+        let args: Vec<String> = vec![
+            "--endpoint".into(),
+            format!("unix://{}", dir.join("csi.sock").display()),
+            "--mode".into(),
+            mode.into(),
+            "--mds".into(),
+            c.data.display().to_string(),
+            "--node-id".into(),
+            "node-c".into(),
+            "--state-dir".into(),
+            state.display().to_string(),
+            "--repair-secs".into(),
+            "1".into(),
+            "--mounter".into(),
+            mounter.display().to_string(),
+        ];
+        let _ = fs::remove_file(&socket);
+        let child = Plugin::spawn(&args, dir, true);
+        let p = Plugin {
+            child,
+            socket,
+            state: state.to_path_buf(),
+            args,
+            contained: true,
+        };
+        p.wait_serving();
+        p
+    }
+
+    fn spawn(args: &[String], dir: &Path, contained: bool) -> Child {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(dir.join("plugin.log"))
             .unwrap();
-        Command::new(bin("shoal-csi"))
-            .args(args)
+        let mut cmd = if contained {
+            let mut u = Command::new("unshare");
+            // --kill-child: the namespace's first process dies with this one, and with it
+            // every process of the namespace.
+            u.args(["--pid", "--fork", "--kill-child", "--"])
+                .arg(bin("shoal-csi"));
+            u
+        } else {
+            Command::new(bin("shoal-csi"))
+        };
+        cmd.args(args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -100,8 +152,17 @@ impl Plugin {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = fs::remove_file(&self.socket);
-        self.child = Plugin::spawn(&self.args, self.socket.parent().unwrap());
+        self.child = Plugin::spawn(&self.args, &self.log_dir(), self.contained);
         self.wait_serving();
+    }
+
+    /// Where the plugin logs: beside its CSI socket.
+    fn log_dir(&self) -> PathBuf {
+        let endpoint = &self.args[1];
+        PathBuf::from(endpoint.trim_start_matches("unix://"))
+            .parent()
+            .unwrap()
+            .to_path_buf()
     }
 
     async fn channel(&self) -> Channel {
@@ -837,4 +898,142 @@ fn csi_end_to_end_two_nodes_a_plugin_restart_and_a_dead_client() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The host pid of the live `shoal-fuse` mounting at `path` (pid files hold the pid in the
+/// starter's PID namespace).
+fn fuse_at(path: &Path) -> i32 {
+    let want = path.display().to_string();
+    let mut found = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmd) = fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmd
+            .split(|&b| b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if args.first().is_some_and(|a| a.ends_with("shoal-fuse"))
+            && args.contains(&want)
+            && shoal_fstests::alive(pid)
+        {
+            found.push(pid);
+        }
+    }
+    assert_eq!(found.len(), 1, "clients mounting {want}: {found:?}");
+    found[0]
+}
+
+/// Waits until process `pid` is gone.
+fn wait_gone(pid: i32, what: &str) {
+    let start = Instant::now();
+    while shoal_fstests::alive(pid) {
+        assert!(start.elapsed() < Duration::from_secs(10), "{what} lingers");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn csi_node_plugin_container_restarts_leave_the_mounters_clients_serving() {
+    let c = TestCluster::start();
+    let dir = c.root.path().join("csi");
+    let _sweep = MountSweep(dir.clone());
+    let controller = Plugin::start(&c, &dir.join("controller"), "controller", "ctl");
+    // One node's pod: the plugin and the mounter, two containers sharing a state directory
+    // and the mounter's socket, each in a PID namespace of its own.
+    let state = dir.join("node/state");
+    let sock = dir.join("node/mounter/mounter.sock");
+    let mut mounter = Plugin::container(&c, &dir.join("node/mounter"), "mounter", &state, &sock);
+    let mut plugin = Plugin::container(&c, &dir.join("node/plugin"), "node", &state, &sock);
+    let (st, tg) = (dir.join("node/staging"), dir.join("node/pod/mount"));
+    rt().block_on(async {
+        let mut ctl = ControllerClient::new(controller.channel().await);
+        let mut n = NodeClient::new(plugin.channel().await);
+        let v = ctl
+            .create_volume(create_req("pvc-kept", 2 << 20))
+            .await
+            .unwrap()
+            .into_inner()
+            .volume
+            .unwrap();
+        let id = v.volume_id.as_str();
+        n.node_stage_volume(stage_req(id, &st)).await.unwrap();
+        n.node_publish_volume(publish_req(id, &st, &tg, false))
+            .await
+            .unwrap();
+        fs::write(tg.join("before"), b"staged through the mounter").unwrap();
+        let fuse = fuse_at(&st);
+
+        // The plugin's container is killed (a crash, a liveness failure, an upgrade) and
+        // comes back: the pod's mount serves throughout, by the same client.
+        let _ = plugin.child.kill();
+        let _ = plugin.child.wait();
+        fs::write(tg.join("while-away"), b"the plugin is gone").unwrap();
+        assert_eq!(
+            fs::read(tg.join("before")).unwrap(),
+            b"staged through the mounter"
+        );
+        assert!(
+            shoal_fstests::alive(fuse),
+            "the client died with the plugin"
+        );
+        plugin.restart();
+        let mut n = NodeClient::new(plugin.channel().await);
+        n.node_publish_volume(publish_req(id, &st, &tg, false))
+            .await
+            .unwrap();
+        assert_eq!(fuse_at(&st), fuse, "the same client serves on");
+        assert_eq!(
+            fs::read(tg.join("while-away")).unwrap(),
+            b"the plugin is gone"
+        );
+
+        // A container's processes do die with it: the mounter's own restart takes its
+        // clients along, and the plugin's repair loop mounts the volume again through the
+        // restarted mounter, at the same paths.
+        let _ = mounter.child.kill();
+        let _ = mounter.child.wait();
+        wait_gone(fuse, "the mounter's client");
+        let before = fuse;
+        mounter.restart();
+        let start = Instant::now();
+        loop {
+            match fs::read(tg.join("while-away")) {
+                Ok(got) if got == b"the plugin is gone" => break,
+                _ => {}
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "the repair loop never mounted the volume again"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let fuse = fuse_at(&st);
+        assert_ne!(fuse, before, "a new client");
+        assert_eq!(mounts_under(&dir.join("node")).len(), 2, "no stale mounts");
+
+        n.node_unpublish_volume(NodeUnpublishVolumeRequest {
+            volume_id: id.into(),
+            target_path: tg.display().to_string(),
+        })
+        .await
+        .unwrap();
+        n.node_unstage_volume(NodeUnstageVolumeRequest {
+            volume_id: id.into(),
+            staging_target_path: st.display().to_string(),
+        })
+        .await
+        .unwrap();
+        ctl.delete_volume(DeleteVolumeRequest {
+            volume_id: id.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        wait_gone(fuse, "an unmounted client");
+    });
+    assert!(mounts_under(&dir).is_empty(), "{:?}", mounts_under(&dir));
 }
