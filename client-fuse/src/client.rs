@@ -47,6 +47,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use libc::{EBADF, EFBIG, EISDIR};
+use shoal_proto::limits::LEASE_HOLD_MAX;
 use shoal_proto::mds::*;
 use tracing::warn;
 
@@ -117,12 +118,48 @@ struct Opened {
     size: u64,
 }
 
-/// This mount's read lease on an inode.
-#[derive(Debug, Clone, Copy, Default)]
+/// This mount's read lease on an inode, and what it caches under it.
+#[derive(Debug, Clone, Default)]
 struct Lease {
+    /// When the newest grant ends without renewals.
     until: Option<Instant>,
+    /// When the request that brought the newest grant was sent.
+    sent: Option<Instant>,
     /// When the MDS last revoked it: grants asked for before then do not count.
     revoked: Option<Instant>,
+    /// Its attributes as of the newest reply that carried them (without this mount's
+    /// unsent writes: [`Client::overlay`] adds those).
+    attr: Option<Attr>,
+    /// For a directory: entries looked up or made here (name -> inode).
+    entries: HashMap<Bytes, u64>,
+    /// For a directory: `entries` holds every entry (it was made here and every change to
+    /// it since was made here too), so a name not in it does not exist.
+    complete: bool,
+    /// When this mount last changed it: replies to requests sent before then may describe
+    /// it as it was, so their attributes and entries are not kept.
+    floor: Option<Instant>,
+}
+
+/// The session's renewals of its read leases.
+#[derive(Debug, Clone, Copy, Default)]
+struct Renewal {
+    /// When the lease stream they go through was opened: grants from before (a previous
+    /// leader's) are not renewed.
+    since: Option<Instant>,
+    /// Until when the newest acknowledged renewal keeps the leases.
+    until: Option<Instant>,
+}
+
+/// When lease `l` ends, given the session's renewals.
+fn lease_end(l: &Lease, r: Renewal) -> Option<Instant> {
+    let base = l.until?;
+    let sent = l.sent?;
+    let renewed = r
+        .until
+        .filter(|_| r.since.is_some_and(|since| sent >= since));
+    Some(renewed.map_or(base, |u| {
+        base.max(u.min(sent + LEASE_HOLD_MAX - LEASE_MARGIN))
+    }))
 }
 
 /// The root directory's inode.
@@ -147,6 +184,9 @@ pub struct Client {
     /// locks only when there can be some.
     lockers: Mutex<std::collections::HashSet<(u64, u64)>>,
     leases: Mutex<HashMap<u64, Lease>>,
+    renewal: Mutex<Renewal>,
+    /// The length of the leases the MDS grants, in milliseconds (0: none seen yet).
+    lease_ms: std::sync::atomic::AtomicU32,
     /// Bytes of written data held here, not yet on the OSDs (all files).
     dirty_total: AtomicU64,
     /// The directory the mount shows as its root (a volume's, or the cluster's root, 1).
@@ -220,6 +260,8 @@ impl Client {
             files: Mutex::default(),
             lockers: Mutex::default(),
             leases: Mutex::default(),
+            renewal: Mutex::default(),
+            lease_ms: std::sync::atomic::AtomicU32::new(0),
             dirty_total: AtomicU64::new(0),
         }
     }
@@ -248,42 +290,213 @@ impl Client {
         self.leases.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records a read lease of `ms` on `inos` from a request sent at `sent`.
-    fn note_lease(&self, inos: &[u64], sent: Instant, ms: u32) {
-        if ms == 0 {
+    fn renewal(&self) -> Renewal {
+        *self.renewal.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The lease stream was (re)opened: renewals through it cover grants from now on.
+    pub fn lease_stream_opened(&self) {
+        let mut r = self.renewal.lock().unwrap_or_else(|p| p.into_inner());
+        *r = Renewal {
+            since: Some(Instant::now()),
+            until: None,
+        };
+    }
+
+    /// The MDS acknowledged a renewal sent at `sent` through the current stream.
+    pub fn leases_renewed(&self, sent: Instant) {
+        let ms = self.lease_len();
+        if ms.is_zero() {
             return;
         }
+        let mut r = self.renewal.lock().unwrap_or_else(|p| p.into_inner());
+        if r.since.is_some_and(|since| sent >= since) {
+            let until = sent + ms.saturating_sub(LEASE_MARGIN);
+            r.until = r.until.max(Some(until));
+        }
+    }
+
+    /// How long the MDS's leases last (zero until one was granted).
+    pub fn lease_len(&self) -> Duration {
+        Duration::from_millis(
+            self.lease_ms
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .into(),
+        )
+    }
+
+    /// Records a read lease of `ms` on `inos` from a request sent at `sent`; returns whether
+    /// it counts (no revocation of it came in since it was asked for).
+    fn note_lease(&self, inos: &[u64], sent: Instant, ms: u32) -> bool {
+        if ms == 0 {
+            return false;
+        }
+        self.lease_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
         let until = sent + Duration::from_millis(ms as u64).saturating_sub(LEASE_MARGIN);
+        let renewal = self.renewal();
         let mut leases = self.leases();
         if leases.len() > 100_000 {
             let now = Instant::now();
             leases.retain(|_, l| {
-                l.until.is_some_and(|u| u > now)
+                lease_end(l, renewal).is_some_and(|u| u > now)
                     || l.revoked
                         .is_some_and(|r| now.duration_since(r) < Duration::from_secs(60))
             });
         }
+        let mut counted = true;
+        let now = Instant::now();
         for &ino in inos {
             let l = leases.entry(ino).or_default();
             if l.revoked.is_some_and(|r| r >= sent) {
+                counted = false;
                 continue;
             }
+            if lease_end(l, renewal).is_none_or(|e| e <= now) {
+                // Nothing was revoked while no lease was held: what was cached under the
+                // lease that ended is not to be trusted under this one.
+                l.attr = None;
+                l.entries.clear();
+                l.complete = false;
+            }
             l.until = l.until.max(Some(until));
+            l.sent = l.sent.max(Some(sent));
         }
+        counted
+    }
+
+    /// Whether `l` is live now.
+    fn live(l: &Lease, renewal: Renewal) -> bool {
+        lease_end(l, renewal).is_some_and(|u| u > Instant::now())
     }
 
     /// How long the kernel may cache what it knows of `ino`: what is left of the lease.
     pub fn ttl(&self, ino: u64) -> Duration {
-        let until = self.leases().get(&ino).and_then(|l| l.until);
+        let renewal = self.renewal();
+        let until = self.leases().get(&ino).and_then(|l| lease_end(l, renewal));
         until.map_or(Duration::ZERO, |u| {
             u.saturating_duration_since(Instant::now())
         })
+    }
+
+    /// `ino`'s attributes as cached under a live lease (this mount's unsent writes laid over).
+    pub fn cached_attr(&self, ino: u64) -> Option<Attr> {
+        Some(self.overlay(self.cached_raw(ino)?))
+    }
+
+    /// `ino`'s attributes as the MDS gave them, cached under a live lease.
+    fn cached_raw(&self, ino: u64) -> Option<Attr> {
+        let renewal = self.renewal();
+        let leases = self.leases();
+        let l = leases.get(&ino)?;
+        if !Self::live(l, renewal) {
+            return None;
+        }
+        l.attr
+    }
+
+    /// Entry `name` of directory `parent` as cached under live leases on both: its
+    /// attributes, or ENOENT when the directory's entries are all known here and it is not
+    /// one of them. None: not known here.
+    pub fn cached_entry(&self, parent: u64, name: &[u8]) -> Option<Result<Attr>> {
+        let renewal = self.renewal();
+        let ino = {
+            let leases = self.leases();
+            let dir = leases.get(&parent)?;
+            if !Self::live(dir, renewal) {
+                return None;
+            }
+            match dir.entries.get(name) {
+                Some(ino) => *ino,
+                None if dir.complete => {
+                    return Some(Err(ClientError::errno_msg(libc::ENOENT, "no such entry")))
+                }
+                None => return None,
+            }
+        };
+        self.cached_attr(ino).map(Ok)
+    }
+
+    /// This mount made entry `name` in `parent` (a create or a link sent at `sent`), naming
+    /// `attr`: the entry is kept, and a directory it made is known empty. Where the entry
+    /// cannot be kept, the parent's entries are no longer known complete.
+    /// `dir`: the directory's attributes after the change, kept too.
+    fn entry_made(&self, parent: u64, name: &[u8], attr: &Attr, sent: Instant, dir: Option<Attr>) {
+        self.keep_attr(attr, sent, Some((parent, name)), true);
+        if let Some(d) = dir.filter(|d| d.ino == parent) {
+            self.keep_attr(&d, sent, None, true);
+        }
+        let mut leases = self.leases();
+        if let Some(d) = leases.get_mut(&parent) {
+            if d.entries.get(name) != Some(&attr.ino) {
+                d.complete = false;
+            }
+        }
+        if attr.kind == FileKind::Directory as i32 && attr.nlink == 2 {
+            if let Some(l) = leases.get_mut(&attr.ino) {
+                if l.revoked.is_none_or(|r| r < sent) && l.entries.is_empty() {
+                    l.complete = true;
+                }
+            }
+        }
+    }
+
+    /// A change of entries of `dir` made here failed or ended in a state not known here:
+    /// its entries are no longer known complete.
+    fn entries_unknown(&self, dir: u64) {
+        if let Some(d) = self.leases().get_mut(&dir) {
+            d.complete = false;
+        }
+    }
+
+    /// Keeps `attr` (from a reply to a request sent at `sent`) and, if it came from a lookup
+    /// or a create, the entry naming it, unless this mount changed them since (`ours`: the
+    /// reply is to that change itself) or the MDS revoked the lease after it was asked for.
+    fn keep_attr(&self, attr: &Attr, sent: Instant, entry: Option<(u64, &[u8])>, ours: bool) {
+        let mut leases = self.leases();
+        if let Some(l) = leases.get_mut(&attr.ino) {
+            if (ours || l.floor.is_none_or(|f| sent >= f)) && l.revoked.is_none_or(|r| r < sent) {
+                l.attr = Some(*attr);
+            }
+        }
+        if let Some((parent, name)) = entry {
+            if let Some(d) = leases.get_mut(&parent) {
+                if (ours || d.floor.is_none_or(|f| sent >= f))
+                    && d.revoked.is_none_or(|r| r < sent)
+                    && d.entries.len() < 100_000
+                {
+                    d.entries.insert(Bytes::copy_from_slice(name), attr.ino);
+                } else {
+                    d.complete = false;
+                }
+            }
+        }
+    }
+
+    /// This mount changed `inos` (their attributes) and `names` (entries of directories):
+    /// what is cached of them goes, and replies to requests sent before now are not kept.
+    fn changed_here(&self, inos: &[u64], names: &[(u64, &[u8])]) {
+        let now = Instant::now();
+        let mut leases = self.leases();
+        for &ino in inos.iter().filter(|&&i| i != 0) {
+            if let Some(l) = leases.get_mut(&ino) {
+                l.attr = None;
+                l.floor = Some(now);
+            }
+        }
+        for (dir, name) in names {
+            if let Some(l) = leases.get_mut(dir) {
+                l.entries.remove(*name);
+                l.floor = Some(now);
+            }
+        }
     }
 
     /// The session was evicted and a new one started: leases, unsent sizes and the locks of
     /// the old one are gone.
     pub fn session_renewed(&self) {
         self.leases().clear();
+        *self.renewal.lock().unwrap_or_else(|p| p.into_inner()) = Renewal::default();
         self.lockers().clear();
         for st in self.files().values_mut() {
             st.pending = None;
@@ -303,16 +516,23 @@ impl Client {
         Ok(if fh == 0 { current } else { fh })
     }
 
+    /// The MDS revoked this mount's lease on `ino`: nothing of it is cached from now on, and
+    /// grants asked for before now do not count.
+    pub fn mark_revoked(&self, ino: u64) {
+        let mut leases = self.leases();
+        let l = leases.entry(ino).or_default();
+        l.until = None;
+        l.attr = None;
+        l.entries.clear();
+        l.complete = false;
+        l.revoked = Some(Instant::now());
+    }
+
     /// The MDS revoked this mount's leases on `ino`: from now on nothing of it is cached
     /// under them, and a write lease's size and mtime go to the MDS. The caller then drops
     /// the kernel's caches and acks.
     pub async fn revoked(&self, ino: u64) -> Result<()> {
-        {
-            let mut leases = self.leases();
-            let l = leases.entry(ino).or_default();
-            l.until = None;
-            l.revoked = Some(Instant::now());
-        }
+        self.mark_revoked(ino);
         // A write lease goes back with the data and the size, or on its own when nothing is
         // unsent, so the MDS need not look for this mount's writes on the OSDs.
         self.send_size_or_release(ino, false, true).await
@@ -344,9 +564,12 @@ impl Client {
     fn leased_reply(&self, r: AttrReply, sent: Instant, also: Option<u64>) -> Result<(Attr, u32)> {
         let (ms, write_ms, room) = (r.lease_ms, r.write_lease_ms, r.quota_room);
         let attr = attr_of(r)?;
-        match also {
+        let counted = match also {
             Some(dir) => self.note_lease(&[dir, attr.ino], sent, ms),
             None => self.note_lease(&[attr.ino], sent, ms),
+        };
+        if counted {
+            self.keep_attr(&attr, sent, None, false);
         }
         if let Some(st) = self.files().get_mut(&attr.ino) {
             st.size = attr.size;
@@ -463,6 +686,9 @@ impl Client {
 
     /// Looks `name` up in directory `parent`.
     pub async fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr> {
+        if let Some(a) = self.cached_entry(parent, name) {
+            return a;
+        }
         let req = LookupRequest {
             parent,
             name: Bytes::copy_from_slice(name),
@@ -477,6 +703,7 @@ impl Client {
             .await?;
         // The lease covers the entry (the directory's) and the child's attributes.
         let (attr, _) = self.leased_reply(r, sent, Some(parent))?;
+        self.keep_attr(&attr, sent, Some((parent, name)), false);
         Ok(self.overlay(attr))
     }
 
@@ -514,6 +741,9 @@ impl Client {
 
     /// The attributes of `ino`.
     pub async fn getattr(&self, ino: u64) -> Result<Attr> {
+        if let Some(a) = self.cached_attr(ino) {
+            return Ok(a);
+        }
         Ok(self.overlay(self.getattr_raw(ino).await?))
     }
 
@@ -596,12 +826,21 @@ impl Client {
 
     /// Creates a file, directory, device, fifo, socket or symlink.
     pub async fn make_node(&self, req: MakeNodeRequest) -> Result<Attr> {
-        let parent = req.parent;
-        let (attr, _) = self
-            .leased_mutate("make_node", Some(parent), req, |mut c, r| async move {
-                c.make_node(r).await
-            })
-            .await?;
+        let (parent, name) = (req.parent, req.name.clone());
+        let sent = Instant::now();
+        let r = self
+            .cluster
+            .mds_mutate(
+                "make_node",
+                req,
+                |mut c, r| async move { c.make_node(r).await },
+            )
+            .await;
+        self.changed_here(&[parent], &[(parent, &name)]);
+        let mut r = r.inspect_err(|_| self.entries_unknown(parent))?;
+        let dir = r.dir.take();
+        let (attr, _) = self.leased_reply(r, sent, Some(parent))?;
+        self.entry_made(parent, &name, &attr, sent, dir);
         Ok(attr)
     }
 
@@ -614,7 +853,10 @@ impl Client {
 
     /// Opens a file: registers it so writes can track its size.
     pub async fn open(&self, ino: u64) -> Result<Attr> {
-        let attr = self.getattr_raw(ino).await?;
+        let attr = match self.cached_raw(ino) {
+            Some(a) => a,
+            None => self.getattr_raw(ino).await?,
+        };
         if attr.kind == FileKind::Regular as i32 {
             self.opened(&attr);
         }
@@ -1178,6 +1420,7 @@ impl Client {
                 c.set_attr(r).await
             })
             .await;
+        self.changed_here(&[ino], &[]);
         if let Err(e) = r {
             warn!(ino, error = %e, "cannot give a write lease back");
         }
@@ -1312,6 +1555,7 @@ impl Client {
                 c.purge(r).await
             })
             .await?;
+        self.changed_here(&[ino], &[]);
         Ok(())
     }
 
@@ -1344,19 +1588,36 @@ impl Client {
             name: Bytes::copy_from_slice(name),
             dir,
         };
+        let sent = Instant::now();
         let r = self
             .cluster
             .mds_mutate("unlink", req, |mut c, r| async move { c.unlink(r).await })
-            .await?;
+            .await;
+        self.changed_here(&[parent], &[(parent, name)]);
+        let r = r.inspect_err(|_| self.entries_unknown(parent))?;
+        self.changed_here(&r.changed, &[]);
+        if let Some(d) = r.dir.as_ref().filter(|d| d.ino == parent) {
+            self.keep_attr(d, sent, None, true);
+        }
         self.on_orphan(r.orphan).await
     }
 
     /// Renames, with renameat2 flags.
     pub async fn rename(&self, req: RenameRequest) -> Result<()> {
+        let (from, to) = (
+            (req.parent, req.name.clone()),
+            (req.new_parent, req.new_name.clone()),
+        );
         let r = self
             .cluster
             .mds_mutate("rename", req, |mut c, r| async move { c.rename(r).await })
-            .await?;
+            .await;
+        self.changed_here(&[from.0, to.0], &[(from.0, &from.1), (to.0, &to.1)]);
+        // The new name now names the moved inode (exchanged, the old one names the other).
+        self.entries_unknown(to.0);
+        self.entries_unknown(from.0);
+        let r = r?;
+        self.changed_here(&r.changed, &[]);
         self.on_orphan(r.orphan).await
     }
 
@@ -1367,11 +1628,16 @@ impl Client {
             new_parent,
             new_name: Bytes::copy_from_slice(new_name),
         };
-        let (attr, _) = self
-            .leased_mutate("link", Some(new_parent), req, |mut c, r| async move {
-                c.link(r).await
-            })
-            .await?;
+        let sent = Instant::now();
+        let r = self
+            .cluster
+            .mds_mutate("link", req, |mut c, r| async move { c.link(r).await })
+            .await;
+        self.changed_here(&[new_parent, ino], &[(new_parent, new_name)]);
+        let mut r = r.inspect_err(|_| self.entries_unknown(new_parent))?;
+        let dir = r.dir.take();
+        let (attr, _) = self.leased_reply(r, sent, Some(new_parent))?;
+        self.entry_made(new_parent, new_name, &attr, sent, dir);
         Ok(self.overlay(attr))
     }
 
@@ -1441,13 +1707,16 @@ impl Client {
             flags,
             acl_caller,
         };
-        self.cluster
+        let r = self
+            .cluster
             .mds_mutate(
                 "setxattr",
                 req,
                 |mut c, r| async move { c.set_xattr(r).await },
             )
-            .await?;
+            .await;
+        self.changed_here(&[ino], &[]);
+        r?;
         if shoal_proto::layout::layout_xattr(name).is_some() {
             // An open (still empty) file now stripes by its new layout.
             let attr = self.getattr_raw(ino).await?;
@@ -1481,11 +1750,13 @@ impl Client {
             name: Bytes::copy_from_slice(name),
             acl_caller,
         };
-        self.cluster
+        let r = self
+            .cluster
             .mds_mutate("removexattr", req, |mut c, r| async move {
                 c.remove_xattr(r).await
             })
-            .await?;
-        Ok(())
+            .await;
+        self.changed_here(&[ino], &[]);
+        r.map(|_| ())
     }
 }

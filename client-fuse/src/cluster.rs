@@ -273,7 +273,10 @@ impl Cluster {
         let session = self.session();
         self.mds("leases", |mut c| async move {
             let (tx, rx) = futures::channel::mpsc::unbounded();
-            let hello = LeaseUp { session, ack: 0 };
+            let hello = LeaseUp {
+                session,
+                ..Default::default()
+            };
             tx.unbounded_send(hello)
                 .map_err(|_| Status::internal("lease channel closed"))?;
             let down = c.leases(rx).await?;

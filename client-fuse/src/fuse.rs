@@ -511,11 +511,18 @@ impl Filesystem for ShoalFs {
             Err(e) => return reply.error(errno(&e)),
         };
         let r = EntryReplier { parent: parent.0 };
+        // What the mount knows under its leases is answered here, without a runtime task.
+        if let Some(a) = self.client.cached_entry(parent.0, &name) {
+            return r.reply(&self.client, reply, a);
+        }
         self.go(move |c| async move { r.reply(&c, reply, c.lookup(parent.0, &name).await) });
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let ino = self.cluster_ino(ino);
+        if let Some(a) = self.client.cached_attr(ino.0) {
+            return reply_attr(&self.client, reply, Ok(a));
+        }
         self.go(move |c| async move { reply_attr(&c, reply, c.getattr(ino.0).await) });
     }
 

@@ -343,35 +343,80 @@ async fn follow_session(client: Arc<Client>) {
 }
 
 /// Keeps this session's lease stream open at the MDS leader (reopened after a failover or
-/// under a new session) and carries out its revocations, each acked once done.
+/// under a new session), renews the session's read leases through it every quarter of a
+/// lease, and carries out its revocations, each acked once done.
 async fn lease_stream(client: Arc<Client>, notifier: Arc<OnceLock<Notifier>>) {
     let mut session = client.cluster().watch_session();
     loop {
         session.borrow_and_update();
         match client.cluster().open_leases().await {
-            Ok((acks, mut down)) => loop {
-                let next = tokio::select! {
-                    m = down.message() => m,
-                    _ = session.changed() => break,
-                };
-                match next {
-                    Ok(Some(d)) => {
-                        let (c, n, acks) = (client.clone(), notifier.get().cloned(), acks.clone());
-                        tokio::spawn(async move {
-                            on_revoke(&c, n, d.ino, d.names).await;
+            Ok((acks, mut down)) => {
+                client.lease_stream_opened();
+                // Renewals sent and not yet answered: (sequence, when sent).
+                let mut renewals: std::collections::VecDeque<(u64, Instant)> =
+                    std::collections::VecDeque::new();
+                let mut seq = 0u64;
+                let mut tick = tokio::time::interval(Duration::from_millis(100));
+                let mut last_renew: Option<Instant> = None;
+                loop {
+                    let next = tokio::select! {
+                        m = down.message() => m,
+                        _ = session.changed() => break,
+                        _ = tick.tick() => {
+                            let every = (client.lease_len() / 4).max(Duration::from_millis(100));
+                            if client.lease_len().is_zero()
+                                || last_renew.is_some_and(|t| t.elapsed() < every)
+                            {
+                                continue;
+                            }
+                            seq += 1;
+                            let now = Instant::now();
+                            last_renew = Some(now);
+                            renewals.push_back((seq, now));
+                            if renewals.len() > 64 {
+                                renewals.pop_front();
+                            }
                             let _ = acks.unbounded_send(LeaseUp {
-                                session: 0,
-                                ack: d.id,
+                                renew: seq,
+                                ..Default::default()
                             });
-                        });
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        warn!(error = %e, "lease stream broken");
-                        break;
+                            continue;
+                        }
+                    };
+                    match next {
+                        Ok(Some(d)) if d.id == 0 => {
+                            while let Some(&(s, sent)) = renewals.front() {
+                                if s > d.renewed {
+                                    break;
+                                }
+                                renewals.pop_front();
+                                if s == d.renewed {
+                                    client.leases_renewed(sent);
+                                }
+                            }
+                        }
+                        Ok(Some(d)) => {
+                            // Marked before any later message on the stream is read: a
+                            // renewal answered after this revocation does not cover it.
+                            client.mark_revoked(d.ino);
+                            let (c, n, acks) =
+                                (client.clone(), notifier.get().cloned(), acks.clone());
+                            tokio::spawn(async move {
+                                on_revoke(&c, n, d.ino, d.names).await;
+                                let _ = acks.unbounded_send(LeaseUp {
+                                    ack: d.id,
+                                    ..Default::default()
+                                });
+                            });
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            warn!(error = %e, "lease stream broken");
+                            break;
+                        }
                     }
                 }
-            },
+            }
             Err(e) => warn!(error = %e, "cannot open the lease stream"),
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

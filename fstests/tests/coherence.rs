@@ -328,3 +328,65 @@ fn sqlite_on_two_mounts_keeps_every_transaction() {
         String::from_utf8_lossy(&check.stderr)
     );
 }
+
+/// Live leases the MDS counts for the session mounted at `mnt`.
+fn leases_of(c: &TestCluster, mnt: &std::path::Path) -> u64 {
+    let st = c.status();
+    let want = mnt.to_str().unwrap();
+    st["sessions"]
+        .as_array()
+        .expect("sessions listed")
+        .iter()
+        .find(|s| s["mount_point"] == want)
+        .and_then(|s| s["leases"].as_u64())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_mount_keeps_what_it_cached_while_it_renews_and_still_sees_every_change() {
+    // Leases of 400 ms: the checks below run over many of them.
+    let c = TestCluster::start_args(&["--lease-ms", "400"]);
+    let m2 = c.mount_again("mnt2");
+    let (a, b) = (&c.mnt, &m2);
+    fs::create_dir(a.join("d")).unwrap();
+    for i in 0..50 {
+        fs::write(a.join(format!("d/f{i}")), b"v1").unwrap();
+    }
+    // B looks at everything once, then keeps it past many lease lengths: its renewals keep
+    // its leases at the MDS (without them the count falls to 0 within 400 ms).
+    for i in 0..50 {
+        assert_eq!(fs::metadata(b.join(format!("d/f{i}"))).unwrap().len(), 2);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let held = leases_of(&c, b);
+    assert!(held >= 50, "B holds {held} leases after 2 s of renewals");
+    // Whatever B caches, A's changes are seen at once: attributes, sizes, names.
+    for i in 0..50 {
+        let (f, g) = (format!("d/f{i}"), format!("d/g{i}"));
+        match i % 4 {
+            0 => fs::set_permissions(a.join(&f), fs::Permissions::from_mode(0o640)).unwrap(),
+            1 => fs::write(a.join(&f), b"version two").unwrap(),
+            2 => fs::rename(a.join(&f), a.join(&g)).unwrap(),
+            _ => fs::remove_file(a.join(&f)).unwrap(),
+        }
+        match i % 4 {
+            0 => assert_eq!(fs::metadata(b.join(&f)).unwrap().mode() & 0o777, 0o640),
+            1 => assert_eq!(fs::read(b.join(&f)).unwrap(), b"version two"),
+            2 => {
+                assert_eq!(errno_of(fs::metadata(b.join(&f))), Some(libc::ENOENT));
+                assert_eq!(fs::metadata(b.join(&g)).unwrap().len(), 2);
+            }
+            _ => assert_eq!(errno_of(fs::metadata(b.join(&f))), Some(libc::ENOENT)),
+        }
+    }
+    // B's own changes show on B itself at once too (its cache follows what it does).
+    fs::write(b.join("d/mine"), b"12345").unwrap();
+    assert_eq!(fs::metadata(b.join("d/mine")).unwrap().len(), 5);
+    fs::hard_link(b.join("d/mine"), b.join("d/mine2")).unwrap();
+    assert_eq!(fs::metadata(b.join("d/mine")).unwrap().nlink(), 2);
+    fs::remove_file(b.join("d/mine2")).unwrap();
+    assert_eq!(fs::metadata(b.join("d/mine")).unwrap().nlink(), 1);
+    fs::rename(b.join("d/mine"), b.join("d/yours")).unwrap();
+    assert_eq!(errno_of(fs::metadata(b.join("d/mine"))), Some(libc::ENOENT));
+    assert_eq!(fs::metadata(a.join("d/yours")).unwrap().len(), 5);
+}

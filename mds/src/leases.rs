@@ -2,7 +2,11 @@
 //!
 //! A read lease on an inode lets a session cache its attributes, its data pages and, for a
 //! directory, its entries; a write lease lets one session keep the size and mtime of its
-//! writes locally. Leases last [`Leases::duration`] from the grant and are revoked early when
+//! writes locally. Leases last [`Leases::duration`] from the grant; a session that renews
+//! (`LeaseUp.renew`, answered with `LeaseDown.renewed`) keeps its read leases for one
+//! duration past its last renewal, up to [`HOLD_MAX`] after each grant, so a mount that keeps
+//! answering keeps what it cached, and one that stops loses it within a duration. Leases are
+//! revoked early when
 //! another session changes what they cover: the change is applied, every other holder is sent
 //! a [`LeaseDown`] on its `Leases` stream, and the change is answered once each holder acked
 //! (after dropping its caches and, for a write lease, sending its size) or its lease ran out.
@@ -35,6 +39,10 @@ use crate::node::NodeHandle;
 /// After a write lease was revoked for a reader, no write lease on that inode for this long.
 pub const CONTENDED: Duration = Duration::from_secs(1);
 
+/// A read lease lasts at most this long after its grant, however often it is renewed (what
+/// the table holds stays bounded by what sessions looked at lately).
+pub const HOLD_MAX: Duration = shoal_proto::limits::LEASE_HOLD_MAX;
+
 /// What one session holds on one inode.
 #[derive(Debug, Clone, Copy)]
 struct Held {
@@ -45,12 +53,18 @@ struct Held {
 }
 
 impl Held {
-    fn end(&self) -> Option<Instant> {
-        self.read_until.max(self.write_until)
+    /// When it ends, given when its session's renewals run out.
+    fn end(&self, renewed: Option<Instant>) -> Option<Instant> {
+        let read = self.read_until.map(|r| {
+            r.max(renewed.unwrap_or(r))
+                .min(self.granted + HOLD_MAX)
+                .max(r)
+        });
+        read.max(self.write_until)
     }
 
-    fn live(&self, now: Instant) -> bool {
-        self.end().is_some_and(|e| e > now)
+    fn live(&self, now: Instant, renewed: Option<Instant>) -> bool {
+        self.end(renewed).is_some_and(|e| e > now)
     }
 
     fn writes(&self, now: Instant) -> bool {
@@ -74,9 +88,17 @@ struct Inner {
     pending: HashMap<u64, Pending>,
     next_id: u64,
     contended: HashMap<u64, Instant>,
+    /// Until when each renewing session's read leases last.
+    renewed: HashMap<u64, Instant>,
     /// The term this node was first seen leading, and when.
     leading: Option<(u64, Instant)>,
     last_prune: Option<Instant>,
+}
+
+impl Inner {
+    fn renewed(&self, session: u64) -> Option<Instant> {
+        self.renewed.get(&session).copied()
+    }
 }
 
 /// `session`'s hold on `ino`, granted anew at `now` (the caller sets what it grants).
@@ -176,10 +198,10 @@ impl Leases {
         }
         let now = Instant::now();
         let mut g = self.inner();
-        let others = g
-            .by_ino
-            .get(&ino)
-            .is_some_and(|h| h.iter().any(|(s, h)| *s != session && h.live(now)));
+        let others = g.by_ino.get(&ino).is_some_and(|h| {
+            h.iter()
+                .any(|(s, h)| *s != session && h.live(now, g.renewed(*s)))
+        });
         if others {
             return 0;
         }
@@ -228,11 +250,13 @@ impl Leases {
             let Some(holders) = g.by_ino.get(&ino) else {
                 return;
             };
+            // Renewals after this do not extend what is revoked: the holder hears of the
+            // revocation before it hears of them (one stream, in order).
             let targets: Vec<(u64, Instant)> = holders
                 .iter()
-                .filter(|(s, h)| Some(**s) != except && h.live(now))
+                .filter(|(s, h)| Some(**s) != except && h.live(now, g.renewed(**s)))
                 .filter(|(_, h)| !only_write || h.writes(now))
-                .filter_map(|(s, h)| Some((*s, h.end()?)))
+                .filter_map(|(s, h)| Some((*s, h.end(g.renewed(*s))?)))
                 .collect();
             let mut waits = Vec::with_capacity(targets.len());
             for (session, until) in targets {
@@ -252,6 +276,7 @@ impl Leases {
                     id,
                     ino,
                     names: names.clone(),
+                    renewed: 0,
                 };
                 if let Some((_, tx)) = g.streams.get(&session) {
                     let _ = tx.send(down);
@@ -265,7 +290,8 @@ impl Leases {
             if acked.is_err() {
                 debug!(ino, id, "lease ran out before the holder acked");
             }
-            self.inner().pending.remove(&id);
+            // Acked or run out: either way the hold ends (renewals do not revive it).
+            self.ack(id);
         }
     }
 
@@ -285,6 +311,19 @@ impl Leases {
             if h.is_empty() {
                 g.by_ino.remove(&p.ino);
             }
+        }
+    }
+
+    /// `session` renewed its read leases (renewal `seq`): they last a duration from now.
+    pub fn renew(&self, session: u64, seq: u64) {
+        let mut g = self.inner();
+        let until = Instant::now() + self.duration;
+        g.renewed.insert(session, until);
+        if let Some((_, tx)) = g.streams.get(&session) {
+            let _ = tx.send(LeaseDown {
+                renewed: seq,
+                ..Default::default()
+            });
         }
     }
 
@@ -310,6 +349,7 @@ impl Leases {
     pub fn forget_session(&self, session: u64) {
         let mut g = self.inner();
         g.streams.remove(&session);
+        g.renewed.remove(&session);
         g.by_ino.retain(|_, h| {
             h.remove(&session);
             !h.is_empty()
@@ -352,10 +392,13 @@ impl Leases {
             return;
         }
         g.last_prune = Some(now);
+        g.renewed.retain(|_, until| *until > now);
+        let renewed = std::mem::take(&mut g.renewed);
         g.by_ino.retain(|_, h| {
-            h.retain(|_, held| held.live(now));
+            h.retain(|s, held| held.live(now, renewed.get(s).copied()));
             !h.is_empty()
         });
+        g.renewed = renewed;
         g.contended
             .retain(|_, t| now.duration_since(*t) < CONTENDED);
     }
@@ -367,7 +410,7 @@ impl Leases {
         let mut out: HashMap<u64, u32> = HashMap::new();
         for h in g.by_ino.values() {
             for (s, held) in h {
-                if held.live(now) {
+                if held.live(now, g.renewed(*s)) {
                     *out.entry(*s).or_default() += 1;
                 }
             }
@@ -446,5 +489,54 @@ mod tests {
         let t = Instant::now();
         l.revoke(12, Vec::new(), Some(3), false).await;
         assert!(t.elapsed() < Duration::from_millis(100));
+    }
+
+    #[tokio::test]
+    async fn renewals_keep_read_leases_and_never_stretch_a_revocation() {
+        let l = Leases::new(Duration::from_millis(300));
+        let (_, mut rx) = l.attach(1);
+        let (_, _rx2) = l.attach(2);
+        assert_eq!(l.grant_read(Some(1), 10).await, 300);
+        // Renewed every 100 ms, the lease outlives its duration several times over.
+        for seq in 1..=8 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            l.renew(1, seq);
+            let reply = rx.recv().await.expect("a renewal reply");
+            assert_eq!((reply.id, reply.renewed), (0, seq));
+        }
+        assert_eq!(l.per_session().get(&1), Some(&1), "renewed, still held");
+        assert_eq!(
+            l.grant_write(Some(2), 10),
+            0,
+            "a live reader blocks a writer"
+        );
+
+        // A silent holder keeps renewing but never acks: the change waits one duration at
+        // most, renewals after the revocation notwithstanding.
+        let l2 = l.clone();
+        let t = Instant::now();
+        let revoke = tokio::spawn(async move { l2.revoke(10, Vec::new(), Some(2), false).await });
+        let mut seq = 100;
+        while !revoke.is_finished() {
+            assert!(
+                t.elapsed() < Duration::from_secs(2),
+                "renewals stretched a revocation"
+            );
+            seq += 1;
+            l.renew(1, seq);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let waited = t.elapsed();
+        assert!(waited >= Duration::from_millis(200), "{waited:?}");
+        assert_eq!(
+            l.per_session().get(&1),
+            None,
+            "a revoked hold is not renewed"
+        );
+
+        // Without renewals a lease ends with its duration.
+        assert_eq!(l.grant_read(Some(2), 11).await, 300);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(l.per_session().get(&2), None, "not renewed, gone");
     }
 }

@@ -299,22 +299,36 @@ impl MdsService {
             attr: Some(attr),
             lease_ms: 0,
             write_lease_ms,
+            dir: None,
         }))
     }
 
     /// An entry's reply: `ino`'s attributes under a read lease, which the directory's lease
     /// (`dir_ms`, granted before the entry was read) caps.
-    async fn entry_reply(&self, session: Option<u64>, dir_ms: u32, ino: u64) -> Reply<AttrReply> {
+    /// An entry's reply: `ino`'s attributes and the lease on it and its directory; with
+    /// `dir`, the directory's attributes too (after a change of its entries).
+    async fn entry_reply(
+        &self,
+        session: Option<u64>,
+        dir_ms: u32,
+        ino: u64,
+        dir: Option<u64>,
+    ) -> Reply<AttrReply> {
         let (attr, ms) = if dir_ms > 0 {
             self.leased(session, ino).await?
         } else {
             (self.current(session, ino).await?, 0)
+        };
+        let dir = match dir {
+            Some(d) if dir_ms > 0 => Some(self.fsm.getattr(d)?),
+            _ => None,
         };
         Ok(Response::new(AttrReply {
             quota_room: self.fsm.quota_room(&attr)?,
             attr: Some(attr),
             lease_ms: ms.min(dir_ms),
             write_lease_ms: 0,
+            dir,
         }))
     }
 
@@ -690,7 +704,7 @@ impl Mds for MdsService {
         let dir_ms = self.leases.grant_read(session, r.parent).await;
         self.node.read_barrier().await?;
         let child = self.fsm.lookup(r.parent, &r.name)?.ino;
-        self.entry_reply(session, dir_ms, child).await
+        self.entry_reply(session, dir_ms, child, None).await
     }
 
     async fn get_attr(&self, req: Request<GetAttrRequest>) -> Reply<AttrReply> {
@@ -704,6 +718,7 @@ impl Mds for MdsService {
             attr: Some(attr),
             lease_ms,
             write_lease_ms: 0,
+            dir: None,
         }))
     }
 
@@ -778,6 +793,7 @@ impl Mds for MdsService {
             attr: Some(attr),
             lease_ms,
             write_lease_ms,
+            dir: None,
         }))
     }
 
@@ -788,7 +804,8 @@ impl Mds for MdsService {
         let made = attr_of(self.propose_for(req, Op::MakeNode).await?)?;
         self.changed(session, vec![(parent, vec![name])]).await;
         let dir_ms = self.leases.grant_read(session, parent).await;
-        self.entry_reply(session, dir_ms, made.ino).await
+        self.entry_reply(session, dir_ms, made.ino, Some(parent))
+            .await
     }
 
     async fn unlink(&self, req: Request<UnlinkRequest>) -> Reply<UnlinkReply> {
@@ -800,7 +817,14 @@ impl Mds for MdsService {
         let orphan = orphan(self.propose_for(req, Op::Unlink).await?)?;
         self.changed(session, vec![(parent, vec![name]), (child, Vec::new())])
             .await;
-        Ok(Response::new(UnlinkReply { orphan }))
+        // Read after the change: a later change by another client revokes the caller's
+        // lease on the directory, if it holds one, and with it what this shows.
+        let dir = self.fsm.getattr(parent).ok();
+        Ok(Response::new(UnlinkReply {
+            orphan,
+            changed: vec![child],
+            dir,
+        }))
     }
 
     async fn rename(&self, req: Request<RenameRequest>) -> Reply<RenameReply> {
@@ -808,8 +832,9 @@ impl Mds for MdsService {
         let session = self.session(req.metadata())?;
         let r = req.get_ref();
         let replaced = self.child(r.new_parent, &r.new_name);
+        let moved = self.child(r.parent, &r.name);
         let touched = vec![
-            (self.child(r.parent, &r.name), Vec::new()),
+            (moved, Vec::new()),
             (replaced, Vec::new()),
             (r.parent, vec![r.name.clone()]),
             (r.new_parent, vec![r.new_name.clone()]),
@@ -817,7 +842,10 @@ impl Mds for MdsService {
         self.writes_settled(session, replaced).await?;
         let orphan = orphan(self.propose_for(req, Op::Rename).await?)?;
         self.changed(session, touched).await;
-        Ok(Response::new(RenameReply { orphan }))
+        Ok(Response::new(RenameReply {
+            orphan,
+            changed: vec![moved, replaced],
+        }))
     }
 
     async fn link(&self, req: Request<LinkRequest>) -> Reply<AttrReply> {
@@ -829,7 +857,7 @@ impl Mds for MdsService {
         attr_of(self.propose_for(req, Op::Link).await?)?;
         self.changed(session, touched).await;
         let dir_ms = self.leases.grant_read(session, parent).await;
-        self.entry_reply(session, dir_ms, ino).await
+        self.entry_reply(session, dir_ms, ino, Some(parent)).await
     }
 
     async fn read_link(&self, req: Request<ReadLinkRequest>) -> Reply<ReadLinkReply> {
@@ -1084,6 +1112,9 @@ impl Mds for MdsService {
             while let Some(Ok(m)) = up.next().await {
                 if m.ack != 0 {
                     leases.ack(m.ack);
+                }
+                if m.renew != 0 {
+                    leases.renew(session, m.renew);
                 }
             }
             leases.detach(session, n);

@@ -11,6 +11,10 @@ pub const XATTR_VALUE_MAX: usize = 65536;
 /// Largest file size: 2^63 - 1 like a signed off_t; EFBIG beyond.
 pub const FILE_SIZE_MAX: u64 = i64::MAX as u64;
 
+/// A read lease lasts at most this long after its grant, however often its session renews
+/// (both the MDS and the clients count so).
+pub const LEASE_HOLD_MAX: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Checks a directory entry name: not empty, no '/', no NUL, not "." or "..", at most
 /// [`NAME_MAX`] bytes.
 pub fn check_name(name: &[u8]) -> Result<(), i32> {
