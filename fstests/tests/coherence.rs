@@ -379,6 +379,20 @@ fn a_mount_keeps_what_it_cached_while_it_renews_and_still_sees_every_change() {
             _ => assert_eq!(errno_of(fs::metadata(b.join(&f))), Some(libc::ENOENT)),
         }
     }
+    // A directory B made knows its names: a missing one is answered on B alone, until A
+    // creates it there.
+    fs::create_dir(b.join("made-by-b")).unwrap();
+    fs::write(b.join("made-by-b/own"), b"b").unwrap();
+    for round in 0..20 {
+        let name = format!("made-by-b/x{round}");
+        assert_eq!(errno_of(fs::metadata(b.join(&name))), Some(libc::ENOENT));
+        std::thread::sleep(Duration::from_millis(50));
+        fs::write(a.join(&name), b"from a").unwrap();
+        assert_eq!(fs::read(b.join(&name)).unwrap(), b"from a", "round {round}");
+        fs::remove_file(a.join(&name)).unwrap();
+        assert_eq!(errno_of(fs::metadata(b.join(&name))), Some(libc::ENOENT));
+    }
+    assert_eq!(fs::read(b.join("made-by-b/own")).unwrap(), b"b");
     // B's own changes show on B itself at once too (its cache follows what it does).
     fs::write(b.join("d/mine"), b"12345").unwrap();
     assert_eq!(fs::metadata(b.join("d/mine")).unwrap().len(), 5);
