@@ -1583,10 +1583,18 @@ impl Client {
 
     /// Removes a name (`dir`: rmdir).
     pub async fn unlink(&self, parent: u64, name: &[u8], dir: bool) -> Result<()> {
+        // A file this mount knows and has not open (nor data of it kept) may go with its
+        // name if it is empty: one entry instead of an unlink and a purge.
+        let known = self
+            .leases()
+            .get(&parent)
+            .and_then(|d| d.entries.get(name).copied());
+        let purge_empty = !dir && known.is_some_and(|ino| !self.files().contains_key(&ino));
         let req = UnlinkRequest {
             parent,
             name: Bytes::copy_from_slice(name),
             dir,
+            purge_empty,
         };
         let sent = Instant::now();
         let r = self

@@ -937,7 +937,14 @@ fn unlink(
     parent.mtime = Some(*now);
     parent.ctime = Some(*now);
     t.put_inode(&parent);
-    t.drop_link(victim, now)
+    match t.drop_link(victim, now)? {
+        // Nothing to delete on the OSDs and no one to wait for: gone at once.
+        Some(v) if r.purge_empty && v.size == 0 && v.writer == 0 => {
+            purge(t, v.ino)?;
+            Ok(None)
+        }
+        orphan => Ok(orphan),
+    }
 }
 
 /// Fails with EINVAL when `dir` lies inside the tree rooted at `ancestor`.

@@ -81,6 +81,7 @@ impl Harness {
             parent: p,
             name: n.as_bytes().to_vec().into(),
             dir,
+            ..Default::default()
         }))
     }
 
@@ -213,6 +214,36 @@ fn unlink_and_links() {
     h.unlink(ROOT_INO, "d", true).unwrap();
     assert_eq!(h.fsm.getattr(ROOT_INO).unwrap().nlink, 2);
     assert_eq!(h.fsm.files().unwrap(), 1);
+}
+
+#[test]
+fn an_empty_file_the_caller_has_not_open_goes_with_its_last_name() {
+    let mut h = Harness::new();
+    let gone = |h: &mut Harness, name: &str| {
+        h.run(Op::Unlink(pb::UnlinkRequest {
+            parent: ROOT_INO,
+            name: name.as_bytes().to_vec().into(),
+            purge_empty: true,
+            ..Default::default()
+        }))
+        .expect("unlink")
+    };
+    let e = h.mk(ROOT_INO, "empty", FileKind::Regular).expect("create");
+    assert!(matches!(gone(&mut h, "empty"), Applied::Removed(None)));
+    assert_eq!(errno(h.fsm.getattr(e.ino)), libc::ENOENT, "deleted at once");
+    // One with data becomes an orphan for its objects to be deleted first.
+    let f = h.mk(ROOT_INO, "full", FileKind::Regular).expect("create");
+    h.run(Op::SetAttr(pb::SetAttrRequest {
+        ino: f.ino,
+        grow_size: Some(10),
+        ..Default::default()
+    }))
+    .expect("grow");
+    match gone(&mut h, "full") {
+        Applied::Removed(Some(a)) => assert_eq!((a.ino, a.size), (f.ino, 10)),
+        other => panic!("expected an orphan: {other:?}"),
+    }
+    assert_eq!(h.fsm.getattr(f.ino).expect("orphan").nlink, 0);
 }
 
 #[test]
