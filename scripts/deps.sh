@@ -5,13 +5,14 @@
 #   pkg-config, g++, make — RocksDB is built from source; gcc — the suite compiles C in a mount
 #   git           — the test suite commits into a Shoal mount
 #   python3, python3-venv — the Kubernetes manifests are validated with kubernetes-validate
+#   fonts-dejavu-core — shoal-bench run --plot labels its charts with DejaVu Sans
 # protoc is not needed: shoal-proto takes it from the protoc-bin-vendored crate.
 # Run as root it installs what is missing with apt; otherwise it names what to install.
 set -euo pipefail
 
 need=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-for p in libclang-dev fuse3 pkg-config gcc g++ make git python3 python3-venv; do
+for p in libclang-dev fuse3 pkg-config gcc g++ make git python3 python3-venv fonts-dejavu-core; do
   have_pkg "$p" || need+=("$p")
 done
 

@@ -21,6 +21,7 @@
 //! directory worked in and sits idle, then alone again (`--rounds` repeats the pair); it
 //! reports each workload's mean rate with the second mount over the mean of the runs alone.
 
+mod plot;
 mod run;
 
 use std::fs::{self, File};

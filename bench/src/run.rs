@@ -8,6 +8,8 @@
 //! small files written and read back; readdir of a large directory; extraction of a tar of a
 //! source tree (`--tar`, by default one made from this repository's files when run inside it).
 //! `--quick` shrinks everything to seconds (what CI runs); the figures then mean little.
+//! `--plot FILE.png` draws the figures; `--rss-of DIR` reports the peak memory of a `shoal up`
+//! cluster's daemons and mounts during the run.
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
@@ -44,6 +46,82 @@ pub struct RunArgs {
     /// Write the results as a Markdown table here.
     #[arg(long)]
     pub markdown: Option<PathBuf>,
+    /// Draw a bar chart per metric into this PNG file.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    /// A `shoal up` data directory: the peak resident memory of each of its daemons and
+    /// mounts (`DIR/*/pid`) during the run is reported against the limits (MDS and OSDs
+    /// 1 GiB, clients 512 MiB).
+    #[arg(long)]
+    pub rss_of: Option<PathBuf>,
+}
+
+/// Peak resident memory of processes, sampled every 200 ms on a thread of its own.
+struct RssWatch {
+    stop: std::sync::Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Vec<(String, u64)>>>,
+}
+
+/// VmRSS of `pid` in KiB.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let s = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+impl RssWatch {
+    /// Watches every `DIR/NAME/pid` there is now.
+    fn start(dir: &Path) -> anyhow::Result<RssWatch> {
+        let mut procs = Vec::new();
+        for e in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+            let e = e?;
+            let Ok(pid) = fs::read_to_string(e.path().join("pid")) else {
+                continue;
+            };
+            if let Ok(pid) = pid.trim().parse::<u32>() {
+                procs.push((e.file_name().to_string_lossy().into_owned(), pid));
+            }
+        }
+        if procs.is_empty() {
+            bail!("no daemon pid files under {}", dir.display());
+        }
+        procs.sort();
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let halt = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut peak = vec![0u64; procs.len()];
+            while !halt.load(Ordering::Relaxed) {
+                for (i, (_, pid)) in procs.iter().enumerate() {
+                    peak[i] = peak[i].max(rss_kib(*pid).unwrap_or(0));
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            procs.into_iter().map(|(n, _)| n).zip(peak).collect()
+        });
+        Ok(RssWatch {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Each process's peak, in KiB.
+    fn finish(mut self) -> Vec<(String, u64)> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+/// The memory limit of a `shoal up` process by its directory's name, in MiB.
+fn rss_limit_mib(name: &str) -> u64 {
+    if name.starts_with("client") {
+        512
+    } else {
+        1024
+    }
 }
 
 /// Sizes of one run.
@@ -85,12 +163,12 @@ impl Sizes {
 
 /// One measured figure.
 #[derive(Debug, Clone, serde::Serialize)]
-struct Metric {
-    name: &'static str,
-    unit: &'static str,
+pub struct Metric {
+    pub name: &'static str,
+    pub unit: &'static str,
     /// Whether more is better (rates) or less (times).
-    higher_is_better: bool,
-    value: f64,
+    pub higher_is_better: bool,
+    pub value: f64,
 }
 
 fn rate(name: &'static str, unit: &'static str, n: f64, took: Duration) -> Metric {
@@ -111,8 +189,19 @@ fn time(name: &'static str, took: Duration) -> Metric {
     }
 }
 
+/// Steps done and to do, for the progress bar.
+static STEPS: (AtomicU64, AtomicU64) = (AtomicU64::new(0), AtomicU64::new(0));
+
+/// Shows a step starting, with a bar of the steps done so far.
 fn progress(target: &str, what: &str) {
-    eprintln!("[{target}] {what}");
+    let done = STEPS.0.fetch_add(1, Ordering::Relaxed);
+    let total = STEPS.1.load(Ordering::Relaxed).max(done + 1);
+    let filled = (done * 20 / total) as usize;
+    eprintln!(
+        "[{}{}] {done}/{total} {target}: {what}",
+        "#".repeat(filled),
+        ".".repeat(20 - filled)
+    );
 }
 
 /// Drops the kernel's page cache (root only; otherwise reads may come from it).
@@ -467,12 +556,29 @@ pub fn run(a: &RunArgs) -> anyhow::Result<()> {
     if !drop_caches() {
         eprintln!("note: not root, so caches are not dropped before reads");
     }
+    let watch = a.rss_of.as_deref().map(RssWatch::start).transpose()?;
+    let phases = if tar.is_some() { 4 } else { 3 };
+    STEPS
+        .1
+        .store((phases * a.targets.len()) as u64, Ordering::Relaxed);
     let mut results = Vec::new();
     for (t, l) in a.targets.iter().zip(&labels) {
         results.push(measure(t, l, &sizes, tar.as_deref())?);
     }
-    let md = table(&labels, &results);
+    let rss = watch.map(RssWatch::finish).unwrap_or_default();
+    let mut md = table(&labels, &results);
+    if !rss.is_empty() {
+        md += "\n| process | peak RSS (MiB) | limit (MiB) |\n|---|---:|---:|\n";
+        for (name, kib) in &rss {
+            let limit = rss_limit_mib(name);
+            let over = if kib / 1024 > limit { " (over)" } else { "" };
+            md += &format!("| {name} | {:.1}{over} | {limit} |\n", *kib as f64 / 1024.0);
+        }
+    }
     print!("{md}");
+    if let Some(p) = &a.plot {
+        crate::plot::plot(p, &labels, &results)?;
+    }
     if let Some(p) = &a.markdown {
         fs::write(p, &md)?;
     }
@@ -488,6 +594,7 @@ pub fn run(a: &RunArgs) -> anyhow::Result<()> {
             serde_json::to_vec_pretty(&serde_json::json!({
                 "quick": a.quick,
                 "targets": v,
+                "rss_peak_kib": rss.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
             }))?,
         )?;
     }

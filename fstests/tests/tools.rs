@@ -132,6 +132,7 @@ fn the_benchmark_harness_compares_a_mount_with_a_local_directory() {
     let local = c.root.path().join("local");
     std::fs::create_dir(&local).unwrap();
     let json = c.root.path().join("bench.json");
+    let png = c.root.path().join("bench.png");
     let out = Command::new(shoal_fstests::bin("shoal-bench"))
         .arg("run")
         .arg("--quick")
@@ -143,6 +144,10 @@ fn the_benchmark_harness_compares_a_mount_with_a_local_directory() {
         .args(["--label", "shoal"])
         .arg("--json")
         .arg(&json)
+        .arg("--plot")
+        .arg(&png)
+        .arg("--rss-of")
+        .arg(&c.data)
         .output()
         .unwrap();
     assert!(
@@ -183,6 +188,15 @@ fn the_benchmark_harness_compares_a_mount_with_a_local_directory() {
             assert!(v.is_finite() && v >= 0.0, "{m}");
         }
     }
+    // A chart, and the peak memory of every daemon and the mount, each nonzero.
+    let plot = std::fs::read(&png).expect("the chart was written");
+    assert!(plot.starts_with(b"\x89PNG\r\n\x1a\n"), "a PNG file");
+    let rss = r["rss_peak_kib"].as_object().expect("peak RSS reported");
+    for name in ["mds.0", "osd.0", "client.0"] {
+        let kib = rss.get(name).and_then(|v| v.as_u64()).unwrap_or(0);
+        assert!(kib > 1024, "{name}: {kib} KiB");
+    }
+    assert!(table.contains("| mds.0 |"), "{table}");
     // Its scratch directories are gone from both targets.
     assert_eq!(std::fs::read_dir(&c.mnt).unwrap().count(), 0);
     assert_eq!(std::fs::read_dir(&local).unwrap().count(), 0);
