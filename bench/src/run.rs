@@ -6,7 +6,9 @@
 //! as root); random 4 KiB reads and writes from several threads (O_DIRECT where the target
 //! takes it); create, stat and unlink of many empty files; mkdir and rmdir of a tree; 4 KiB
 //! small files written and read back; readdir of a large directory; extraction of a tar of a
-//! source tree (`--tar`, by default one made from this repository's files when run inside it).
+//! source tree (`--tar`, by default one made from this repository's files when run inside it);
+//! two clients on one directory (`--second`: another mount of the target's filesystem), a
+//! ping-pong of files and both writing and reading each other's files at once.
 //! `--quick` shrinks everything to seconds (what CI runs); the figures then mean little.
 //! `--plot FILE.png` draws the figures; `--rss-of DIR` reports the peak memory of a `shoal up`
 //! cluster's daemons and mounts during the run.
@@ -31,6 +33,11 @@ pub struct RunArgs {
     /// A mounted directory to measure (repeat; ratios are to the first).
     #[arg(long = "target", required = true)]
     pub targets: Vec<PathBuf>,
+    /// A second mount of each target's filesystem, in order (`--second -` for none): the
+    /// two-client workload writes through the target and reads through this one (without
+    /// it, both clients use the target).
+    #[arg(long = "second")]
+    pub seconds: Vec<PathBuf>,
     /// A name for each target, in order (default: the path).
     #[arg(long = "label")]
     pub labels: Vec<String>,
@@ -468,14 +475,111 @@ fn untar(dir: &Path, tar: &Path, out: &mut Vec<Metric>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Waits until `path` holds exactly `want` (another mount is writing it).
+fn wait_for(path: &Path, want: &[u8]) -> anyhow::Result<()> {
+    let start = Instant::now();
+    loop {
+        if fs::read(path).is_ok_and(|got| got == want) {
+            return Ok(());
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            bail!("{} never showed the other mount's write", path.display());
+        }
+        std::thread::yield_now();
+    }
+}
+
+/// Two clients on one directory: `a` and `b` are the same directory seen through two mounts
+/// (or twice the same path, for a target with no second mount). A ping-pong (a file written
+/// on one is read back whole on the other, which answers with a file of its own: rounds/s,
+/// the cost of coherence between clients), then both writing files into the directory at once
+/// and each reading the other's (files/s).
+fn two_mounts(a: &Path, b: &Path, s: &Sizes, out: &mut Vec<Metric>) -> anyhow::Result<()> {
+    let n = (s.small / 5).max(10);
+    let (da, db) = (a.join("shared"), b.join("shared"));
+    fs::create_dir(&da)?;
+    wait_for_dir(&db)?;
+    let ping: Vec<u8> = (0..4096).map(|i| (i % 241) as u8).collect();
+    let pong: Vec<u8> = (0..4096).map(|i| (i % 239) as u8).collect();
+    let start = Instant::now();
+    std::thread::scope(|sc| -> anyhow::Result<()> {
+        let other = sc.spawn(|| -> anyhow::Result<()> {
+            for i in 0..n {
+                wait_for(&db.join(format!("ping{i}")), &ping)?;
+                fs::write(db.join(format!("pong{i}")), &pong)?;
+            }
+            Ok(())
+        });
+        for i in 0..n {
+            fs::write(da.join(format!("ping{i}")), &ping)?;
+            wait_for(&da.join(format!("pong{i}")), &pong)?;
+        }
+        other
+            .join()
+            .map_err(|_| anyhow::anyhow!("the second client panicked"))?
+    })?;
+    out.push(rate(
+        "two_mount_pingpong",
+        "rounds/s",
+        n as f64,
+        start.elapsed(),
+    ));
+
+    let start = Instant::now();
+    std::thread::scope(|sc| -> anyhow::Result<()> {
+        let side = |mine: &Path, theirs: &Path, me: &'static str, them: &'static str| {
+            let (mine, theirs) = (mine.to_path_buf(), theirs.to_path_buf());
+            let data = &ping;
+            sc.spawn(move || -> anyhow::Result<()> {
+                for i in 0..n {
+                    fs::write(mine.join(format!("{me}{i}")), data)?;
+                }
+                for i in 0..n {
+                    wait_for(&theirs.join(format!("{them}{i}")), data)?;
+                }
+                Ok(())
+            })
+        };
+        let x = side(&da, &da, "a", "b");
+        let y = side(&db, &db, "b", "a");
+        for t in [x, y] {
+            t.join()
+                .map_err(|_| anyhow::anyhow!("a client panicked"))??;
+        }
+        Ok(())
+    })?;
+    out.push(rate(
+        "two_mount_share",
+        "files/s",
+        (4 * n) as f64,
+        start.elapsed(),
+    ));
+    fs::remove_dir_all(&da)?;
+    Ok(())
+}
+
+/// Waits until directory `p` exists (made through another mount).
+fn wait_for_dir(p: &Path) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while !p.is_dir() {
+        if start.elapsed() > Duration::from_secs(30) {
+            bail!("{} never showed up on the second mount", p.display());
+        }
+        std::thread::yield_now();
+    }
+    Ok(())
+}
+
 /// Every workload against `target`.
 fn measure(
     target: &Path,
+    second: Option<&Path>,
     label: &str,
     s: &Sizes,
     tar: Option<&Path>,
 ) -> anyhow::Result<Vec<Metric>> {
-    let dir = target.join(format!(".shoal-bench.{}", std::process::id()));
+    let scratch = format!(".shoal-bench.{}", std::process::id());
+    let dir = target.join(&scratch);
     fs::create_dir(&dir).with_context(|| format!("{} is not writable", target.display()))?;
     struct Cleanup(PathBuf);
     impl Drop for Cleanup {
@@ -498,6 +602,9 @@ fn measure(
         progress(label, "tar extraction");
         untar(&dir, t, &mut out)?;
     }
+    progress(label, "two clients on one directory");
+    let other = second.map_or_else(|| dir.clone(), |m| m.join(&scratch));
+    two_mounts(&dir, &other, s, &mut out)?;
     Ok(out)
 }
 
@@ -557,13 +664,20 @@ pub fn run(a: &RunArgs) -> anyhow::Result<()> {
         eprintln!("note: not root, so caches are not dropped before reads");
     }
     let watch = a.rss_of.as_deref().map(RssWatch::start).transpose()?;
-    let phases = if tar.is_some() { 4 } else { 3 };
+    let phases = if tar.is_some() { 5 } else { 4 };
     STEPS
         .1
         .store((phases * a.targets.len()) as u64, Ordering::Relaxed);
     let mut results = Vec::new();
-    for (t, l) in a.targets.iter().zip(&labels) {
-        results.push(measure(t, l, &sizes, tar.as_deref())?);
+    for (i, (t, l)) in a.targets.iter().zip(&labels).enumerate() {
+        let second = a.seconds.get(i).filter(|p| p.as_os_str() != "-");
+        results.push(measure(
+            t,
+            second.map(|p| p.as_path()),
+            l,
+            &sizes,
+            tar.as_deref(),
+        )?);
     }
     let rss = watch.map(RssWatch::finish).unwrap_or_default();
     let mut md = table(&labels, &results);

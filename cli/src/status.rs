@@ -103,6 +103,8 @@ pub struct SessionStatus {
     pub locks: u32,
     /// Inodes it holds a live lease on (may cache).
     pub leases: u32,
+    /// Revocations it did not acknowledge before its lease ran out.
+    pub late_acks: u64,
 }
 
 /// The data pool.
@@ -321,6 +323,7 @@ pub fn report(st: &StatusReply, nearfull: f64) -> Report {
                 silent_ms: s.silent_ms,
                 locks: s.locks,
                 leases: s.leases,
+                late_acks: s.late_acks,
             })
             .collect(),
         evicted: map.blocklist.clone(),
@@ -541,7 +544,7 @@ pub fn render(r: &Report) -> String {
     );
     for s in &r.sessions {
         out += &format!(
-            "  {:016x} {} {}  last heard {:.1} s ago, {} lock(s), {} lease(s)\n",
+            "  {:016x} {} {}  last heard {:.1} s ago, {} lock(s), {} lease(s), {} late ack(s)\n",
             s.id,
             if s.host.is_empty() { "?" } else { &s.host },
             if s.mount_point.is_empty() {
@@ -551,7 +554,8 @@ pub fn render(r: &Report) -> String {
             },
             s.silent_ms as f64 / 1000.0,
             s.locks,
-            s.leases
+            s.leases,
+            s.late_acks
         );
     }
     if r.pgs.missing_copies > 0 || r.pgs.recovery_per_sec > 0.0 {

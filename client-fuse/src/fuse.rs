@@ -215,7 +215,7 @@ impl ShoalFs {
             exclusive: true,
             umask,
         };
-        let r = EntryReplier { parent: parent.0 };
+        let r = EntryReplier;
         self.go(move |c| async move { r.reply(&c, reply, c.make_node(mk).await) });
     }
 }
@@ -232,14 +232,18 @@ struct NewNode<'a> {
 
 /// Replies to entry requests in `parent` from tasks (which cannot borrow the filesystem):
 /// the kernel keeps the entry while the mount's leases on the directory and the inode last.
-struct EntryReplier {
-    parent: u64,
-}
+struct EntryReplier;
 
 impl EntryReplier {
     fn reply(&self, c: &Client, reply: ReplyEntry, r: Result<Attr, ClientError>) {
         match r.and_then(|a| kernel_attr(c, &a)) {
-            Ok((a, ttl)) => reply.entry(&ttl.min(c.ttl(self.parent)), &a, Generation(0)),
+            // The kernel keeps no entry: it asks again at each path walk, and this mount
+            // answers from its own cache while its lease on the directory lasts. A kernel
+            // entry would need `inval_entry` on revocation, which waits for the directory's
+            // lock, held by any create of this mount in that directory that is itself waiting
+            // for the MDS, which waits for this revocation (two mounts creating in one
+            // directory stalled each other until their leases ran out).
+            Ok((a, ttl)) => reply.entry_with_ttls(&ttl, &Duration::ZERO, &a, Generation(0)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -393,11 +397,10 @@ pub async fn on_revoke(c: &Client, notifier: Option<Notifier>, ino: u64, names: 
     let ino = c.kernel_ino(ino);
     // The kernel may have to wait for a call in flight on the directory or the pages: not on
     // a runtime thread.
+    // The kernel holds no entries (see EntryReplier), so `names` need no invalidation there:
+    // this mount's own cache of them went with the lease.
+    let _ = names;
     let done = tokio::task::spawn_blocking(move || {
-        for name in names {
-            // ENOENT: the kernel had no such entry cached.
-            let _ = n.inval_entry(INodeNo(ino), OsStr::from_bytes(&name));
-        }
         let _ = n.inval_inode(INodeNo(ino), 0, 0);
     });
     let _ = done.await;
@@ -510,7 +513,7 @@ impl Filesystem for ShoalFs {
             Ok(n) => n,
             Err(e) => return reply.error(errno(&e)),
         };
-        let r = EntryReplier { parent: parent.0 };
+        let r = EntryReplier;
         // What the mount knows under its leases is answered here, without a runtime task.
         if let Some(a) = self.client.cached_entry(parent.0, &name) {
             return r.reply(&self.client, reply, a);
@@ -692,9 +695,7 @@ impl Filesystem for ShoalFs {
             Ok(n) => n,
             Err(e) => return reply.error(errno(&e)),
         };
-        let r = EntryReplier {
-            parent: newparent.0,
-        };
+        let r = EntryReplier;
         self.go(
             move |c| async move { r.reply(&c, reply, c.link(ino.0, newparent.0, &name).await) },
         );
@@ -1054,10 +1055,11 @@ impl Filesystem for ShoalFs {
         };
         self.go(move |c| async move {
             match c.create(mk).await.and_then(|a| kernel_attr(&c, &a)) {
-                Ok((a, ttl)) => {
-                    let ttl = c.ttl(parent.0).min(ttl);
+                Ok((a, _)) => {
+                    // No kernel entry (see EntryReplier); attributes then come from the
+                    // mount's cache too.
                     let fh = FileHandle(c.cluster().session());
-                    reply.created(&ttl, &a, Generation(0), fh, FopenFlags::empty())
+                    reply.created(&Duration::ZERO, &a, Generation(0), fh, FopenFlags::empty())
                 }
                 Err(e) => reply.error(errno(&e)),
             }

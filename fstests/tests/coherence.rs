@@ -404,3 +404,53 @@ fn a_mount_keeps_what_it_cached_while_it_renews_and_still_sees_every_change() {
     assert_eq!(errno_of(fs::metadata(b.join("d/mine"))), Some(libc::ENOENT));
     assert_eq!(fs::metadata(a.join("d/yours")).unwrap().len(), 5);
 }
+
+/// Revocations the session mounted at `mnt` let run out instead of acking.
+fn late_acks_of(c: &TestCluster, mnt: &std::path::Path) -> u64 {
+    let st = c.status();
+    let want = mnt.to_str().unwrap();
+    st["sessions"]
+        .as_array()
+        .expect("sessions listed")
+        .iter()
+        .find(|s| s["mount_point"] == want)
+        .and_then(|s| s["late_acks"].as_u64())
+        .expect("the session is listed with late_acks")
+}
+
+#[test]
+fn two_mounts_creating_in_one_directory_ack_every_revocation() {
+    let c = TestCluster::start();
+    let m2 = c.mount_again("mnt2");
+    let (a, b) = (c.mnt.clone(), m2.clone());
+    fs::create_dir(a.join("shared")).unwrap();
+    // Each mount creates, writes and removes files in the directory while the other does:
+    // every change revokes the other's lease on it, and each revocation must be acked at
+    // once, not waited out (which took a lease per file when acking waited for the
+    // kernel's directory lock held by the mount's own create).
+    let work = |root: std::path::PathBuf, me: &'static str| {
+        std::thread::spawn(move || {
+            for i in 0..60 {
+                let p = root.join(format!("shared/{me}{i}"));
+                fs::write(&p, me.as_bytes()).unwrap();
+                if i % 3 == 0 {
+                    fs::remove_file(&p).unwrap();
+                }
+            }
+        })
+    };
+    let (x, y) = (work(a.clone(), "a"), work(b.clone(), "b"));
+    x.join().expect("mount a's writer");
+    y.join().expect("mount b's writer");
+    for (mnt, other) in [(&a, "b"), (&b, "a")] {
+        for i in 0..60 {
+            let p = mnt.join(format!("shared/{other}{i}"));
+            match i % 3 {
+                0 => assert_eq!(errno_of(fs::metadata(&p)), Some(libc::ENOENT), "{p:?}"),
+                _ => assert_eq!(fs::read(&p).unwrap(), other.as_bytes(), "{p:?}"),
+            }
+        }
+    }
+    assert_eq!(late_acks_of(&c, &a), 0, "mount a let revocations run out");
+    assert_eq!(late_acks_of(&c, &b), 0, "mount b let revocations run out");
+}

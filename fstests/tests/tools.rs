@@ -133,15 +133,17 @@ fn the_benchmark_harness_compares_a_mount_with_a_local_directory() {
     std::fs::create_dir(&local).unwrap();
     let json = c.root.path().join("bench.json");
     let png = c.root.path().join("bench.png");
+    let m2 = c.mount_again("mnt2");
     let out = Command::new(shoal_fstests::bin("shoal-bench"))
         .arg("run")
         .arg("--quick")
         .arg("--target")
         .arg(&local)
-        .args(["--label", "local"])
+        .args(["--label", "local", "--second", "-"])
         .arg("--target")
         .arg(&c.mnt)
-        .args(["--label", "shoal"])
+        .args(["--label", "shoal", "--second"])
+        .arg(&m2)
         .arg("--json")
         .arg(&json)
         .arg("--plot")
@@ -176,6 +178,8 @@ fn the_benchmark_harness_compares_a_mount_with_a_local_directory() {
         "rand_write_4k",
         "create",
         "stat",
+        "two_mount_pingpong",
+        "two_mount_share",
     ] {
         assert!(
             names(&targets[1]).iter().any(|n| n == want),

@@ -90,6 +90,8 @@ struct Inner {
     contended: HashMap<u64, Instant>,
     /// Until when each renewing session's read leases last.
     renewed: HashMap<u64, Instant>,
+    /// Per session, revocations that ran out before it acked.
+    late: HashMap<u64, u64>,
     /// The term this node was first seen leading, and when.
     leading: Option<(u64, Instant)>,
     last_prune: Option<Instant>,
@@ -244,7 +246,7 @@ impl Leases {
     /// `only_write`), telling them to drop their cached `names` in it too; returns once each
     /// acked or its lease ran out.
     pub async fn revoke(&self, ino: u64, names: Vec<Bytes>, except: Option<u64>, only_write: bool) {
-        let waits: Vec<(u64, watch::Receiver<bool>, Instant)> = {
+        let waits: Vec<(u64, u64, watch::Receiver<bool>, Instant)> = {
             let now = Instant::now();
             let mut g = self.inner();
             let Some(holders) = g.by_ino.get(&ino) else {
@@ -281,14 +283,15 @@ impl Leases {
                 if let Some((_, tx)) = g.streams.get(&session) {
                     let _ = tx.send(down);
                 }
-                waits.push((id, rx, until));
+                waits.push((id, session, rx, until));
             }
             waits
         };
-        for (id, mut rx, until) in waits {
+        for (id, session, mut rx, until) in waits {
             let acked = tokio::time::timeout_at(until.into(), rx.wait_for(|a| *a)).await;
             if acked.is_err() {
-                debug!(ino, id, "lease ran out before the holder acked");
+                debug!(ino, id, session, "lease ran out before the holder acked");
+                *self.inner().late.entry(session).or_default() += 1;
             }
             // Acked or run out: either way the hold ends (renewals do not revive it).
             self.ack(id);
@@ -350,6 +353,7 @@ impl Leases {
         let mut g = self.inner();
         g.streams.remove(&session);
         g.renewed.remove(&session);
+        g.late.remove(&session);
         g.by_ino.retain(|_, h| {
             h.remove(&session);
             !h.is_empty()
@@ -401,6 +405,11 @@ impl Leases {
         g.renewed = renewed;
         g.contended
             .retain(|_, t| now.duration_since(*t) < CONTENDED);
+    }
+
+    /// Revocations each session did not ack in time, for `shoal status`.
+    pub fn late_acks(&self) -> HashMap<u64, u64> {
+        self.inner().late.clone()
     }
 
     /// Live holds per session, for `shoal status`.
@@ -484,6 +493,7 @@ mod tests {
         let waited = t.elapsed();
         assert!(waited >= Duration::from_millis(250), "{waited:?}");
         assert!(waited < Duration::from_secs(2), "{waited:?}");
+        assert_eq!(l.late_acks().get(&1), Some(&1), "counted as late");
         // The holder itself is not revoked by its own change.
         assert_eq!(l.grant_read(Some(3), 12).await, 300);
         let t = Instant::now();

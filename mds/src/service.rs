@@ -651,6 +651,7 @@ impl MdsService {
     fn session_infos(&self) -> Result<Vec<SessionInfo>, Status> {
         let holders = self.fsm.locks_per_session()?;
         let leases = self.leases.per_session();
+        let late = self.leases.late_acks();
         let now = Instant::now();
         let mut out: BTreeMap<u64, SessionInfo> = BTreeMap::new();
         for (id, s) in self.seen().iter() {
@@ -663,6 +664,7 @@ impl MdsService {
                     silent_ms: now.duration_since(s.last_heard).as_millis() as u64,
                     locks: 0,
                     leases: 0,
+                    late_acks: 0,
                 },
             );
         }
@@ -677,6 +679,11 @@ impl MdsService {
         }
         for (id, n) in leases {
             info(&mut out, id).leases = n;
+        }
+        for (id, n) in late {
+            if let Some(s) = out.get_mut(&id) {
+                s.late_acks = n;
+            }
         }
         Ok(out.into_values().collect())
     }
