@@ -475,18 +475,23 @@ fn untar(dir: &Path, tar: &Path, out: &mut Vec<Metric>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Waits until `path` holds exactly `want` (another mount is writing it).
-fn wait_for(path: &Path, want: &[u8]) -> anyhow::Result<()> {
+/// Waits until `ok` holds (what another mount does shows on this one), 30 s at most.
+fn wait_until(what: impl std::fmt::Display, mut ok: impl FnMut() -> bool) -> anyhow::Result<()> {
     let start = Instant::now();
-    loop {
-        if fs::read(path).is_ok_and(|got| got == want) {
-            return Ok(());
-        }
+    while !ok() {
         if start.elapsed() > Duration::from_secs(30) {
-            bail!("{} never showed the other mount's write", path.display());
+            bail!("{what} never showed the other mount's change");
         }
         std::thread::yield_now();
     }
+    Ok(())
+}
+
+/// Waits until `path` holds exactly `want` (another mount is writing it).
+fn wait_for(path: &Path, want: &[u8]) -> anyhow::Result<()> {
+    wait_until(path.display(), || {
+        fs::read(path).is_ok_and(|got| got == want)
+    })
 }
 
 /// Two clients on one directory: `a` and `b` are the same directory seen through two mounts
@@ -498,7 +503,7 @@ fn two_mounts(a: &Path, b: &Path, s: &Sizes, out: &mut Vec<Metric>) -> anyhow::R
     let n = (s.small / 5).max(10);
     let (da, db) = (a.join("shared"), b.join("shared"));
     fs::create_dir(&da)?;
-    wait_for_dir(&db)?;
+    wait_until(db.display(), || db.is_dir())?;
     let ping: Vec<u8> = (0..4096).map(|i| (i % 241) as u8).collect();
     let pong: Vec<u8> = (0..4096).map(|i| (i % 239) as u8).collect();
     let start = Instant::now();
@@ -555,18 +560,6 @@ fn two_mounts(a: &Path, b: &Path, s: &Sizes, out: &mut Vec<Metric>) -> anyhow::R
         start.elapsed(),
     ));
     fs::remove_dir_all(&da)?;
-    Ok(())
-}
-
-/// Waits until directory `p` exists (made through another mount).
-fn wait_for_dir(p: &Path) -> anyhow::Result<()> {
-    let start = Instant::now();
-    while !p.is_dir() {
-        if start.elapsed() > Duration::from_secs(30) {
-            bail!("{} never showed up on the second mount", p.display());
-        }
-        std::thread::yield_now();
-    }
     Ok(())
 }
 

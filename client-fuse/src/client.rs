@@ -739,6 +739,35 @@ impl Client {
         self.leased_reply(r, sent, also)
     }
 
+    /// A mutation that makes entry `name` in directory `parent` (a create or a link, which
+    /// also changes inode `touched` unless 0), answered with the entry's attributes and the
+    /// directory's: this mount's cache of the directory follows it.
+    async fn make_entry<Q, F, Fut>(
+        &self,
+        what: &str,
+        parent: u64,
+        name: &[u8],
+        touched: u64,
+        req: Q,
+        f: F,
+    ) -> Result<Attr>
+    where
+        Q: Clone,
+        F: Fn(crate::cluster::Mds, tonic::Request<Q>) -> Fut,
+        Fut: std::future::Future<
+            Output = std::result::Result<tonic::Response<AttrReply>, tonic::Status>,
+        >,
+    {
+        let sent = Instant::now();
+        let r = self.cluster.mds_mutate(what, req, f).await;
+        self.changed_here(&[parent, touched], &[(parent, name)]);
+        let mut r = r.inspect_err(|_| self.entries_unknown(parent))?;
+        let dir = r.dir.take();
+        let (attr, _) = self.leased_reply(r, sent, Some(parent))?;
+        self.entry_made(parent, name, &attr, sent, dir);
+        Ok(attr)
+    }
+
     /// The attributes of `ino`.
     pub async fn getattr(&self, ino: u64) -> Result<Attr> {
         if let Some(a) = self.cached_attr(ino) {
@@ -827,21 +856,10 @@ impl Client {
     /// Creates a file, directory, device, fifo, socket or symlink.
     pub async fn make_node(&self, req: MakeNodeRequest) -> Result<Attr> {
         let (parent, name) = (req.parent, req.name.clone());
-        let sent = Instant::now();
-        let r = self
-            .cluster
-            .mds_mutate(
-                "make_node",
-                req,
-                |mut c, r| async move { c.make_node(r).await },
-            )
-            .await;
-        self.changed_here(&[parent], &[(parent, &name)]);
-        let mut r = r.inspect_err(|_| self.entries_unknown(parent))?;
-        let dir = r.dir.take();
-        let (attr, _) = self.leased_reply(r, sent, Some(parent))?;
-        self.entry_made(parent, &name, &attr, sent, dir);
-        Ok(attr)
+        self.make_entry("make_node", parent, &name, 0, req, |mut c, r| async move {
+            c.make_node(r).await
+        })
+        .await
     }
 
     /// Creates (or, without `exclusive`, opens an existing) regular file and opens it.
@@ -1636,16 +1654,16 @@ impl Client {
             new_parent,
             new_name: Bytes::copy_from_slice(new_name),
         };
-        let sent = Instant::now();
-        let r = self
-            .cluster
-            .mds_mutate("link", req, |mut c, r| async move { c.link(r).await })
-            .await;
-        self.changed_here(&[new_parent, ino], &[(new_parent, new_name)]);
-        let mut r = r.inspect_err(|_| self.entries_unknown(new_parent))?;
-        let dir = r.dir.take();
-        let (attr, _) = self.leased_reply(r, sent, Some(new_parent))?;
-        self.entry_made(new_parent, new_name, &attr, sent, dir);
+        let attr = self
+            .make_entry(
+                "link",
+                new_parent,
+                new_name,
+                ino,
+                req,
+                |mut c, r| async move { c.link(r).await },
+            )
+            .await?;
         Ok(self.overlay(attr))
     }
 

@@ -388,8 +388,8 @@ fn reply_empty(reply: ReplyEmpty, r: Result<(), ClientError>) {
 }
 
 /// The MDS revoked this mount's leases on `ino`: a write lease's size goes to the MDS, then
-/// the kernel drops its cached attributes, pages and the entries `names` in `ino`.
-pub async fn on_revoke(c: &Client, notifier: Option<Notifier>, ino: u64, names: Vec<Bytes>) {
+/// the kernel drops its cached attributes and pages of `ino`.
+pub async fn on_revoke(c: &Client, notifier: Option<Notifier>, ino: u64) {
     if let Err(e) = c.revoked(ino).await {
         warn!(ino, error = %e, "cannot send a file's size for a revoked write lease");
     }
@@ -397,9 +397,8 @@ pub async fn on_revoke(c: &Client, notifier: Option<Notifier>, ino: u64, names: 
     let ino = c.kernel_ino(ino);
     // The kernel may have to wait for a call in flight on the directory or the pages: not on
     // a runtime thread.
-    // The kernel holds no entries (see EntryReplier), so `names` need no invalidation there:
-    // this mount's own cache of them went with the lease.
-    let _ = names;
+    // The kernel holds no entries (see EntryReplier): the changed names need no
+    // invalidation there, and this mount's own cache of them went with the lease.
     let done = tokio::task::spawn_blocking(move || {
         let _ = n.inval_inode(INodeNo(ino), 0, 0);
     });

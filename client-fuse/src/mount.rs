@@ -402,7 +402,7 @@ async fn lease_stream(client: Arc<Client>, notifier: Arc<OnceLock<Notifier>>) {
                             let (c, n, acks) =
                                 (client.clone(), notifier.get().cloned(), acks.clone());
                             tokio::spawn(async move {
-                                on_revoke(&c, n, d.ino, d.names).await;
+                                on_revoke(&c, n, d.ino).await;
                                 let _ = acks.unbounded_send(LeaseUp {
                                     ack: d.id,
                                     ..Default::default()

@@ -22,5 +22,10 @@ pub mod mounter;
 pub mod mounts;
 pub mod node;
 
+/// An INTERNAL status saying what failed and why.
+pub(crate) fn internal(what: &str, e: impl std::fmt::Display) -> tonic::Status {
+    tonic::Status::internal(format!("{what}: {e}"))
+}
+
 /// The driver's name, as the CSIDriver object and StorageClasses name it.
 pub const DRIVER_NAME: &str = "csi.shoal.io";

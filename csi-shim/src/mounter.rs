@@ -23,8 +23,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tonic::{Code, Status};
 use tracing::{info, warn};
 
-use crate::check;
 use crate::node::{key, Staged};
+use crate::{check, internal};
 
 /// How long a new FUSE mount may take to come up.
 pub const MOUNT_WAIT: Duration = Duration::from_secs(60);
@@ -41,10 +41,6 @@ pub struct Launcher {
     pub mds: Vec<String>,
     /// Where the mounts' logs (`log/`) and pid files (`pid/`) go.
     pub state_dir: PathBuf,
-}
-
-fn internal(what: &str, e: impl std::fmt::Display) -> Status {
-    Status::internal(format!("{what}: {e}"))
 }
 
 impl Launcher {

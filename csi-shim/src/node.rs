@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
 use crate::mounter::{self, Launcher};
-use crate::{check, mounts};
+use crate::{check, internal, mounts};
 
 /// Who starts the node's FUSE clients.
 #[derive(Debug, Clone)]
@@ -107,10 +107,6 @@ pub(crate) fn key(p: &Path) -> String {
             (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
         });
     format!("{h:016x}.json")
-}
-
-fn internal(what: &str, e: impl std::fmt::Display) -> Status {
-    Status::internal(format!("{what}: {e}"))
 }
 
 impl NodeService {

@@ -329,8 +329,8 @@ fn sqlite_on_two_mounts_keeps_every_transaction() {
     );
 }
 
-/// Live leases the MDS counts for the session mounted at `mnt`.
-fn leases_of(c: &TestCluster, mnt: &std::path::Path) -> u64 {
+/// Field `field` of the session mounted at `mnt`, as `shoal status --json` lists it.
+fn session_field(c: &TestCluster, mnt: &std::path::Path, field: &str) -> u64 {
     let st = c.status();
     let want = mnt.to_str().unwrap();
     st["sessions"]
@@ -338,8 +338,8 @@ fn leases_of(c: &TestCluster, mnt: &std::path::Path) -> u64 {
         .expect("sessions listed")
         .iter()
         .find(|s| s["mount_point"] == want)
-        .and_then(|s| s["leases"].as_u64())
-        .unwrap_or(0)
+        .and_then(|s| s[field].as_u64())
+        .unwrap_or_else(|| panic!("no session at {want} with {field}: {st}"))
 }
 
 #[test]
@@ -358,7 +358,7 @@ fn a_mount_keeps_what_it_cached_while_it_renews_and_still_sees_every_change() {
         assert_eq!(fs::metadata(b.join(format!("d/f{i}"))).unwrap().len(), 2);
     }
     std::thread::sleep(Duration::from_secs(2));
-    let held = leases_of(&c, b);
+    let held = session_field(&c, b, "leases");
     assert!(held >= 50, "B holds {held} leases after 2 s of renewals");
     // Whatever B caches, A's changes are seen at once: attributes, sizes, names.
     for i in 0..50 {
@@ -405,19 +405,6 @@ fn a_mount_keeps_what_it_cached_while_it_renews_and_still_sees_every_change() {
     assert_eq!(fs::metadata(a.join("d/yours")).unwrap().len(), 5);
 }
 
-/// Revocations the session mounted at `mnt` let run out instead of acking.
-fn late_acks_of(c: &TestCluster, mnt: &std::path::Path) -> u64 {
-    let st = c.status();
-    let want = mnt.to_str().unwrap();
-    st["sessions"]
-        .as_array()
-        .expect("sessions listed")
-        .iter()
-        .find(|s| s["mount_point"] == want)
-        .and_then(|s| s["late_acks"].as_u64())
-        .expect("the session is listed with late_acks")
-}
-
 #[test]
 fn two_mounts_creating_in_one_directory_ack_every_revocation() {
     let c = TestCluster::start();
@@ -451,6 +438,14 @@ fn two_mounts_creating_in_one_directory_ack_every_revocation() {
             }
         }
     }
-    assert_eq!(late_acks_of(&c, &a), 0, "mount a let revocations run out");
-    assert_eq!(late_acks_of(&c, &b), 0, "mount b let revocations run out");
+    assert_eq!(
+        session_field(&c, &a, "late_acks"),
+        0,
+        "mount a let revocations run out"
+    );
+    assert_eq!(
+        session_field(&c, &b, "late_acks"),
+        0,
+        "mount b let revocations run out"
+    );
 }

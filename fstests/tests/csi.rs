@@ -43,12 +43,38 @@ impl Plugin {
         node: &str,
         repair_secs: u64,
     ) -> Plugin {
-        fs::create_dir_all(dir).unwrap();
-        let socket = dir.join("csi.sock");
         let state = dir.join("state");
-        let args: Vec<String> = vec![
+        Plugin::launch(c, dir, mode, node, &state, repair_secs, None)
+    }
+
+    /// `shoal-csi --mode MODE` (node or mounter) with the mounter's socket at `mounter`, as
+    /// a container of a node's pod: in a PID namespace of its own, so that killing it kills
+    /// every process it started, as a container runtime does. State is shared through
+    /// `state`, as the pod's containers share the host's /var/lib/shoal-csi.
+    fn container(c: &TestCluster, dir: &Path, mode: &str, state: &Path, mounter: &Path) -> Plugin {
+        Plugin::launch(c, dir, mode, "node-c", state, 1, Some(mounter))
+    }
+
+    /// Starts a plugin with its CSI socket and log in `dir`; with `mounter`, contained (see
+    /// [`Plugin::container`]) and using (or, in mounter mode, serving) that socket.
+    fn launch(
+        c: &TestCluster,
+        dir: &Path,
+        mode: &str,
+        node: &str,
+        state: &Path,
+        repair_secs: u64,
+        mounter: Option<&Path>,
+    ) -> Plugin {
+        fs::create_dir_all(dir).unwrap();
+        let endpoint = dir.join("csi.sock");
+        let socket = match mounter {
+            Some(m) if mode == "mounter" => m.to_path_buf(),
+            _ => endpoint.clone(),
+        };
+        let mut args: Vec<String> = vec![
             "--endpoint".into(),
-            format!("unix://{}", socket.display()),
+            format!("unix://{}", endpoint.display()),
             "--mode".into(),
             mode.into(),
             "--mds".into(),
@@ -60,52 +86,18 @@ impl Plugin {
             "--repair-secs".into(),
             repair_secs.to_string(),
         ];
-        let child = Plugin::spawn(&args, dir, false);
-        let p = Plugin {
-            child,
-            socket,
-            state,
-            args,
-            contained: false,
-        };
-        p.wait_serving();
-        p
-    }
-
-    /// `shoal-csi --mode MODE` (node or mounter) with the mounter's socket at `mounter`, as
-    /// a container of a node's pod: in a PID namespace of its own, so that killing it kills
-    /// every process it started, as a container runtime does. State is shared through
-    /// `state`, as the pod's containers share the host's /var/lib/shoal-csi.
-    fn container(c: &TestCluster, dir: &Path, mode: &str, state: &Path, mounter: &Path) -> Plugin {
-        fs::create_dir_all(dir).unwrap();
-        let socket = match mode {
-            "mounter" => mounter.to_path_buf(),
-            _ => dir.join("csi.sock"),
-        };
-        let args: Vec<String> = vec![
-            "--endpoint".into(),
-            format!("unix://{}", dir.join("csi.sock").display()),
-            "--mode".into(),
-            mode.into(),
-            "--mds".into(),
-            c.data.display().to_string(),
-            "--node-id".into(),
-            "node-c".into(),
-            "--state-dir".into(),
-            state.display().to_string(),
-            "--repair-secs".into(),
-            "1".into(),
-            "--mounter".into(),
-            mounter.display().to_string(),
-        ];
+        if let Some(m) = mounter {
+            args.extend(["--mounter".into(), m.display().to_string()]);
+        }
         let _ = fs::remove_file(&socket);
-        let child = Plugin::spawn(&args, dir, true);
+        let contained = mounter.is_some();
+        let child = Plugin::spawn(&args, dir, contained);
         let p = Plugin {
             child,
             socket,
             state: state.to_path_buf(),
             args,
-            contained: true,
+            contained,
         };
         p.wait_serving();
         p
