@@ -61,6 +61,24 @@ pub struct RunArgs {
     /// 1 GiB, clients 512 MiB).
     #[arg(long)]
     pub rss_of: Option<PathBuf>,
+    /// Run only these workloads (comma-separated; default: all).
+    #[arg(long, value_delimiter = ',', value_enum)]
+    pub only: Vec<Workload>,
+}
+
+/// A group of workloads `--only` can pick.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    /// Sequential write and read.
+    Seq,
+    /// Random 4 KiB reads and writes.
+    Random,
+    /// Create, stat, readdir, unlink, a directory tree, small files.
+    Metadata,
+    /// Extracting a tar.
+    Untar,
+    /// Two clients on one directory.
+    TwoMounts,
 }
 
 /// Peak resident memory of processes, sampled every 200 ms on a thread of its own.
@@ -570,7 +588,9 @@ fn measure(
     label: &str,
     s: &Sizes,
     tar: Option<&Path>,
+    only: &[Workload],
 ) -> anyhow::Result<Vec<Metric>> {
+    let runs = |w: Workload| only.is_empty() || only.contains(&w);
     let scratch = format!(".shoal-bench.{}", std::process::id());
     let dir = target.join(&scratch);
     fs::create_dir(&dir).with_context(|| format!("{} is not writable", target.display()))?;
@@ -582,22 +602,30 @@ fn measure(
     }
     let _cleanup = Cleanup(dir.clone());
     let mut out = Vec::new();
-    progress(label, "sequential write and read");
-    seq(&dir, s, &mut out)?;
-    progress(label, "random 4 KiB reads and writes");
-    random_io(&dir, s, &mut out)?;
-    progress(
-        label,
-        "metadata: create, stat, readdir, unlink, mkdir and rmdir, small files",
-    );
-    metadata(&dir, s, &mut out)?;
-    if let Some(t) = tar {
+    if runs(Workload::Seq) {
+        progress(label, "sequential write and read");
+        seq(&dir, s, &mut out)?;
+    }
+    if runs(Workload::Random) {
+        progress(label, "random 4 KiB reads and writes");
+        random_io(&dir, s, &mut out)?;
+    }
+    if runs(Workload::Metadata) {
+        progress(
+            label,
+            "metadata: create, stat, readdir, unlink, mkdir and rmdir, small files",
+        );
+        metadata(&dir, s, &mut out)?;
+    }
+    if let Some(t) = tar.filter(|_| runs(Workload::Untar)) {
         progress(label, "tar extraction");
         untar(&dir, t, &mut out)?;
     }
-    progress(label, "two clients on one directory");
-    let other = second.map_or_else(|| dir.clone(), |m| m.join(&scratch));
-    two_mounts(&dir, &other, s, &mut out)?;
+    if runs(Workload::TwoMounts) {
+        progress(label, "two clients on one directory");
+        let other = second.map_or_else(|| dir.clone(), |m| m.join(&scratch));
+        two_mounts(&dir, &other, s, &mut out)?;
+    }
     Ok(out)
 }
 
@@ -657,7 +685,17 @@ pub fn run(a: &RunArgs) -> anyhow::Result<()> {
         eprintln!("note: not root, so caches are not dropped before reads");
     }
     let watch = a.rss_of.as_deref().map(RssWatch::start).transpose()?;
-    let phases = if tar.is_some() { 5 } else { 4 };
+    let picked = |w: Workload| a.only.is_empty() || a.only.contains(&w);
+    let phases = [
+        Workload::Seq,
+        Workload::Random,
+        Workload::Metadata,
+        Workload::TwoMounts,
+    ]
+    .into_iter()
+    .filter(|&w| picked(w))
+    .count()
+        + usize::from(tar.is_some() && picked(Workload::Untar));
     STEPS
         .1
         .store((phases * a.targets.len()) as u64, Ordering::Relaxed);
@@ -670,6 +708,7 @@ pub fn run(a: &RunArgs) -> anyhow::Result<()> {
             l,
             &sizes,
             tar.as_deref(),
+            &a.only,
         )?);
     }
     let rss = watch.map(RssWatch::finish).unwrap_or_default();

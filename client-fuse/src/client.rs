@@ -135,6 +135,9 @@ struct Lease {
     /// For a directory: `entries` holds every entry (it was made here and every change to
     /// it since was made here too), so a name not in it does not exist.
     complete: bool,
+    /// Extended attributes read under it (name -> value, None: it has none of that name).
+    /// Every change of them revokes the lease, as attribute changes do.
+    xattrs: HashMap<Bytes, Option<Bytes>>,
     /// When this mount last changed it: replies to requests sent before then may describe
     /// it as it was, so their attributes and entries are not kept.
     floor: Option<Instant>,
@@ -358,6 +361,7 @@ impl Client {
                 l.attr = None;
                 l.entries.clear();
                 l.complete = false;
+                l.xattrs.clear();
             }
             l.until = l.until.max(Some(until));
             l.sent = l.sent.max(Some(sent));
@@ -393,6 +397,40 @@ impl Client {
             return None;
         }
         l.attr
+    }
+
+    /// Extended attribute `name` of `ino` as cached under a live lease: its value, or
+    /// ENODATA. None: not known here.
+    pub fn cached_xattr(&self, ino: u64, name: &[u8]) -> Option<Result<Bytes>> {
+        let renewal = self.renewal();
+        let leases = self.leases();
+        let l = leases.get(&ino).filter(|l| Self::live(l, renewal))?;
+        Some(match l.xattrs.get(name)? {
+            Some(v) => Ok(v.clone()),
+            None => Err(ClientError::errno_msg(libc::ENODATA, "no such attribute")),
+        })
+    }
+
+    /// Keeps what a getxattr sent at `sent` found of `name` (None: nothing), under a live
+    /// lease that was not revoked and that this mount did not change since it was asked.
+    /// Computed attributes (`shoal.*`: layouts, quota usage) change without a revocation
+    /// and are never kept.
+    fn keep_xattr(&self, ino: u64, name: &[u8], value: Option<Bytes>, sent: Instant) {
+        if name.starts_with(b"shoal.") {
+            return;
+        }
+        let renewal = self.renewal();
+        let mut leases = self.leases();
+        let Some(l) = leases.get_mut(&ino) else {
+            return;
+        };
+        if Self::live(l, renewal)
+            && l.floor.is_none_or(|f| sent >= f)
+            && l.revoked.is_none_or(|r| r < sent)
+            && l.xattrs.len() < 64
+        {
+            l.xattrs.insert(Bytes::copy_from_slice(name), value);
+        }
     }
 
     /// Entry `name` of directory `parent` as cached under live leases on both: its
@@ -481,6 +519,7 @@ impl Client {
         for &ino in inos.iter().filter(|&&i| i != 0) {
             if let Some(l) = leases.get_mut(&ino) {
                 l.attr = None;
+                l.xattrs.clear();
                 l.floor = Some(now);
             }
         }
@@ -525,6 +564,7 @@ impl Client {
         l.attr = None;
         l.entries.clear();
         l.complete = false;
+        l.xattrs.clear();
         l.revoked = Some(Instant::now());
     }
 
@@ -1164,15 +1204,10 @@ impl Client {
             ino,
             cost: taken.cost(),
         };
-        // Every run is waited for, failed or not, so none lands after a later write.
-        let sent = futures::future::join_all(
-            taken
-                .runs()
-                .into_iter()
-                .map(|(off, data)| self.cluster.write(session, ino, &layout, off, data)),
-        )
-        .await;
-        sent.into_iter().collect::<Result<Vec<()>>>().map(|_| ())
+        // One request per object, every one waited for, so none lands after a later write.
+        self.cluster
+            .write_runs(session, ino, &layout, &taken.runs())
+            .await
     }
 
     /// Moves the mount's count of held bytes from a file's `before` to its `after`; the new
@@ -1698,18 +1733,33 @@ impl Client {
 
     /// An extended attribute's value.
     pub async fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Bytes> {
+        if let Some(r) = self.cached_xattr(ino, name) {
+            return r;
+        }
         let req = GetXattrRequest {
             ino,
             name: Bytes::copy_from_slice(name),
         };
+        let sent = Instant::now();
         let r = self
             .cluster
             .mds("getxattr", |mut c| {
                 let req = req.clone();
                 async move { c.get_xattr(req).await }
             })
-            .await?;
-        Ok(r.value)
+            .await;
+        match r {
+            Ok(r) => {
+                self.keep_xattr(ino, name, Some(r.value.clone()), sent);
+                Ok(r.value)
+            }
+            Err(e) => {
+                if e.errno() == libc::ENODATA {
+                    self.keep_xattr(ino, name, None, sent);
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Sets an extended attribute (flags: XATTR_CREATE / XATTR_REPLACE).

@@ -25,12 +25,14 @@ use futures::{stream, StreamExt, TryStreamExt};
 use shoal_proto::error::{status_errno, WireError};
 use shoal_proto::layout::{
     extents_bound, file_to_extents, first_object_at, object_extents_in_range, object_len_below,
-    object_name, objects_in_range,
+    object_name, objects_in_range, MAX_WRITE_EXTENTS,
 };
 use shoal_proto::mds::mds_client::MdsClient;
 use shoal_proto::mds::{GetOsdMapRequest, Layout, LeaseDown, LeaseUp, OsdMap};
 use shoal_proto::osd::osd_client::OsdClient;
-use shoal_proto::osd::{DeleteRequest, ReadRequest, TruncateRequest, WriteRequest, ZeroRequest};
+use shoal_proto::osd::{
+    DeleteRequest, Extent, ReadRequest, TruncateRequest, WriteRequest, ZeroRequest,
+};
 use shoal_proto::placement::Placement;
 use shoal_proto::request::ReqId;
 use tonic::service::interceptor::InterceptedService;
@@ -420,27 +422,56 @@ impl Cluster {
         off: u64,
         data: Bytes,
     ) -> Result<(), ClientError> {
+        self.write_runs(session, ino, layout, &[(off, data)]).await
+    }
+
+    /// Writes non-overlapping `runs` (file offset, bytes) of inode `ino` for `session`: the
+    /// pieces that fall in one object go in one request (one version and one sync on each of
+    /// its OSDs), all objects in parallel, each piece a slice of its run (no copy). Every
+    /// request is waited for, failed or not, so none lands after the caller's next write.
+    pub async fn write_runs(
+        &self,
+        session: u64,
+        ino: u64,
+        layout: &Layout,
+        runs: &[(u64, Bytes)],
+    ) -> Result<(), ClientError> {
         usable(layout)?;
-        let extents = file_to_extents(layout, off, data.len() as u64);
-        try_join_all(extents.into_iter().map(|e| {
-            let object = object_name(ino, e.objno);
-            let piece = data.slice(e.buf_off as usize..(e.buf_off + e.len) as usize);
+        let mut objects: BTreeMap<u64, Vec<Extent>> = BTreeMap::new();
+        for (off, data) in runs {
+            for e in file_to_extents(layout, *off, data.len() as u64) {
+                objects.entry(e.objno).or_default().push(Extent {
+                    offset: e.obj_off,
+                    data: data.slice(e.buf_off as usize..(e.buf_off + e.len) as usize),
+                });
+            }
+        }
+        let requests = objects.into_iter().flat_map(|(objno, pieces)| {
+            let object = object_name(ino, objno);
+            pieces
+                .chunks(MAX_WRITE_EXTENTS)
+                .map(|c| (object.clone(), c.to_vec()))
+                .collect::<Vec<_>>()
+        });
+        let sent = futures::future::join_all(requests.map(|(object, mut pieces)| {
+            let first = pieces.remove(0);
             async move {
                 self.osd(&object, |mut c, epoch| {
                     let req = WriteRequest {
                         object: object.clone(),
-                        offset: e.obj_off,
-                        data: piece.clone(),
+                        offset: first.offset,
+                        data: first.data.clone(),
                         epoch,
                         session,
+                        more: pieces.clone(),
                     };
                     async move { c.write(req).await }
                 })
                 .await
             }
         }))
-        .await?;
-        Ok(())
+        .await;
+        sent.into_iter().try_for_each(|r| r.map(|_| ()))
     }
 
     /// Reads `len` bytes at `off` for `session` (the caller bounds it by the file size);

@@ -200,6 +200,53 @@ fn namespace_changes_on_one_mount_are_seen_at_once_on_another() {
 }
 
 #[test]
+fn extended_attribute_changes_on_one_mount_are_seen_at_once_on_another() {
+    use shoal_fstests::{cpath, get_xattr, set_xattr};
+    let c = TestCluster::start();
+    let m2 = c.mount_again("mnt2");
+    let (a, b) = (c.path("x"), m2.join("x"));
+    fs::write(&a, b"data").unwrap();
+    let remove = |p: &std::path::Path| {
+        let n = std::ffi::CString::new("user.k").unwrap();
+        // SAFETY: valid NUL-terminated strings.
+        assert_eq!(
+            unsafe { libc::removexattr(cpath(p).as_ptr(), n.as_ptr()) },
+            0
+        );
+    };
+    for i in 0..50 {
+        // The second mount reads first (and again), so it holds the answer under its lease.
+        for _ in 0..2 {
+            assert_eq!(get_xattr(&b, "user.k"), Err(libc::ENODATA), "round {i}");
+            assert_eq!(get_xattr(&b, "security.capability"), Err(libc::ENODATA));
+        }
+        let v = format!("v{i}");
+        set_xattr(&a, "user.k", &v).unwrap();
+        assert_eq!(
+            get_xattr(&b, "user.k").as_deref(),
+            Ok(v.as_str()),
+            "round {i}"
+        );
+        // A change made on the mount that cached the value is seen there too.
+        set_xattr(&b, "user.k", "mine").unwrap();
+        assert_eq!(get_xattr(&b, "user.k").as_deref(), Ok("mine"));
+        assert_eq!(get_xattr(&a, "user.k").as_deref(), Ok("mine"));
+        remove(&a);
+        assert_eq!(get_xattr(&b, "user.k"), Err(libc::ENODATA), "round {i}");
+    }
+    // Computed attributes are never answered from a cache: a layout set on one mount.
+    let d = c.path("d");
+    fs::create_dir(&d).unwrap();
+    let before = get_xattr(&m2.join("d"), "shoal.dir.layout.stripe_count").unwrap();
+    set_xattr(&d, "shoal.dir.layout.stripe_count", "3").unwrap();
+    assert_ne!(before, "3");
+    assert_eq!(
+        get_xattr(&m2.join("d"), "shoal.dir.layout.stripe_count").as_deref(),
+        Ok("3")
+    );
+}
+
+#[test]
 fn tail_follows_appends_on_another_mount() {
     let c = TestCluster::start();
     let m2 = c.mount_again("mnt2");

@@ -85,6 +85,95 @@ fn random_writes_match_a_local_reference() {
     }
 }
 
+/// The version each OSD's copy of object `objno` of inode `ino` is at (from its checksum
+/// file's header: magic, flags, version).
+fn copy_versions(c: &TestCluster, ino: u64, objno: u64) -> Vec<u64> {
+    let name = format!("{ino:016x}.{objno:08x}");
+    let mut out = Vec::new();
+    for data in c.object_files() {
+        if data
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy() == name)
+        {
+            let h = fs::read(data.with_file_name(format!("{name}.crc"))).unwrap();
+            out.push(u64::from_le_bytes(h[8..16].try_into().unwrap()));
+        }
+    }
+    out
+}
+
+#[test]
+fn scattered_writes_to_one_object_land_as_one_change_per_flush() {
+    let c = TestCluster::start();
+    let path = c.path("scattered");
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let mut want = random_bytes(1, 4 << 20);
+    f.write_all_at(&want, 0).unwrap();
+    f.sync_all().unwrap();
+    let ino = std::os::unix::fs::MetadataExt::ino(&f.metadata().unwrap());
+    let before = copy_versions(&c, ino, 0);
+    assert_eq!(before.len(), 3, "three copies of the first object");
+    // 300 writes all over the object, some overlapping, some not block-aligned: kept under
+    // the write lease, they reach the OSDs at fsync.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+    for i in 0..300u64 {
+        let off = if i % 3 == 0 {
+            rng.gen_range(0..(4 << 20) - 10_000u64)
+        } else {
+            rng.gen_range(0..1024u64) * 4096
+        };
+        let len = if i % 3 == 0 {
+            rng.gen_range(1..10_000)
+        } else {
+            4096
+        };
+        let data = random_bytes(100 + i, len);
+        f.write_all_at(&data, off).unwrap();
+        want[off as usize..off as usize + len].copy_from_slice(&data);
+    }
+    f.sync_all().unwrap();
+    let after = copy_versions(&c, ino, 0);
+    assert_eq!(after.len(), 3);
+    for (b, a) in before.iter().zip(&after) {
+        // A version counts changes within an OSD map epoch (the high 32 bits).
+        let changes = if a >> 32 == b >> 32 {
+            a - b
+        } else {
+            a & 0xffff_ffff
+        };
+        assert!(
+            (1..=3).contains(&changes),
+            "300 writes made {changes} changes of the object ({b:#x} -> {a:#x})"
+        );
+    }
+    // Every copy holds the written bytes, and so does a mount that never saw the writes.
+    let name = format!("{ino:016x}.00000000");
+    for data in c.object_files() {
+        if data
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy() == name)
+        {
+            assert!(
+                fs::read(&data).unwrap() == want,
+                "{} differs",
+                data.display()
+            );
+        }
+    }
+    drop(f);
+    let other = c.mount_again("other");
+    assert!(
+        fs::read(other.join("scattered")).unwrap() == want,
+        "contents differ"
+    );
+}
+
 fn read_full_at(f: &File, buf: &mut [u8], off: u64) -> usize {
     let mut n = 0;
     while n < buf.len() {

@@ -21,10 +21,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::future::join_all;
 use shoal_proto::error::{evicted_status, remap_status, status_errno, WireError};
+use shoal_proto::layout::MAX_WRITE_EXTENTS;
 use shoal_proto::mds::mds_client::MdsClient;
 use shoal_proto::mds::{GetOsdMapRequest, OsdMap};
 use shoal_proto::osd::osd_client::OsdClient;
-use shoal_proto::osd::{ObjectCopy, PullRequest, RepKind, RepOpRequest};
+use shoal_proto::osd::{Extent, ObjectCopy, PullRequest, RepKind, RepOpRequest};
 use shoal_proto::placement::{stable_hash, Placement};
 use tokio::sync::{Notify, OwnedMutexGuard};
 use tonic::transport::{Channel, Endpoint};
@@ -42,8 +43,8 @@ const PEERING_WAIT: Duration = Duration::from_secs(5);
 /// A mutation a client asks of an object.
 #[derive(Debug, Clone)]
 pub enum Mutation {
-    /// Write bytes at an offset.
-    Write { offset: u64, data: Bytes },
+    /// Write bytes at offsets, in order, as one change (at least one extent).
+    Write { extents: Vec<(u64, Bytes)> },
     /// Set the size.
     Truncate { size: u64 },
     /// Remove the object.
@@ -428,12 +429,26 @@ impl Osd {
                     Mutation::Zero { .. } => RepKind::RepZero,
                 } as i32,
                 offset: match &mutation {
-                    Mutation::Write { offset, .. } | Mutation::Zero { offset, .. } => *offset,
+                    Mutation::Write { extents } => extents.first().map_or(0, |e| e.0),
+                    Mutation::Zero { offset, .. } => *offset,
                     _ => 0,
                 },
                 data: match &mutation {
-                    Mutation::Write { data, .. } => data.clone(),
+                    Mutation::Write { extents } => {
+                        extents.first().map(|e| e.1.clone()).unwrap_or_default()
+                    }
                     _ => Bytes::new(),
+                },
+                more: match &mutation {
+                    Mutation::Write { extents } => extents
+                        .iter()
+                        .skip(1)
+                        .map(|(offset, data)| Extent {
+                            offset: *offset,
+                            data: data.clone(),
+                        })
+                        .collect(),
+                    _ => Vec::new(),
                 },
                 size: match &mutation {
                     Mutation::Truncate { size } => *size,
@@ -521,8 +536,7 @@ impl Osd {
         }
         let mutation = match RepKind::try_from(r.kind) {
             Ok(RepKind::RepWrite) => Mutation::Write {
-                offset: r.offset,
-                data: r.data,
+                extents: write_extents(r.offset, r.data, r.more)?,
             },
             Ok(RepKind::RepTruncate) => Mutation::Truncate { size: r.size },
             Ok(RepKind::RepDelete) => Mutation::Delete,
@@ -551,10 +565,31 @@ impl Osd {
     }
 }
 
+/// A write's extents from the wire: the first in `offset`/`data`, the rest in `more`.
+pub fn write_extents(
+    offset: u64,
+    data: Bytes,
+    more: Vec<Extent>,
+) -> Result<Vec<(u64, Bytes)>, Status> {
+    if more.len() >= MAX_WRITE_EXTENTS {
+        return Err(Status::invalid_argument(format!(
+            "a write of {} extents (at most {MAX_WRITE_EXTENTS})",
+            more.len() + 1
+        )));
+    }
+    let mut extents = Vec::with_capacity(more.len() + 1);
+    extents.push((offset, data));
+    extents.extend(more.into_iter().map(|e| (e.offset, e.data)));
+    Ok(extents)
+}
+
 /// Applies a mutation to the local store at `version`; returns the object's size.
 pub fn apply(s: &ObjectStore, object: &str, m: &Mutation, version: u64) -> Result<u64, StoreError> {
     match m {
-        Mutation::Write { offset, data } => s.write(object, *offset, data, version),
+        Mutation::Write { extents } => {
+            let parts: Vec<(u64, &[u8])> = extents.iter().map(|(o, d)| (*o, &d[..])).collect();
+            s.write_extents(object, &parts, version)
+        }
         Mutation::Truncate { size } => s.truncate(object, *size, version).map(|_| *size),
         Mutation::Delete => s.delete(object, version).map(|_| 0),
         Mutation::Zero { offset, len } => {

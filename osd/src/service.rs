@@ -12,7 +12,7 @@ use shoal_proto::osd::*;
 use tonic::{Request, Response, Status};
 use tracing::error;
 
-use crate::daemon::{is_corrupt, Mutation, Osd as OsdState};
+use crate::daemon::{is_corrupt, write_extents, Mutation, Osd as OsdState};
 use crate::store::{ObjMeta, StoreError};
 
 /// The service: a thin layer over [`Osd`].
@@ -52,8 +52,7 @@ impl Osd for OsdService {
     async fn write(&self, req: Request<WriteRequest>) -> Reply<WriteReply> {
         let r = req.into_inner();
         let m = Mutation::Write {
-            offset: r.offset,
-            data: r.data,
+            extents: write_extents(r.offset, r.data, r.more)?,
         };
         let object_size = self
             .osd

@@ -374,48 +374,75 @@ impl ObjectStore {
     /// Writes `data` at `offset`, zero-filling any gap, and stamps `version`; returns the
     /// object's new size.
     pub fn write(&self, object: &str, offset: u64, data: &[u8], version: u64) -> Result<u64> {
-        Self::check_range(offset, data.len() as u64)?;
+        self.write_extents(object, &[(offset, data)], version)
+    }
+
+    /// Writes each extent in order (a later one wins where they overlap), zero-filling any
+    /// gap, as one change: one `version` and one sync for all; returns the object's new size.
+    pub fn write_extents(
+        &self,
+        object: &str,
+        extents: &[(u64, &[u8])],
+        version: u64,
+    ) -> Result<u64> {
+        for (offset, data) in extents {
+            Self::check_range(*offset, data.len() as u64)?;
+        }
         let p = self.paths(object)?;
         let _guard = self.write_lock(p.stripe);
-        let io = Self::io_err(object);
-        let (file, crcs, old_size) = self.open_rw(object, &p)?;
-        let end = offset + data.len() as u64;
-        let new_size = if data.is_empty() {
-            old_size
-        } else {
-            old_size.max(end)
-        };
-        if !data.is_empty() {
-            let first = offset.min(old_size) / BLOCK;
-            let last = (end - 1) / BLOCK;
-            let mut sums = Vec::with_capacity((last - first + 1) as usize * 4);
-            for b in first..=last {
-                let (bs, be) = (b * BLOCK, ((b + 1) * BLOCK).min(new_size));
-                let crc = if bs >= offset && be <= end {
-                    // Wholly overwritten: checksum the caller's bytes in place.
-                    crc32fast::hash(&data[(bs - offset) as usize..(be - offset) as usize])
-                } else if bs >= old_size && (be <= offset || bs >= end) {
-                    crc_of_zeros(be - bs)
-                } else {
-                    // Partly kept: merge the verified old bytes with the new ones.
-                    let mut block = vec![0u8; (be - bs) as usize];
-                    if bs < old_size {
-                        let old = self.read_verified(object, &file, &crcs, b, old_size)?;
-                        block[..old.len()].copy_from_slice(&old);
-                    }
-                    let (ws, we) = (offset.max(bs), end.min(be));
-                    if ws < we {
-                        block[(ws - bs) as usize..(we - bs) as usize]
-                            .copy_from_slice(&data[(ws - offset) as usize..(we - offset) as usize]);
-                    }
-                    crc32fast::hash(&block)
-                };
-                sums.extend_from_slice(&crc.to_le_bytes());
-            }
-            file.write_all_at(data, offset).map_err(&io)?;
-            crcs.write_all_at(&sums, HEADER + first * 4).map_err(&io)?;
+        let (file, crcs, mut size) = self.open_rw(object, &p)?;
+        for (offset, data) in extents {
+            size = self.put(object, &file, &crcs, size, *offset, data)?;
         }
-        self.seal(object, &file, &crcs, version, new_size)?;
+        self.seal(object, &file, &crcs, version, size)?;
+        Ok(size)
+    }
+
+    /// Writes `data` at `offset` of an object of `old_size` bytes with its checksums, unsynced;
+    /// returns the new size.
+    fn put(
+        &self,
+        object: &str,
+        file: &File,
+        crcs: &File,
+        old_size: u64,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<u64> {
+        if data.is_empty() {
+            return Ok(old_size);
+        }
+        let io = Self::io_err(object);
+        let end = offset + data.len() as u64;
+        let new_size = old_size.max(end);
+        let first = offset.min(old_size) / BLOCK;
+        let last = (end - 1) / BLOCK;
+        let mut sums = Vec::with_capacity((last - first + 1) as usize * 4);
+        for b in first..=last {
+            let (bs, be) = (b * BLOCK, ((b + 1) * BLOCK).min(new_size));
+            let crc = if bs >= offset && be <= end {
+                // Wholly overwritten: checksum the caller's bytes in place.
+                crc32fast::hash(&data[(bs - offset) as usize..(be - offset) as usize])
+            } else if bs >= old_size && (be <= offset || bs >= end) {
+                crc_of_zeros(be - bs)
+            } else {
+                // Partly kept: merge the verified old bytes with the new ones.
+                let mut block = vec![0u8; (be - bs) as usize];
+                if bs < old_size {
+                    let old = self.read_verified(object, file, crcs, b, old_size)?;
+                    block[..old.len()].copy_from_slice(&old);
+                }
+                let (ws, we) = (offset.max(bs), end.min(be));
+                if ws < we {
+                    block[(ws - bs) as usize..(we - bs) as usize]
+                        .copy_from_slice(&data[(ws - offset) as usize..(we - offset) as usize]);
+                }
+                crc32fast::hash(&block)
+            };
+            sums.extend_from_slice(&crc.to_le_bytes());
+        }
+        file.write_all_at(data, offset).map_err(&io)?;
+        crcs.write_all_at(&sums, HEADER + first * 4).map_err(&io)?;
         Ok(new_size)
     }
 
@@ -761,6 +788,52 @@ mod tests {
         let all = store.read(&obj, 0, 1 << 20).unwrap().unwrap();
         assert_eq!(&all[..], &reference[..]);
         assert_eq!(store.usage().bytes, reference.len() as u64);
+    }
+
+    #[test]
+    fn several_extents_are_one_change_in_order_and_a_bad_one_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ObjectStore::open(dir.path()).unwrap();
+        let obj = name(1);
+        let mut reference: Vec<u8> = Vec::new();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for step in 1..60u64 {
+            let count = rng.gen_range(1..20);
+            let mut bufs = Vec::new();
+            for _ in 0..count {
+                // Overlapping, unaligned and block-sized pieces, in any order.
+                let off = rng.gen_range(0..300_000u64);
+                let len = if rng.gen_bool(0.5) {
+                    4096
+                } else {
+                    rng.gen_range(0..9000)
+                };
+                let data: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+                bufs.push((off, data));
+            }
+            let extents: Vec<(u64, &[u8])> = bufs.iter().map(|(o, d)| (*o, &d[..])).collect();
+            let size = store.write_extents(&obj, &extents, step).unwrap();
+            for (off, data) in &bufs {
+                let end = *off as usize + data.len();
+                if !data.is_empty() && reference.len() < end {
+                    reference.resize(end, 0);
+                }
+                reference[*off as usize..end].copy_from_slice(data);
+            }
+            assert_eq!(size, reference.len() as u64, "step {step}");
+            assert_eq!(store.meta(&obj).unwrap().version, step);
+        }
+        let all = store.read(&obj, 0, 1 << 20).unwrap().unwrap();
+        assert_eq!(&all[..], &reference[..]);
+        // A piece past the object limit refuses the whole change before writing any of it.
+        let max = MAX_OBJECT_SIZE as u64;
+        let bad = store.write_extents(&obj, &[(0, &[9u8; 10][..]), (max, &[1u8][..])], 99);
+        assert!(matches!(bad, Err(StoreError::TooLarge { .. })), "{bad:?}");
+        assert_eq!(
+            &store.read(&obj, 0, 1 << 20).unwrap().unwrap()[..],
+            &reference[..]
+        );
+        assert_eq!(store.meta(&obj).unwrap().version, 59);
     }
 
     #[test]

@@ -14,6 +14,8 @@ pub const DEFAULT_OBJECT_SIZE: u32 = 4 << 20;
 pub const MAX_OBJECT_SIZE: u32 = 64 << 20;
 /// Stripe units are multiples of this.
 pub const STRIPE_ALIGN: u32 = 4096;
+/// Most extents one object write (`WriteRequest` with its `more`) may carry.
+pub const MAX_WRITE_EXTENTS: usize = 4096;
 
 /// The layout new files get unless their directory says otherwise.
 pub fn default_layout() -> Layout {
