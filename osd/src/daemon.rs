@@ -37,6 +37,8 @@ use crate::qos::Qos;
 use crate::store::{ObjMeta, ObjectStore, StoreError};
 
 const OBJECT_LOCKS: usize = 1024;
+/// Reads up to this size run on the runtime's thread when the object is not being changed.
+const INLINE_READ_MAX: u64 = 64 << 10;
 /// How long a client op waits for its PG to finish peering before asking the client to retry.
 const PEERING_WAIT: Duration = Duration::from_secs(5);
 
@@ -372,7 +374,16 @@ impl Osd {
             self.recover_object(pg, &object).await?;
         }
         let o = object.clone();
-        match self.blocking(move |s| s.read(&o, offset, len)).await {
+        // A small read of an object no change holds is a few page-cache reads: done here,
+        // without the hand-off to the blocking pool and back (two thread switches).
+        let now = (len <= INLINE_READ_MAX)
+            .then(|| self.store.try_read(&object, offset, len))
+            .flatten();
+        let first = match now {
+            Some(r) => r.map_err(Status::from),
+            None => self.blocking(move |s| s.read(&o, offset, len)).await,
+        };
+        match first {
             Err(st) if is_corrupt(&st) => {
                 let _g = self.lock_object(&object).await;
                 self.repair_local(pg, &object).await?;

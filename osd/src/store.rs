@@ -562,7 +562,29 @@ impl ObjectStore {
         let _guard = self.locks[p.stripe]
             .read()
             .unwrap_or_else(|p| p.into_inner());
-        let Some((file, crcs, size)) = self.open_read(object, &p)? else {
+        self.read_locked(object, &p, offset, len)
+    }
+
+    /// [`ObjectStore::read`] unless a change holds the object's lock (it may be syncing):
+    /// then None, without waiting. For callers that must not block long.
+    pub fn try_read(&self, object: &str, offset: u64, len: u64) -> Option<Result<Option<Bytes>>> {
+        if let Err(e) = Self::check_range(offset, len) {
+            return Some(Err(e));
+        }
+        let p = match self.paths(object) {
+            Ok(p) => p,
+            Err(e) => return Some(Err(e)),
+        };
+        let _guard = match self.locks[p.stripe].try_read() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(g)) => g.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        Some(self.read_locked(object, &p, offset, len))
+    }
+
+    fn read_locked(&self, object: &str, p: &Paths, offset: u64, len: u64) -> Result<Option<Bytes>> {
+        let Some((file, crcs, size)) = self.open_read(object, p)? else {
             return Ok(None);
         };
         let end = (offset + len).min(size);
@@ -834,6 +856,26 @@ mod tests {
             &reference[..]
         );
         assert_eq!(store.meta(&obj).unwrap().version, 59);
+    }
+
+    #[test]
+    fn try_read_reads_like_read_and_never_waits_for_a_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ObjectStore::open(dir.path()).unwrap();
+        let obj = name(3);
+        store.write(&obj, 100, b"hello", 1).unwrap();
+        let got = store.try_read(&obj, 98, 10).unwrap().unwrap().unwrap();
+        assert_eq!(&got[..], b"\0\0hello");
+        assert!(store.try_read(&name(4), 0, 10).unwrap().unwrap().is_none());
+        assert!(store.try_read("bad name", 0, 10).unwrap().is_err());
+        let stripe = store.paths(&obj).unwrap().stripe;
+        let held = store.write_lock(stripe);
+        assert!(
+            store.try_read(&obj, 0, 10).is_none(),
+            "a change holds the object"
+        );
+        drop(held);
+        assert!(store.try_read(&obj, 0, 10).is_some());
     }
 
     #[test]
