@@ -23,6 +23,7 @@
 
 mod plot;
 mod run;
+mod target;
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
@@ -49,7 +50,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// The same workloads against each mounted directory given, with ratios to the first.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Client throughput while an OSD is rebuilt, against the same cluster healthy.
     Recovery(RecoveryArgs),
     /// Create rate with one MDS against three (a Raft group), in the same run.

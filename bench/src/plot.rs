@@ -47,10 +47,11 @@ const PALETTE: [RGBColor; 6] = [
 /// Draws `results` (one list of metrics per target, in the same order) into `out` (PNG).
 pub fn plot(out: &Path, labels: &[String], results: &[Vec<Metric>]) -> anyhow::Result<()> {
     register_font()?;
-    let Some(first) = results.first() else {
+    let metrics = crate::run::rows(results);
+    if metrics.is_empty() {
         bail!("nothing to plot");
-    };
-    let rows = first.len().div_ceil(COLUMNS).max(1);
+    }
+    let rows = metrics.len().div_ceil(COLUMNS).max(1);
     let size = (PANEL.0 * COLUMNS as u32, PANEL.1 * rows as u32 + 40);
     let root = BitMapBackend::new(out, size).into_drawing_area();
     root.fill(&WHITE)?;
@@ -67,8 +68,9 @@ pub fn plot(out: &Path, labels: &[String], results: &[Vec<Metric>]) -> anyhow::R
         (10, 12),
     )?;
     let panels = body.split_evenly((rows, COLUMNS));
-    for (i, m) in first.iter().enumerate() {
-        let values: Vec<f64> = results.iter().map(|r| r[i].value).collect();
+    for (i, (m, figures)) in metrics.iter().enumerate() {
+        // A target that did not measure this metric gets no bar.
+        let values: Vec<f64> = figures.iter().map(|v| v.unwrap_or(0.0)).collect();
         let top = values.iter().cloned().fold(0.0, f64::max).max(1e-9) * 1.25;
         let mut chart = ChartBuilder::on(&panels[i])
             .caption(
@@ -102,15 +104,14 @@ pub fn plot(out: &Path, labels: &[String], results: &[Vec<Metric>]) -> anyhow::R
             bar
         }))?;
         chart.draw_series(values.iter().enumerate().map(|(t, v)| {
-            let ratio = if t == 0 {
-                String::new()
-            } else if m.higher_is_better {
-                format!(" ×{:.2}", v / values[0].max(1e-12))
-            } else {
-                format!(" ×{:.2}", values[0] / v.max(1e-12))
+            let ratio = match (t, figures[0], figures[t]) {
+                (0, ..) => String::new(),
+                (_, Some(base), Some(v)) => format!(" ×{:.2}", crate::run::ratio(m, base, v)),
+                _ => String::new(),
             };
+            let figure = figures[t].map_or_else(|| "—".to_string(), short);
             Text::new(
-                format!("{}{ratio}", short(*v)),
+                format!("{figure}{ratio}"),
                 (SegmentValue::Exact(t), *v + top * 0.02),
                 ("sans-serif", 12).into_font(),
             )

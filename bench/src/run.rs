@@ -13,9 +13,7 @@
 //! `--plot FILE.png` draws the figures; `--rss-of DIR` reports the peak memory of a `shoal up`
 //! cluster's daemons and mounts during the run.
 
-use std::fs::{self, File};
-use std::io::{Read, Write};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -25,6 +23,8 @@ use anyhow::{bail, Context};
 use clap::Args;
 use rand::Rng;
 
+use crate::target::{Dir, Library, Target};
+
 const MIB: usize = 1 << 20;
 
 /// `shoal-bench run`'s arguments.
@@ -33,6 +33,14 @@ pub struct RunArgs {
     /// A mounted directory to measure (repeat; ratios are to the first).
     #[arg(long = "target", required = true)]
     pub targets: Vec<PathBuf>,
+    /// Also measure a Shoal cluster through the client library, without FUSE (after the
+    /// targets): its MDS addresses (`ADDR[,ADDR]`) or a `shoal up` data directory. The
+    /// workloads that need a directory path (tar, two mounts) are left out there.
+    #[arg(long)]
+    pub library: Option<String>,
+    /// The library target's name.
+    #[arg(long, default_value = "shoal-library")]
+    pub library_label: String,
     /// A second mount of each target's filesystem, in order (`--second -` for none): the
     /// two-client workload writes through the target and reads through this one (without
     /// it, both clients use the target).
@@ -236,16 +244,15 @@ fn drop_caches() -> bool {
     fs::write("/proc/sys/vm/drop_caches", "3").is_ok()
 }
 
-fn seq(dir: &Path, s: &Sizes, out: &mut Vec<Metric>) -> anyhow::Result<()> {
+fn seq<T: Target>(t: &T, s: &Sizes, out: &mut Vec<Metric>) -> anyhow::Result<()> {
     let block: Vec<u8> = (0..MIB).map(|i| (i % 251) as u8).collect();
-    let path = dir.join("seq");
     let start = Instant::now();
-    let mut f = File::create(&path)?;
-    for _ in 0..s.seq_mib {
-        f.write_all(&block)?;
+    let f = t.create("seq")?;
+    for i in 0..s.seq_mib {
+        t.write_at(&f, (i * MIB) as u64, &block)?;
     }
-    f.sync_all()?;
-    drop(f);
+    t.sync(&f)?;
+    t.close(f)?;
     out.push(rate(
         "seq_write",
         "MB/s",
@@ -255,15 +262,16 @@ fn seq(dir: &Path, s: &Sizes, out: &mut Vec<Metric>) -> anyhow::Result<()> {
     drop_caches();
     let mut buf = vec![0u8; MIB];
     let start = Instant::now();
-    let mut f = File::open(&path)?;
+    let f = t.open("seq", false)?;
     let mut total = 0usize;
     loop {
-        let n = f.read(&mut buf)?;
+        let n = t.read_at(&f, total as u64, &mut buf)?;
         if n == 0 {
             break;
         }
         total += n;
     }
+    t.close(f)?;
     if total != s.seq_mib * MIB {
         bail!("read back {total} bytes of {}", s.seq_mib * MIB);
     }
@@ -273,21 +281,8 @@ fn seq(dir: &Path, s: &Sizes, out: &mut Vec<Metric>) -> anyhow::Result<()> {
         total as f64 / 1e6,
         start.elapsed(),
     ));
-    fs::remove_file(&path)?;
+    t.unlink("seq")?;
     Ok(())
-}
-
-/// An open file for random I/O: O_DIRECT if the target takes it.
-fn open_direct(path: &Path) -> anyhow::Result<File> {
-    let direct = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(path);
-    match direct {
-        Ok(f) => Ok(f),
-        Err(_) => Ok(fs::OpenOptions::new().read(true).write(true).open(path)?),
-    }
 }
 
 /// 4 KiB-aligned buffer (O_DIRECT needs aligned memory).
@@ -318,15 +313,14 @@ impl Drop for Aligned {
     }
 }
 
-fn random_io(dir: &Path, s: &Sizes, out: &mut Vec<Metric>) -> anyhow::Result<()> {
-    let path = dir.join("rand");
+fn random_io<T: Target>(t: &T, s: &Sizes, out: &mut Vec<Metric>) -> anyhow::Result<()> {
     let block = vec![7u8; MIB];
-    let mut f = File::create(&path)?;
-    for _ in 0..s.rand_file_mib {
-        f.write_all(&block)?;
+    let f = t.create("rand")?;
+    for i in 0..s.rand_file_mib {
+        t.write_at(&f, (i * MIB) as u64, &block)?;
     }
-    f.sync_all()?;
-    drop(f);
+    t.sync(&f)?;
+    t.close(f)?;
     let blocks = (s.rand_file_mib * MIB / 4096) as u64;
     for (name, write) in [("rand_read_4k", false), ("rand_write_4k", true)] {
         drop_caches();
@@ -337,19 +331,19 @@ fn random_io(dir: &Path, s: &Sizes, out: &mut Vec<Metric>) -> anyhow::Result<()>
             let mut workers = Vec::new();
             for _ in 0..s.threads {
                 workers.push(sc.spawn(|| -> anyhow::Result<()> {
-                    let f = open_direct(&path)?;
+                    let f = t.open("rand", true)?;
                     let mut rng = rand::thread_rng();
                     let mut buf = Aligned::new();
                     while !stop.load(Ordering::Relaxed) {
                         let off = rng.gen_range(0..blocks) * 4096;
                         if write {
-                            f.write_all_at(buf.buf(), off)?;
-                        } else {
-                            f.read_exact_at(buf.buf(), off)?;
+                            t.write_at(&f, off, buf.buf())?;
+                        } else if t.read_at(&f, off, buf.buf())? != 4096 {
+                            bail!("short read at {off}");
                         }
                         ops.fetch_add(1, Ordering::Relaxed);
                     }
-                    Ok(())
+                    t.close(f)
                 }));
             }
             std::thread::sleep(Duration::from_secs_f64(s.rand_secs));
@@ -367,64 +361,63 @@ fn random_io(dir: &Path, s: &Sizes, out: &mut Vec<Metric>) -> anyhow::Result<()>
             start.elapsed(),
         ));
     }
-    fs::remove_file(&path)?;
+    t.unlink("rand")?;
     Ok(())
 }
 
-fn metadata(dir: &Path, s: &Sizes, out: &mut Vec<Metric>) -> anyhow::Result<()> {
-    let d = dir.join("files");
-    fs::create_dir(&d)?;
-    let name = |i: usize| d.join(format!("f{i:06}"));
+fn metadata<T: Target>(t: &T, s: &Sizes, out: &mut Vec<Metric>) -> anyhow::Result<()> {
+    t.mkdir("files")?;
+    let name = |i: usize| format!("files/f{i:06}");
     let start = Instant::now();
     for i in 0..s.files {
-        File::create(name(i))?;
+        t.close(t.create(&name(i))?)?;
     }
     out.push(rate("create", "ops/s", s.files as f64, start.elapsed()));
     let start = Instant::now();
     for i in 0..s.files {
-        fs::metadata(name(i))?;
+        t.stat(&name(i))?;
     }
     out.push(rate("stat", "ops/s", s.files as f64, start.elapsed()));
     drop_caches();
     let start = Instant::now();
-    let listed = fs::read_dir(&d)?.count();
+    let listed = t.count("files")?;
     out.push(time("readdir", start.elapsed()));
     if listed != s.files {
         bail!("readdir listed {listed} of {} files", s.files);
     }
     let start = Instant::now();
     for i in 0..s.files {
-        fs::remove_file(name(i))?;
+        t.unlink(&name(i))?;
     }
     out.push(rate("unlink", "ops/s", s.files as f64, start.elapsed()));
-    fs::remove_dir(&d)?;
+    t.rmdir("files")?;
 
-    let t = dir.join("tree");
     let (top, sub) = s.tree;
     let n = (top * (sub + 1)) as f64;
     let start = Instant::now();
+    t.mkdir("tree")?;
     for i in 0..top {
+        t.mkdir(&format!("tree/d{i}"))?;
         for j in 0..sub {
-            fs::create_dir_all(t.join(format!("d{i}/s{j}")))?;
+            t.mkdir(&format!("tree/d{i}/s{j}"))?;
         }
     }
     out.push(rate("mkdir_tree", "ops/s", n, start.elapsed()));
     let start = Instant::now();
     for i in 0..top {
         for j in 0..sub {
-            fs::remove_dir(t.join(format!("d{i}/s{j}")))?;
+            t.rmdir(&format!("tree/d{i}/s{j}"))?;
         }
-        fs::remove_dir(t.join(format!("d{i}")))?;
+        t.rmdir(&format!("tree/d{i}"))?;
     }
     out.push(rate("rmdir_tree", "ops/s", n, start.elapsed()));
-    fs::remove_dir(&t)?;
+    t.rmdir("tree")?;
 
-    let sm = dir.join("small");
-    fs::create_dir(&sm)?;
+    t.mkdir("small")?;
     let data = vec![0x33u8; 4096];
     let start = Instant::now();
     for i in 0..s.small {
-        fs::write(sm.join(format!("s{i}")), &data)?;
+        t.write_file(&format!("small/s{i}"), &data)?;
     }
     out.push(rate(
         "small_write_4k",
@@ -433,10 +426,11 @@ fn metadata(dir: &Path, s: &Sizes, out: &mut Vec<Metric>) -> anyhow::Result<()> 
         start.elapsed(),
     ));
     drop_caches();
+    let mut buf = vec![0u8; 8192];
     let start = Instant::now();
     for i in 0..s.small {
-        if fs::read(sm.join(format!("s{i}")))?.len() != 4096 {
-            bail!("small file s{i} is short");
+        if t.read_file(&format!("small/s{i}"), &mut buf)? != 4096 {
+            bail!("small file s{i} is not 4 KiB");
         }
     }
     out.push(rate(
@@ -445,7 +439,10 @@ fn metadata(dir: &Path, s: &Sizes, out: &mut Vec<Metric>) -> anyhow::Result<()> 
         s.small as f64,
         start.elapsed(),
     ));
-    fs::remove_dir_all(&sm)?;
+    for i in 0..s.small {
+        t.unlink(&format!("small/s{i}"))?;
+    }
+    t.rmdir("small")?;
     Ok(())
 }
 
@@ -581,7 +578,7 @@ fn two_mounts(a: &Path, b: &Path, s: &Sizes, out: &mut Vec<Metric>) -> anyhow::R
     Ok(())
 }
 
-/// Every workload against `target`.
+/// Every workload picked against the mounted directory `target` (a scratch directory in it).
 fn measure(
     target: &Path,
     second: Option<&Path>,
@@ -590,8 +587,7 @@ fn measure(
     tar: Option<&Path>,
     only: &[Workload],
 ) -> anyhow::Result<Vec<Metric>> {
-    let runs = |w: Workload| only.is_empty() || only.contains(&w);
-    let scratch = format!(".shoal-bench.{}", std::process::id());
+    let scratch = scratch_name();
     let dir = target.join(&scratch);
     fs::create_dir(&dir).with_context(|| format!("{} is not writable", target.display()))?;
     struct Cleanup(PathBuf);
@@ -601,32 +597,102 @@ fn measure(
         }
     }
     let _cleanup = Cleanup(dir.clone());
+    let other = second.map_or_else(|| dir.clone(), |m| m.join(&scratch));
+    workloads(&Dir(dir), Some(&other), label, s, tar, only)
+}
+
+/// The scratch directory's name in each target.
+fn scratch_name() -> String {
+    format!(".shoal-bench.{}", std::process::id())
+}
+
+/// Every workload picked against the cluster at `mds` through the client library.
+fn measure_library(
+    mds: &[String],
+    label: &str,
+    s: &Sizes,
+    only: &[Workload],
+) -> anyhow::Result<Vec<Metric>> {
+    let lib = Library::start(mds, &scratch_name())?;
+    let out = workloads(&lib, None, label, s, None, only);
+    let cleaned = lib.finish();
+    let out = out?;
+    cleaned?;
+    Ok(out)
+}
+
+/// Whether `w` is to run.
+fn picked(only: &[Workload], w: Workload) -> bool {
+    only.is_empty() || only.contains(&w)
+}
+
+/// The workloads picked against `t`; those that need a directory path (tar, two mounts) only
+/// where it has one. `other`: the scratch directory through a second mount.
+fn workloads<T: Target>(
+    t: &T,
+    other: Option<&Path>,
+    label: &str,
+    s: &Sizes,
+    tar: Option<&Path>,
+    only: &[Workload],
+) -> anyhow::Result<Vec<Metric>> {
+    let runs = |w: Workload| picked(only, w);
     let mut out = Vec::new();
     if runs(Workload::Seq) {
         progress(label, "sequential write and read");
-        seq(&dir, s, &mut out)?;
+        seq(t, s, &mut out)?;
     }
     if runs(Workload::Random) {
         progress(label, "random 4 KiB reads and writes");
-        random_io(&dir, s, &mut out)?;
+        random_io(t, s, &mut out)?;
     }
     if runs(Workload::Metadata) {
         progress(
             label,
             "metadata: create, stat, readdir, unlink, mkdir and rmdir, small files",
         );
-        metadata(&dir, s, &mut out)?;
+        metadata(t, s, &mut out)?;
     }
-    if let Some(t) = tar.filter(|_| runs(Workload::Untar)) {
+    let Some(dir) = t.dir() else {
+        return Ok(out);
+    };
+    if let Some(tar) = tar.filter(|_| runs(Workload::Untar)) {
         progress(label, "tar extraction");
-        untar(&dir, t, &mut out)?;
+        untar(dir, tar, &mut out)?;
     }
     if runs(Workload::TwoMounts) {
         progress(label, "two clients on one directory");
-        let other = second.map_or_else(|| dir.clone(), |m| m.join(&scratch));
-        two_mounts(&dir, &other, s, &mut out)?;
+        two_mounts(dir, other.unwrap_or(dir), s, &mut out)?;
     }
     Ok(out)
+}
+
+/// Every metric any target measured, in the order first seen, with each target's figure
+/// (None where it did not measure it).
+pub fn rows(results: &[Vec<Metric>]) -> Vec<(&Metric, Vec<Option<f64>>)> {
+    let mut rows: Vec<(&Metric, Vec<Option<f64>>)> = Vec::new();
+    for (t, r) in results.iter().enumerate() {
+        for m in r {
+            let i = match rows.iter().position(|(x, _)| x.name == m.name) {
+                Some(i) => i,
+                None => {
+                    rows.push((m, vec![None; results.len()]));
+                    rows.len() - 1
+                }
+            };
+            rows[i].1[t] = Some(m.value);
+        }
+    }
+    rows
+}
+
+/// `v` as a ratio to `base` (for times, base / v, so a ratio above 1 is always better).
+pub fn ratio(m: &Metric, base: f64, v: f64) -> f64 {
+    if m.higher_is_better {
+        v / base.max(1e-12)
+    } else {
+        base / v.max(1e-12)
+    }
 }
 
 /// The results table: each metric, each target's figure and its ratio to the first target
@@ -642,20 +708,21 @@ fn table(labels: &[String], results: &[Vec<Metric>]) -> String {
     md += "\n|---|---|";
     md += &"---:|".repeat(labels.len() * 2 - 1);
     md += "\n";
-    for (i, m) in results[0].iter().enumerate() {
+    for (m, values) in rows(results) {
         md += &format!("| {} | {} |", m.name, m.unit);
-        for r in results {
-            // Times are short: milliseconds show.
-            let digits = if m.higher_is_better { 1 } else { 3 };
-            md += &format!(" {:.*} |", digits, r[i].value);
+        // Times are short: milliseconds show.
+        let digits = if m.higher_is_better { 1 } else { 3 };
+        for v in &values {
+            match v {
+                Some(v) => md += &format!(" {v:.digits$} |"),
+                None => md += " — |",
+            }
         }
-        for r in results.iter().skip(1) {
-            let ratio = if m.higher_is_better {
-                r[i].value / m.value.max(1e-12)
-            } else {
-                m.value / r[i].value.max(1e-12)
-            };
-            md += &format!(" {ratio:.2} |");
+        for v in values.iter().skip(1) {
+            match (values[0], v) {
+                (Some(base), Some(v)) => md += &format!(" {:.2} |", ratio(m, base, *v)),
+                _ => md += " — |",
+            }
         }
         md += "\n";
     }
@@ -664,7 +731,7 @@ fn table(labels: &[String], results: &[Vec<Metric>]) -> String {
 
 /// `shoal-bench run`.
 pub fn run(a: &RunArgs) -> anyhow::Result<()> {
-    let labels: Vec<String> = a
+    let mut labels: Vec<String> = a
         .targets
         .iter()
         .enumerate()
@@ -675,6 +742,12 @@ pub fn run(a: &RunArgs) -> anyhow::Result<()> {
                 .unwrap_or_else(|| t.display().to_string())
         })
         .collect();
+    let library = a
+        .library
+        .as_deref()
+        .map(shoal_client::mount::resolve_source)
+        .transpose()
+        .context("--library")?;
     let sizes = Sizes::of(a.quick);
     let scratch = tempfile::tempdir()?;
     let tar = match &a.tar {
@@ -685,20 +758,12 @@ pub fn run(a: &RunArgs) -> anyhow::Result<()> {
         eprintln!("note: not root, so caches are not dropped before reads");
     }
     let watch = a.rss_of.as_deref().map(RssWatch::start).transpose()?;
-    let picked = |w: Workload| a.only.is_empty() || a.only.contains(&w);
-    let phases = [
-        Workload::Seq,
-        Workload::Random,
-        Workload::Metadata,
-        Workload::TwoMounts,
-    ]
-    .into_iter()
-    .filter(|&w| picked(w))
-    .count()
-        + usize::from(tar.is_some() && picked(Workload::Untar));
-    STEPS
-        .1
-        .store((phases * a.targets.len()) as u64, Ordering::Relaxed);
+    let count = |ws: &[Workload]| ws.iter().filter(|&&w| picked(&a.only, w)).count();
+    let common = count(&[Workload::Seq, Workload::Random, Workload::Metadata]);
+    let dir_only = count(&[Workload::TwoMounts])
+        + usize::from(tar.is_some() && picked(&a.only, Workload::Untar));
+    let steps = (common + dir_only) * a.targets.len() + common * usize::from(library.is_some());
+    STEPS.1.store(steps as u64, Ordering::Relaxed);
     let mut results = Vec::new();
     for (i, (t, l)) in a.targets.iter().zip(&labels).enumerate() {
         let second = a.seconds.get(i).filter(|p| p.as_os_str() != "-");
@@ -710,6 +775,12 @@ pub fn run(a: &RunArgs) -> anyhow::Result<()> {
             tar.as_deref(),
             &a.only,
         )?);
+    }
+    let mut names: Vec<String> = a.targets.iter().map(|t| t.display().to_string()).collect();
+    if let Some(mds) = &library {
+        labels.push(a.library_label.clone());
+        names.push(format!("library:{}", mds.join(",")));
+        results.push(measure_library(mds, &a.library_label, &sizes, &a.only)?);
     }
     let rss = watch.map(RssWatch::finish).unwrap_or_default();
     let mut md = table(&labels, &results);
@@ -731,7 +802,7 @@ pub fn run(a: &RunArgs) -> anyhow::Result<()> {
     if let Some(p) = &a.json {
         let v: Vec<serde_json::Value> = labels
             .iter()
-            .zip(&a.targets)
+            .zip(&names)
             .zip(&results)
             .map(|((l, t), r)| serde_json::json!({ "label": l, "target": t, "metrics": r }))
             .collect();
@@ -750,6 +821,32 @@ pub fn run(a: &RunArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_metric_a_target_did_not_measure_shows_a_dash() {
+        let m = |name, v| Metric {
+            name,
+            unit: "ops/s",
+            higher_is_better: true,
+            value: v,
+        };
+        let results = vec![
+            vec![m("create", 100.0), m("two_mount_share", 10.0)],
+            vec![m("create", 200.0)],
+        ];
+        let t = table(&["shoal".into(), "library".into()], &results);
+        assert!(
+            t.contains("| create | ops/s | 100.0 | 200.0 | 2.00 |"),
+            "{t}"
+        );
+        assert!(
+            t.contains("| two_mount_share | ops/s | 10.0 | — | — |"),
+            "{t}"
+        );
+        let r = rows(&results);
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[1].1, vec![Some(10.0), None]);
+    }
 
     #[test]
     fn the_table_gives_ratios_to_the_first_target_better_above_one() {

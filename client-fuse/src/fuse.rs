@@ -149,11 +149,17 @@ fn name_ok(name: &OsStr) -> Result<Vec<u8>, ClientError> {
 
 impl ShoalFs {
     /// A filesystem served by `client`, its work run on `rt`.
-    pub fn new(client: Arc<Client>, rt: tokio::runtime::Handle) -> ShoalFs {
+    /// `notifier`: where the mount puts the session's notifier once it has one (the lease
+    /// stream reads it to drop the kernel's caches on revocations).
+    pub fn new(
+        client: Arc<Client>,
+        rt: tokio::runtime::Handle,
+        notifier: Arc<OnceLock<Notifier>>,
+    ) -> ShoalFs {
         ShoalFs {
             client,
             rt,
-            notifier: Arc::default(),
+            notifier,
         }
     }
 
@@ -169,11 +175,6 @@ impl ShoalFs {
             return Err(Errno::EPERM);
         }
         Ok(())
-    }
-
-    /// Where the mount puts the session's notifier once it has one.
-    pub fn notifier_slot(&self) -> Arc<OnceLock<Notifier>> {
-        self.notifier.clone()
     }
 
     fn go<F>(&self, f: impl FnOnce(Arc<Client>) -> F)

@@ -7,6 +7,8 @@
 //! - [`fuse`]: the fuser `Filesystem` that turns kernel requests into [`client`] calls.
 //! - [`mount`]: mount options, the `mount.fuse.shoal` helper, and [`mount::run`] that serves a
 //!   mount until it is unmounted or told to stop.
+//! - [`session`]: a session with the cluster and its background work (heartbeats, leases);
+//!   files by path for programs that use the client as a library, without a mount.
 //! - [`volumes`]: directories under `/volumes/` with a quota (`shoal volume`, the CSI driver).
 //! - [`writeback`]: a file's data written under its write lease, not yet on the OSDs.
 //! - [`error`]: the client's error type and its errno.
@@ -22,9 +24,11 @@ pub mod cluster;
 pub mod error;
 pub mod fuse;
 pub mod mount;
+pub mod session;
 pub mod volumes;
 pub mod writeback;
 
 pub use client::Client;
 pub use cluster::Cluster;
 pub use error::ClientError;
+pub use session::{OpenFile, Session};

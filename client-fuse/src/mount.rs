@@ -17,10 +17,8 @@ use anyhow::{bail, Context};
 use fuser::{MountOption, Notifier, SessionACL};
 use tracing::{info, warn};
 
-use crate::client::Client;
-use crate::cluster::Cluster;
-use crate::fuse::{on_revoke, ShoalFs};
-use shoal_proto::mds::{EndSessionRequest, HeartbeatRequest, LeaseUp};
+use crate::fuse::ShoalFs;
+use crate::session::Session;
 
 /// Everything a mount needs.
 #[derive(Debug, Clone)]
@@ -217,40 +215,20 @@ pub fn run(
         .mountpoint
         .canonicalize()
         .with_context(|| format!("mount point {}", cfg.mountpoint.display()))?;
-    let cluster = rt
-        .block_on(Cluster::connect(&cfg.mds, cfg.retry_for))
-        .with_context(|| format!("connecting to the cluster at {}", cfg.mds.join(",")))?;
-    // Keep the OSD map fresh in the background; failures are retried at the next tick.
-    let bg = cluster.clone();
-    rt.spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            let _ = bg.refresh_map().await;
-        }
-    });
-    rt.spawn(heartbeats(cluster.clone(), mnt.display().to_string()));
-    let root = match volume_option(&cfg.options) {
-        Some(name) => {
-            let probe = Client::new(cluster.clone());
-            let v = rt
-                .block_on(crate::volumes::get(&probe, &name))
-                .with_context(|| format!("mounting volume {name}"))?;
-            info!(volume = %name, ino = v.ino, "mounting a volume");
-            v.ino
-        }
-        None => 1,
-    };
-    let client = Arc::new(Client::with_root(cluster.clone(), root));
-    let fs = ShoalFs::new(client.clone(), rt.handle().clone());
-    let notifier = fs.notifier_slot();
-    rt.spawn(lease_stream(client.clone(), notifier.clone()));
-    rt.spawn(follow_session(client.clone()));
-    rt.spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_millis(250)).await;
-            client.renew_write_leases(Duration::from_secs(1)).await;
-        }
-    });
+    let notifier: Arc<OnceLock<Notifier>> = Arc::default();
+    let volume = volume_option(&cfg.options);
+    let shoal = rt.block_on(Session::start(
+        &cfg.mds,
+        cfg.retry_for,
+        volume.as_deref(),
+        &mnt.display().to_string(),
+        notifier.clone(),
+    ))?;
+    let fs = ShoalFs::new(
+        shoal.client().clone(),
+        rt.handle().clone(),
+        notifier.clone(),
+    );
     let (options, acl) = fuse_options(&cfg.options, &format!("shoal:{}", cfg.mds.join(",")));
     let mut config = fuser::Config::default();
     config.mount_options = options;
@@ -289,138 +267,8 @@ pub fn run(
         }
     });
     // Unmounted: end the session so its locks go at once, not after the timeout.
-    let session = cluster.session();
-    let end = cluster.mds_mutate(
-        "end_session",
-        EndSessionRequest {
-            session,
-            evict: false,
-        },
-        |mut c, r| async move { c.end_session(r).await },
-    );
-    if let Err(e) = rt.block_on(async { tokio::time::timeout(Duration::from_secs(5), end).await }) {
-        warn!(error = %e, "could not end the session; the MDS will time it out");
-    }
+    rt.block_on(shoal.end());
     served
-}
-
-/// Keeps this mount's session alive at the MDS leader: a heartbeat every quarter of the
-/// session timeout the MDS announces.
-async fn heartbeats(cluster: Arc<Cluster>, mount_point: String) {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_default();
-    let mut every = Duration::from_secs(5);
-    loop {
-        match cluster
-            .mds("heartbeat", |mut c| {
-                // Built per attempt: after an eviction the retry names the new session.
-                let req = HeartbeatRequest {
-                    session: cluster.session(),
-                    host: host.clone(),
-                    mount_point: mount_point.clone(),
-                };
-                async move { c.heartbeat(req).await }
-            })
-            .await
-        {
-            Ok(r) => {
-                every = (Duration::from_millis(r.timeout_ms as u64) / 4)
-                    .clamp(Duration::from_millis(100), Duration::from_secs(15))
-            }
-            Err(e) => warn!(error = %e, "session heartbeat failed"),
-        }
-        tokio::time::sleep(every).await;
-    }
-}
-
-/// After an eviction: forgets what the old session held.
-async fn follow_session(client: Arc<Client>) {
-    let mut session = client.cluster().watch_session();
-    while session.changed().await.is_ok() {
-        client.session_renewed();
-    }
-}
-
-/// Keeps this session's lease stream open at the MDS leader (reopened after a failover or
-/// under a new session), renews the session's read leases through it every quarter of a
-/// lease, and carries out its revocations, each acked once done.
-async fn lease_stream(client: Arc<Client>, notifier: Arc<OnceLock<Notifier>>) {
-    let mut session = client.cluster().watch_session();
-    loop {
-        session.borrow_and_update();
-        match client.cluster().open_leases().await {
-            Ok((acks, mut down)) => {
-                client.lease_stream_opened();
-                // Renewals sent and not yet answered: (sequence, when sent).
-                let mut renewals: std::collections::VecDeque<(u64, Instant)> =
-                    std::collections::VecDeque::new();
-                let mut seq = 0u64;
-                let mut tick = tokio::time::interval(Duration::from_millis(100));
-                let mut last_renew: Option<Instant> = None;
-                loop {
-                    let next = tokio::select! {
-                        m = down.message() => m,
-                        _ = session.changed() => break,
-                        _ = tick.tick() => {
-                            let every = (client.lease_len() / 4).max(Duration::from_millis(100));
-                            if client.lease_len().is_zero()
-                                || last_renew.is_some_and(|t| t.elapsed() < every)
-                            {
-                                continue;
-                            }
-                            seq += 1;
-                            let now = Instant::now();
-                            last_renew = Some(now);
-                            renewals.push_back((seq, now));
-                            if renewals.len() > 64 {
-                                renewals.pop_front();
-                            }
-                            let _ = acks.unbounded_send(LeaseUp {
-                                renew: seq,
-                                ..Default::default()
-                            });
-                            continue;
-                        }
-                    };
-                    match next {
-                        Ok(Some(d)) if d.id == 0 => {
-                            while let Some(&(s, sent)) = renewals.front() {
-                                if s > d.renewed {
-                                    break;
-                                }
-                                renewals.pop_front();
-                                if s == d.renewed {
-                                    client.leases_renewed(sent);
-                                }
-                            }
-                        }
-                        Ok(Some(d)) => {
-                            // Marked before any later message on the stream is read: a
-                            // renewal answered after this revocation does not cover it.
-                            client.mark_revoked(d.ino);
-                            let (c, n, acks) =
-                                (client.clone(), notifier.get().cloned(), acks.clone());
-                            tokio::spawn(async move {
-                                on_revoke(&c, n, d.ino).await;
-                                let _ = acks.unbounded_send(LeaseUp {
-                                    ack: d.id,
-                                    ..Default::default()
-                                });
-                            });
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            warn!(error = %e, "lease stream broken");
-                            break;
-                        }
-                    }
-                }
-            }
-            Err(e) => warn!(error = %e, "cannot open the lease stream"),
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 /// `mount.fuse.shoal SOURCE MNT [-o OPTS] [-n] [-s] [-f] [-v]`: starts `shoal-fuse` in the

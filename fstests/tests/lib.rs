@@ -5,6 +5,7 @@ mod csi;
 mod data;
 mod faults;
 mod fencing;
+mod library;
 mod mds_ha;
 mod namespace;
 mod posix;

@@ -144,6 +144,8 @@ fn the_benchmark_harness_compares_a_mount_with_a_local_directory() {
         .arg(&c.mnt)
         .args(["--label", "shoal", "--second"])
         .arg(&m2)
+        .arg("--library")
+        .arg(&c.data)
         .arg("--json")
         .arg(&json)
         .arg("--plot")
@@ -161,7 +163,11 @@ fn the_benchmark_harness_compares_a_mount_with_a_local_directory() {
     assert!(table.contains("| seq_write | MB/s |"), "{table}");
     let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let targets = r["targets"].as_array().unwrap();
-    assert_eq!(targets.len(), 2);
+    assert_eq!(
+        targets.len(),
+        3,
+        "the local directory, the mount and the library"
+    );
     let names = |t: &serde_json::Value| -> Vec<String> {
         t["metrics"]
             .as_array()
@@ -186,6 +192,21 @@ fn the_benchmark_harness_compares_a_mount_with_a_local_directory() {
             "{want} measured"
         );
     }
+    // The library runs every workload that needs no directory path.
+    let lib = names(&targets[2]);
+    let mounted: Vec<String> = names(&targets[1])
+        .into_iter()
+        .filter(|n| n != "untar" && !n.starts_with("two_mount"))
+        .collect();
+    assert_eq!(lib, mounted, "the library's workloads");
+    assert_eq!(targets[2]["label"], "shoal-library");
+    assert!(table.contains("| shoal-library / local |"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("| two_mount_share |") && l.contains("| — |")),
+        "{table}"
+    );
     for t in targets {
         for m in t["metrics"].as_array().unwrap() {
             let v = m["value"].as_f64().unwrap();

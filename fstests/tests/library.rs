@@ -1,0 +1,81 @@
+//! The client library (`shoal_client::Session`): a program using Shoal without a mount, the
+//! same client a mount runs, coherent with the mounts of the same cluster.
+
+use std::fs;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use shoal_client::mount::resolve_source;
+use shoal_client::Session;
+use shoal_fstests::TestCluster;
+
+/// The errno a library call failed with (None: it did not fail).
+fn errno<T>(r: Result<T, shoal_client::ClientError>) -> Option<i32> {
+    r.err().map(|e| e.errno())
+}
+
+#[test]
+fn a_program_using_the_library_shares_files_with_a_mount() {
+    let c = TestCluster::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mds = resolve_source(c.data.to_str().unwrap()).unwrap();
+    rt.block_on(async {
+        let lib = Session::start(
+            &mds,
+            Duration::from_secs(10),
+            None,
+            "library test",
+            Arc::new(OnceLock::new()),
+        )
+        .await
+        .unwrap();
+        // Written through the library, read through the mount.
+        lib.mkdir("d", 0o755).await.unwrap();
+        let f = lib.create("d/f", 0o644).await.unwrap();
+        f.write_at(0, Bytes::from_static(b"hello")).await.unwrap();
+        f.close().await.unwrap();
+        assert_eq!(fs::read(c.path("d/f")).unwrap(), b"hello");
+        // Written through the mount (the library holds a lease on the file), read here.
+        let attr = lib.stat("./d/../d/f").await.unwrap();
+        assert_eq!(attr.size, 5);
+        fs::write(c.path("d/f"), b"changed!").unwrap();
+        let f = lib.open("d/f").await.unwrap();
+        assert_eq!(&f.read_at(0, 100).await.unwrap()[..], b"changed!");
+        assert_eq!(lib.stat("d/f").await.unwrap().size, 8);
+        f.close().await.unwrap();
+        fs::write(c.path("d/g"), b"").unwrap();
+        let mut names = lib.list("d").await.unwrap();
+        names.sort();
+        assert_eq!(
+            names,
+            vec![Bytes::from_static(b"f"), Bytes::from_static(b"g")]
+        );
+        // Bad paths get the errno a system call would.
+        assert_eq!(errno(lib.stat("d/missing").await), Some(libc::ENOENT));
+        assert_eq!(errno(lib.stat("d/f/x").await), Some(libc::ENOTDIR));
+        let long = format!("d/{}", "n".repeat(256));
+        assert_eq!(
+            errno(lib.create(&long, 0o644).await),
+            Some(libc::ENAMETOOLONG)
+        );
+        assert_eq!(errno(lib.create("d/..", 0o644).await), Some(libc::EINVAL));
+        assert_eq!(errno(lib.open("d").await), Some(libc::EISDIR));
+        assert_eq!(errno(lib.remove("d", true).await), Some(libc::ENOTEMPTY));
+        // Removed here, gone there.
+        lib.remove("d/f", false).await.unwrap();
+        lib.remove("d/g", false).await.unwrap();
+        lib.remove("d", true).await.unwrap();
+        assert!(!c.path("d").exists());
+        lib.end().await;
+    });
+    // The ended session is gone from the cluster's list; the mount's stays.
+    let status = c.status();
+    let sessions = status["sessions"].as_array().unwrap();
+    assert!(
+        sessions
+            .iter()
+            .all(|s| s["mount_point"].as_str() != Some("library test")),
+        "{status}"
+    );
+}
