@@ -136,6 +136,67 @@ fn up_twice_status_and_second_mount() {
     );
 }
 
+/// The kernel's readahead on the mount at `mnt` (its device's read_ahead_kb), once it is
+/// `want` or after 10 s.
+fn readahead_kb(mnt: &std::path::Path, want: u64) -> u64 {
+    let dev = shoal_client::mount::mounted_device(mnt).expect("mounted");
+    let start = std::time::Instant::now();
+    loop {
+        let kb: u64 = fs::read_to_string(format!("/sys/class/bdi/{dev}/read_ahead_kb"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        if kb == want || start.elapsed() > std::time::Duration::from_secs(10) {
+            return kb;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn mounts_read_ahead_4_mib_or_what_rasize_says() {
+    // SAFETY: geteuid has no memory effects.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("not root: the readahead knob is root's");
+        return;
+    }
+    let c = TestCluster::start();
+    assert_eq!(readahead_kb(&c.mnt, 4096), 4096, "the default");
+    let tmp = tempfile::tempdir().unwrap();
+    let helper = tmp.path().join("mount.fuse.shoal");
+    std::os::unix::fs::symlink(bin("shoal-fuse"), &helper).unwrap();
+    let mount = |name: &str, opts: &str| {
+        let mnt = tmp.path().join(name);
+        fs::create_dir(&mnt).unwrap();
+        let out = Command::new(&helper)
+            .arg(&c.data)
+            .arg(&mnt)
+            .args(["-o", opts])
+            .output()
+            .unwrap();
+        (mnt, out)
+    };
+    let (m1, out) = mount("m1", "rw,rasize=1m");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(readahead_kb(&m1, 1024), 1024);
+    // A sequential read through it reads what was written.
+    let data: Vec<u8> = (0..(9 << 20)).map(|i: u32| (i % 253) as u8).collect();
+    fs::write(c.path("seq"), &data).unwrap();
+    assert!(fs::read(m1.join("seq")).unwrap() == data, "contents differ");
+    assert!(Command::new("umount").arg(&m1).status().unwrap().success());
+    // A size that is none fails the mount with the reason.
+    let (m2, out) = mount("m2", "rasize=lots");
+    assert!(!out.status.success(), "mounted with rasize=lots");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("rasize=lots"), "{err}");
+    assert!(shoal_client::mount::mounted_fstype(&m2).is_none());
+}
+
 #[test]
 fn mount_helper_and_mount_t_fuse_shoal() {
     let c = TestCluster::start();
