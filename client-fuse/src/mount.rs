@@ -189,12 +189,12 @@ fn mountinfo_line(path: &Path) -> Option<String> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let want = path.to_string_lossy();
     info.lines()
-        .filter(|line| {
+        .rev()
+        .find(|line| {
             line.split(' ')
                 .nth(4)
                 .is_some_and(|mnt| unescape_mountinfo(mnt) == want)
         })
-        .last()
         .map(str::to_string)
 }
 
