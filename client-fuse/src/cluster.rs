@@ -38,7 +38,7 @@ use shoal_proto::request::ReqId;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
-use tracing::{debug, warn};
+use tracing::{debug, trace, warn};
 
 use crate::error::ClientError;
 
@@ -180,7 +180,14 @@ impl Cluster {
         loop {
             let (i, client) = self.mds_member();
             let last = match f(client).await {
-                Ok(r) => return Ok(r.into_inner()),
+                Ok(r) => {
+                    trace!(
+                        op = what,
+                        us = start.elapsed().as_micros() as u64,
+                        "mds call"
+                    );
+                    return Ok(r.into_inner());
+                }
                 Err(status) => match status_errno(&status) {
                     WireError::NotLeader {
                         leader: Some(leader),
