@@ -443,6 +443,10 @@ impl Filesystem for ShoalFs {
         let _ = config.add_capabilities(InitFlags::FUSE_AUTO_INVAL_DATA);
         // fcntl and flock locks go to the MDS, which enforces them across clients.
         let _ = config.add_capabilities(InitFlags::FUSE_POSIX_LOCKS | InitFlags::FUSE_FLOCK_LOCKS);
+        // File handles (name_to_handle_at, NFS export): they hold the inode number, which is
+        // the MDS's and stable across mounts; the kernel resolves one it does not know by
+        // looking up "." in it (and ".." for its parent).
+        let _ = config.add_capabilities(InitFlags::FUSE_EXPORT_SUPPORT);
         Ok(())
     }
 
@@ -509,6 +513,25 @@ impl Filesystem for ShoalFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let parent = self.cluster_ino(parent);
+        if name == "." || name == ".." {
+            // The kernel asks so only to resolve a file handle: the inode itself, or its
+            // directory's parent (the mount's root is its own parent).
+            let up = name == "..";
+            return self.go(move |c| async move {
+                let r = async {
+                    let a = c.getattr(parent.0).await?;
+                    if !up || a.ino == c.root() {
+                        return Ok(a);
+                    }
+                    if a.kind != FileKind::Directory as i32 {
+                        return Err(ClientError::errno_msg(libc::ENOTDIR, "not a directory"));
+                    }
+                    c.getattr(a.parent.max(1)).await
+                }
+                .await;
+                EntryReplier.reply(&c, reply, r)
+            });
+        }
         let name = match name_ok(name) {
             Ok(n) => n,
             Err(e) => return reply.error(errno(&e)),

@@ -2,9 +2,15 @@
 //! [`run`], which serves until the filesystem is unmounted or the process is told to stop.
 //!
 //! `mount -t fuse.shoal SOURCE MNT -o OPTS` runs `mount.fuse.shoal SOURCE MNT -o OPTS` (a link
-//! to `shoal-fuse`). SOURCE is `ADDR[,ADDR...]` of MDS members, or a cluster's data directory
-//! (`shoal up --data DIR`), whose `mds.*/addr` files name them. The helper starts the mount in
-//! the background and returns once it is live, as mount(8) expects.
+//! to `shoal-fuse`). SOURCE is any name the user picks: the mount shows it as its source
+//! (`findmnt`, `df`) and `umount SOURCE` unmounts it. The cluster comes from `-o
+//! mds=ADDR[,ADDR...]` (MDS members) or `-o data=DIR` (a `shoal up` data directory, whose
+//! `mds.*/addr` files name them); without either, SOURCE itself must be one of those. The
+//! helper checks the cluster answers, starts the mount in the background and returns once it
+//! is live, as mount(8) expects; `-o remount,...` changes the live mount's flags in place.
+//!
+//! As root the mount is made with mount(2) directly, of type `fuse.shoal` (`fuse` with `-o
+//! nosubtype`, which some test harnesses require); otherwise through fusermount3.
 
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
@@ -34,6 +40,8 @@ pub struct MountConfig {
     pub retry_for: Duration,
     /// Written with our pid once mounted.
     pub pid_file: Option<PathBuf>,
+    /// The mount's source as the system shows it (default `shoal:ADDRS`).
+    pub fsname: Option<String>,
 }
 
 impl Default for MountConfig {
@@ -44,8 +52,125 @@ impl Default for MountConfig {
             options: Vec::new(),
             retry_for: Duration::from_secs(60),
             pid_file: None,
+            fsname: None,
         }
     }
+}
+
+/// The single options in `-o` lists. A `mds=` option's address list goes on across commas
+/// (`mds=A:1,B:2,ro`): items after it that look like `HOST:PORT` belong to it.
+pub fn option_items(opts: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut in_mds = false;
+    for o in opts
+        .iter()
+        .flat_map(|s| s.split(','))
+        .filter(|s| !s.is_empty())
+    {
+        let address = !o.contains('=')
+            && o.rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+        match out.last_mut() {
+            Some(last) if in_mds && address => {
+                last.push(',');
+                last.push_str(o);
+            }
+            _ => {
+                in_mds = o.starts_with("mds=");
+                out.push(o.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// The value of the last `-o KEY=VALUE` option.
+fn option_value(opts: &[String], key: &str) -> Option<String> {
+    option_items(opts)
+        .iter()
+        .rev()
+        .find_map(|o| o.strip_prefix(key)?.strip_prefix('=').map(str::to_string))
+}
+
+/// Whether option `name` is given.
+fn has_option(opts: &[String], name: &str) -> bool {
+    option_items(opts).iter().any(|o| o == name)
+}
+
+/// The MDS addresses a mount names: `-o mds=ADDR[,ADDR]`, `-o data=DIR`, or else its source
+/// (`ADDR[,ADDR]` or a data directory).
+pub fn cluster_of(source: &str, opts: &[String]) -> anyhow::Result<Vec<String>> {
+    if let Some(addrs) = option_value(opts, "mds") {
+        return resolve_source(&addrs).context("-o mds=");
+    }
+    if let Some(dir) = option_value(opts, "data") {
+        if !Path::new(&dir).is_dir() {
+            bail!("-o data={dir}: not a directory");
+        }
+        return resolve_source(&dir).context("-o data=");
+    }
+    resolve_source(source).with_context(|| {
+        format!(
+            "no cluster named: give -o mds=ADDR[,ADDR] or -o data=DIR (or a source {source:?} \
+             that is one)"
+        )
+    })
+}
+
+/// The kernel's mount flags (MS_*) for the options, starting from nosuid and nodev.
+pub fn mount_flags(opts: &[String]) -> libc::c_ulong {
+    let mut flags = libc::MS_NOSUID | libc::MS_NODEV;
+    for o in option_items(opts) {
+        match o.as_str() {
+            "ro" => flags |= libc::MS_RDONLY,
+            "rw" => flags &= !libc::MS_RDONLY,
+            "suid" => flags &= !libc::MS_NOSUID,
+            "nosuid" => flags |= libc::MS_NOSUID,
+            "dev" => flags &= !libc::MS_NODEV,
+            "nodev" => flags |= libc::MS_NODEV,
+            "exec" => flags &= !libc::MS_NOEXEC,
+            "noexec" => flags |= libc::MS_NOEXEC,
+            "noatime" => {
+                flags = (flags | libc::MS_NOATIME) & !(libc::MS_RELATIME | libc::MS_STRICTATIME)
+            }
+            "relatime" => {
+                flags = (flags | libc::MS_RELATIME) & !(libc::MS_NOATIME | libc::MS_STRICTATIME)
+            }
+            "strictatime" => {
+                flags = (flags | libc::MS_STRICTATIME) & !(libc::MS_NOATIME | libc::MS_RELATIME)
+            }
+            "nodiratime" => flags |= libc::MS_NODIRATIME,
+            "diratime" => flags &= !libc::MS_NODIRATIME,
+            "sync" => flags |= libc::MS_SYNCHRONOUS,
+            "async" => flags &= !libc::MS_SYNCHRONOUS,
+            "dirsync" => flags |= libc::MS_DIRSYNC,
+            _ => {}
+        }
+    }
+    flags
+}
+
+/// Options Shoal reads itself, and generic ones mount(8) and fstab pass along, none of which
+/// go to the kernel as such.
+fn shoal_or_generic(o: &str) -> bool {
+    matches!(
+        o,
+        "defaults"
+            | "auto"
+            | "noauto"
+            | "_netdev"
+            | "user"
+            | "nouser"
+            | "users"
+            | "nofail"
+            | "remount"
+            | "nosubtype"
+            | "default_permissions"
+            | "allow_other"
+            | "allow_root"
+    ) || ["volume=", "rasize=", "mds=", "data=", "x-"]
+        .iter()
+        .any(|p| o.starts_with(p))
 }
 
 /// The mount options and access mode for a list of `-o` options; unknown ones are reported
@@ -63,12 +188,8 @@ pub fn fuse_options(opts: &[String], fsname: &str) -> (Vec<MountOption>, Session
     } else {
         SessionACL::Owner
     };
-    for o in opts
-        .iter()
-        .flat_map(|s| s.split(','))
-        .filter(|s| !s.is_empty())
-    {
-        match o {
+    for o in option_items(opts) {
+        match o.as_str() {
             "ro" => out.push(MountOption::RO),
             "rw" => out.push(MountOption::RW),
             "allow_other" => acl = SessionACL::All,
@@ -80,11 +201,9 @@ pub fn fuse_options(opts: &[String], fsname: &str) -> (Vec<MountOption>, Session
             "dev" => out.push(MountOption::Dev),
             "noexec" => out.push(MountOption::NoExec),
             "exec" => out.push(MountOption::Exec),
-            "defaults" | "auto" | "noauto" | "_netdev" | "user" | "nouser" | "users" | "nofail" => {
-            }
-            // Shoal's own: which tree the mount shows (see `volume_option`), how far the
-            // kernel reads ahead (`rasize_option`).
-            o if o.starts_with("volume=") || o.starts_with("rasize=") => {}
+            "relatime" | "strictatime" | "nodiratime" | "diratime" | "sync" | "async"
+            | "dirsync" => {}
+            o if shoal_or_generic(o) => {}
             other => warn!(option = other, "ignoring unknown mount option"),
         }
     }
@@ -99,14 +218,10 @@ pub const DEFAULT_RASIZE: u64 = 4 << 20;
 /// `-o rasize=BYTES` (a `k`, `m` or `g` suffix allowed; 0: the kernel's default), rounded
 /// up to 4 KiB, at most 1 GiB.
 pub fn rasize_option(opts: &[String]) -> anyhow::Result<u64> {
-    let Some(v) = opts
-        .iter()
-        .flat_map(|s| s.split(','))
-        .filter_map(|o| o.strip_prefix("rasize="))
-        .next_back()
-    else {
+    let Some(v) = option_value(opts, "rasize") else {
         return Ok(DEFAULT_RASIZE);
     };
+    let v = v.as_str();
     let (num, unit) = match v.as_bytes().last() {
         Some(b'k' | b'K') => (&v[..v.len() - 1], 1u64 << 10),
         Some(b'm' | b'M') => (&v[..v.len() - 1], 1 << 20),
@@ -124,11 +239,7 @@ pub fn rasize_option(opts: &[String]) -> anyhow::Result<u64> {
 
 /// The volume a mount shows (`-o volume=NAME`), if one is named.
 pub fn volume_option(opts: &[String]) -> Option<String> {
-    opts.iter()
-        .flat_map(|s| s.split(','))
-        .filter_map(|o| o.strip_prefix("volume="))
-        .next_back()
-        .map(str::to_string)
+    option_value(opts, "volume")
 }
 
 /// MDS addresses from a mount source: `ADDR[,ADDR...]` or a cluster data directory.
@@ -280,15 +391,45 @@ pub fn run(
         rt.handle().clone(),
         notifier.clone(),
     );
-    let (options, acl) = fuse_options(&cfg.options, &format!("shoal:{}", cfg.mds.join(",")));
+    let fsname = cfg
+        .fsname
+        .clone()
+        .unwrap_or_else(|| format!("shoal:{}", cfg.mds.join(",")));
+    let (options, acl) = fuse_options(&cfg.options, &fsname);
     let mut config = fuser::Config::default();
     config.mount_options = options;
     config.acl = acl;
     config.n_threads = Some(2);
-    let mut session = fuser::Session::new(fs, &mnt, &config)
-        .with_context(|| format!("mounting at {}", mnt.display()))?;
+    // SAFETY: geteuid cannot fail and touches no memory.
+    let (session, mut unmounter) = if unsafe { libc::geteuid() } == 0 {
+        let fstype = if has_option(&cfg.options, "nosubtype") {
+            "fuse"
+        } else {
+            "fuse.shoal"
+        };
+        let fd = kernel_mount(
+            &mnt,
+            &fsname,
+            fstype,
+            &cfg.options,
+            acl != SessionACL::Owner,
+        )?;
+        let session = fuser::Session::from_fd(fs, fd, acl, config)
+            .with_context(|| format!("serving the mount at {}", mnt.display()));
+        match session {
+            Ok(s) => (s, Unmounter::Kernel(mnt.clone())),
+            Err(e) => {
+                let _ = lazy_unmount(&mnt);
+                return Err(e);
+            }
+        }
+    } else {
+        let mut session = fuser::Session::new(fs, &mnt, &config)
+            .with_context(|| format!("mounting at {}", mnt.display()))?;
+        let u = session.unmount_callable();
+        (session, Unmounter::Fuser(u))
+    };
     let _ = notifier.set(session.notifier());
-    let mut unmounter = session.unmount_callable();
     if let Some(p) = &cfg.pid_file {
         std::fs::write(p, std::process::id().to_string())?;
     }
@@ -334,6 +475,117 @@ pub fn run(
     served
 }
 
+/// How a mount is taken down when its client is told to stop.
+enum Unmounter {
+    /// Mounted with mount(2) here: umount(2).
+    Kernel(PathBuf),
+    /// Mounted by fuser (fusermount3).
+    Fuser(fuser::SessionUnmounter),
+}
+
+impl Unmounter {
+    fn unmount(&mut self) -> anyhow::Result<()> {
+        match self {
+            Unmounter::Kernel(mnt) => {
+                let c = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes())?;
+                // SAFETY: a NUL-terminated path.
+                if unsafe { libc::umount2(c.as_ptr(), 0) } != 0 {
+                    bail!(
+                        "umount {}: {}",
+                        mnt.display(),
+                        std::io::Error::last_os_error()
+                    );
+                }
+                Ok(())
+            }
+            Unmounter::Fuser(u) => Ok(u.unmount()?),
+        }
+    }
+}
+
+/// Mounts a FUSE filesystem at `mnt` with mount(2) (root only): source `fsname`, type
+/// `fstype` (`fuse` or `fuse.SUBTYPE`), the flags the options ask for; returns the
+/// /dev/fuse descriptor the kernel now sends the mount's requests to.
+fn kernel_mount(
+    mnt: &Path,
+    fsname: &str,
+    fstype: &str,
+    opts: &[String],
+    allow_other: bool,
+) -> anyhow::Result<std::os::fd::OwnedFd> {
+    use std::ffi::CString;
+    use std::os::fd::AsRawFd;
+    let dev = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .context("opening /dev/fuse (is the fuse module loaded?)")?;
+    // SAFETY: getuid and getgid cannot fail.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let mut data = format!(
+        "fd={},rootmode=40000,user_id={uid},group_id={gid},default_permissions",
+        dev.as_raw_fd()
+    );
+    if allow_other {
+        data.push_str(",allow_other");
+    }
+    let c = |s: &str| CString::new(s).with_context(|| format!("{s:?} holds a NUL byte"));
+    let (source, target) = (
+        c(fsname)?,
+        CString::new(mnt.as_os_str().as_encoded_bytes())?,
+    );
+    let (fstype, data) = (c(fstype)?, c(&data)?);
+    // SAFETY: NUL-terminated strings that outlive the call.
+    let r = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            mount_flags(opts),
+            data.as_ptr().cast(),
+        )
+    };
+    if r != 0 {
+        bail!(
+            "mount(2) at {}: {}",
+            mnt.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(dev.into())
+}
+
+/// `mount -o remount,OPTS MNT`: the live mount's flags change in place (a plain kernel
+/// remount; the client serving it goes on). Flags the options do not name keep their
+/// current value.
+fn remount(mnt: &Path, opts: &[String]) -> anyhow::Result<()> {
+    let current =
+        mountinfo_line(mnt).with_context(|| format!("nothing mounted at {}", mnt.display()))?;
+    // The mount's own options (field 6), then the ones asked for, later ones winning.
+    let mut all = vec![current.split(' ').nth(5).unwrap_or_default().to_string()];
+    all.extend(opts.iter().cloned());
+    let flags = mount_flags(&all) | libc::MS_REMOUNT;
+    let target = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes())?;
+    // SAFETY: a NUL-terminated path; the other pointers may be null for a remount.
+    let r = unsafe {
+        libc::mount(
+            std::ptr::null(),
+            target.as_ptr(),
+            std::ptr::null(),
+            flags,
+            std::ptr::null(),
+        )
+    };
+    if r != 0 {
+        bail!(
+            "remount of {}: {}",
+            mnt.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
 /// `mount.fuse.shoal SOURCE MNT [-o OPTS] [-n] [-s] [-f] [-v]`: starts `shoal-fuse` in the
 /// background and returns once the mount is live.
 pub fn helper_main(args: &[OsString]) -> anyhow::Result<()> {
@@ -360,16 +612,27 @@ pub fn helper_main(args: &[OsString]) -> anyhow::Result<()> {
         bail!("usage: mount.fuse.shoal SOURCE MOUNTPOINT [-o OPTIONS]");
     };
     let source = source.to_string_lossy();
-    let mds = resolve_source(&source)?;
-    // Refused here, with the reason, rather than by the daemon after mount(8) returned.
-    rasize_option(&opts)?;
     let mnt = mnt
         .canonicalize()
         .with_context(|| format!("mount point {}", mnt.display()))?;
+    if has_option(&opts, "remount") {
+        return remount(&mnt, &opts);
+    }
+    let mds = cluster_of(&source, &opts)?;
+    // Refused here, with the reason, rather than by the daemon after mount(8) returned.
+    rasize_option(&opts)?;
+    check_reachable(&mds)?;
     let exe = std::env::current_exe()?;
     let exe = exe.canonicalize().unwrap_or(exe);
     let mut cmd = Command::new(exe);
-    cmd.arg("--mds").arg(mds.join(",")).arg(&mnt);
+    cmd.arg("--mds")
+        .arg(mds.join(","))
+        .arg("--fsname")
+        .arg(source.as_ref())
+        .arg(&mnt)
+        // mount(8) drops `suid` and `dev`, its defaults, and passes `nosuid` and `nodev`
+        // when asked: so its defaults, not FUSE's, hold here (later options win).
+        .args(["-o", "suid,dev"]);
     for o in &opts {
         cmd.arg("-o").arg(o);
     }
@@ -383,6 +646,26 @@ pub fn helper_main(args: &[OsString]) -> anyhow::Result<()> {
         .spawn()
         .context("starting shoal-fuse")?;
     wait_mounted(&mnt, &mut child, Duration::from_secs(30))
+}
+
+/// How long the helper waits for the cluster to answer before it gives up on the mount.
+const REACH_WAIT: Duration = Duration::from_secs(10);
+
+/// Fails with the reason unless the MDS group at `mds` answers within [`REACH_WAIT`].
+fn check_reachable(mds: &[String]) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        tokio::time::timeout(
+            REACH_WAIT + Duration::from_secs(1),
+            crate::cluster::Cluster::connect(mds, REACH_WAIT),
+        )
+        .await
+    })
+    .map_err(|_| anyhow::anyhow!("no answer in {REACH_WAIT:?}"))
+    .and_then(|r| r.map(drop).map_err(anyhow::Error::from))
+    .with_context(|| format!("cannot reach the Shoal cluster at {}", mds.join(",")))
 }
 
 /// Waits until a FUSE filesystem is mounted at `mnt`, failing if `child` exits first.
@@ -421,6 +704,58 @@ mod tests {
         assert_eq!(volume_option(&["ro".to_string()]), None);
         let (kernel, _) = fuse_options(&opts, "shoal:x");
         assert!(!format!("{kernel:?}").contains("media"), "{kernel:?}");
+    }
+
+    #[test]
+    fn mds_addresses_run_on_across_commas_and_name_the_cluster() {
+        let opts = vec!["rw,mds=10.0.0.1:7000,10.0.0.2:7000,[::1]:7000,volume=v".to_string()];
+        assert_eq!(
+            option_items(&opts),
+            vec![
+                "rw",
+                "mds=10.0.0.1:7000,10.0.0.2:7000,[::1]:7000",
+                "volume=v"
+            ]
+        );
+        assert_eq!(
+            cluster_of("shoal-test", &opts).unwrap(),
+            vec!["10.0.0.1:7000", "10.0.0.2:7000", "[::1]:7000"]
+        );
+        assert_eq!(volume_option(&opts).as_deref(), Some("v"));
+        // Without mds= or data=, the source must name the cluster itself.
+        assert_eq!(cluster_of("127.0.0.1:1", &[]).unwrap(), vec!["127.0.0.1:1"]);
+        let err = format!(
+            "{:#}",
+            cluster_of("shoal-test", &["ro".to_string()]).unwrap_err()
+        );
+        assert!(err.contains("mds=") && err.contains("data="), "{err}");
+        let err = format!(
+            "{:#}",
+            cluster_of("x", &["data=/no/such/dir".to_string()]).unwrap_err()
+        );
+        assert!(err.contains("/no/such/dir"), "{err}");
+        assert!(cluster_of("x", &["mds=nohost".to_string()]).is_err());
+    }
+
+    #[test]
+    fn mount_flags_follow_the_options_in_order() {
+        let f = |o: &str| mount_flags(&[o.to_string()]);
+        let base = libc::MS_NOSUID | libc::MS_NODEV;
+        assert_eq!(f(""), base);
+        assert_eq!(f("suid,dev"), 0);
+        assert_eq!(f("suid,dev,nosuid"), libc::MS_NOSUID);
+        assert_eq!(f("ro"), base | libc::MS_RDONLY);
+        assert_eq!(f("ro,rw"), base);
+        assert_eq!(f("noatime,relatime"), base | libc::MS_RELATIME);
+        assert_eq!(
+            f("relatime,noatime,noexec"),
+            base | libc::MS_NOATIME | libc::MS_NOEXEC
+        );
+        assert_eq!(
+            f("mds=1.2.3.4:5,_netdev,volume=x"),
+            base,
+            "not kernel flags"
+        );
     }
 
     #[test]

@@ -58,6 +58,12 @@ pub fn tool(name: &str) -> PathBuf {
     p
 }
 
+/// Runs `cmd` and asserts it succeeded, showing its output if not.
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let what = format!("{cmd:?}");
+    check(cmd.output().expect("command runs"), &what)
+}
+
 fn check(out: Output, what: &str) -> Output {
     assert!(
         out.status.success(),

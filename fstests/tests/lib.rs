@@ -7,6 +7,7 @@ mod faults;
 mod fencing;
 mod library;
 mod mds_ha;
+mod mounting;
 mod namespace;
 mod posix;
 mod quota;

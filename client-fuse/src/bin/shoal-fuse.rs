@@ -25,6 +25,9 @@ struct Args {
     /// Write our pid here once mounted.
     #[arg(long)]
     pid_file: Option<PathBuf>,
+    /// The mount's source as findmnt and df show it (default: shoal:ADDRS).
+    #[arg(long)]
+    fsname: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -43,7 +46,12 @@ fn main() -> anyhow::Result<()> {
         })
         .unwrap_or_default();
     if name.starts_with("mount.") {
-        return mount::helper_main(&argv);
+        // mount(8) shows what a helper prints: the reason, without a backtrace.
+        if let Err(e) = mount::helper_main(&argv) {
+            eprintln!("{name}: {e:#}");
+            std::process::exit(1);
+        }
+        return Ok(());
     }
     let args = Args::parse();
     let cfg = MountConfig {
@@ -52,6 +60,7 @@ fn main() -> anyhow::Result<()> {
         options: args.options,
         retry_for: Duration::from_secs(args.retry_secs),
         pid_file: args.pid_file,
+        fsname: args.fsname,
     };
     mount::run(cfg, shutdown_signal())
 }
