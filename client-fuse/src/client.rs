@@ -138,6 +138,9 @@ struct Lease {
     /// Extended attributes read under it (name -> value, None: it has none of that name).
     /// Every change of them revokes the lease, as attribute changes do.
     xattrs: HashMap<Bytes, Option<Bytes>>,
+    /// When this mount last changed its extended attributes (a chmod rewrites the ACL):
+    /// getxattr replies to requests sent before then are not kept.
+    xattr_floor: Option<Instant>,
     /// When this mount last changed it: replies to requests sent before then may describe
     /// it as it was, so their attributes and entries are not kept.
     floor: Option<Instant>,
@@ -426,10 +429,21 @@ impl Client {
         };
         if Self::live(l, renewal)
             && l.floor.is_none_or(|f| sent >= f)
+            && l.xattr_floor.is_none_or(|f| sent >= f)
             && l.revoked.is_none_or(|r| r < sent)
             && l.xattrs.len() < 64
         {
             l.xattrs.insert(Bytes::copy_from_slice(name), value);
+        }
+    }
+
+    /// This mount is changing `ino` in a way that may change its extended attributes (a
+    /// chmod rewrites its access ACL): what is cached of them goes, and replies to getxattr
+    /// requests sent before now are not kept.
+    fn xattrs_changed_here(&self, ino: u64) {
+        if let Some(l) = self.leases().get_mut(&ino) {
+            l.xattrs.clear();
+            l.xattr_floor = Some(Instant::now());
         }
     }
 
@@ -838,12 +852,16 @@ impl Client {
                     .await?;
             }
         }
-        let (attr, _) = self
+        // Before (nothing stale is answered while it is on its way) and after (a getxattr
+        // answered meanwhile with the old ACL is not kept).
+        self.xattrs_changed_here(ino);
+        let r = self
             .leased_mutate("setattr", None, req, |mut c, r| async move {
                 c.set_attr(r).await
             })
-            .await?;
-        Ok(self.overlay(attr))
+            .await;
+        self.xattrs_changed_here(ino);
+        Ok(self.overlay(r?.0))
     }
 
     /// fallocate(2). Objects are sparse, so mode 0 and `KEEP_SIZE` reserve no space; they

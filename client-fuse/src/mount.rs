@@ -400,20 +400,19 @@ pub fn run(
     config.mount_options = options;
     config.acl = acl;
     config.n_threads = Some(2);
+    let fstype = if has_option(&cfg.options, "nosubtype") {
+        "fuse"
+    } else {
+        "fuse.shoal"
+    };
     // SAFETY: geteuid cannot fail and touches no memory.
-    let (session, mut unmounter) = if unsafe { libc::geteuid() } == 0 {
-        let fstype = if has_option(&cfg.options, "nosubtype") {
-            "fuse"
-        } else {
-            "fuse.shoal"
-        };
-        let fd = kernel_mount(
-            &mnt,
-            &fsname,
-            fstype,
-            &cfg.options,
-            acl != SessionACL::Owner,
-        )?;
+    let mounted = if unsafe { libc::geteuid() } == 0 {
+        let allow_other = acl != SessionACL::Owner;
+        kernel_mount(&mnt, &fsname, fstype, &cfg.options, allow_other)?
+    } else {
+        None
+    };
+    let (session, mut unmounter) = if let Some(fd) = mounted {
         let session = fuser::Session::from_fd(fs, fd, acl, config)
             .with_context(|| format!("serving the mount at {}", mnt.display()));
         match session {
@@ -505,14 +504,15 @@ impl Unmounter {
 
 /// Mounts a FUSE filesystem at `mnt` with mount(2) (root only): source `fsname`, type
 /// `fstype` (`fuse` or `fuse.SUBTYPE`), the flags the options ask for; returns the
-/// /dev/fuse descriptor the kernel now sends the mount's requests to.
+/// /dev/fuse descriptor the kernel now sends the mount's requests to. None where mount(2)
+/// is not allowed (EPERM: a container without CAP_SYS_ADMIN), for fusermount3 to try.
 fn kernel_mount(
     mnt: &Path,
     fsname: &str,
     fstype: &str,
     opts: &[String],
     allow_other: bool,
-) -> anyhow::Result<std::os::fd::OwnedFd> {
+) -> anyhow::Result<Option<std::os::fd::OwnedFd>> {
     use std::ffi::CString;
     use std::os::fd::AsRawFd;
     let dev = std::fs::OpenOptions::new()
@@ -546,13 +546,14 @@ fn kernel_mount(
         )
     };
     if r != 0 {
-        bail!(
-            "mount(2) at {}: {}",
-            mnt.display(),
-            std::io::Error::last_os_error()
-        );
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EPERM) {
+            warn!("mount(2) is not permitted here; trying fusermount3");
+            return Ok(None);
+        }
+        bail!("mount(2) at {}: {e}", mnt.display());
     }
-    Ok(dev.into())
+    Ok(Some(dev.into()))
 }
 
 /// `mount -o remount,OPTS MNT`: the live mount's flags change in place (a plain kernel
