@@ -334,16 +334,21 @@ fn random_io<T: Target>(t: &T, s: &Sizes, out: &mut Vec<Metric>) -> anyhow::Resu
                     let f = t.open("rand", true)?;
                     let mut rng = rand::thread_rng();
                     let mut buf = Aligned::new();
-                    while !stop.load(Ordering::Relaxed) {
-                        let off = rng.gen_range(0..blocks) * 4096;
-                        if write {
-                            t.write_at(&f, off, buf.buf())?;
-                        } else if t.read_at(&f, off, buf.buf())? != 4096 {
-                            bail!("short read at {off}");
+                    let mut run = || -> anyhow::Result<()> {
+                        while !stop.load(Ordering::Relaxed) {
+                            let off = rng.gen_range(0..blocks) * 4096;
+                            if write {
+                                t.write_at(&f, off, buf.buf())?;
+                            } else if t.read_at(&f, off, buf.buf())? != 4096 {
+                                bail!("short read at {off}");
+                            }
+                            ops.fetch_add(1, Ordering::Relaxed);
                         }
-                        ops.fetch_add(1, Ordering::Relaxed);
-                    }
-                    t.close(f)
+                        Ok(())
+                    };
+                    // Closed whatever happened; the first failure is the one reported.
+                    let ran = run();
+                    ran.and(t.close(f))
                 }));
             }
             std::thread::sleep(Duration::from_secs_f64(s.rand_secs));

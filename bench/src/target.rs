@@ -21,8 +21,8 @@ pub trait Target: Sync {
     type File: Send + Sync;
     /// Creates (or opens) a file for writing and reading.
     fn create(&self, rel: &str) -> anyhow::Result<Self::File>;
-    /// Opens an existing file for reading and writing; `direct`: bypassing the kernel's page
-    /// cache (O_DIRECT) where the target takes it.
+    /// Opens an existing file for reading; with `direct`, for reading and writing bypassing
+    /// the kernel's page cache (O_DIRECT) where the target takes it.
     fn open(&self, rel: &str, direct: bool) -> anyhow::Result<Self::File>;
     /// Writes all of `data` at `off`.
     fn write_at(&self, f: &Self::File, off: u64, data: &[u8]) -> anyhow::Result<()>;
@@ -83,7 +83,7 @@ impl Target for Dir {
     fn open(&self, rel: &str, direct: bool) -> anyhow::Result<File> {
         let p = self.0.join(rel);
         let mut o = fs::OpenOptions::new();
-        o.read(true).write(true);
+        o.read(true).write(direct);
         if direct {
             if let Ok(f) = o.clone().custom_flags(libc::O_DIRECT).open(&p) {
                 return Ok(f);

@@ -141,6 +141,10 @@ struct Lease {
     /// When this mount last changed its extended attributes (a chmod rewrites the ACL):
     /// getxattr replies to requests sent before then are not kept.
     xattr_floor: Option<Instant>,
+    /// Since when the lease has been held without a break (the reply that granted it came
+    /// in then): a getxattr, which brings no lease of its own, is kept only if it was sent
+    /// after, so the MDS read the value while it would revoke the lease on a change.
+    held_since: Option<Instant>,
     /// When this mount last changed it: replies to requests sent before then may describe
     /// it as it was, so their attributes and entries are not kept.
     floor: Option<Instant>,
@@ -170,6 +174,10 @@ fn lease_end(l: &Lease, r: Renewal) -> Option<Instant> {
 
 /// The root directory's inode.
 const ROOT: u64 = 1;
+
+/// Extended attribute values larger than this are not cached (ACLs and capabilities are
+/// far smaller).
+const XATTR_CACHE_MAX: usize = 4096;
 
 /// Leases end this much before the MDS's reckoning.
 const LEASE_MARGIN: Duration = Duration::from_millis(20);
@@ -365,6 +373,7 @@ impl Client {
                 l.entries.clear();
                 l.complete = false;
                 l.xattrs.clear();
+                l.held_since = Some(now);
             }
             l.until = l.until.max(Some(until));
             l.sent = l.sent.max(Some(sent));
@@ -419,7 +428,8 @@ impl Client {
     /// Computed attributes (`shoal.*`: layouts, quota usage) change without a revocation
     /// and are never kept.
     fn keep_xattr(&self, ino: u64, name: &[u8], value: Option<Bytes>, sent: Instant) {
-        if name.starts_with(b"shoal.") {
+        if name.starts_with(b"shoal.") || value.as_ref().is_some_and(|v| v.len() > XATTR_CACHE_MAX)
+        {
             return;
         }
         let renewal = self.renewal();
@@ -428,6 +438,7 @@ impl Client {
             return;
         };
         if Self::live(l, renewal)
+            && l.held_since.is_some_and(|h| h <= sent)
             && l.floor.is_none_or(|f| sent >= f)
             && l.xattr_floor.is_none_or(|f| sent >= f)
             && l.revoked.is_none_or(|r| r < sent)
@@ -575,6 +586,7 @@ impl Client {
         let mut leases = self.leases();
         let l = leases.entry(ino).or_default();
         l.until = None;
+        l.held_since = None;
         l.attr = None;
         l.entries.clear();
         l.complete = false;

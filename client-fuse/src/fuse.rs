@@ -445,8 +445,11 @@ impl Filesystem for ShoalFs {
         let _ = config.add_capabilities(InitFlags::FUSE_POSIX_LOCKS | InitFlags::FUSE_FLOCK_LOCKS);
         // File handles (name_to_handle_at, NFS export): they hold the inode number, which is
         // the MDS's and stable across mounts; the kernel resolves one it does not know by
-        // looking up "." in it (and ".." for its parent).
-        let _ = config.add_capabilities(InitFlags::FUSE_EXPORT_SUPPORT);
+        // looking up "." in it (and ".." for its parent). Not on a volume's mount: a handle
+        // could name any inode of the cluster, outside the volume.
+        if self.client.root() == 1 {
+            let _ = config.add_capabilities(InitFlags::FUSE_EXPORT_SUPPORT);
+        }
         Ok(())
     }
 

@@ -119,7 +119,11 @@ pub fn cluster_of(source: &str, opts: &[String]) -> anyhow::Result<Vec<String>> 
 
 /// The kernel's mount flags (MS_*) for the options, starting from nosuid and nodev.
 pub fn mount_flags(opts: &[String]) -> libc::c_ulong {
-    let mut flags = libc::MS_NOSUID | libc::MS_NODEV;
+    mount_flags_from(libc::MS_NOSUID | libc::MS_NODEV, opts)
+}
+
+/// The kernel's mount flags (MS_*) for the options, starting from `flags`.
+fn mount_flags_from(mut flags: libc::c_ulong, opts: &[String]) -> libc::c_ulong {
     for o in option_items(opts) {
         match o.as_str() {
             "ro" => flags |= libc::MS_RDONLY,
@@ -563,9 +567,10 @@ fn remount(mnt: &Path, opts: &[String]) -> anyhow::Result<()> {
     let current =
         mountinfo_line(mnt).with_context(|| format!("nothing mounted at {}", mnt.display()))?;
     // The mount's own options (field 6), then the ones asked for, later ones winning.
+    // (mountinfo names nosuid and nodev when set, never suid and dev: start from neither.)
     let mut all = vec![current.split(' ').nth(5).unwrap_or_default().to_string()];
     all.extend(opts.iter().cloned());
-    let flags = mount_flags(&all) | libc::MS_REMOUNT;
+    let flags = mount_flags_from(0, &all) | libc::MS_REMOUNT;
     let target = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes())?;
     // SAFETY: a NUL-terminated path; the other pointers may be null for a remount.
     let r = unsafe {

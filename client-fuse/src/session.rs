@@ -5,8 +5,9 @@
 //! with the same leases, caches and write-back as a mount, and no FUSE in between.
 //!
 //! Paths are relative to the session's root (the cluster's root or a volume's directory);
-//! `/`-separated, `.` and empty components skipped, `..` goes up (never above the root). The
-//! library checks no permissions: it acts for the program as root acts on a mount.
+//! `/`-separated, `.` and empty components skipped, `..` goes up (never above the root);
+//! symbolic links in them are not followed. The library checks no permissions: it acts for
+//! the program as root acts on a mount.
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -59,7 +60,12 @@ impl Session {
         let cluster = Cluster::connect(mds, retry_for)
             .await
             .with_context(|| format!("connecting to the cluster at {}", mds.join(",")))?;
-        let mut tasks = Vec::new();
+        // Dropped (its tasks stopped) if the start fails past this point.
+        let mut session = Session {
+            client: Arc::new(Client::new(cluster.clone())),
+            tasks: Vec::new(),
+        };
+        let tasks = &mut session.tasks;
         // Keep the OSD map fresh; failures are retried at the next tick.
         let bg = cluster.clone();
         tasks.push(tokio::spawn(async move {
@@ -81,6 +87,8 @@ impl Session {
             None => 1,
         };
         let client = Arc::new(Client::with_root(cluster, root));
+        session.client = client.clone();
+        let tasks = &mut session.tasks;
         tasks.push(tokio::spawn(lease_stream(client.clone(), notifier)));
         tasks.push(tokio::spawn(follow_session(client.clone())));
         let c = client.clone();
@@ -90,7 +98,7 @@ impl Session {
                 c.renew_write_leases(Duration::from_secs(1)).await;
             }
         }));
-        Ok(Session { client, tasks })
+        Ok(session)
     }
 
     /// The client this session serves.
@@ -123,6 +131,9 @@ impl Session {
             match part {
                 "" | "." => continue,
                 ".." => {
+                    if attr.kind != FileKind::Directory as i32 {
+                        return Err(ClientError::errno_msg(libc::ENOTDIR, "not a directory"));
+                    }
                     if at != self.client.root() {
                         at = attr.parent.max(1);
                         attr = self.client.getattr(at).await?;

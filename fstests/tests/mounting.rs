@@ -231,6 +231,12 @@ fn remount_read_only_and_back_in_place() {
         );
     };
     remount("ro");
+    // Only what was asked changes: mount(8)'s suid and dev stay.
+    let now = options_of(&a);
+    assert!(
+        !now.iter().any(|o| o == "nosuid" || o == "nodev"),
+        "{now:?}"
+    );
     assert!(
         options_of(&a).iter().any(|o| o == "ro"),
         "{:?}",
