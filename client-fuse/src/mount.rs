@@ -348,7 +348,7 @@ pub fn clear_stale_mount(path: &Path) -> anyhow::Result<()> {
 
 /// Detaches whatever is mounted at `path` (root: umount2; otherwise fusermount3 -uz).
 pub fn lazy_unmount(path: &Path) -> anyhow::Result<()> {
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    let c = cpath(path)?;
     // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
     if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
         return Ok(());
@@ -478,6 +478,12 @@ pub fn run(
     served
 }
 
+/// `path` for a system call.
+fn cpath(path: &Path) -> anyhow::Result<std::ffi::CString> {
+    std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .with_context(|| format!("{} holds a NUL byte", path.display()))
+}
+
 /// How a mount is taken down when its client is told to stop.
 enum Unmounter {
     /// Mounted with mount(2) here: umount(2).
@@ -490,7 +496,7 @@ impl Unmounter {
     fn unmount(&mut self) -> anyhow::Result<()> {
         match self {
             Unmounter::Kernel(mnt) => {
-                let c = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes())?;
+                let c = cpath(mnt)?;
                 // SAFETY: a NUL-terminated path.
                 if unsafe { libc::umount2(c.as_ptr(), 0) } != 0 {
                     bail!(
@@ -534,10 +540,7 @@ fn kernel_mount(
         data.push_str(",allow_other");
     }
     let c = |s: &str| CString::new(s).with_context(|| format!("{s:?} holds a NUL byte"));
-    let (source, target) = (
-        c(fsname)?,
-        CString::new(mnt.as_os_str().as_encoded_bytes())?,
-    );
+    let (source, target) = (c(fsname)?, cpath(mnt)?);
     let (fstype, data) = (c(fstype)?, c(&data)?);
     // SAFETY: NUL-terminated strings that outlive the call.
     let r = unsafe {
@@ -571,7 +574,7 @@ fn remount(mnt: &Path, opts: &[String]) -> anyhow::Result<()> {
     let mut all = vec![current.split(' ').nth(5).unwrap_or_default().to_string()];
     all.extend(opts.iter().cloned());
     let flags = mount_flags_from(0, &all) | libc::MS_REMOUNT;
-    let target = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes())?;
+    let target = cpath(mnt)?;
     // SAFETY: a NUL-terminated path; the other pointers may be null for a remount.
     let r = unsafe {
         libc::mount(

@@ -77,8 +77,8 @@ impl Session {
         tasks.push(tokio::spawn(heartbeats(cluster.clone(), label.to_string())));
         let root = match volume {
             Some(name) => {
-                let probe = Client::new(cluster.clone());
-                let v = crate::volumes::get(&probe, name)
+                // The placeholder client, rooted at the cluster's root, finds it.
+                let v = crate::volumes::get(&session.client, name)
                     .await
                     .with_context(|| format!("volume {name}"))?;
                 tracing::info!(volume = %name, ino = v.ino, "session rooted at a volume");
