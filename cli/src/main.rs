@@ -213,6 +213,10 @@ struct MountArgs {
     /// directory is the mount's root, and `df` shows its quota.
     #[arg(long)]
     volume: Option<String>,
+    /// Mount options, comma-separated, as `mount -o` takes them (see the README), e.g.
+    /// `ro,noentrycache`.
+    #[arg(short = 'o', long)]
+    options: Option<String>,
     /// Where to mount.
     mountpoint: PathBuf,
 }
@@ -572,7 +576,8 @@ fn mount(a: MountArgs) -> anyhow::Result<()> {
     if let Some(v) = &a.volume {
         shoal_client::volumes::check_name(v)?;
     }
-    let options: Vec<String> = a.volume.iter().map(|v| format!("volume={v}")).collect();
+    let mut options: Vec<String> = a.volume.iter().map(|v| format!("volume={v}")).collect();
+    options.extend(a.options.iter().cloned());
     match a.mds {
         Some(addrs) => {
             let mds = shoal_client::mount::resolve_source(&addrs)?;

@@ -52,6 +52,7 @@ use shoal_proto::mds::*;
 use tracing::warn;
 
 use crate::cluster::Cluster;
+use crate::dentries::KernelEntries;
 use crate::error::ClientError;
 use crate::writeback::{covers, overlay, Extents};
 
@@ -198,6 +199,8 @@ pub struct Client {
     /// locks only when there can be some.
     lockers: Mutex<std::collections::HashSet<(u64, u64)>>,
     leases: Mutex<HashMap<u64, Lease>>,
+    /// The kernel's entries of this mount's directories, kept under the leases.
+    kernel_entries: KernelEntries,
     renewal: Mutex<Renewal>,
     /// The length of the leases the MDS grants, in milliseconds (0: none seen yet).
     lease_ms: std::sync::atomic::AtomicU32,
@@ -274,10 +277,26 @@ impl Client {
             files: Mutex::default(),
             lockers: Mutex::default(),
             leases: Mutex::default(),
+            kernel_entries: KernelEntries::default(),
             renewal: Mutex::default(),
             lease_ms: std::sync::atomic::AtomicU32::new(0),
             dirty_total: AtomicU64::new(0),
         }
+    }
+
+    /// Whether and how the kernel keeps this mount's directory entries.
+    pub fn kernel_entries(&self) -> &KernelEntries {
+        &self.kernel_entries
+    }
+
+    /// How long the kernel may keep an entry of directory `dir` (or the absence of one): what
+    /// is left of the lease on `dir`, if the kernel can be made to drop it (see
+    /// [`crate::dentries`]).
+    pub fn entry_ttl(&self, dir: u64) -> Duration {
+        if !self.kernel_entries.kept() {
+            return Duration::ZERO;
+        }
+        self.ttl(dir)
     }
 
     /// The directory shown as the mount's root.
@@ -315,6 +334,9 @@ impl Client {
             since: Some(Instant::now()),
             until: None,
         };
+        drop(r);
+        // Leases may end sooner than the kernel was told (the old stream's renewals lapse).
+        self.kernel_entries.drop_all();
     }
 
     /// The MDS acknowledged a renewal sent at `sent` through the current stream.
@@ -512,6 +534,13 @@ impl Client {
         }
     }
 
+    /// As [`Self::entries_unknown`], and the kernel's entries (which it updates itself after
+    /// a change that succeeded) go too.
+    fn entries_unknown_everywhere(&self, dir: u64) {
+        self.entries_unknown(dir);
+        self.kernel_entries.drop_all();
+    }
+
     /// Keeps `attr` (from a reply to a request sent at `sent`) and, if it came from a lookup
     /// or a create, the entry naming it, unless this mount changed them since (`ours`: the
     /// reply is to that change itself) or the MDS revoked the lease after it was asked for.
@@ -561,6 +590,7 @@ impl Client {
     pub fn session_renewed(&self) {
         self.leases().clear();
         *self.renewal.lock().unwrap_or_else(|p| p.into_inner()) = Renewal::default();
+        self.kernel_entries.drop_all();
         self.lockers().clear();
         for st in self.files().values_mut() {
             st.pending = None;
@@ -592,6 +622,10 @@ impl Client {
         l.complete = false;
         l.xattrs.clear();
         l.revoked = Some(Instant::now());
+        drop(leases);
+        // After the cache: a lookup the kernel started before this drop may still be
+        // answered from it, and the kernel then keeps that answer as stale.
+        self.kernel_entries.drop_all();
     }
 
     /// The MDS revoked this mount's leases on `ino`: from now on nothing of it is cached
@@ -827,7 +861,7 @@ impl Client {
         let sent = Instant::now();
         let r = self.cluster.mds_mutate(what, req, f).await;
         self.changed_here(&[parent, touched], &[(parent, name)]);
-        let mut r = r.inspect_err(|_| self.entries_unknown(parent))?;
+        let mut r = r.inspect_err(|_| self.entries_unknown_everywhere(parent))?;
         let dir = r.dir.take();
         let (attr, _) = self.leased_reply(r, sent, Some(parent))?;
         self.entry_made(parent, name, &attr, sent, dir);
@@ -1728,7 +1762,7 @@ impl Client {
             .mds_mutate("unlink", req, |mut c, r| async move { c.unlink(r).await })
             .await;
         self.changed_here(&[parent], &[(parent, name)]);
-        let r = r.inspect_err(|_| self.entries_unknown(parent))?;
+        let r = r.inspect_err(|_| self.entries_unknown_everywhere(parent))?;
         self.changed_here(&r.changed, &[]);
         if let Some(d) = r.dir.as_ref().filter(|d| d.ino == parent) {
             self.keep_attr(d, sent, None, true);
@@ -1750,7 +1784,8 @@ impl Client {
         // The new name now names the moved inode (exchanged, the old one names the other).
         self.entries_unknown(to.0);
         self.entries_unknown(from.0);
-        let r = r?;
+        // The kernel moves its entries itself once the rename succeeded.
+        let r = r.inspect_err(|_| self.kernel_entries.drop_all())?;
         self.changed_here(&r.changed, &[]);
         self.on_orphan(r.orphan).await
     }

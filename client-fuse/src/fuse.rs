@@ -216,7 +216,7 @@ impl ShoalFs {
             exclusive: true,
             umask,
         };
-        let r = EntryReplier;
+        let r = EntryReplier { dir: parent.0 };
         self.go(move |c| async move { r.reply(&c, reply, c.make_node(mk).await) });
     }
 }
@@ -231,21 +231,40 @@ struct NewNode<'a> {
     target: &'a [u8],
 }
 
-/// Replies to entry requests in `parent` from tasks (which cannot borrow the filesystem):
-/// the kernel keeps the entry while the mount's leases on the directory and the inode last.
-struct EntryReplier;
+/// Replies to entry requests in directory `dir` (0: none, the kernel keeps no entry) from
+/// tasks, which cannot borrow the filesystem: the kernel keeps the entry while the mount's
+/// lease on the directory lasts and the attributes while the inode's does (see
+/// [`crate::dentries`] for how it drops them sooner).
+struct EntryReplier {
+    dir: u64,
+}
 
 impl EntryReplier {
     fn reply(&self, c: &Client, reply: ReplyEntry, r: Result<Attr, ClientError>) {
         match r.and_then(|a| kernel_attr(c, &a)) {
-            // The kernel keeps no entry: it asks again at each path walk, and this mount
-            // answers from its own cache while its lease on the directory lasts. A kernel
-            // entry would need `inval_entry` on revocation, which waits for the directory's
-            // lock, held by any create of this mount in that directory that is itself waiting
-            // for the MDS, which waits for this revocation (two mounts creating in one
-            // directory stalled each other until their leases ran out).
-            Ok((a, ttl)) => reply.entry_with_ttls(&ttl, &Duration::ZERO, &a, Generation(0)),
+            Ok((a, ttl)) => {
+                let entry_ttl = c.entry_ttl(self.dir);
+                reply.entry_with_ttls(&ttl, &entry_ttl, &a, Generation(0))
+            }
             Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    /// `name` is not in the directory, as the lease on it tells: the kernel keeps the absence
+    /// too (an entry of inode 0) while the lease lasts.
+    fn absent(&self, c: &Client, reply: ReplyEntry) {
+        let ttl = c.entry_ttl(self.dir);
+        if ttl.is_zero() {
+            return reply.error(Errno::ENOENT);
+        }
+        let none = Attr {
+            kind: FileKind::Regular as i32,
+            ..Attr::default()
+        };
+        let none = fuse_attr(&none);
+        match none {
+            Ok(a) => reply.entry_with_ttls(&Duration::ZERO, &ttl, &a, Generation(0)),
+            Err(_) => reply.error(Errno::ENOENT),
         }
     }
 }
@@ -396,10 +415,8 @@ pub async fn on_revoke(c: &Client, notifier: Option<Notifier>, ino: u64) {
     }
     let Some(n) = notifier else { return };
     let ino = c.kernel_ino(ino);
-    // The kernel may have to wait for a call in flight on the directory or the pages: not on
-    // a runtime thread.
-    // The kernel holds no entries (see EntryReplier): the changed names need no
-    // invalidation there, and this mount's own cache of them went with the lease.
+    // The kernel may have to wait for a call in flight on the pages: not on a runtime
+    // thread. Its entries went with the lease (`Client::mark_revoked`).
     let done = tokio::task::spawn_blocking(move || {
         let _ = n.inval_inode(INodeNo(ino), 0, 0);
     });
@@ -532,17 +549,19 @@ impl Filesystem for ShoalFs {
                     c.getattr(a.parent.max(1)).await
                 }
                 .await;
-                EntryReplier.reply(&c, reply, r)
+                EntryReplier { dir: 0 }.reply(&c, reply, r)
             });
         }
         let name = match name_ok(name) {
             Ok(n) => n,
             Err(e) => return reply.error(errno(&e)),
         };
-        let r = EntryReplier;
+        let r = EntryReplier { dir: parent.0 };
         // What the mount knows under its leases is answered here, without a runtime task.
-        if let Some(a) = self.client.cached_entry(parent.0, &name) {
-            return r.reply(&self.client, reply, a);
+        match self.client.cached_entry(parent.0, &name) {
+            Some(Err(e)) if e.errno() == libc::ENOENT => return r.absent(&self.client, reply),
+            Some(a) => return r.reply(&self.client, reply, a),
+            None => {}
         }
         self.go(move |c| async move { r.reply(&c, reply, c.lookup(parent.0, &name).await) });
     }
@@ -721,7 +740,7 @@ impl Filesystem for ShoalFs {
             Ok(n) => n,
             Err(e) => return reply.error(errno(&e)),
         };
-        let r = EntryReplier;
+        let r = EntryReplier { dir: newparent.0 };
         self.go(
             move |c| async move { r.reply(&c, reply, c.link(ino.0, newparent.0, &name).await) },
         );
@@ -1103,11 +1122,11 @@ impl Filesystem for ShoalFs {
         };
         self.go(move |c| async move {
             match c.create(mk).await.and_then(|a| kernel_attr(&c, &a)) {
-                Ok((a, _)) => {
-                    // No kernel entry (see EntryReplier); attributes then come from the
-                    // mount's cache too.
+                Ok((a, ttl)) => {
+                    // One time for the entry and the attributes: the shorter.
+                    let ttl = ttl.min(c.entry_ttl(parent.0));
                     let fh = FileHandle(c.cluster().session());
-                    reply.created(&Duration::ZERO, &a, Generation(0), fh, FopenFlags::empty())
+                    reply.created(&ttl, &a, Generation(0), fh, FopenFlags::empty())
                 }
                 Err(e) => reply.error(errno(&e)),
             }

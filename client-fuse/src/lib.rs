@@ -4,6 +4,7 @@
 //!   parallel object I/O placed by the OSD map.
 //! - [`client`]: filesystem operations by inode number and the state of files open on this
 //!   mount (unflushed size/mtime, unlinked-while-open).
+//! - [`dentries`]: the kernel's directory entries, kept under leases and dropped all at once.
 //! - [`fuse`]: the fuser `Filesystem` that turns kernel requests into [`client`] calls.
 //! - [`mount`]: mount options, the `mount.fuse.shoal` helper, and [`mount::run`] that serves a
 //!   mount until it is unmounted or told to stop.
@@ -21,6 +22,7 @@
 
 pub mod client;
 pub mod cluster;
+pub mod dentries;
 pub mod error;
 pub mod fuse;
 pub mod mount;

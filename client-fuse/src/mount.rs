@@ -11,6 +11,9 @@
 //!
 //! As root the mount is made with mount(2) directly, of type `fuse.shoal` (`fuse` with `-o
 //! nosubtype`, which some test harnesses require); otherwise through fusermount3.
+//!
+//! `-o noentrycache`: the kernel keeps no directory entries (see [`crate::dentries`]), for
+//! mounts stacked on directories inside this one.
 
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
@@ -169,6 +172,7 @@ fn shoal_or_generic(o: &str) -> bool {
             | "nofail"
             | "remount"
             | "nosubtype"
+            | "noentrycache"
             | "default_permissions"
             | "allow_other"
             | "allow_root"
@@ -433,6 +437,18 @@ pub fn run(
         (session, Unmounter::Fuser(u))
     };
     let _ = notifier.set(session.notifier());
+    if !has_option(&cfg.options, "noentrycache") {
+        use std::os::fd::AsFd;
+        match shoal.client().kernel_entries().start(session.as_fd()) {
+            Ok(true) => info!("the kernel keeps directory entries under the leases"),
+            Ok(false) => {
+                info!("the kernel cannot drop its directory entries at once; it keeps none")
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot drop the kernel's directory entries; it keeps none")
+            }
+        }
+    }
     if let Some(p) = &cfg.pid_file {
         std::fs::write(p, std::process::id().to_string())?;
     }

@@ -154,6 +154,13 @@ impl TestCluster {
         m
     }
 
+    /// As [`Self::mount_again`], with mount options `opts` (`-o`).
+    pub fn mount_again_with(&self, name: &str, opts: &str) -> PathBuf {
+        let m = self.root.path().join(name);
+        self.shoal_ok(&["mount", "-o", opts, m.to_str().unwrap()]);
+        m
+    }
+
     /// A path inside the mount.
     pub fn path(&self, rel: &str) -> PathBuf {
         self.mnt.join(rel)

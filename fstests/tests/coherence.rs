@@ -496,3 +496,84 @@ fn two_mounts_creating_in_one_directory_ack_every_revocation() {
         "mount b let revocations run out"
     );
 }
+
+/// A process stopped (SIGSTOP) until this is dropped (SIGCONT), so a failing test leaves no
+/// frozen mount behind.
+struct Frozen(i32);
+
+impl Frozen {
+    fn stop(pid: i32) -> Frozen {
+        // SAFETY: kill only sends a signal.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+        Frozen(pid)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        // SAFETY: as above.
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
+    }
+}
+
+/// stat(2) of `p` from another thread: its errno (None: it exists), or None if it did not
+/// return within `within` (the thread then finishes whenever it can).
+fn stat_within(p: &std::path::Path, within: Duration) -> Option<Option<i32>> {
+    let (tx, rx) = mpsc::channel();
+    let p = p.to_path_buf();
+    std::thread::spawn(move || {
+        let _ = tx.send(errno_of(fs::metadata(&p)));
+    });
+    rx.recv_timeout(within).ok()
+}
+
+#[test]
+fn the_kernel_keeps_names_and_absent_names_under_the_leases_unless_told_not_to() {
+    // Long leases: the kernel keeps what it was told for what is left of them.
+    let c = TestCluster::start_args(&["--lease-ms", "20000"]);
+    let plain = c.mount_again_with("plain", "noentrycache");
+    let watcher = c.mount_again("watcher");
+    for (mnt, client, kept) in [(&c.mnt, "client.0", true), (&plain, "client.1", false)] {
+        let d = mnt.join("d").join(client);
+        fs::create_dir_all(&d).unwrap();
+        fs::write(d.join("f"), b"x").unwrap();
+        assert_eq!(errno_of(fs::metadata(d.join("f"))), None);
+        assert_eq!(
+            errno_of(fs::metadata(d.join("missing"))),
+            Some(libc::ENOENT)
+        );
+        // With the mount's process stopped, only the kernel can answer.
+        let frozen = Frozen::stop(c.pid(client));
+        let wait = Duration::from_millis(700);
+        let (f, missing) = (
+            stat_within(&d.join("f"), wait),
+            stat_within(&d.join("missing"), wait),
+        );
+        drop(frozen);
+        if kept {
+            assert_eq!(f, Some(None), "{client}: the kernel keeps the name");
+            assert_eq!(
+                missing,
+                Some(Some(libc::ENOENT)),
+                "{client}: and the absent one"
+            );
+        } else {
+            assert_eq!(f, None, "{client}: the kernel asked the stopped mount");
+            assert_eq!(missing, None, "{client}: for the absent name too");
+        }
+    }
+    // What the kernel keeps goes as soon as another mount changes a name anywhere.
+    let d = c.mnt.join("d").join("client.0");
+    let seen = |p: &std::path::Path| errno_of(fs::metadata(p));
+    fs::write(watcher.join("d/client.0/missing"), b"y").unwrap();
+    assert_eq!(seen(&d.join("missing")), None, "a name made elsewhere");
+    fs::remove_file(watcher.join("d/client.0/f")).unwrap();
+    assert_eq!(
+        seen(&d.join("f")),
+        Some(libc::ENOENT),
+        "a name removed elsewhere"
+    );
+    fs::rename(watcher.join("d/client.0"), watcher.join("d/moved")).unwrap();
+    assert_eq!(seen(&d), Some(libc::ENOENT), "a directory moved elsewhere");
+    assert_eq!(seen(&c.mnt.join("d/moved/missing")), None);
+}
