@@ -70,6 +70,9 @@ struct FileState {
     pending: Option<u64>,
     /// Time of the newest unflushed write.
     dirty_mtime: Option<Timespec>,
+    /// Attribute changes made under the write lease after unflushed writes: they go to the
+    /// MDS with the size (empty whenever `dirty_mtime` is).
+    kept_attrs: KeptAttrs,
     /// Bumped by every write, so a flush knows whether it covered the latest one.
     generation: u64,
     /// Unlinked while open: delete its data at last close.
@@ -110,6 +113,28 @@ struct FileState {
     /// Bytes the file may grow by past `size` under the quotas over it, as the MDS last said
     /// (`Some(None)`: no byte quota; `None`: not known).
     quota_room: Option<Option<u64>>,
+}
+
+/// Attribute changes kept with a file's unsent size (see [`Client::keep_setattr`]).
+#[derive(Debug, Clone, Default)]
+struct KeptAttrs {
+    perm: Option<u32>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    atime: Option<Timespec>,
+    /// Set after the last write (a later write drops it: its own time wins).
+    mtime: Option<Timespec>,
+    /// When the last of them was made.
+    ctime: Option<Timespec>,
+}
+
+impl FileState {
+    /// The unsent size, mtime and attribute changes reached the MDS, or are dropped.
+    fn size_sent(&mut self) {
+        self.pending = None;
+        self.dirty_mtime = None;
+        self.kept_attrs = KeptAttrs::default();
+    }
 }
 
 /// What a read or write needs of an open file.
@@ -593,8 +618,7 @@ impl Client {
         self.kernel_entries.drop_all();
         self.lockers().clear();
         for st in self.files().values_mut() {
-            st.pending = None;
-            st.dirty_mtime = None;
+            st.size_sent();
             st.write_until = None;
             self.drop_kept(st, ClientError::Evicted(st.dirty_session));
         }
@@ -780,6 +804,13 @@ impl Client {
                 attr.mtime = Some(m);
                 attr.ctime = Some(m);
             }
+            let k = &st.kept_attrs;
+            attr.perm = k.perm.unwrap_or(attr.perm);
+            attr.uid = k.uid.unwrap_or(attr.uid);
+            attr.gid = k.gid.unwrap_or(attr.gid);
+            attr.atime = k.atime.or(attr.atime);
+            attr.mtime = k.mtime.or(attr.mtime);
+            attr.ctime = k.ctime.or(attr.ctime);
         }
         attr
     }
@@ -879,7 +910,19 @@ impl Client {
     /// Changes attributes. A size change cuts the file's objects first, then the MDS.
     pub async fn setattr(&self, req: SetAttrRequest) -> Result<Attr> {
         let ino = req.ino;
+        if let Some(a) = self.keep_setattr(&req) {
+            return Ok(a);
+        }
+        let mut req = req;
+        let leased = self
+            .files()
+            .get(&ino)
+            .is_some_and(|s| s.write_until.is_some());
         self.flush(ino).await?;
+        // The write lease goes back with the change, so the MDS clears the file's writer
+        // mark: left set, another mount's look would have the MDS probe the OSDs for writes
+        // this mount never made, and move mtime to the data's time over the one set here.
+        req.release_write_lease = leased;
         if let Some(new_size) = req.size {
             let attr = self.getattr_raw(ino).await?;
             if attr.kind == FileKind::Directory as i32 {
@@ -908,6 +951,74 @@ impl Client {
             .await;
         self.xattrs_changed_here(ino);
         Ok(self.overlay(r?.0))
+    }
+
+    /// Keeps a change of mode, owner or explicit times of a file written under its live write
+    /// lease, with its size still unsent, to go to the MDS with that size (at close, fsync,
+    /// a revocation...): extracting a file (write, futimens, fchown, fchmod, close) makes one
+    /// size update instead of four. No other mount can see the file's attributes without
+    /// revoking that lease first, which sends them. The MDS applies such changes as given
+    /// (the kernel checked the caller's permissions, and sends the mode a chown leaves).
+    /// A kept mode change leaves the file's access ACL, which the MDS rewrites with the mode,
+    /// as it was: xattr calls on the file send kept changes first. Returns
+    /// the attributes as they now are, or None if the change must go now.
+    fn keep_setattr(&self, req: &SetAttrRequest) -> Option<Attr> {
+        let explicit = |t: &Option<SetTime>| t.as_ref().is_none_or(|t| !t.now && t.time.is_some());
+        let what = req.perm.is_some()
+            || req.uid.is_some()
+            || req.gid.is_some()
+            || req.atime.is_some()
+            || req.mtime.is_some();
+        let other = req.size.is_some()
+            || req.grow_size.is_some()
+            || req.want_write_lease
+            || req.release_write_lease
+            || req.keep_mark.is_some();
+        if !what || other || !explicit(&req.atime) || !explicit(&req.mtime) {
+            return None;
+        }
+        let ino = req.ino;
+        let cached = self.cached_raw(ino)?;
+        {
+            let mut files = self.files();
+            let s = files.get_mut(&ino)?;
+            let leased = s
+                .write_until
+                .is_some_and(|u| u > Instant::now() + LEASE_MARGIN);
+            if !leased || s.dirty_mtime.is_none() || s.dirty_session != self.cluster.session() {
+                return None;
+            }
+            let time = |t: &Option<SetTime>| t.as_ref().and_then(|t| t.time);
+            let k = &mut s.kept_attrs;
+            k.perm = req.perm.map(|p| p & 0o7777).or(k.perm);
+            k.uid = req.uid.or(k.uid);
+            k.gid = req.gid.or(k.gid);
+            k.atime = time(&req.atime).or(k.atime);
+            k.mtime = time(&req.mtime).or(k.mtime);
+            k.ctime = Some(now());
+            // A size on its way now does not carry this change: it stays kept.
+            s.generation += 1;
+        }
+        if req.perm.is_some() {
+            // The access ACL, if any, changes with the mode once the MDS has it: what is
+            // cached of it goes, and the next xattr call sends the mode first.
+            self.xattrs_changed_here(ino);
+        }
+        Some(self.overlay(cached))
+    }
+
+    /// Attribute changes kept with `ino`'s unsent size go to the MDS now, before a call whose
+    /// answer or effect depends on them (the access ACL follows the mode, and an ACL set
+    /// sets the mode).
+    async fn send_kept_attrs(&self, ino: u64) -> Result<()> {
+        let kept = self
+            .files()
+            .get(&ino)
+            .is_some_and(|s| s.kept_attrs.ctime.is_some());
+        if kept {
+            self.flush(ino).await?;
+        }
+        Ok(())
     }
 
     /// fallocate(2). Objects are sparse, so mode 0 and `KEEP_SIZE` reserve no space; they
@@ -1005,6 +1116,7 @@ impl Client {
             size: attr.size,
             pending: None,
             dirty_mtime: None,
+            kept_attrs: KeptAttrs::default(),
             generation: 0,
             orphan: false,
             write_until: None,
@@ -1130,6 +1242,7 @@ impl Client {
                     s.pending = Some(s.pending.unwrap_or(0).max(end));
                 }
                 s.dirty_mtime = Some(now());
+                s.kept_attrs.mtime = None;
                 s.generation += 1;
                 let held = s.dirty.cost() + s.flushing.as_ref().map_or(0, |f| f.cost());
                 let wait = held > FILE_DIRTY_MAX || total > MOUNT_DIRTY_MAX;
@@ -1166,6 +1279,7 @@ impl Client {
                     s.pending = Some(s.pending.unwrap_or(0).max(end));
                 }
                 s.dirty_mtime = Some(now());
+                s.kept_attrs.mtime = None;
                 s.generation += 1;
                 s.write_until
                     .is_some_and(|u| u > Instant::now() + LEASE_MARGIN)
@@ -1416,8 +1530,7 @@ impl Client {
                 };
                 if s.dirty_mtime.is_some() && s.dirty_session != self.cluster.session() {
                     // Written under an evicted session: dropped (see the module docs).
-                    s.pending = None;
-                    s.dirty_mtime = None;
+                    s.size_sent();
                     let e = ClientError::Evicted(s.dirty_session);
                     self.drop_kept(s, e.clone());
                     return Err(e);
@@ -1434,7 +1547,7 @@ impl Client {
             };
             // The data first: the MDS may hand the file to another client once it has this.
             self.flush_dirty(ino).await?;
-            let (pending, generation) = {
+            let (pending, generation, kept) = {
                 let files = self.files();
                 let Some(s) = files.get(&ino) else {
                     return Ok(());
@@ -1445,14 +1558,27 @@ impl Client {
                 (
                     s.dirty_mtime.map(|_| s.pending.unwrap_or(s.size)),
                     s.generation,
+                    s.kept_attrs.clone(),
                 )
             };
+            let at = |t: Option<Timespec>| {
+                t.map(|t| SetTime {
+                    now: false,
+                    time: Some(t),
+                })
+            };
+            // The MDS grows the size (mtime now), then applies the kept changes over it.
             let req = SetAttrRequest {
                 ino,
                 grow_size: pending,
                 want_write_lease: want_lease,
                 // Only a lease given back on its own gets here without a size.
                 release_write_lease: pending.is_none(),
+                perm: kept.perm,
+                uid: kept.uid,
+                gid: kept.gid,
+                atime: at(kept.atime),
+                mtime: at(kept.mtime),
                 ..Default::default()
             };
             let sent = Instant::now();
@@ -1486,8 +1612,7 @@ impl Client {
                 };
                 let covered = s.generation == generation;
                 if covered {
-                    s.pending = None;
-                    s.dirty_mtime = None;
+                    s.size_sent();
                 }
                 // Without a new grant the lease went back with the size.
                 let len = Duration::from_millis(write_ms as u64);
@@ -1518,8 +1643,7 @@ impl Client {
                 return;
             };
             if s.generation == generation {
-                s.pending = None;
-                s.dirty_mtime = None;
+                s.size_sent();
             }
             s.flush_error.get_or_insert(e.clone());
             s.write_until = None;
@@ -1844,6 +1968,7 @@ impl Client {
         if let Some(r) = self.cached_xattr(ino, name) {
             return r;
         }
+        self.send_kept_attrs(ino).await?;
         let req = GetXattrRequest {
             ino,
             name: Bytes::copy_from_slice(name),
@@ -1884,6 +2009,7 @@ impl Client {
             // The MDS refuses a new layout for a file with data: let it see our writes.
             self.flush(ino).await?;
         }
+        self.send_kept_attrs(ino).await?;
         let req = SetXattrRequest {
             ino,
             name: Bytes::copy_from_slice(name),
@@ -1913,6 +2039,7 @@ impl Client {
 
     /// The names of a file's extended attributes.
     pub async fn listxattr(&self, ino: u64) -> Result<Vec<Bytes>> {
+        self.send_kept_attrs(ino).await?;
         let r = self
             .cluster
             .mds("listxattr", |mut c| async move {
@@ -1929,6 +2056,7 @@ impl Client {
         name: &[u8],
         acl_caller: Option<AclCaller>,
     ) -> Result<()> {
+        self.send_kept_attrs(ino).await?;
         let req = RemoveXattrRequest {
             ino,
             name: Bytes::copy_from_slice(name),

@@ -577,3 +577,83 @@ fn the_kernel_keeps_names_and_absent_names_under_the_leases_unless_told_not_to()
     assert_eq!(seen(&d), Some(libc::ENOENT), "a directory moved elsewhere");
     assert_eq!(seen(&c.mnt.join("d/moved/missing")), None);
 }
+
+/// What tar does after writing a file, on descriptor `fd`: futimens (mtime only), fchown,
+/// fchmod; the calls' results.
+fn tar_attrs(fd: i32) -> [i32; 3] {
+    let times = [
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        libc::timespec {
+            tv_sec: 1_000_000_000,
+            tv_nsec: 5,
+        },
+    ];
+    // SAFETY: plain syscalls; the caller keeps `fd` open until they return.
+    unsafe {
+        [
+            libc::futimens(fd, times.as_ptr()),
+            libc::fchown(fd, 4321, 8765),
+            libc::fchmod(fd, 0o640),
+        ]
+    }
+}
+
+/// `st` shows what [`tar_attrs`] set, and `len` bytes.
+fn check_tar_attrs(st: fs::Metadata, len: u64, on: &str) {
+    assert_eq!(st.mode() & 0o7777, 0o640, "{on}");
+    assert_eq!((st.uid(), st.gid()), (4321, 8765), "{on}");
+    assert_eq!((st.mtime(), st.mtime_nsec()), (1_000_000_000, 5), "{on}");
+    assert_eq!(st.len(), len, "{on}");
+}
+
+#[test]
+fn mode_owner_and_times_set_after_writes_are_seen_everywhere_and_go_with_the_data() {
+    use std::os::fd::AsRawFd;
+    // SAFETY: geteuid has no memory effects.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: chown needs root");
+        return;
+    }
+    let c = TestCluster::start();
+    let m2 = c.mount_again("mnt2");
+    // One write (it goes to the OSDs and takes the write lease), then the changes, sent at
+    // once. The other mount's look takes the lease back: the data's own time must not come
+    // back over the mtime set.
+    let mut f = fs::File::create(c.mnt.join("once")).unwrap();
+    f.write_all(b"extracted").unwrap();
+    assert_eq!(tar_attrs(f.as_raw_fd()), [0, 0, 0]);
+    check_tar_attrs(fs::metadata(m2.join("once")).unwrap(), 9, "after one write");
+    drop(f);
+    check_tar_attrs(fs::metadata(m2.join("once")).unwrap(), 9, "after close");
+
+    // Two writes: the second is kept under the lease, and so are the changes after it.
+    // With the MDS stopped they can only return if this mount keeps them.
+    let (p, q) = (c.mnt.join("kept"), m2.join("kept"));
+    let mut f = fs::File::create(&p).unwrap();
+    f.write_all(b"extr").unwrap();
+    f.write_all(b"acted").unwrap();
+    let fd = f.as_raw_fd();
+    let (tx, rx) = mpsc::channel();
+    let mds = Frozen::stop(c.pid("mds.0"));
+    std::thread::spawn(move || {
+        let _ = tx.send(tar_attrs(fd));
+    });
+    let kept = rx.recv_timeout(Duration::from_millis(700));
+    drop(mds);
+    let done = kept.unwrap_or_else(|_| rx.recv().unwrap());
+    assert_eq!(done, [0, 0, 0]);
+    assert!(kept.is_ok(), "the changes waited for the MDS");
+    check_tar_attrs(fs::metadata(&p).unwrap(), 9, "this mount");
+    // Another mount's look revokes the write lease, which sends them with the size.
+    check_tar_attrs(fs::metadata(&q).unwrap(), 9, "another mount");
+    assert_eq!(fs::read(&q).unwrap(), b"extracted");
+    // A write after them moves mtime on.
+    f.write_all(b"!").unwrap();
+    drop(f);
+    let st = fs::metadata(&q).unwrap();
+    assert!(st.mtime() > 1_000_000_000, "a later write's time wins");
+    assert_eq!((st.mode() & 0o7777, st.uid(), st.len()), (0o640, 4321, 10));
+}
