@@ -70,8 +70,8 @@ struct FileState {
     pending: Option<u64>,
     /// Time of the newest unflushed write.
     dirty_mtime: Option<Timespec>,
-    /// Attribute changes made under the write lease after unflushed writes: they go to the
-    /// MDS with the size (empty whenever `dirty_mtime` is).
+    /// Attribute changes made under the write lease: they go to the MDS with the size, or
+    /// on their own where none is unsent, at the next size send (close, fsync, revocation).
     kept_attrs: KeptAttrs,
     /// Bumped by every write, so a flush knows whether it covered the latest one.
     generation: u64,
@@ -128,7 +128,18 @@ struct KeptAttrs {
     ctime: Option<Timespec>,
 }
 
+impl KeptAttrs {
+    fn is_empty(&self) -> bool {
+        self.ctime.is_none()
+    }
+}
+
 impl FileState {
+    /// Whether a size, an mtime or attribute changes wait to go to the MDS.
+    fn unsent(&self) -> bool {
+        self.dirty_mtime.is_some() || !self.kept_attrs.is_empty()
+    }
+
     /// The unsent size, mtime and attribute changes reached the MDS, or are dropped.
     fn size_sent(&mut self) {
         self.pending = None;
@@ -953,10 +964,11 @@ impl Client {
         Ok(self.overlay(r?.0))
     }
 
-    /// Keeps a change of mode, owner or explicit times of a file written under its live write
-    /// lease, with its size still unsent, to go to the MDS with that size (at close, fsync,
-    /// a revocation...): extracting a file (write, futimens, fchown, fchmod, close) makes one
-    /// size update instead of four. No other mount can see the file's attributes without
+    /// Keeps a change of mode, owner or explicit times of a file this mount holds the write
+    /// lease on, to go to the MDS with the next size send (close, fsync, a revocation...),
+    /// which then gives the lease back in the same request if nothing else is unsent:
+    /// extracting a file (write, futimens, fchown, fchmod, close) makes one update after the
+    /// write's instead of four. No other mount can see the file's attributes without
     /// revoking that lease first, which sends them. The MDS applies such changes as given
     /// (the kernel checked the caller's permissions, and sends the mode a chown leaves).
     /// A kept mode change leaves the file's access ACL, which the MDS rewrites with the mode,
@@ -985,9 +997,12 @@ impl Client {
             let leased = s
                 .write_until
                 .is_some_and(|u| u > Instant::now() + LEASE_MARGIN);
-            if !leased || s.dirty_mtime.is_none() || s.dirty_session != self.cluster.session() {
+            let session = self.cluster.session();
+            if !leased || s.lease_session != session || (s.unsent() && s.dirty_session != session) {
                 return None;
             }
+            s.dirty_session = session;
+            s.kept_until = s.kept_until.max(s.write_until);
             let time = |t: &Option<SetTime>| t.as_ref().and_then(|t| t.time);
             let k = &mut s.kept_attrs;
             k.perm = req.perm.map(|p| p & 0o7777).or(k.perm);
@@ -1005,6 +1020,30 @@ impl Client {
             self.xattrs_changed_here(ino);
         }
         Some(self.overlay(cached))
+    }
+
+    /// Attribute changes kept under a write lease that ran out go only if the MDS keeps the
+    /// lease (no one else touched the file meanwhile); otherwise they are dropped, and the
+    /// file's next fsync or close reports it.
+    async fn check_kept_attrs(&self, ino: u64) -> Result<()> {
+        let expired = |c: &Client| {
+            c.files().get(&ino).is_some_and(|s| {
+                !s.kept_attrs.is_empty() && s.kept_until.is_none_or(|u| u <= Instant::now())
+            })
+        };
+        if !expired(self) || self.keep_lease(ino).await.unwrap_or(false) || !expired(self) {
+            return Ok(());
+        }
+        let e = ClientError::errno_msg(
+            libc::EIO,
+            "the write lease ran out and the file changed hands before its attribute changes \
+             could be sent",
+        );
+        if let Some(s) = self.files().get_mut(&ino) {
+            s.kept_attrs = KeptAttrs::default();
+            s.flush_error.get_or_insert(e.clone());
+        }
+        Err(e)
     }
 
     /// Attribute changes kept with `ino`'s unsent size go to the MDS now, before a call whose
@@ -1528,14 +1567,14 @@ impl Client {
                 let Some(s) = files.get_mut(&ino) else {
                     return Ok(());
                 };
-                if s.dirty_mtime.is_some() && s.dirty_session != self.cluster.session() {
+                if s.unsent() && s.dirty_session != self.cluster.session() {
                     // Written under an evicted session: dropped (see the module docs).
                     s.size_sent();
                     let e = ClientError::Evicted(s.dirty_session);
                     self.drop_kept(s, e.clone());
                     return Err(e);
                 }
-                if s.dirty_mtime.is_none() && !(release && s.write_until.is_some()) {
+                if !(s.unsent() || release && s.write_until.is_some()) {
                     if !want_lease {
                         s.write_until = None;
                     }
@@ -1547,12 +1586,13 @@ impl Client {
             };
             // The data first: the MDS may hand the file to another client once it has this.
             self.flush_dirty(ino).await?;
+            self.check_kept_attrs(ino).await?;
             let (pending, generation, kept) = {
                 let files = self.files();
                 let Some(s) = files.get(&ino) else {
                     return Ok(());
                 };
-                if s.dirty_mtime.is_none() && !(release && had_lease) {
+                if !(s.unsent() || release && had_lease) {
                     return Ok(());
                 }
                 (
@@ -1572,8 +1612,8 @@ impl Client {
                 ino,
                 grow_size: pending,
                 want_write_lease: want_lease,
-                // Only a lease given back on its own gets here without a size.
-                release_write_lease: pending.is_none(),
+                // A size gives the lease back by itself.
+                release_write_lease: pending.is_none() && !want_lease,
                 perm: kept.perm,
                 uid: kept.uid,
                 gid: kept.gid,
@@ -1623,7 +1663,7 @@ impl Client {
                     s.lease_len = len;
                 }
                 // Writes that returned meanwhile under the lease just lost: their size goes too.
-                !leased && !covered && s.dirty_mtime.is_some()
+                !leased && !covered && s.unsent()
             };
             if !again {
                 return Ok(());
@@ -1734,7 +1774,7 @@ impl Client {
             let due = files
                 .iter()
                 .filter(|(_, s)| {
-                    let unsent = s.dirty_mtime.is_some() || s.flushing.is_some();
+                    let unsent = s.unsent() || s.flushing.is_some();
                     unsent && s.write_until.is_some_and(|u| u < soon)
                 })
                 .map(|(ino, _)| *ino)
@@ -1812,7 +1852,7 @@ impl Client {
         };
         let quiet = s.dirty.is_empty()
             && s.flushing.is_none()
-            && s.dirty_mtime.is_none()
+            && !s.unsent()
             && s.flush_error.is_none()
             && !(last && s.open <= 1 && s.orphan);
         if !quiet {

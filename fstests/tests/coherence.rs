@@ -609,33 +609,9 @@ fn check_tar_attrs(st: fs::Metadata, len: u64, on: &str) {
     assert_eq!(st.len(), len, "{on}");
 }
 
-#[test]
-fn mode_owner_and_times_set_after_writes_are_seen_everywhere_and_go_with_the_data() {
-    use std::os::fd::AsRawFd;
-    // SAFETY: geteuid has no memory effects.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: chown needs root");
-        return;
-    }
-    let c = TestCluster::start();
-    let m2 = c.mount_again("mnt2");
-    // One write (it goes to the OSDs and takes the write lease), then the changes, sent at
-    // once. The other mount's look takes the lease back: the data's own time must not come
-    // back over the mtime set.
-    let mut f = fs::File::create(c.mnt.join("once")).unwrap();
-    f.write_all(b"extracted").unwrap();
-    assert_eq!(tar_attrs(f.as_raw_fd()), [0, 0, 0]);
-    check_tar_attrs(fs::metadata(m2.join("once")).unwrap(), 9, "after one write");
-    drop(f);
-    check_tar_attrs(fs::metadata(m2.join("once")).unwrap(), 9, "after close");
-
-    // Two writes: the second is kept under the lease, and so are the changes after it.
-    // With the MDS stopped they can only return if this mount keeps them.
-    let (p, q) = (c.mnt.join("kept"), m2.join("kept"));
-    let mut f = fs::File::create(&p).unwrap();
-    f.write_all(b"extr").unwrap();
-    f.write_all(b"acted").unwrap();
-    let fd = f.as_raw_fd();
+/// Runs [`tar_attrs`] on `fd` with the MDS of `c` stopped: they can only return if the mount
+/// keeps them. Asserts they succeeded and returned with the MDS away.
+fn tar_attrs_kept(c: &TestCluster, fd: i32) {
     let (tx, rx) = mpsc::channel();
     let mds = Frozen::stop(c.pid("mds.0"));
     std::thread::spawn(move || {
@@ -646,8 +622,36 @@ fn mode_owner_and_times_set_after_writes_are_seen_everywhere_and_go_with_the_dat
     let done = kept.unwrap_or_else(|_| rx.recv().unwrap());
     assert_eq!(done, [0, 0, 0]);
     assert!(kept.is_ok(), "the changes waited for the MDS");
+}
+
+#[test]
+fn mode_owner_and_times_set_under_the_write_lease_are_seen_everywhere_and_go_with_the_data() {
+    use std::os::fd::AsRawFd;
+    // SAFETY: geteuid has no memory effects.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: chown needs root");
+        return;
+    }
+    let c = TestCluster::start();
+    let m2 = c.mount_again("mnt2");
+    // One write: it goes to the OSDs and takes the write lease; the changes after it are
+    // kept under the lease with nothing else unsent. The other mount's look takes the lease
+    // back with them: the data's own time must not come back over the mtime set.
+    let mut f = fs::File::create(c.mnt.join("once")).unwrap();
+    f.write_all(b"extracted").unwrap();
+    tar_attrs_kept(&c, f.as_raw_fd());
+    check_tar_attrs(fs::metadata(c.mnt.join("once")).unwrap(), 9, "this mount");
+    check_tar_attrs(fs::metadata(m2.join("once")).unwrap(), 9, "another mount");
+    drop(f);
+    check_tar_attrs(fs::metadata(m2.join("once")).unwrap(), 9, "after close");
+
+    // Two writes: the second is kept under the lease, and the changes go with its size.
+    let (p, q) = (c.mnt.join("kept"), m2.join("kept"));
+    let mut f = fs::File::create(&p).unwrap();
+    f.write_all(b"extr").unwrap();
+    f.write_all(b"acted").unwrap();
+    tar_attrs_kept(&c, f.as_raw_fd());
     check_tar_attrs(fs::metadata(&p).unwrap(), 9, "this mount");
-    // Another mount's look revokes the write lease, which sends them with the size.
     check_tar_attrs(fs::metadata(&q).unwrap(), 9, "another mount");
     assert_eq!(fs::read(&q).unwrap(), b"extracted");
     // A write after them moves mtime on.
@@ -656,4 +660,17 @@ fn mode_owner_and_times_set_after_writes_are_seen_everywhere_and_go_with_the_dat
     let st = fs::metadata(&q).unwrap();
     assert!(st.mtime() > 1_000_000_000, "a later write's time wins");
     assert_eq!((st.mode() & 0o7777, st.uid(), st.len()), (0o640, 4321, 10));
+
+    // Closed with only changes kept: they reach the MDS with the close (a fresh mount
+    // asks the MDS, and this one no longer holds anything of the file).
+    let mut f = fs::File::create(c.mnt.join("closed")).unwrap();
+    f.write_all(b"extracted").unwrap();
+    tar_attrs_kept(&c, f.as_raw_fd());
+    drop(f);
+    let m3 = c.mount_again("mnt3");
+    check_tar_attrs(
+        fs::metadata(m3.join("closed")).unwrap(),
+        9,
+        "a mount made after",
+    );
 }
