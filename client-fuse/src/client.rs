@@ -132,6 +132,34 @@ impl KeptAttrs {
     fn is_empty(&self) -> bool {
         self.ctime.is_none()
     }
+
+    /// A SetAttr of `ino` that makes these changes.
+    fn request(&self, ino: u64) -> SetAttrRequest {
+        let at = |t: Option<Timespec>| {
+            t.map(|t| SetTime {
+                now: false,
+                time: Some(t),
+            })
+        };
+        SetAttrRequest {
+            ino,
+            perm: self.perm,
+            uid: self.uid,
+            gid: self.gid,
+            atime: at(self.atime),
+            mtime: at(self.mtime),
+            ..Default::default()
+        }
+    }
+}
+
+/// The later of two times.
+fn later(a: Option<Timespec>, b: Option<Timespec>) -> Option<Timespec> {
+    match (a, b) {
+        (Some(x), Some(y)) if (y.sec, y.nsec) > (x.sec, x.nsec) => Some(y),
+        (Some(x), _) => Some(x),
+        (None, y) => y,
+    }
 }
 
 impl FileState {
@@ -629,6 +657,10 @@ impl Client {
         self.kernel_entries.drop_all();
         self.lockers().clear();
         for st in self.files().values_mut() {
+            if !st.kept_attrs.is_empty() {
+                st.flush_error
+                    .get_or_insert(ClientError::Evicted(st.dirty_session));
+            }
             st.size_sent();
             st.write_until = None;
             self.drop_kept(st, ClientError::Evicted(st.dirty_session));
@@ -821,7 +853,7 @@ impl Client {
             attr.gid = k.gid.unwrap_or(attr.gid);
             attr.atime = k.atime.or(attr.atime);
             attr.mtime = k.mtime.or(attr.mtime);
-            attr.ctime = k.ctime.or(attr.ctime);
+            attr.ctime = later(attr.ctime, k.ctime);
         }
         attr
     }
@@ -1046,14 +1078,17 @@ impl Client {
         Err(e)
     }
 
-    /// Attribute changes kept with `ino`'s unsent size go to the MDS now, before a call whose
-    /// answer or effect depends on them (the access ACL follows the mode, and an ACL set
-    /// sets the mode).
-    async fn send_kept_attrs(&self, ino: u64) -> Result<()> {
+    /// Attribute changes kept with `ino`'s unsent size go to the MDS now, before a call on
+    /// its ACL `name`, whose answer or effect depends on them (the access ACL follows the
+    /// mode, and an ACL set sets the mode). Other attributes do not wait.
+    async fn send_kept_attrs(&self, ino: u64, name: &[u8]) -> Result<()> {
+        if !name.starts_with(b"system.posix_acl") {
+            return Ok(());
+        }
         let kept = self
             .files()
             .get(&ino)
-            .is_some_and(|s| s.kept_attrs.ctime.is_some());
+            .is_some_and(|s| !s.kept_attrs.is_empty());
         if kept {
             self.flush(ino).await?;
         }
@@ -1601,12 +1636,6 @@ impl Client {
                     s.kept_attrs.clone(),
                 )
             };
-            let at = |t: Option<Timespec>| {
-                t.map(|t| SetTime {
-                    now: false,
-                    time: Some(t),
-                })
-            };
             // The MDS grows the size (mtime now), then applies the kept changes over it.
             let req = SetAttrRequest {
                 ino,
@@ -1614,12 +1643,7 @@ impl Client {
                 want_write_lease: want_lease,
                 // A size gives the lease back by itself.
                 release_write_lease: pending.is_none() && !want_lease,
-                perm: kept.perm,
-                uid: kept.uid,
-                gid: kept.gid,
-                atime: at(kept.atime),
-                mtime: at(kept.mtime),
-                ..Default::default()
+                ..kept.request(ino)
             };
             let sent = Instant::now();
             let session = self.cluster.session();
@@ -1653,6 +1677,10 @@ impl Client {
                 let covered = s.generation == generation;
                 if covered {
                     s.size_sent();
+                } else {
+                    // None can be kept while a send is on its way (the lease is taken): the
+                    // ones kept all went with it.
+                    s.kept_attrs = KeptAttrs::default();
                 }
                 // Without a new grant the lease went back with the size.
                 let len = Duration::from_millis(write_ms as u64);
@@ -1677,19 +1705,22 @@ impl Client {
     /// OSDs and the write lease goes back (clearing the file's writer mark, so no recovery
     /// brings those bytes back); the file's next fsync or close reports it.
     async fn over_quota(&self, ino: u64, generation: u64, pending: Option<u64>, e: &ClientError) {
-        let cut = {
+        let (cut, kept) = {
             let mut files = self.files();
             let Some(s) = files.get_mut(&ino) else {
                 return;
             };
+            // Only the size went past the quota: kept attribute changes go with the give-back.
+            let kept = std::mem::take(&mut s.kept_attrs);
             if s.generation == generation {
                 s.size_sent();
             }
             s.flush_error.get_or_insert(e.clone());
             s.write_until = None;
-            pending
+            let cut = pending
                 .filter(|&p| p > s.size)
-                .map(|p| (s.size, p, s.layout, s.dirty_session))
+                .map(|p| (s.size, p, s.layout, s.dirty_session));
+            (cut, kept)
         };
         if let Some((size, end, layout, session)) = cut {
             if let Err(e) = self
@@ -1703,7 +1734,7 @@ impl Client {
         let give_back = SetAttrRequest {
             ino,
             release_write_lease: true,
-            ..Default::default()
+            ..kept.request(ino)
         };
         let r = self
             .cluster
@@ -1948,8 +1979,13 @@ impl Client {
         // The new name now names the moved inode (exchanged, the old one names the other).
         self.entries_unknown(to.0);
         self.entries_unknown(from.0);
-        // The kernel moves its entries itself once the rename succeeded.
+        // The kernel moves its entries itself once the rename succeeded, but a name moved to
+        // another directory keeps the time it had in the first one, whose lease may outlast
+        // this mount's lease on the second.
         let r = r.inspect_err(|_| self.kernel_entries.drop_all())?;
+        if from.0 != to.0 {
+            self.kernel_entries.drop_all();
+        }
         self.changed_here(&r.changed, &[]);
         self.on_orphan(r.orphan).await
     }
@@ -2008,7 +2044,7 @@ impl Client {
         if let Some(r) = self.cached_xattr(ino, name) {
             return r;
         }
-        self.send_kept_attrs(ino).await?;
+        self.send_kept_attrs(ino, name).await?;
         let req = GetXattrRequest {
             ino,
             name: Bytes::copy_from_slice(name),
@@ -2049,7 +2085,7 @@ impl Client {
             // The MDS refuses a new layout for a file with data: let it see our writes.
             self.flush(ino).await?;
         }
-        self.send_kept_attrs(ino).await?;
+        self.send_kept_attrs(ino, name).await?;
         let req = SetXattrRequest {
             ino,
             name: Bytes::copy_from_slice(name),
@@ -2079,7 +2115,6 @@ impl Client {
 
     /// The names of a file's extended attributes.
     pub async fn listxattr(&self, ino: u64) -> Result<Vec<Bytes>> {
-        self.send_kept_attrs(ino).await?;
         let r = self
             .cluster
             .mds("listxattr", |mut c| async move {
@@ -2096,7 +2131,7 @@ impl Client {
         name: &[u8],
         acl_caller: Option<AclCaller>,
     ) -> Result<()> {
-        self.send_kept_attrs(ino).await?;
+        self.send_kept_attrs(ino, name).await?;
         let req = RemoveXattrRequest {
             ino,
             name: Bytes::copy_from_slice(name),

@@ -644,7 +644,11 @@ fn recover_writes(t: &mut Txn<'_>, r: &RecoverWrites, now: &Timespec) -> Result<
     }
     if let Some(m) = r.mtime {
         let old = a.mtime.unwrap_or_default();
-        if (m.sec, m.nsec) > (old.sec, old.nsec) {
+        // Writes older than the last attribute change (a utimes after them) leave mtime be.
+        let changed_at = a.ctime.unwrap_or_default();
+        if (m.sec, m.nsec) > (old.sec, old.nsec)
+            && (m.sec, m.nsec) > (changed_at.sec, changed_at.nsec)
+        {
             a.mtime = Some(m);
             changed = true;
         }

@@ -274,6 +274,15 @@ impl MdsService {
         }
     }
 
+    /// Before a call on ACL `name` of `ino`: other sessions' write leases on it are revoked,
+    /// so a mode change one of them keeps with its lease reaches the MDS first (the access
+    /// ACL follows the mode, and setting one sets the mode).
+    async fn acl_settled(&self, session: Option<u64>, ino: u64, name: &[u8]) {
+        if name.starts_with(b"system.posix_acl") {
+            self.leases.revoke(ino, Vec::new(), session, true).await;
+        }
+    }
+
     /// `SetAttr.keep_mark`: grants `session` the write lease on `ino` again if the file is
     /// still marked with it under `mark`. The lease is reserved before the mark is checked a
     /// second time, so no recovery clears the mark between the check and the grant.
@@ -923,6 +932,9 @@ impl Mds for MdsService {
     }
 
     async fn get_xattr(&self, req: Request<GetXattrRequest>) -> Reply<GetXattrReply> {
+        let session = self.session(req.metadata())?;
+        self.acl_settled(session, req.get_ref().ino, &req.get_ref().name)
+            .await;
         self.node.read_barrier().await?;
         let r = req.into_inner();
         let value = self.fsm.getxattr(r.ino, &r.name)?;
@@ -934,6 +946,7 @@ impl Mds for MdsService {
     async fn set_xattr(&self, req: Request<SetXattrRequest>) -> Reply<Empty> {
         let session = self.session(req.metadata())?;
         let ino = req.get_ref().ino;
+        self.acl_settled(session, ino, &req.get_ref().name).await;
         self.propose_for(req, Op::SetXattr).await?;
         self.changed(session, vec![(ino, Vec::new())]).await;
         Ok(Response::new(Empty {}))
@@ -950,6 +963,7 @@ impl Mds for MdsService {
     async fn remove_xattr(&self, req: Request<RemoveXattrRequest>) -> Reply<Empty> {
         let session = self.session(req.metadata())?;
         let ino = req.get_ref().ino;
+        self.acl_settled(session, ino, &req.get_ref().name).await;
         self.propose_for(req, Op::RemoveXattr).await?;
         self.changed(session, vec![(ino, Vec::new())]).await;
         Ok(Response::new(Empty {}))

@@ -769,7 +769,10 @@ impl ObjectStore {
 /// commits both in one journal transaction where it can, instead of one after the other.
 fn sync_both(a: &File, b: &File) -> std::io::Result<()> {
     std::thread::scope(|s| {
-        let other = s.spawn(|| b.sync_data());
+        // Without a thread (none to be had), one after the other.
+        let Ok(other) = std::thread::Builder::new().spawn_scoped(s, || b.sync_data()) else {
+            return a.sync_data().and_then(|()| b.sync_data());
+        };
         let first = a.sync_data();
         let second = other
             .join()

@@ -586,6 +586,40 @@ fn a_writer_mark_follows_the_write_lease_and_recovery_only_grows() {
         }
         other => panic!("{other:?}"),
     }
+    // Marked, then its mtime set back in time (as tar does after writing): data written
+    // before that change does not move mtime forward again; data written after does.
+    let a = as_session(&mut h, 5, grow(500, true));
+    let old = Timespec { sec: 2, nsec: 9 };
+    let utimes = pb::SetAttrRequest {
+        ino: f.ino,
+        mtime: Some(pb::SetTime {
+            now: false,
+            time: Some(old),
+        }),
+        ..Default::default()
+    };
+    let set = as_session(&mut h, 5, utimes);
+    let changed = set.ctime.expect("every inode has a ctime");
+    let before_change = Some(Timespec {
+        sec: changed.sec - 1,
+        nsec: 0,
+    });
+    match h
+        .run(recover(a.writer_mark, 500, before_change))
+        .expect("applies")
+    {
+        Applied::Attr(b) => assert_eq!((b.writer, b.mtime), (0, Some(old)), "written before"),
+        other => panic!("{other:?}"),
+    }
+    let a = as_session(&mut h, 5, grow(500, true));
+    let later = Some(Timespec {
+        sec: changed.sec + 100,
+        nsec: 0,
+    });
+    match h.run(recover(a.writer_mark, 500, later)).expect("applies") {
+        Applied::Attr(b) => assert_eq!(b.mtime, later, "written after"),
+        other => panic!("{other:?}"),
+    }
 }
 
 impl Harness {
