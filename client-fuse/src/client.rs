@@ -657,13 +657,9 @@ impl Client {
         self.kernel_entries.drop_all();
         self.lockers().clear();
         for st in self.files().values_mut() {
-            if !st.kept_attrs.is_empty() {
-                st.flush_error
-                    .get_or_insert(ClientError::Evicted(st.dirty_session));
-            }
+            self.drop_kept(st, ClientError::Evicted(st.dirty_session));
             st.size_sent();
             st.write_until = None;
-            self.drop_kept(st, ClientError::Evicted(st.dirty_session));
         }
     }
 
@@ -956,16 +952,7 @@ impl Client {
         if let Some(a) = self.keep_setattr(&req) {
             return Ok(a);
         }
-        let mut req = req;
-        let leased = self
-            .files()
-            .get(&ino)
-            .is_some_and(|s| s.write_until.is_some());
         self.flush(ino).await?;
-        // The write lease goes back with the change, so the MDS clears the file's writer
-        // mark: left set, another mount's look would have the MDS probe the OSDs for writes
-        // this mount never made, and move mtime to the data's time over the one set here.
-        req.release_write_lease = leased;
         if let Some(new_size) = req.size {
             let attr = self.getattr_raw(ino).await?;
             if attr.kind == FileKind::Directory as i32 {
@@ -1004,8 +991,8 @@ impl Client {
     /// revoking that lease first, which sends them. The MDS applies such changes as given
     /// (the kernel checked the caller's permissions, and sends the mode a chown leaves).
     /// A kept mode change leaves the file's access ACL, which the MDS rewrites with the mode,
-    /// as it was: xattr calls on the file send kept changes first. Returns
-    /// the attributes as they now are, or None if the change must go now.
+    /// as it was: calls on the file's ACL send kept changes first. Returns the attributes as
+    /// they now are, or None if the change must go now.
     fn keep_setattr(&self, req: &SetAttrRequest) -> Option<Attr> {
         let explicit = |t: &Option<SetTime>| t.as_ref().is_none_or(|t| !t.now && t.time.is_some());
         let what = req.perm.is_some()
@@ -1048,7 +1035,7 @@ impl Client {
         }
         if req.perm.is_some() {
             // The access ACL, if any, changes with the mode once the MDS has it: what is
-            // cached of it goes, and the next xattr call sends the mode first.
+            // cached of it goes, and the next call on it sends the mode first.
             self.xattrs_changed_here(ino);
         }
         Some(self.overlay(cached))
@@ -1072,8 +1059,7 @@ impl Client {
              could be sent",
         );
         if let Some(s) = self.files().get_mut(&ino) {
-            s.kept_attrs = KeptAttrs::default();
-            s.flush_error.get_or_insert(e.clone());
+            self.drop_kept(s, e.clone());
         }
         Err(e)
     }
@@ -1486,13 +1472,15 @@ impl Client {
         }
     }
 
-    /// Drops the data `s` keeps, which may not land: `e` goes to its next fsync or close.
+    /// Drops the data and attribute changes `s` keeps, which may not land: `e` goes to its
+    /// next fsync or close.
     fn drop_kept(&self, s: &mut FileState, e: ClientError) {
         let dropped = std::mem::take(&mut s.dirty);
         self.dirty_total
             .fetch_sub(dropped.cost(), Ordering::Relaxed);
         s.kept_since = None;
-        if !dropped.is_empty() {
+        let attrs = std::mem::take(&mut s.kept_attrs);
+        if !dropped.is_empty() || !attrs.is_empty() {
             s.flush_error.get_or_insert(e);
         }
     }
@@ -1604,9 +1592,9 @@ impl Client {
                 };
                 if s.unsent() && s.dirty_session != self.cluster.session() {
                     // Written under an evicted session: dropped (see the module docs).
-                    s.size_sent();
                     let e = ClientError::Evicted(s.dirty_session);
                     self.drop_kept(s, e.clone());
+                    s.size_sent();
                     return Err(e);
                 }
                 if !(s.unsent() || release && s.write_until.is_some()) {

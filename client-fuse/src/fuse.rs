@@ -261,8 +261,7 @@ impl EntryReplier {
             kind: FileKind::Regular as i32,
             ..Attr::default()
         };
-        let none = fuse_attr(&none);
-        match none {
+        match fuse_attr(&none) {
             Ok(a) => reply.entry_with_ttls(&Duration::ZERO, &ttl, &a, Generation(0)),
             Err(_) => reply.error(Errno::ENOENT),
         }

@@ -228,6 +228,16 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// Whether the tests run as root; if not, says which check `needs` it and is skipped.
+pub fn root_or_skip(needs: &str) -> bool {
+    // SAFETY: geteuid has no memory effects.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        eprintln!("not root, skipped: {needs}");
+    }
+    root
+}
+
 /// Whether any thread of a process is still running (not exited, not a zombie). A SIGKILLed
 /// process's main thread can be a zombie while other threads still exit and hold its files
 /// (a RocksDB lock, say), so every thread is checked.

@@ -627,9 +627,7 @@ fn tar_attrs_kept(c: &TestCluster, fd: i32) {
 #[test]
 fn mode_owner_and_times_set_under_the_write_lease_are_seen_everywhere_and_go_with_the_data() {
     use std::os::fd::AsRawFd;
-    // SAFETY: geteuid has no memory effects.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: chown needs root");
+    if !shoal_fstests::root_or_skip("chown needs root") {
         return;
     }
     let c = TestCluster::start();

@@ -156,9 +156,7 @@ fn readahead_kb(mnt: &std::path::Path, want: u64) -> u64 {
 
 #[test]
 fn mounts_read_ahead_4_mib_or_what_rasize_says() {
-    // SAFETY: geteuid has no memory effects.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("not root: the readahead knob is root's");
+    if !shoal_fstests::root_or_skip("the readahead knob is root's") {
         return;
     }
     let c = TestCluster::start();
@@ -222,9 +220,7 @@ fn mount_helper_and_mount_t_fuse_shoal() {
     assert!(Command::new("umount").arg(&mnt).status().unwrap().success());
 
     // mount -t fuse.shoal through /sbin/mount.fuse.shoal, as /etc/fstab uses it (root only).
-    // SAFETY: geteuid has no memory effects.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("not root: skipping mount -t fuse.shoal");
+    if !shoal_fstests::root_or_skip("mount -t fuse.shoal") {
         return;
     }
     let sbin = std::path::Path::new("/sbin/mount.fuse.shoal");

@@ -12,12 +12,7 @@ use shoal_fstests::{bin, run_ok, TestCluster};
 
 /// Whether this runs as root; the tests say so and pass otherwise.
 fn root() -> bool {
-    // SAFETY: geteuid has no memory effects.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("not root: mount(8) and umount(8) need root");
-    }
-    root
+    shoal_fstests::root_or_skip("mount(8) and umount(8) need root")
 }
 
 /// Points /sbin/mount.fuse.shoal at this build's shoal-fuse, as the setup command does.

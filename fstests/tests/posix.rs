@@ -48,9 +48,7 @@ struct Sites {
 impl Sites {
     /// None (the check is skipped) unless running as root, which switching users needs.
     fn new() -> Option<Sites> {
-        // SAFETY: geteuid cannot fail and touches no memory.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("skipped: the POSIX checks switch users, which needs root");
+        if !shoal_fstests::root_or_skip("the POSIX checks switch users") {
             return None;
         }
         let cluster = TestCluster::start();
