@@ -612,6 +612,8 @@ fn mount(a: MountArgs) -> anyhow::Result<()> {
             let Some(cf) = ClusterFile::load(&dir)? else {
                 bail!("no cluster at {} (cluster.json missing)", dir.display());
             };
+            // Two `shoal mount`s at once would both pick the first free name.
+            let _names = procs::lock_names(&dir)?;
             let name = (1..)
                 .map(|n| format!("client.{n}"))
                 .find(|n| procs::running_pid(&dir, n).is_none())

@@ -146,6 +146,21 @@ pub fn running_pid(dir: &Path, name: &str) -> Option<i32> {
         .then_some(pid)
 }
 
+/// Holds `DIR/names.lock` exclusively until dropped, for choosing a daemon name and starting
+/// it (its pid file then claims the name).
+pub fn lock_names(dir: &Path) -> anyhow::Result<fs::File> {
+    let path = dir.join("names.lock");
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    f.lock()
+        .with_context(|| format!("locking {}", path.display()))?;
+    Ok(f)
+}
+
 /// Starts a daemon with its output appended to `DIR/<name>/log`; records its pid.
 pub fn spawn(dir: &Path, name: &str, exe: &Path, args: &[OsString]) -> anyhow::Result<Child> {
     let home = dir.join(name);
@@ -164,7 +179,7 @@ pub fn spawn(dir: &Path, name: &str, exe: &Path, args: &[OsString]) -> anyhow::R
         .process_group(0)
         .spawn()
         .with_context(|| format!("starting {}", exe.display()))?;
-    fs::write(home.join("pid"), child.id().to_string())?;
+    shoal_proto::pidfile::write(&home.join("pid"), child.id())?;
     Ok(child)
 }
 

@@ -450,7 +450,7 @@ pub fn run(
         }
     }
     if let Some(p) = &cfg.pid_file {
-        std::fs::write(p, std::process::id().to_string())?;
+        shoal_proto::pidfile::write(p, std::process::id())?;
     }
     info!(mountpoint = %mnt.display(), "mounted");
     let (tx, rx) = tokio::sync::oneshot::channel();

@@ -238,6 +238,55 @@ pub fn root_or_skip(needs: &str) -> bool {
     root
 }
 
+/// A process stopped (SIGSTOP) until this is dropped (SIGCONT), so a failing test leaves no
+/// frozen daemon behind.
+pub struct Frozen(i32);
+
+impl Frozen {
+    /// Stops `pid` and waits until every one of its threads has stopped: SIGSTOP takes
+    /// effect asynchronously, and on a loaded machine a thread woken just before can still
+    /// answer a request meanwhile.
+    pub fn stop(pid: i32) -> Frozen {
+        // SAFETY: kill only sends a signal.
+        assert_eq!(
+            unsafe { libc::kill(pid, libc::SIGSTOP) },
+            0,
+            "SIGSTOP {pid}"
+        );
+        let frozen = Frozen(pid);
+        let start = Instant::now();
+        loop {
+            let states: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+                .map(|d| {
+                    d.flatten()
+                        .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
+                        .collect()
+                })
+                .unwrap_or_default();
+            // The state follows the parenthesised command name.
+            let stopped = states.iter().all(|s| {
+                s.rsplit_once(") ")
+                    .is_some_and(|(_, rest)| rest.starts_with('T'))
+            });
+            if stopped && !states.is_empty() {
+                return frozen;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{pid} never stopped"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        // SAFETY: as above.
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
+    }
+}
+
 /// Whether any thread of a process is still running (not exited, not a zombie). A SIGKILLed
 /// process's main thread can be a zombie while other threads still exit and hold its files
 /// (a RocksDB lock, say), so every thread is checked.

@@ -10,7 +10,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
-use shoal_fstests::TestCluster;
+use shoal_fstests::{Frozen, TestCluster};
 
 /// Rounds of the write-here/read-there check (`SHOAL_COHERENCE_ROUNDS` overrides).
 fn rounds() -> usize {
@@ -495,25 +495,6 @@ fn two_mounts_creating_in_one_directory_ack_every_revocation() {
         0,
         "mount b let revocations run out"
     );
-}
-
-/// A process stopped (SIGSTOP) until this is dropped (SIGCONT), so a failing test leaves no
-/// frozen mount behind.
-struct Frozen(i32);
-
-impl Frozen {
-    fn stop(pid: i32) -> Frozen {
-        // SAFETY: kill only sends a signal.
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
-        Frozen(pid)
-    }
-}
-
-impl Drop for Frozen {
-    fn drop(&mut self) {
-        // SAFETY: as above.
-        unsafe { libc::kill(self.0, libc::SIGCONT) };
-    }
 }
 
 /// stat(2) of `p` from another thread: its errno (None: it exists), or None if it did not

@@ -9,48 +9,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use shoal_fstests::{lockable, open_rw, wait_released, Holder, TestCluster};
+use shoal_fstests::{lockable, open_rw, wait_released, Frozen, Holder, TestCluster};
 use shoal_proto::error::WireError;
-
-/// Sends `sig` to `pid`.
-fn signal(pid: i32, sig: i32) {
-    // SAFETY: kill has no memory effects.
-    assert_eq!(unsafe { libc::kill(pid, sig) }, 0, "kill({pid}, {sig})");
-}
-
-/// Waits until every thread of `pid` has stopped (SIGSTOP takes effect asynchronously).
-fn wait_stopped(pid: i32) {
-    let start = Instant::now();
-    loop {
-        let states: Vec<String> = fs::read_dir(format!("/proc/{pid}/task"))
-            .unwrap()
-            .filter_map(|t| fs::read_to_string(t.ok()?.path().join("stat")).ok())
-            .collect();
-        // The state follows the parenthesised command name.
-        let stopped = states.iter().all(|s| {
-            s.rsplit_once(") ")
-                .is_some_and(|(_, rest)| rest.starts_with('T'))
-        });
-        if stopped && !states.is_empty() {
-            return;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "{pid} never stopped"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// Resumes a stopped process however the test ends, so the mount can be cleaned up.
-struct Resume(i32);
-
-impl Drop for Resume {
-    fn drop(&mut self) {
-        // SAFETY: as in `signal`.
-        unsafe { libc::kill(self.0, libc::SIGCONT) };
-    }
-}
 
 /// Write-locks all of `f` (F_SETLK); the errno on failure.
 fn lock_all(f: &fs::File) -> Result<(), i32> {
@@ -99,9 +59,7 @@ fn a_frozen_lock_holder_is_evicted_fenced_and_its_late_write_never_lands() {
     let mut holder = Holder::start(&b);
     assert!(!lockable(&a), "the lock is enforced across mounts");
     let client = c.pid("client.1");
-    signal(client, libc::SIGSTOP);
-    let _resume = Resume(client);
-    wait_stopped(client);
+    let frozen = Frozen::stop(client);
     holder.write();
 
     // After the session timeout (3 s) the frozen client is evicted: the lock goes to the
@@ -132,7 +90,7 @@ fn a_frozen_lock_holder_is_evicted_fenced_and_its_late_write_never_lands() {
     assert_eq!(read_as(&c, ino, 0), Ok(4096));
 
     // The frozen client wakes up: the write it had in hand is refused (EIO) and never lands.
-    signal(client, libc::SIGCONT);
+    drop(frozen);
     assert_eq!(holder.said(), "EIO", "a write under a lost lock must fail");
     std::thread::sleep(Duration::from_millis(500));
     let want: Vec<u8> = [vec![b'F'; 4096], vec![b'a'; 4096]].concat();
@@ -271,9 +229,7 @@ fn a_frozen_writer_without_a_lock_is_fenced_and_its_returned_writes_count() {
     writer.write_at(16384);
     assert_eq!(writer.said(), "ok");
     let client = c.pid("client.1");
-    signal(client, libc::SIGSTOP);
-    let _resume = Resume(client);
-    wait_stopped(client);
+    let frozen = Frozen::stop(client);
     writer.write_at(0);
 
     // This mount writes meanwhile; once the frozen client's lease ran out, the size its
@@ -293,7 +249,7 @@ fn a_frozen_writer_without_a_lock_is_fenced_and_its_returned_writes_count() {
     // It wakes up: the write it had in hand fails with EIO and never lands, nor does the
     // data it kept, and so does the next write on that descriptor and its fsync; its mount
     // reads what the others wrote.
-    signal(client, libc::SIGCONT);
+    drop(frozen);
     assert_eq!(
         writer.said(),
         "EIO",
@@ -343,9 +299,7 @@ fn data_kept_past_a_frozen_writers_lease_is_dropped_not_landed_over_newer_writes
     writer.write_at(0);
     assert_eq!(writer.said(), "ok");
     let client = c.pid("client.1");
-    signal(client, libc::SIGSTOP);
-    let _resume = Resume(client);
-    wait_stopped(client);
+    let frozen = Frozen::stop(client);
 
     // This mount writes the same block; the MDS waits out the frozen client's lease first.
     let mine = open_rw(&a);
@@ -354,7 +308,7 @@ fn data_kept_past_a_frozen_writers_lease_is_dropped_not_landed_over_newer_writes
 
     // The client wakes up: what it kept under the lease it lost never lands, and the
     // writer's fsync reports the loss.
-    signal(client, libc::SIGCONT);
+    drop(frozen);
     writer.sync();
     assert_eq!(writer.said(), "EIO", "an fsync after kept data was lost");
     std::thread::sleep(Duration::from_millis(500));

@@ -422,3 +422,41 @@ fn file_handles_stay_valid_across_a_remount() {
     let err = read_by_handle(&a, kind, &bytes).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::ESTALE), "{err}");
 }
+
+#[test]
+fn mounts_started_at_once_take_names_of_their_own() {
+    let c = TestCluster::start();
+    let mnts: Vec<PathBuf> = (0..3)
+        .map(|i| c.root.path().join(format!("at-once-{i}")))
+        .collect();
+    let outs: Vec<Output> = std::thread::scope(|s| {
+        let runs: Vec<_> = mnts
+            .iter()
+            .map(|m| s.spawn(|| c.shoal(&["mount", m.to_str().unwrap()])))
+            .collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    let mut names: Vec<String> = outs
+        .iter()
+        .map(|o| {
+            assert!(o.status.success(), "{o:?}");
+            let said = String::from_utf8_lossy(&o.stdout);
+            said.trim()
+                .rsplit_once(" as ")
+                .unwrap_or_else(|| panic!("no name in {said:?}"))
+                .1
+                .to_string()
+        })
+        .collect();
+    names.sort();
+    assert_eq!(names, ["client.1", "client.2", "client.3"]);
+    // Each name's pid is its own mount's: a file written through one is seen by the others.
+    let mut pids: Vec<i32> = names.iter().map(|n| c.pid(n)).collect();
+    pids.sort();
+    pids.dedup();
+    assert_eq!(pids.len(), 3, "{pids:?}");
+    fs::write(mnts[0].join("f"), b"one").unwrap();
+    for m in &mnts {
+        assert_eq!(fs::read(m.join("f")).unwrap(), b"one");
+    }
+}

@@ -63,7 +63,7 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     tracing::info!(data = %args.data.display(), "shoal-mds starting");
     std::fs::create_dir_all(&args.data)?;
-    std::fs::write(args.data.join("pid"), std::process::id().to_string())?;
+    shoal_proto::pidfile::write(&args.data.join("pid"), std::process::id())?;
     // SAFETY: getuid/getgid cannot fail and touch no memory.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
     let cfg = MdsConfig {

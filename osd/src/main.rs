@@ -46,7 +46,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     std::fs::create_dir_all(&args.data)?;
-    std::fs::write(args.data.join("pid"), std::process::id().to_string())?;
+    shoal_proto::pidfile::write(&args.data.join("pid"), std::process::id())?;
     let cfg = OsdConfig {
         id: args.id,
         data_dir: args.data,

@@ -5,6 +5,7 @@
 //! - [`layout`]: file striping math — which object holds which byte of a file, and object names.
 //! - [`placement`]: which OSD stores an object, a pure function of the OSD map.
 //! - [`limits`]: name and size limits both ends enforce.
+//! - [`pidfile`]: daemon pid files, written whole.
 //! - [`quota`]: the names of the quota xattrs.
 //! - [`listing`]: a file's objects as one OSD lists them (clients and the MDS ask every OSD).
 //! - [`request`]: request ids that make MDS mutations exactly-once across retries.
@@ -15,6 +16,7 @@ pub mod error;
 pub mod layout;
 pub mod limits;
 pub mod listing;
+pub mod pidfile;
 pub mod placement;
 pub mod quota;
 pub mod request;
