@@ -45,7 +45,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use libc::{EBADF, EFBIG, EISDIR};
 use shoal_proto::limits::LEASE_HOLD_MAX;
 use shoal_proto::mds::*;
@@ -54,6 +54,7 @@ use tracing::warn;
 use crate::cluster::Cluster;
 use crate::dentries::KernelEntries;
 use crate::error::ClientError;
+use crate::readcache::BLOCK;
 use crate::writeback::{covers, overlay, Extents};
 
 type Result<T> = std::result::Result<T, ClientError>;
@@ -640,6 +641,8 @@ impl Client {
                 l.xattrs.clear();
                 l.floor = Some(now);
             }
+            // Its kept data is stale by the floor; an unlinked file's memory goes too.
+            self.cluster.read_cache().forget(ino);
         }
         for (dir, name) in names {
             if let Some(l) = leases.get_mut(dir) {
@@ -686,6 +689,8 @@ impl Client {
         l.xattrs.clear();
         l.revoked = Some(Instant::now());
         drop(leases);
+        // Stale from now on (its lease is gone): the memory goes too.
+        self.cluster.read_cache().forget(ino);
         // After the cache: a lookup the kernel started before this drop may still be
         // answered from it, and the kernel then keeps that answer as stale.
         self.kernel_entries.drop_all();
@@ -803,7 +808,7 @@ impl Client {
             .unwrap_or_else(shoal_proto::layout::default_layout);
         let session = self.cluster.session();
         let last = self
-            .read_range(session, ino, &layout, attr.size - 1, 1)
+            .read_range(session, ino, &layout, attr.size - 1, 1, attr.size)
             .await?;
         Ok((attr.size, last))
     }
@@ -1217,6 +1222,7 @@ impl Client {
         layout: &Layout,
         off: u64,
         len: u64,
+        size: u64,
     ) -> Result<Bytes> {
         // Taken before the OSDs are asked: what a flush finishing meanwhile sent is then
         // either still here or already on the OSDs when they answer.
@@ -1235,14 +1241,98 @@ impl Client {
         let base = if covers(&pieces, off, end) {
             Bytes::new()
         } else {
-            self.cluster.read(session, ino, layout, off, len).await?
+            self.read_base(session, ino, layout, off, len, size).await?
         };
         Ok(overlay(base, off, len, &pieces))
+    }
+
+    /// What the OSDs hold of `[off, off + len)` of a file of `size` bytes: a small read under
+    /// the file's read lease from the blocks kept here (see [`crate::readcache`]), fetching
+    /// and keeping the ones missing.
+    async fn read_base(
+        &self,
+        session: u64,
+        ino: u64,
+        layout: &Layout,
+        off: u64,
+        len: u64,
+        size: u64,
+    ) -> Result<Bytes> {
+        let cache = self.cluster.read_cache();
+        let after = (len <= BLOCK && cache.enabled())
+            .then(|| self.data_kept_after(ino))
+            .flatten();
+        let Some(after) = after else {
+            return self.cluster.read(session, ino, layout, off, len).await;
+        };
+        let end = off + len;
+        let mut parts = Vec::with_capacity(2);
+        for idx in off / BLOCK..=(end - 1) / BLOCK {
+            let (from, to) = (idx * BLOCK, ((idx + 1) * BLOCK).min(size));
+            let need = end.min(to) - from;
+            let data = match cache.get(ino, idx, after, need) {
+                Some(d) => d,
+                None => {
+                    let sent = Instant::now();
+                    let d = self
+                        .cluster
+                        .read(session, ino, layout, from, to - from)
+                        .await?;
+                    // Its own buffer: a kept block does not hold on to a larger reply's.
+                    let d = Bytes::copy_from_slice(&d);
+                    cache.put(ino, idx, d.clone(), sent);
+                    d
+                }
+            };
+            parts.push((from, data));
+        }
+        if let [(from, d)] = parts.as_slice() {
+            return Ok(d.slice((off - from) as usize..(end - from) as usize));
+        }
+        let mut out = BytesMut::with_capacity(len as usize);
+        for (from, d) in parts {
+            let a = off.max(from) - from;
+            let b = end.min(from + d.len() as u64) - from;
+            out.extend_from_slice(&d[a as usize..b as usize]);
+        }
+        Ok(out.freeze())
+    }
+
+    /// Whether this mount may read `ino` from the OSDs and what it kept as it is: under its
+    /// live read lease, or its own write lease.
+    fn may_read(&self, ino: u64, session: u64) -> bool {
+        if self.ttl(ino) > Duration::ZERO {
+            return true;
+        }
+        self.files().get(&ino).is_some_and(|s| {
+            s.lease_session == session
+                && s.write_until
+                    .is_some_and(|u| u > Instant::now() + LEASE_MARGIN)
+        })
+    }
+
+    /// Since when data read of `ino` may be kept and used: when this mount's unbroken read
+    /// lease on it began, or when this mount last changed it, whichever is later; None
+    /// without a live lease.
+    fn data_kept_after(&self, ino: u64) -> Option<Instant> {
+        let renewal = self.renewal();
+        let leases = self.leases();
+        let l = leases.get(&ino).filter(|l| Self::live(l, renewal))?;
+        let held = l.held_since?;
+        Some(l.floor.map_or(held, |f| f.max(held)))
     }
 
     /// Reads up to `len` bytes at `off` of a file open as handle `fh`.
     pub async fn read(&self, fh: u64, ino: u64, off: u64, len: u32) -> Result<Bytes> {
         let session = self.handle(fh)?;
+        if !self.may_read(ino, session) {
+            // Another mount may hold the file's write lease with writes it kept, or write
+            // without one: a look at the MDS revokes its lease (its data reaches the OSDs
+            // first) and grants this mount a read lease, which every later write revokes
+            // before it returns. Through a mount the kernel has looked already (its attributes
+            // went with the lease); the library's reads come here directly.
+            self.getattr_raw(ino).await?;
+        }
         let st = self.open_state(ino)?;
         let size = st.size;
         // The size may have grown through another mount; ask when reading past what we know.
@@ -1259,7 +1349,8 @@ impl Client {
             return Ok(Bytes::new());
         }
         let len = (len as u64).min(size - off);
-        self.read_range(session, ino, &st.layout, off, len).await
+        self.read_range(session, ino, &st.layout, off, len, size)
+            .await
     }
 
     /// Writes `data` at `off` of a file open as handle `fh`. Under the file's write lease the

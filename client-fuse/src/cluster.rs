@@ -41,6 +41,7 @@ use tonic::{Request, Response, Status};
 use tracing::{debug, trace, warn};
 
 use crate::error::ClientError;
+use crate::readcache::ReadCache;
 
 /// The OSD map as the client uses it: placement inputs and a channel per OSD.
 struct MapView {
@@ -67,6 +68,9 @@ pub struct Cluster {
     in_flight: Mutex<BTreeSet<u64>>,
     map: RwLock<Arc<MapView>>,
     retry_for: Duration,
+    /// File data read here, kept for small reads under the files' read leases; every
+    /// change of a file's data through this cluster drops what was read of it before.
+    read_cache: ReadCache,
 }
 
 /// Refuses a layout the striping math cannot use (it comes from the MDS, never from the
@@ -133,9 +137,15 @@ impl Cluster {
                 clients: HashMap::new(),
             })),
             retry_for,
+            read_cache: ReadCache::new(crate::readcache::DEFAULT_BYTES),
         });
         cluster.refresh_map().await?;
         Ok(cluster)
+    }
+
+    /// File data kept for small reads (see [`crate::readcache`]).
+    pub fn read_cache(&self) -> &ReadCache {
+        &self.read_cache
     }
 
     /// The MDS member calls go to now.
@@ -444,6 +454,7 @@ impl Cluster {
         runs: &[(u64, Bytes)],
     ) -> Result<(), ClientError> {
         usable(layout)?;
+        let _changing = self.read_cache.changing(ino);
         let mut objects: BTreeMap<u64, Vec<Extent>> = BTreeMap::new();
         for (off, data) in runs {
             for e in file_to_extents(layout, *off, data.len() as u64) {
@@ -615,6 +626,7 @@ impl Cluster {
         old_size: u64,
     ) -> Result<(), ClientError> {
         usable(layout)?;
+        let _changing = self.read_cache.changing(ino);
         let cuts: Vec<(u64, u64)> =
             if extents_bound(layout, old_size.saturating_sub(new_size)) <= WALK_MAX {
                 objects_in_range(layout, new_size, old_size)
@@ -670,6 +682,7 @@ impl Cluster {
         len: u64,
     ) -> Result<(), ClientError> {
         usable(layout)?;
+        let _changing = self.read_cache.changing(ino);
         let mut by_object: BTreeMap<u64, Vec<(u64, u64)>> = BTreeMap::new();
         if extents_bound(layout, len) <= WALK_MAX {
             for e in file_to_extents(layout, off, len) {

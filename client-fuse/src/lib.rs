@@ -8,6 +8,7 @@
 //! - [`fuse`]: the fuser `Filesystem` that turns kernel requests into [`client`] calls.
 //! - [`mount`]: mount options, the `mount.fuse.shoal` helper, and [`mount::run`] that serves a
 //!   mount until it is unmounted or told to stop.
+//! - [`readcache`]: file data read here, kept for small reads under the file's read lease.
 //! - [`session`]: a session with the cluster and its background work (heartbeats, leases);
 //!   files by path for programs that use the client as a library, without a mount.
 //! - [`volumes`]: directories under `/volumes/` with a quota (`shoal volume`, the CSI driver).
@@ -26,6 +27,7 @@ pub mod dentries;
 pub mod error;
 pub mod fuse;
 pub mod mount;
+pub mod readcache;
 pub mod session;
 pub mod volumes;
 pub mod writeback;

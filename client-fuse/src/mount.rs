@@ -13,7 +13,8 @@
 //! nosubtype`, which some test harnesses require); otherwise through fusermount3.
 //!
 //! `-o noentrycache`: the kernel keeps no directory entries (see [`crate::dentries`]), for
-//! mounts stacked on directories inside this one.
+//! mounts stacked on directories inside this one. `-o readcache=SIZE` (256m by default, 0:
+//! none): file data kept for small reads (see [`crate::readcache`]).
 
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
@@ -176,7 +177,7 @@ fn shoal_or_generic(o: &str) -> bool {
             | "default_permissions"
             | "allow_other"
             | "allow_root"
-    ) || ["volume=", "rasize=", "mds=", "data=", "x-"]
+    ) || ["volume=", "rasize=", "readcache=", "mds=", "data=", "x-"]
         .iter()
         .any(|p| o.starts_with(p))
 }
@@ -226,8 +227,20 @@ pub const DEFAULT_RASIZE: u64 = 4 << 20;
 /// `-o rasize=BYTES` (a `k`, `m` or `g` suffix allowed; 0: the kernel's default), rounded
 /// up to 4 KiB, at most 1 GiB.
 pub fn rasize_option(opts: &[String]) -> anyhow::Result<u64> {
-    let Some(v) = option_value(opts, "rasize") else {
-        return Ok(DEFAULT_RASIZE);
+    size_option(opts, "rasize", DEFAULT_RASIZE)
+}
+
+/// `-o readcache=BYTES` (as `rasize`; 0: none): how much file data read the mount keeps
+/// for small reads under the files' read leases (see [`crate::readcache`]).
+pub fn readcache_option(opts: &[String]) -> anyhow::Result<u64> {
+    size_option(opts, "readcache", crate::readcache::DEFAULT_BYTES)
+}
+
+/// `-o NAME=BYTES` (a `k`, `m` or `g` suffix allowed), rounded up to 4 KiB, at most 1 GiB;
+/// `default` when not given.
+fn size_option(opts: &[String], name: &str, default: u64) -> anyhow::Result<u64> {
+    let Some(v) = option_value(opts, name) else {
+        return Ok(default);
     };
     let v = v.as_str();
     let (num, unit) = match v.as_bytes().last() {
@@ -241,7 +254,7 @@ pub fn rasize_option(opts: &[String]) -> anyhow::Result<u64> {
         .ok()
         .and_then(|n| n.checked_mul(unit))
         .filter(|&b| b <= 1 << 30)
-        .with_context(|| format!("rasize={v}: not a size of at most 1 GiB"))?;
+        .with_context(|| format!("{name}={v}: not a size of at most 1 GiB"))?;
     Ok(bytes.div_ceil(4096) * 4096)
 }
 
@@ -387,6 +400,7 @@ pub fn run(
     let notifier: Arc<OnceLock<Notifier>> = Arc::default();
     let volume = volume_option(&cfg.options);
     let rasize = rasize_option(&cfg.options)?;
+    let readcache = readcache_option(&cfg.options)?;
     let shoal = rt.block_on(Session::start(
         &cfg.mds,
         cfg.retry_for,
@@ -394,6 +408,11 @@ pub fn run(
         &mnt.display().to_string(),
         notifier.clone(),
     ))?;
+    shoal
+        .client()
+        .cluster()
+        .read_cache()
+        .set_capacity(readcache);
     let fs = ShoalFs::new(
         shoal.client().clone(),
         rt.handle().clone(),

@@ -415,6 +415,54 @@ pub fn open_rw(p: &Path) -> std::fs::File {
         .unwrap_or_else(|e| panic!("open {}: {e}", p.display()))
 }
 
+/// Opens `p` for reading and writing with O_DIRECT: every read and write goes to the mount
+/// (use [`direct_read`] and [`direct_write`], which align the buffers).
+pub fn open_direct(p: &Path) -> std::fs::File {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(p)
+        .unwrap_or_else(|e| panic!("open {} O_DIRECT: {e}", p.display()))
+}
+
+/// A 4 KiB-aligned buffer of `len` bytes (a multiple of 4096), as O_DIRECT needs.
+struct Aligned(Vec<u8>, usize);
+
+impl Aligned {
+    fn new(len: usize) -> Aligned {
+        assert!(len.is_multiple_of(4096) && len > 0, "O_DIRECT length {len}");
+        let v = vec![0u8; len + 4096];
+        let skip = v.as_ptr().align_offset(4096);
+        Aligned(v, skip)
+    }
+
+    fn buf(&mut self, len: usize) -> &mut [u8] {
+        &mut self.0[self.1..self.1 + len]
+    }
+}
+
+/// `len` bytes at `off` read with one pread on an O_DIRECT descriptor (both aligned to 4 KiB);
+/// fewer at the end of the file.
+pub fn direct_read(f: &std::fs::File, off: u64, len: usize) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let mut b = Aligned::new(len);
+    let n = f
+        .read_at(b.buf(len), off)
+        .unwrap_or_else(|e| panic!("O_DIRECT read of {len} at {off}: {e}"));
+    b.buf(n).to_vec()
+}
+
+/// Writes `data` at `off` with one pwrite on an O_DIRECT descriptor (both aligned to 4 KiB).
+pub fn direct_write(f: &std::fs::File, off: u64, data: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let mut b = Aligned::new(data.len());
+    b.buf(data.len()).copy_from_slice(data);
+    f.write_all_at(b.buf(data.len()), off)
+        .unwrap_or_else(|e| panic!("O_DIRECT write of {} at {off}: {e}", data.len()));
+}
+
 /// Polls `free` every 200 ms until it says yes, as a lock held by a client that stopped
 /// answering must become: not before `timeout` could have passed (less a second of slack),
 /// and within 30 s. `what` names the lock for the failure message.

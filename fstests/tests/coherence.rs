@@ -10,7 +10,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
-use shoal_fstests::{Frozen, TestCluster};
+use shoal_fstests::{direct_read, direct_write, open_direct, open_rw, Frozen, TestCluster};
 
 /// Rounds of the write-here/read-there check (`SHOAL_COHERENCE_ROUNDS` overrides).
 fn rounds() -> usize {
@@ -82,6 +82,155 @@ fn a_write_on_one_mount_is_read_at_once_on_another() {
     // mtime seen there is the writer's.
     let (ma, mb) = (a.metadata().unwrap(), b.metadata().unwrap());
     assert_eq!((ma.mtime(), ma.mtime_nsec()), (mb.mtime(), mb.mtime_nsec()));
+}
+
+/// The 4 KiB-aligned span around `[off, end)` read with O_DIRECT from `f`, and what `model`
+/// holds there (less at the end of the file).
+fn aligned_span<'a>(f: &fs::File, model: &'a [u8], off: u64, end: u64) -> (Vec<u8>, &'a [u8]) {
+    let a = off / 4096 * 4096;
+    let e = end.div_ceil(4096) * 4096;
+    let got = direct_read(f, a, (e - a) as usize);
+    (got, &model[a as usize..e.min(model.len() as u64) as usize])
+}
+
+#[test]
+fn direct_reads_on_another_mount_see_every_returned_write_and_their_own_changes() {
+    const SPAN: usize = 1 << 20;
+    let c = TestCluster::start();
+    let m2 = c.mount_again("mnt2");
+    let seed: u64 = rand::random();
+    println!("seed {seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut model = vec![0u8; SPAN];
+    rng.fill(&mut model[..]);
+    fs::write(c.path("f"), &model).unwrap();
+    let w = open_rw(&c.path("f"));
+    let ino = w.metadata().unwrap().ino();
+    let r = open_direct(&m2.join("f"));
+    assert!(direct_read(&r, 0, SPAN) == model, "the reader's first look");
+
+    // Writes that stay with the writer's mount under its write lease (a write takes it once
+    // the reader's lease is gone and the file is no longer contended, 1 s after the reader
+    // last looked; the writes after it are kept). O_DIRECT reads ask the kernel nothing
+    // about the file: the reader's mount must take the lease back before it reads the OSDs
+    // or its own copy.
+    for round in 0..3 {
+        let start = Instant::now();
+        loop {
+            let off = rng.gen_range(0..SPAN as u64 - 8192);
+            let data: Vec<u8> = (0..rng.gen_range(1..=8192)).map(|_| rng.gen()).collect();
+            w.write_all_at(&data, off).unwrap();
+            model[off as usize..off as usize + data.len()].copy_from_slice(&data);
+            let on_osds = crate::read_object(&c, ino, 0, SPAN as u32, 0).unwrap();
+            if on_osds[off as usize..off as usize + data.len()] == data[..] {
+                assert!(
+                    start.elapsed() < Duration::from_secs(8),
+                    "round {round}: writes never got kept"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+            let (got, want) = aligned_span(&r, &model, off, off + data.len() as u64);
+            assert!(got == want, "round {round}: kept write at {off} unseen");
+            break;
+        }
+    }
+    // Many writes, each followed by a look at its blocks and at a block read before.
+    let looked = rng.gen_range(0..SPAN as u64 / 4096) * 4096;
+    for i in 0..rounds() / 20 {
+        let len = rng.gen_range(1..=8192usize);
+        let off = rng.gen_range(0..model.len() as u64 + 4096);
+        let data: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+        w.write_all_at(&data, off).unwrap();
+        let end = off as usize + len;
+        if end > model.len() {
+            model.resize(end, 0);
+        }
+        model[off as usize..end].copy_from_slice(&data);
+        let (got, want) = aligned_span(&r, &model, off, end as u64);
+        assert!(
+            got == want,
+            "round {i} (seed {seed}): {len} bytes at {off} read stale on the other mount"
+        );
+        let (got, want) = aligned_span(&r, &model, looked, looked + 4096);
+        assert!(got == want, "round {i}: block {looked}");
+    }
+
+    // The reader's own changes: an O_DIRECT write, a cut and a growth by ftruncate.
+    direct_write(&r, 8192, &[9u8; 4096]);
+    model[8192..12288].fill(9);
+    assert!(direct_read(&r, 8192, 4096) == [9u8; 4096], "its own write");
+    r.set_len(4096).unwrap();
+    r.set_len(16384).unwrap();
+    model.truncate(4096);
+    model.resize(16384, 0);
+    assert!(direct_read(&r, 0, 16384) == model, "cut and grown here");
+    // And the writer's: the reader sees zeros where the file was cut and grown.
+    w.set_len(2048).unwrap();
+    w.set_len(8192).unwrap();
+    model.truncate(2048);
+    model.resize(8192, 0);
+    assert!(direct_read(&r, 0, 8192) == model, "cut and grown there");
+    drop(w);
+    assert!(fs::read(c.path("f")).unwrap() == model);
+}
+
+/// An O_DIRECT read of 4 KiB at `off` of `p` from another thread: the bytes, or None if it
+/// did not return within `within` (the thread then finishes whenever it can).
+fn direct_read_within(p: &std::path::Path, off: u64, within: Duration) -> Option<Vec<u8>> {
+    let (tx, rx) = mpsc::channel();
+    let p = p.to_path_buf();
+    std::thread::spawn(move || {
+        let _ = tx.send(direct_read(&open_direct(&p), off, 4096));
+    });
+    rx.recv_timeout(within).ok()
+}
+
+#[test]
+fn small_reads_are_answered_from_blocks_kept_under_the_lease_until_a_write_anywhere() {
+    let c = TestCluster::start();
+    let m2 = c.mount_again("mnt2");
+    let plain = c.mount_again_with("plain", "readcache=0");
+    fs::write(c.path("f"), vec![b'a'; 256 << 10]).unwrap();
+    let wait = Duration::from_millis(700);
+    let osds = || -> Vec<Frozen> {
+        (0..3)
+            .map(|i| Frozen::stop(c.pid(&format!("osd.{i}"))))
+            .collect()
+    };
+    // Read once on each mount: the block around it is kept, except with readcache=0.
+    for m in [&m2, &plain] {
+        assert_eq!(
+            direct_read(&open_direct(&m.join("f")), 8192, 4096),
+            [b'a'; 4096]
+        );
+    }
+    let frozen = osds();
+    let kept = direct_read_within(&m2.join("f"), 8192 + 4096, wait);
+    let uncached = direct_read_within(&plain.join("f"), 8192, wait);
+    drop(frozen);
+    assert_eq!(
+        kept,
+        Some(vec![b'a'; 4096]),
+        "answered with the OSDs stopped"
+    );
+    assert_eq!(uncached, None, "readcache=0 keeps nothing");
+    // Another mount writes: the kept block goes with the lease.
+    let w = open_rw(&c.path("f"));
+    w.write_all_at(&[b'b'; 4096], 8192).unwrap();
+    let frozen = osds();
+    let after = direct_read_within(&m2.join("f"), 8192, wait);
+    drop(frozen);
+    assert_eq!(after, None, "a block kept before the write answered");
+    assert_eq!(
+        direct_read(&open_direct(&m2.join("f")), 8192, 4096),
+        [b'b'; 4096]
+    );
+    // So does a block this mount wrote over.
+    let r = open_direct(&m2.join("f"));
+    assert_eq!(direct_read(&r, 65536, 4096), [b'a'; 4096]);
+    direct_write(&r, 65536, &[b'c'; 4096]);
+    assert_eq!(direct_read(&r, 65536, 4096), [b'c'; 4096]);
 }
 
 #[test]

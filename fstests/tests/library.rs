@@ -15,21 +15,26 @@ fn errno<T>(r: Result<T, shoal_client::ClientError>) -> Option<i32> {
     r.err().map(|e| e.errno())
 }
 
+/// A library session with the cluster of `c`.
+async fn library(c: &TestCluster) -> Session {
+    let mds = resolve_source(c.data.to_str().unwrap()).unwrap();
+    Session::start(
+        &mds,
+        Duration::from_secs(10),
+        None,
+        "library test",
+        Arc::new(OnceLock::new()),
+    )
+    .await
+    .unwrap()
+}
+
 #[test]
 fn a_program_using_the_library_shares_files_with_a_mount() {
     let c = TestCluster::start();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let mds = resolve_source(c.data.to_str().unwrap()).unwrap();
     rt.block_on(async {
-        let lib = Session::start(
-            &mds,
-            Duration::from_secs(10),
-            None,
-            "library test",
-            Arc::new(OnceLock::new()),
-        )
-        .await
-        .unwrap();
+        let lib = library(&c).await;
         // Written through the library, read through the mount.
         lib.mkdir("d", 0o755).await.unwrap();
         let f = lib.create("d/f", 0o644).await.unwrap();
@@ -78,4 +83,46 @@ fn a_program_using_the_library_shares_files_with_a_mount() {
             .all(|s| s["mount_point"].as_str() != Some("library test")),
         "{status}"
     );
+}
+
+#[test]
+fn the_library_reads_writes_a_mount_kept_under_its_lease_and_not_its_own_stale_copy() {
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    let c = TestCluster::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    fs::write(c.path("f"), vec![b'a'; 65536]).unwrap();
+    let w = shoal_fstests::open_rw(&c.path("f"));
+    let ino = w.metadata().unwrap().ino();
+    rt.block_on(async {
+        let lib = library(&c).await;
+        let f = lib.open("f").await.unwrap();
+        // Read (and kept) under the library's read lease.
+        assert_eq!(&f.read_at(4096, 4096).await.unwrap()[..], &[b'a'; 4096]);
+        assert_eq!(&f.read_at(4096, 4096).await.unwrap()[..], &[b'a'; 4096]);
+        // The mount writes until a write stays with it under its write lease; nothing asks
+        // the library's session anything before it reads next.
+        let start = std::time::Instant::now();
+        for byte in b'b'.. {
+            w.write_all_at(&[byte; 100], 4096).unwrap();
+            // (Its own runtime, on a thread of its own.)
+            let on_osds = std::thread::scope(|s| {
+                s.spawn(|| crate::read_object(&c, ino, 4096, 100, 0).unwrap())
+                    .join()
+                    .unwrap()
+            });
+            if on_osds != [byte; 100] {
+                let got = f.read_at(4096, 4096).await.unwrap();
+                assert_eq!(&got[..100], &[byte; 100], "the kept write");
+                assert_eq!(&got[100..], &[b'a'; 3996]);
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(8),
+                "the mount's writes never got kept"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        f.close().await.unwrap();
+        lib.end().await;
+    });
 }
