@@ -224,15 +224,20 @@ struct Renewal {
     since: Option<Instant>,
     /// Until when the newest acknowledged renewal keeps the leases.
     until: Option<Instant>,
+    /// When the first renewal of the current unbroken run was sent (each sent before the
+    /// one before it ran out): only leases live then were kept by it all along. A lease
+    /// that ran out before (a stalled mount) may have been dropped by the MDS, which then
+    /// let changes pass without revoking it: no later renewal brings it back.
+    run_since: Option<Instant>,
 }
 
 /// When lease `l` ends, given the session's renewals.
 fn lease_end(l: &Lease, r: Renewal) -> Option<Instant> {
     let base = l.until?;
     let sent = l.sent?;
-    let renewed = r
-        .until
-        .filter(|_| r.since.is_some_and(|since| sent >= since));
+    let renewed = r.until.filter(|_| {
+        r.since.is_some_and(|since| sent >= since) && r.run_since.is_some_and(|run| base > run)
+    });
     Some(renewed.map_or(base, |u| {
         base.max(u.min(sent + LEASE_HOLD_MAX - LEASE_MARGIN))
     }))
@@ -263,6 +268,10 @@ pub struct Client {
     /// (ino, lock owner) pairs that may hold locks, so a close asks the MDS to release
     /// locks only when there can be some.
     lockers: Mutex<std::collections::HashSet<(u64, u64)>>,
+    /// Write leases this mount stopped using with nothing unsent (a close, a size sent
+    /// without asking to keep the lease): inode -> (session, writer mark), given back in
+    /// the background (see [`Client::send_releases`]) so the file's mark goes.
+    releases: Mutex<HashMap<u64, (u64, u64)>>,
     leases: Mutex<HashMap<u64, Lease>>,
     /// The kernel's entries of this mount's directories, kept under the leases.
     kernel_entries: KernelEntries,
@@ -341,6 +350,7 @@ impl Client {
             cluster,
             files: Mutex::default(),
             lockers: Mutex::default(),
+            releases: Mutex::default(),
             leases: Mutex::default(),
             kernel_entries: KernelEntries::default(),
             renewal: Mutex::default(),
@@ -398,6 +408,7 @@ impl Client {
         *r = Renewal {
             since: Some(Instant::now()),
             until: None,
+            run_since: None,
         };
         drop(r);
         // Leases may end sooner than the kernel was told (the old stream's renewals lapse).
@@ -412,6 +423,9 @@ impl Client {
         }
         let mut r = self.renewal.lock().unwrap_or_else(|p| p.into_inner());
         if r.since.is_some_and(|since| sent >= since) {
+            if r.until.is_none_or(|u| sent >= u) {
+                r.run_since = Some(sent);
+            }
             let until = sent + ms.saturating_sub(LEASE_MARGIN);
             r.until = r.until.max(Some(until));
         }
@@ -703,7 +717,9 @@ impl Client {
         self.mark_revoked(ino);
         // A write lease goes back with the data and the size, or on its own when nothing is
         // unsent, so the MDS need not look for this mount's writes on the OSDs.
-        self.send_size_or_release(ino, false, true).await
+        let sent = self.send_size_or_release(ino, false, true).await;
+        self.send_releases(Some(ino)).await;
+        sent
     }
 
     /// Keeps a failure to send a file's data for its next fsync or close (whichever comes
@@ -925,7 +941,7 @@ impl Client {
         touched: u64,
         req: Q,
         f: F,
-    ) -> Result<Attr>
+    ) -> Result<(Attr, u32)>
     where
         Q: Clone,
         F: Fn(crate::cluster::Mds, tonic::Request<Q>) -> Fut,
@@ -938,9 +954,9 @@ impl Client {
         self.changed_here(&[parent, touched], &[(parent, name)]);
         let mut r = r.inspect_err(|_| self.entries_unknown_everywhere(parent))?;
         let dir = r.dir.take();
-        let (attr, _) = self.leased_reply(r, sent, Some(parent))?;
+        let (attr, write_ms) = self.leased_reply(r, sent, Some(parent))?;
         self.entry_made(parent, name, &attr, sent, dir);
-        Ok(attr)
+        Ok((attr, write_ms))
     }
 
     /// The attributes of `ino`.
@@ -1135,6 +1151,11 @@ impl Client {
 
     /// Creates a file, directory, device, fifo, socket or symlink.
     pub async fn make_node(&self, req: MakeNodeRequest) -> Result<Attr> {
+        Ok(self.make_node_leased(req).await?.0)
+    }
+
+    /// [`Client::make_node`], and the write lease granted with it (milliseconds).
+    async fn make_node_leased(&self, req: MakeNodeRequest) -> Result<(Attr, u32)> {
         let (parent, name) = (req.parent, req.name.clone());
         self.make_entry("make_node", parent, &name, 0, req, |mut c, r| async move {
             c.make_node(r).await
@@ -1142,11 +1163,107 @@ impl Client {
         .await
     }
 
-    /// Creates (or, without `exclusive`, opens an existing) regular file and opens it.
+    /// Creates (or, without `exclusive`, opens an existing) regular file and opens it. A new
+    /// file comes with its write lease: its first writes stay here too.
     pub async fn create(&self, req: MakeNodeRequest) -> Result<Attr> {
-        let attr = self.make_node(req).await?;
+        let sent = Instant::now();
+        let session = self.cluster.session();
+        let (attr, write_ms) = self
+            .make_node_leased(MakeNodeRequest {
+                want_write_lease: true,
+                ..req
+            })
+            .await?;
         self.opened(&attr);
+        if write_ms > 0 {
+            self.write_lease_granted(attr.ino, session, attr.writer_mark, sent, write_ms);
+        }
         Ok(self.overlay(attr))
+    }
+
+    /// Records the write lease on `ino` granted to `session` with writer mark `mark` by a
+    /// request sent at `sent`, unless the MDS revoked this mount's leases on it since.
+    /// Returns whether it counts.
+    fn write_lease_granted(
+        &self,
+        ino: u64,
+        session: u64,
+        mark: u64,
+        sent: Instant,
+        ms: u32,
+    ) -> bool {
+        let revoked = self
+            .leases()
+            .get(&ino)
+            .and_then(|l| l.revoked)
+            .is_some_and(|r| r >= sent);
+        if revoked || mark == 0 {
+            return false;
+        }
+        let mut files = self.files();
+        let Some(s) = files.get_mut(&ino) else {
+            return false;
+        };
+        let len = Duration::from_millis(ms as u64);
+        s.write_until = Some(sent + len.saturating_sub(LEASE_MARGIN));
+        s.lease_session = session;
+        s.lease_mark = mark;
+        s.lease_len = len;
+        drop(files);
+        // Held again: a give-back of an older mark still queued goes (the MDS would refuse it).
+        self.releases().remove(&ino);
+        true
+    }
+
+    fn releases(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (u64, u64)>> {
+        self.releases.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// This mount stops using its write lease on `ino` (in `s`) with nothing unsent: the lease
+    /// is given back in the background, so the file's writer mark goes before the lease would
+    /// run out (another mount's look at a marked file whose writer is gone makes the MDS look
+    /// for its writes on the OSDs).
+    fn stop_using_lease(&self, ino: u64, s: &mut FileState) {
+        if s.write_until.take().is_some() && s.lease_mark > 0 {
+            self.releases().insert(ino, (s.lease_session, s.lease_mark));
+        }
+    }
+
+    /// Gives back the write leases queued by [`Client::stop_using_lease`] (of `only` one
+    /// file, or all), all at once; each goes only if the file still has the mark it was
+    /// granted with. Failures are left to the next look at the file.
+    pub async fn send_releases(&self, only: Option<u64>) {
+        let session = self.cluster.session();
+        let due: Vec<(u64, u64)> = {
+            let mut q = self.releases();
+            let inos: Vec<u64> = match only {
+                Some(ino) => q.contains_key(&ino).then_some(ino).into_iter().collect(),
+                None => q.keys().copied().collect(),
+            };
+            inos.into_iter()
+                .filter_map(|ino| q.remove(&ino).map(|(s, m)| (ino, s, m)))
+                // An evicted session's marks are its successor's MDS's business.
+                .filter(|&(_, s, _)| s == session)
+                .map(|(ino, _, m)| (ino, m))
+                .collect()
+        };
+        for chunk in due.chunks(shoal_proto::limits::RELEASES_MAX) {
+            let req = ReleaseWritesRequest {
+                files: chunk
+                    .iter()
+                    .map(|&(ino, writer_mark)| WriterMark { ino, writer_mark })
+                    .collect(),
+            };
+            let r = self
+                .cluster
+                .mds_mutate("release_writes", req, |mut c, r| async move {
+                    c.release_writes(r).await
+                })
+                .await;
+            if let Err(e) = r {
+                tracing::debug!(files = chunk.len(), error = %e, "cannot give write leases back");
+            }
+        }
     }
 
     /// Opens a file: registers it so writes can track its size.
@@ -1690,7 +1807,7 @@ impl Client {
                 }
                 if !(s.unsent() || release && s.write_until.is_some()) {
                     if !want_lease {
-                        s.write_until = None;
+                        self.stop_using_lease(ino, s);
                     }
                     return Ok(());
                 }
@@ -1768,6 +1885,7 @@ impl Client {
                     s.lease_session = session;
                     s.lease_mark = mark;
                     s.lease_len = len;
+                    self.releases().remove(&ino);
                 }
                 // Writes that returned meanwhile under the lease just lost: their size goes too.
                 !leased && !covered && s.unsent()
@@ -1968,8 +2086,8 @@ impl Client {
         if !quiet {
             return false;
         }
-        // As a size send with nothing to send: the write lease, unused, is not counted on.
-        s.write_until = None;
+        // As a size send with nothing to send: the write lease, unused, goes back later.
+        self.stop_using_lease(ino, s);
         if last {
             if s.open > 1 {
                 s.open -= 1;
@@ -2076,7 +2194,7 @@ impl Client {
             new_parent,
             new_name: Bytes::copy_from_slice(new_name),
         };
-        let attr = self
+        let (attr, _) = self
             .make_entry(
                 "link",
                 new_parent,
@@ -2224,5 +2342,45 @@ impl Client {
             .await;
         self.changed_here(&[ino], &[]);
         r.map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_renewal_keeps_only_leases_live_when_its_unbroken_run_began() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        let lease = |granted: Instant| Lease {
+            until: Some(granted + 2 * s),
+            sent: Some(granted),
+            ..Lease::default()
+        };
+        let run = |since: Instant, run_since: Instant, until: Instant| Renewal {
+            since: Some(since),
+            until: Some(until),
+            run_since: Some(run_since),
+        };
+        // Granted at t0, renewed by a run that began at t0 + 1 s: kept to the run's end.
+        let l = lease(t0 + s / 2);
+        assert_eq!(lease_end(&l, run(t0, t0 + s, t0 + 9 * s)), Some(t0 + 9 * s));
+        // A run that began after the lease ran out (the mount stalled): not brought back.
+        assert_eq!(
+            lease_end(&l, run(t0, t0 + 5 * s, t0 + 9 * s)),
+            Some(t0 + s / 2 + 2 * s)
+        );
+        // Granted before the stream the renewals go through was opened: not kept by them.
+        assert_eq!(
+            lease_end(&l, run(t0 + s, t0 + s, t0 + 9 * s)),
+            Some(t0 + s / 2 + 2 * s)
+        );
+        // No renewal yet: the grant's own end.
+        let none = Renewal {
+            since: Some(t0),
+            ..Renewal::default()
+        };
+        assert_eq!(lease_end(&l, none), Some(t0 + s / 2 + 2 * s));
     }
 }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures::future::try_join_all;
-use futures::{stream, StreamExt, TryStreamExt};
+use futures::{stream, Stream, StreamExt};
 use shoal_proto::error::{status_errno, WireError};
 use shoal_proto::layout::{
     extents_bound, file_to_extents, first_object_at, object_extents_in_range, object_len_below,
@@ -71,6 +71,13 @@ pub struct Cluster {
     /// File data read here, kept for small reads under the files' read leases; every
     /// change of a file's data through this cluster drops what was read of it before.
     read_cache: ReadCache,
+}
+
+/// Waits for every change of `changes`, failed or not, then reports the first failure: none
+/// lands after the caller returns (and marks the file changed for the kept reads).
+async fn all_done(changes: impl Stream<Item = Result<(), ClientError>>) -> Result<(), ClientError> {
+    let done: Vec<Result<(), ClientError>> = changes.collect().await;
+    done.into_iter().collect()
 }
 
 /// Refuses a layout the striping math cannot use (it comes from the MDS, never from the
@@ -643,7 +650,7 @@ impl Cluster {
                     })
                     .collect()
             };
-        stream::iter(cuts.into_iter().map(|(objno, keep)| {
+        let changes = stream::iter(cuts.into_iter().map(|(objno, keep)| {
             let object = object_name(ino, objno);
             async move {
                 if keep == 0 {
@@ -663,10 +670,8 @@ impl Cluster {
                 }
             }
         }))
-        .buffer_unordered(64)
-        .try_collect::<Vec<()>>()
-        .await?;
-        Ok(())
+        .buffer_unordered(64);
+        all_done(changes).await
     }
 
     /// Zeroes `len` bytes at file offset `off` (a punched hole): objects the range covers
@@ -704,7 +709,7 @@ impl Cluster {
                 }
             }
         }
-        stream::iter(by_object.into_iter().map(|(objno, pieces)| {
+        let changes = stream::iter(by_object.into_iter().map(|(objno, pieces)| {
             let object = object_name(ino, objno);
             async move {
                 let covered: u64 = pieces.iter().map(|&(_, len)| len).sum();
@@ -727,10 +732,8 @@ impl Cluster {
                 Ok(())
             }
         }))
-        .buffer_unordered(64)
-        .try_collect::<Vec<()>>()
-        .await?;
-        Ok(())
+        .buffer_unordered(64);
+        all_done(changes).await
     }
 
     /// Deletes every object of a file of `size` bytes.

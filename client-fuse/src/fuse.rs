@@ -215,6 +215,7 @@ impl ShoalFs {
             target: Bytes::copy_from_slice(target),
             exclusive: true,
             umask,
+            ..Default::default()
         };
         let r = EntryReplier { dir: parent.0 };
         self.go(move |c| async move { r.reply(&c, reply, c.make_node(mk).await) });
@@ -1118,6 +1119,7 @@ impl Filesystem for ShoalFs {
             target: Bytes::new(),
             exclusive: flags & libc::O_EXCL != 0,
             umask,
+            ..Default::default()
         };
         self.go(move |c| async move {
             match c.create(mk).await.and_then(|a| kernel_attr(&c, &a)) {

@@ -132,9 +132,10 @@ impl ReadCache {
         self.inner().evict_to(capacity);
     }
 
-    /// Whether it keeps anything.
+    /// Whether it keeps anything: room for one block at least (a smaller cache would only
+    /// make small reads fetch whole blocks).
     pub fn enabled(&self) -> bool {
-        self.capacity.load(Ordering::Relaxed) > 0
+        self.capacity.load(Ordering::Relaxed) >= BLOCK + OVERHEAD
     }
 
     /// Bytes kept, bookkeeping included.
@@ -270,6 +271,9 @@ mod tests {
         assert_eq!(c.bytes(), 3 * (1000 + OVERHEAD));
         c.set_capacity(1000 + OVERHEAD);
         assert_eq!(c.bytes(), 1000 + OVERHEAD);
+        assert!(!c.enabled(), "no room for a whole block");
+        c.set_capacity(BLOCK + OVERHEAD);
+        assert!(c.enabled());
         c.set_capacity(0);
         assert!(!c.enabled());
         c.put(7, 9, block(9, 1), Instant::now());

@@ -96,6 +96,7 @@ impl Session {
             loop {
                 tokio::time::sleep(Duration::from_millis(250)).await;
                 c.renew_write_leases(Duration::from_secs(1)).await;
+                c.send_releases(None).await;
             }
         }));
         Ok(session)
@@ -184,6 +185,7 @@ impl Session {
             target: Bytes::new(),
             exclusive: false,
             umask: 0,
+            ..Default::default()
         }
     }
 

@@ -234,6 +234,46 @@ fn small_reads_are_answered_from_blocks_kept_under_the_lease_until_a_write_anywh
 }
 
 #[test]
+fn a_new_file_comes_with_its_write_lease_and_gives_it_back_once_closed() {
+    let c = TestCluster::start();
+    let m2 = c.mount_again("mnt2");
+    // Created, then written: the first write stays with this mount too.
+    let mut f = fs::File::create(c.path("new")).unwrap();
+    f.write_all(b"first").unwrap();
+    let ino = f.metadata().unwrap().ino();
+    assert_eq!(
+        crate::read_object(&c, ino, 0, 4096, 0),
+        Ok(Vec::new()),
+        "the first write went to the OSDs"
+    );
+    // Another mount's look takes the lease back with the data.
+    assert_eq!(fs::read(m2.join("new")).unwrap(), b"first");
+    drop(f);
+    // Files created and closed here (empty, written, written and synced): once their leases
+    // would have run out, another mount's look finds no writer whose writes the MDS must
+    // look for on the OSDs (it logs each such recovery).
+    for i in 0..10 {
+        let mut f = fs::File::create(c.path(&format!("e{i}"))).unwrap();
+        if i % 3 > 0 {
+            f.write_all(b"data").unwrap();
+        }
+        if i % 3 == 2 {
+            f.sync_all().unwrap();
+        }
+    }
+    std::thread::sleep(Duration::from_millis(2500));
+    for i in 0..10 {
+        let len = if i % 3 > 0 { 4 } else { 0 };
+        assert_eq!(fs::metadata(m2.join(format!("e{i}"))).unwrap().len(), len);
+    }
+    let log = fs::read_to_string(c.data.join("mds.0").join("log")).unwrap();
+    assert!(
+        !log.contains("departed writer left"),
+        "a closed file kept its writer mark:\n{log}"
+    );
+}
+
+#[test]
 fn a_writer_keeps_its_data_under_its_lease_until_fsync_or_another_mount_reads() {
     // A long lease, so nothing sends the kept data on its own while the test looks.
     let c = TestCluster::start_args(&["--lease-ms", "10000"]);

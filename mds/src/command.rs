@@ -12,7 +12,7 @@ pub struct Command {
     /// The mutation.
     #[prost(
         oneof = "Op",
-        tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18"
+        tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19"
     )]
     pub op: Option<Op>,
     /// The client request this mutation answers, for exactly-once retries.
@@ -209,6 +209,9 @@ pub enum Op {
     /// Record what a file's writer left on the OSDs, and clear its mark.
     #[prost(message, tag = "18")]
     RecoverWrites(RecoverWrites),
+    /// Write leases a session gave back together: the files' writer marks go.
+    #[prost(message, tag = "19")]
+    ReleaseWrites(pb::ReleaseWritesRequest),
 }
 
 /// Payload of [`Op::RecoverWrites`]: what the OSDs hold of a file marked with a writer that

@@ -152,11 +152,20 @@ impl<'a> Txn<'a> {
     }
 
     fn inode(&self, ino: u64) -> Result<Attr, MdsError> {
-        match self.get(Cf::Inodes, &be(ino))? {
-            Some(b) => Attr::decode(b.as_slice())
-                .map_err(|e| MdsError::Corrupt(format!("inode {ino}: {e}"))),
+        match self.inode_if_any(ino)? {
+            Some(a) => Ok(a),
             None => fs(libc::ENOENT, format!("no inode {ino}")),
         }
+    }
+
+    /// Inode `ino`, if it exists.
+    fn inode_if_any(&self, ino: u64) -> Result<Option<Attr>, MdsError> {
+        self.get(Cf::Inodes, &be(ino))?
+            .map(|b| {
+                Attr::decode(b.as_slice())
+                    .map_err(|e| MdsError::Corrupt(format!("inode {ino}: {e}")))
+            })
+            .transpose()
     }
 
     fn put_inode(&mut self, a: &Attr) {
@@ -605,7 +614,7 @@ fn apply_op(
         Op::Noop(_) => Ok(Applied::Done),
         Op::Bootstrap(b) => bootstrap(t, b.uid, b.gid, now),
         Op::SetAttr(r) => setattr(t, r, session, now).map(Applied::Attr),
-        Op::MakeNode(r) => make_node(t, r, now).map(Applied::Attr),
+        Op::MakeNode(r) => make_node(t, r, session, now).map(Applied::Attr),
         Op::Unlink(r) => unlink(t, r, now).map(Applied::Removed),
         Op::Rename(r) => rename(t, r, now).map(Applied::Removed),
         Op::Link(r) => link(t, r, now).map(Applied::Attr),
@@ -624,11 +633,34 @@ fn apply_op(
         Op::EndSession(r) => locks::end_session(t, r.session),
         Op::Evict(r) => evict(t, r.session, now),
         Op::RecoverWrites(r) => recover_writes(t, r, now),
+        Op::ReleaseWrites(r) => release_writes(t, r, session),
     }
 }
 
 /// Records what a file's departed writer left on the OSDs (size and mtime only move up) and
 /// clears its mark, unless the file was marked again since the probe.
+/// Clears the writer mark of each file still marked by `session` with the mark given (its
+/// write lease came back with nothing unsent); files gone since are skipped.
+fn release_writes(
+    t: &mut Txn<'_>,
+    r: &pb::ReleaseWritesRequest,
+    session: Option<u64>,
+) -> Result<Applied, MdsError> {
+    let Some(s) = session else {
+        return Ok(Applied::Done);
+    };
+    for f in &r.files {
+        let Some(mut a) = t.inode_if_any(f.ino)? else {
+            continue;
+        };
+        if a.writer == s && a.writer_mark == f.writer_mark {
+            a.writer = 0;
+            t.put_inode(&a);
+        }
+    }
+    Ok(Applied::Done)
+}
+
 fn recover_writes(t: &mut Txn<'_>, r: &RecoverWrites, now: &Timespec) -> Result<Applied, MdsError> {
     let mut a = t.inode(r.ino)?;
     if a.writer == 0 || a.writer_mark != r.writer_mark {
@@ -806,7 +838,15 @@ fn setattr(
     Ok(a)
 }
 
-fn make_node(t: &mut Txn<'_>, r: &pb::MakeNodeRequest, now: &Timespec) -> Result<Attr, MdsError> {
+/// Makes a node (or, for a create without `exclusive`, returns the regular file of that
+/// name). A new regular file asked for with `mark_writer` is marked with `session`, about to
+/// get its write lease.
+fn make_node(
+    t: &mut Txn<'_>,
+    r: &pb::MakeNodeRequest,
+    session: Option<u64>,
+    now: &Timespec,
+) -> Result<Attr, MdsError> {
     check_name(&r.name).or_else(|e| fs(e, "bad name"))?;
     let mut parent = t.dir(r.parent)?;
     if parent.nlink == 0 {
@@ -863,7 +903,7 @@ fn make_node(t: &mut Txn<'_>, r: &pb::MakeNodeRequest, now: &Timespec) -> Result
             perm |= S_ISGID;
         }
     }
-    let attr = Attr {
+    let mut attr = Attr {
         ino,
         kind: kind as i32,
         perm,
@@ -891,6 +931,10 @@ fn make_node(t: &mut Txn<'_>, r: &pb::MakeNodeRequest, now: &Timespec) -> Result
         writer_mark: 0,
         realm,
     };
+    if let Some(s) = session.filter(|_| r.mark_writer && kind == FileKind::Regular) {
+        attr.writer = s;
+        attr.writer_mark = 1;
+    }
     if kind == FileKind::Symlink {
         t.put(Cf::Symlinks, &be(ino), r.target.to_vec());
     }

@@ -144,6 +144,11 @@ impl Leases {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether `session` can be granted leases now.
+    pub fn may_hold_any(&self, session: Option<u64>) -> bool {
+        session.is_some_and(|s| self.may_hold(&self.inner(), s))
+    }
+
     /// Whether `session` can be granted leases: leases are on, and it can hear revocations.
     fn may_hold(&self, g: &Inner, session: u64) -> bool {
         !self.duration.is_zero() && g.streams.contains_key(&session)

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use raft::eraftpb::{ConfChange, ConfChangeType};
-use shoal_proto::limits::check_name;
+use shoal_proto::limits::{check_name, RELEASES_MAX};
 use shoal_proto::mds::mds_server::Mds;
 use shoal_proto::mds::*;
 use shoal_proto::placement::{default_min_size, DEFAULT_PG_COUNT, DEFAULT_SIZE};
@@ -339,6 +339,21 @@ impl MdsService {
             write_lease_ms: 0,
             dir,
         }))
+    }
+
+    /// The write lease on a file `made` marked with `session` as its writer (a create that
+    /// asked for it): granted unless the mark went meanwhile (no one else knew the file, but
+    /// a listing may have found it). Without the grant the mark stays, and the file's next
+    /// look finds the writer gone and its (absent) writes on the OSDs.
+    fn grant_new_writer(&self, session: u64, made: &Attr) -> Result<u32, Status> {
+        self.leases.reserve_write(session, made.ino);
+        let ms = self.leases.grant_write(Some(session), made.ino);
+        let now = self.fsm.getattr(made.ino)?;
+        if ms == 0 || now.writer != session || now.writer_mark != made.writer_mark {
+            self.leases.release_write(Some(session), made.ino);
+            return Ok(0);
+        }
+        Ok(ms)
     }
 
     /// The inode `name` in `parent` names now, if any (what a change is about to touch).
@@ -813,15 +828,51 @@ impl Mds for MdsService {
         }))
     }
 
-    async fn make_node(&self, req: Request<MakeNodeRequest>) -> Reply<AttrReply> {
+    async fn release_writes(&self, req: Request<ReleaseWritesRequest>) -> Reply<Empty> {
+        let session = self.session(req.metadata())?;
+        let files: Vec<u64> = req.get_ref().files.iter().map(|f| f.ino).collect();
+        if files.len() > RELEASES_MAX {
+            return Err(Status::invalid_argument(format!(
+                "{} write leases given back at once, at most {RELEASES_MAX}",
+                files.len()
+            )));
+        }
+        self.propose_for(req, Op::ReleaseWrites).await?;
+        // The leases go where their marks went; one granted again since stays.
+        for ino in files {
+            let still = self
+                .fsm
+                .getattr(ino)
+                .is_ok_and(|a| Some(a.writer) == session);
+            if !still {
+                self.leases.release_write(session, ino);
+            }
+        }
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn make_node(&self, mut req: Request<MakeNodeRequest>) -> Reply<AttrReply> {
         name_ok(&req.get_ref().name)?;
         let session = self.session(req.metadata())?;
-        let (parent, name) = (req.get_ref().parent, req.get_ref().name.clone());
+        let r = req.get_mut();
+        let (parent, name) = (r.parent, r.name.clone());
+        // A new file comes marked with the writer in its own entry, so its first writes can
+        // stay with the client: no entry of its own for the mark, no size sent at once.
+        r.mark_writer = r.want_write_lease
+            && r.kind == FileKind::Regular as i32
+            && self.leases.may_hold_any(session);
         let made = attr_of(self.propose_for(req, Op::MakeNode).await?)?;
         self.changed(session, vec![(parent, vec![name])]).await;
+        let write_lease_ms = match session {
+            Some(s) if made.writer == s => self.grant_new_writer(s, &made)?,
+            _ => 0,
+        };
         let dir_ms = self.leases.grant_read(session, parent).await;
-        self.entry_reply(session, dir_ms, made.ino, Some(parent))
-            .await
+        let mut reply = self
+            .entry_reply(session, dir_ms, made.ino, Some(parent))
+            .await?;
+        reply.get_mut().write_lease_ms = write_lease_ms;
+        Ok(reply)
     }
 
     async fn unlink(&self, req: Request<UnlinkRequest>) -> Reply<UnlinkReply> {

@@ -14,6 +14,8 @@ pub const FILE_SIZE_MAX: u64 = i64::MAX as u64;
 /// A read lease lasts at most this long after its grant, however often its session renews
 /// (both the MDS and the clients count so).
 pub const LEASE_HOLD_MAX: std::time::Duration = std::time::Duration::from_secs(60);
+/// Write leases one `Mds.ReleaseWrites` gives back at most.
+pub const RELEASES_MAX: usize = 4096;
 
 /// Checks a directory entry name: not empty, no '/', no NUL, not "." or "..", at most
 /// [`NAME_MAX`] bytes.

@@ -766,3 +766,61 @@ fn quotas_count_the_tree_and_refuse_growth_past_a_limit() {
         h.mk(vol, &format!("n{i}"), FileKind::Regular).unwrap();
     }
 }
+
+#[test]
+fn a_new_file_asked_with_the_write_lease_is_marked_with_its_creator() {
+    let mut h = Harness::new();
+    let create = |name: &str, kind: FileKind, exclusive: bool| pb::MakeNodeRequest {
+        parent: ROOT_INO,
+        name: name.as_bytes().to_vec().into(),
+        kind: kind as i32,
+        perm: 0o644,
+        exclusive,
+        want_write_lease: true,
+        mark_writer: true,
+        ..Default::default()
+    };
+    let id = |seq| RequestId {
+        session: 9,
+        seq,
+        oldest: seq,
+    };
+    let made = |r: Result<Applied, MdsError>| match r {
+        Ok(Applied::Attr(a)) => a,
+        other => panic!("make_node: {other:?}"),
+    };
+    let f = made(h.run_as(
+        Op::MakeNode(create("f", FileKind::Regular, true)),
+        Some(id(1)),
+    ));
+    assert_eq!((f.writer, f.writer_mark), (9, 1));
+    let give_back = |ino, writer_mark| {
+        Op::ReleaseWrites(pb::ReleaseWritesRequest {
+            files: vec![pb::WriterMark { ino, writer_mark }],
+        })
+    };
+    // A give-back of another mark (sent late, a lease granted since), or by another
+    // session, leaves the mark; the writer's own with its mark clears it.
+    h.run_as(give_back(f.ino, 2), Some(id(2))).expect("applies");
+    h.run(give_back(f.ino, 1)).expect("applies");
+    assert_eq!(h.fsm.getattr(f.ino).expect("f").writer, 9, "kept");
+    h.run_as(give_back(f.ino, 1), Some(id(3))).expect("applies");
+    assert_eq!(h.fsm.getattr(f.ino).expect("f").writer, 0, "given back");
+    // A file gone meanwhile is no failure.
+    h.run_as(give_back(999_999, 1), Some(id(4)))
+        .expect("a missing file is skipped");
+    // An existing file opened by a create comes as it is, unmarked.
+    let again = made(h.run_as(
+        Op::MakeNode(create("f", FileKind::Regular, false)),
+        Some(id(5)),
+    ));
+    assert_eq!((again.ino, again.writer, again.writer_mark), (f.ino, 0, 1));
+    // Only regular files, and only for a session.
+    let d = made(h.run_as(
+        Op::MakeNode(create("d", FileKind::Directory, true)),
+        Some(id(6)),
+    ));
+    assert_eq!(d.writer, 0);
+    let g = made(h.run(Op::MakeNode(create("g", FileKind::Regular, true))));
+    assert_eq!(g.writer, 0);
+}
