@@ -1176,7 +1176,13 @@ impl Client {
             .await?;
         self.opened(&attr);
         if write_ms > 0 {
-            self.write_lease_granted(attr.ino, session, attr.writer_mark, sent, write_ms);
+            // As a size send's grant: a revocation's give-back waits for it, or it sees the
+            // revocation and does not count.
+            let sending = self.files().get(&attr.ino).map(|s| s.sending.clone());
+            if let Some(sending) = sending {
+                let _one = sending.lock().await;
+                self.write_lease_granted(attr.ino, session, attr.writer_mark, sent, write_ms);
+            }
         }
         Ok(self.overlay(attr))
     }
@@ -1391,10 +1397,16 @@ impl Client {
                 Some(d) => d,
                 None => {
                     let sent = Instant::now();
-                    let d = self
+                    let d = match self
                         .cluster
                         .read(session, ino, layout, from, to - from)
-                        .await?;
+                        .await
+                    {
+                        Ok(d) => d,
+                        // The block around the read may hold what the read itself does not
+                        // (a damaged checksum block elsewhere in it): ask for the read alone.
+                        Err(_) => return self.cluster.read(session, ino, layout, off, len).await,
+                    };
                     // Its own buffer: a kept block does not hold on to a larger reply's.
                     let d = Bytes::copy_from_slice(&d);
                     cache.put(ino, idx, d.clone(), sent);

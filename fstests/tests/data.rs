@@ -290,6 +290,8 @@ fn statfs_reports_real_capacity_and_unlinked_open_files_live_until_close() {
     f.read_to_end(&mut back).unwrap();
     assert_eq!(back.len(), data.len() + 4);
     assert!(back[..data.len()] == data[..]);
+    // (Written under the write lease: sent to the OSDs by fsync.)
+    f.sync_all().unwrap();
     assert!(!c.object_files().is_empty());
     drop(f);
     // Last close: its objects are deleted. FUSE sends the release after close() returns.

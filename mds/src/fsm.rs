@@ -637,8 +637,6 @@ fn apply_op(
     }
 }
 
-/// Records what a file's departed writer left on the OSDs (size and mtime only move up) and
-/// clears its mark, unless the file was marked again since the probe.
 /// Clears the writer mark of each file still marked by `session` with the mark given (its
 /// write lease came back with nothing unsent); files gone since are skipped.
 fn release_writes(
@@ -661,6 +659,8 @@ fn release_writes(
     Ok(Applied::Done)
 }
 
+/// Records what a file's departed writer left on the OSDs (size and mtime only move up) and
+/// clears its mark, unless the file was marked again since the probe.
 fn recover_writes(t: &mut Txn<'_>, r: &RecoverWrites, now: &Timespec) -> Result<Applied, MdsError> {
     let mut a = t.inode(r.ino)?;
     if a.writer == 0 || a.writer_mark != r.writer_mark {
@@ -857,8 +857,14 @@ fn make_node(
         return fs(libc::EINVAL, "unknown file kind");
     }
     if let Some(d) = t.dentry(r.parent, &r.name)? {
-        let existing = t.inode(d.ino)?;
+        let mut existing = t.inode(d.ino)?;
         if !r.exclusive && kind == FileKind::Regular && existing.kind == FileKind::Regular as i32 {
+            if r.mark_writer && session.is_some_and(|s| s == existing.writer) {
+                // Already this session's: marked anew, so a give-back of the old mark sent
+                // meanwhile leaves the lease this create is granted.
+                existing.writer_mark += 1;
+                t.put_inode(&existing);
+            }
             return Ok(existing);
         }
         return fs(libc::EEXIST, "name exists");

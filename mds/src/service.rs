@@ -200,6 +200,12 @@ impl MdsService {
             return Ok(attr);
         }
         // One recovery per file at a time; the others then find it done.
+        self.one_at_a_time(ino, self.recover(session, ino, strict))
+            .await
+    }
+
+    /// Runs `f` while no recovery of file `ino` runs (nor another such `f`).
+    async fn one_at_a_time<T>(&self, ino: u64, f: impl std::future::Future<Output = T>) -> T {
         let one = self
             .recovering
             .lock()
@@ -209,7 +215,7 @@ impl MdsService {
             .clone();
         let result = {
             let _one = one.lock().await;
-            self.recover(session, ino, strict).await
+            f.await
         };
         let mut map = self.recovering.lock().unwrap_or_else(|p| p.into_inner());
         // Ours and the map's: nobody else waits for it.
@@ -864,7 +870,11 @@ impl Mds for MdsService {
         let made = attr_of(self.propose_for(req, Op::MakeNode).await?)?;
         self.changed(session, vec![(parent, vec![name])]).await;
         let write_lease_ms = match session {
-            Some(s) if made.writer == s => self.grant_new_writer(s, &made)?,
+            Some(s) if made.writer == s => {
+                // Not while a recovery another look started may clear the mark afterwards.
+                self.one_at_a_time(made.ino, async { self.grant_new_writer(s, &made) })
+                    .await?
+            }
             _ => 0,
         };
         let dir_ms = self.leases.grant_read(session, parent).await;

@@ -815,6 +815,16 @@ fn a_new_file_asked_with_the_write_lease_is_marked_with_its_creator() {
         Some(id(5)),
     ));
     assert_eq!((again.ino, again.writer, again.writer_mark), (f.ino, 0, 1));
+    // One still marked by the same session is marked anew (an old give-back then misses).
+    let h2 = made(h.run_as(
+        Op::MakeNode(create("h", FileKind::Regular, true)),
+        Some(id(10)),
+    ));
+    let again = made(h.run_as(
+        Op::MakeNode(create("h", FileKind::Regular, false)),
+        Some(id(11)),
+    ));
+    assert_eq!((again.ino, again.writer, again.writer_mark), (h2.ino, 9, 2));
     // Only regular files, and only for a session.
     let d = made(h.run_as(
         Op::MakeNode(create("d", FileKind::Directory, true)),
