@@ -272,6 +272,8 @@ pub struct Client {
     /// without asking to keep the lease): inode -> (session, writer mark), given back in
     /// the background (see [`Client::send_releases`]) so the file's mark goes.
     releases: Mutex<HashMap<u64, (u64, u64)>>,
+    /// Held while give-backs are on their way: a revocation waits for them before its ack.
+    releasing: tokio::sync::Mutex<()>,
     leases: Mutex<HashMap<u64, Lease>>,
     /// The kernel's entries of this mount's directories, kept under the leases.
     kernel_entries: KernelEntries,
@@ -351,6 +353,7 @@ impl Client {
             files: Mutex::default(),
             lockers: Mutex::default(),
             releases: Mutex::default(),
+            releasing: tokio::sync::Mutex::const_new(()),
             leases: Mutex::default(),
             kernel_entries: KernelEntries::default(),
             renewal: Mutex::default(),
@@ -1237,8 +1240,11 @@ impl Client {
 
     /// Gives back the write leases queued by [`Client::stop_using_lease`] (of `only` one
     /// file, or all), all at once; each goes only if the file still has the mark it was
-    /// granted with. Failures are left to the next look at the file.
+    /// granted with. Failures are left to the next look at the file. Returns once any batch
+    /// already on its way has landed too, so a revocation's ack follows the give-back.
     pub async fn send_releases(&self, only: Option<u64>) {
+        // After any batch already on its way, which may hold `only`'s.
+        let _one = self.releasing.lock().await;
         let session = self.cluster.session();
         let due: Vec<(u64, u64)> = {
             let mut q = self.releases();
