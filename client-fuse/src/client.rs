@@ -164,6 +164,21 @@ fn later(a: Option<Timespec>, b: Option<Timespec>) -> Option<Timespec> {
 }
 
 impl FileState {
+    /// Whether the write lease is held with time left to use it.
+    fn write_leased(&self) -> bool {
+        self.write_until
+            .is_some_and(|u| u > Instant::now() + LEASE_MARGIN)
+    }
+
+    /// Records a write lease granted to `session` with writer `mark`, of `len`, from a
+    /// request sent at `sent`.
+    fn hold_write_lease(&mut self, session: u64, mark: u64, sent: Instant, len: Duration) {
+        self.write_until = Some(sent + len.saturating_sub(LEASE_MARGIN));
+        self.lease_session = session;
+        self.lease_mark = mark;
+        self.lease_len = len;
+    }
+
     /// Whether a size, an mtime or attribute changes wait to go to the MDS.
     fn unsent(&self) -> bool {
         self.dirty_mtime.is_some() || !self.kept_attrs.is_empty()
@@ -1037,9 +1052,7 @@ impl Client {
         {
             let mut files = self.files();
             let s = files.get_mut(&ino)?;
-            let leased = s
-                .write_until
-                .is_some_and(|u| u > Instant::now() + LEASE_MARGIN);
+            let leased = s.write_leased();
             let session = self.cluster.session();
             if !leased || s.lease_session != session || (s.unsent() && s.dirty_session != session) {
                 return None;
@@ -1213,11 +1226,7 @@ impl Client {
         let Some(s) = files.get_mut(&ino) else {
             return false;
         };
-        let len = Duration::from_millis(ms as u64);
-        s.write_until = Some(sent + len.saturating_sub(LEASE_MARGIN));
-        s.lease_session = session;
-        s.lease_mark = mark;
-        s.lease_len = len;
+        s.hold_write_lease(session, mark, sent, Duration::from_millis(ms as u64));
         drop(files);
         // Held again: a give-back of an older mark still queued goes (the MDS would refuse it).
         self.releases().remove(&ino);
@@ -1439,11 +1448,9 @@ impl Client {
         if self.ttl(ino) > Duration::ZERO {
             return true;
         }
-        self.files().get(&ino).is_some_and(|s| {
-            s.lease_session == session
-                && s.write_until
-                    .is_some_and(|u| u > Instant::now() + LEASE_MARGIN)
-        })
+        self.files()
+            .get(&ino)
+            .is_some_and(|s| s.lease_session == session && s.write_leased())
     }
 
     /// Since when data read of `ino` may be kept and used: when this mount's unbroken read
@@ -1509,9 +1516,7 @@ impl Client {
         let kept = {
             let mut files = self.files();
             let s = files.get_mut(&ino).ok_or_else(|| not_open(ino))?;
-            let leased = s.lease_session == session
-                && s.write_until
-                    .is_some_and(|u| u > Instant::now() + LEASE_MARGIN);
+            let leased = s.lease_session == session && s.write_leased();
             if leased {
                 if s.dirty_session != session && !s.dirty.is_empty() {
                     // Kept under a session that was evicted since: it may not land.
@@ -1567,8 +1572,7 @@ impl Client {
                 s.dirty_mtime = Some(now());
                 s.kept_attrs.mtime = None;
                 s.generation += 1;
-                s.write_until
-                    .is_some_and(|u| u > Instant::now() + LEASE_MARGIN)
+                s.write_leased()
             }
             None => true,
         };
@@ -1789,10 +1793,7 @@ impl Client {
     /// renewed rather than given back (the writer is likely to go on writing).
     pub async fn fsync_handle(&self, fh: u64, ino: u64) -> Result<()> {
         self.handle(fh)?;
-        let leased = self.files().get(&ino).is_some_and(|s| {
-            s.write_until
-                .is_some_and(|u| u > Instant::now() + LEASE_MARGIN)
-        });
+        let leased = self.files().get(&ino).is_some_and(|s| s.write_leased());
         let sent = self.send_size(ino, leased).await;
         self.take_flush_error(ino).and(sent)
     }
@@ -1897,12 +1898,10 @@ impl Client {
                     s.kept_attrs = KeptAttrs::default();
                 }
                 // Without a new grant the lease went back with the size.
-                let len = Duration::from_millis(write_ms as u64);
-                s.write_until = leased.then(|| sent + len.saturating_sub(LEASE_MARGIN));
+                s.write_until = None;
                 if leased {
-                    s.lease_session = session;
-                    s.lease_mark = mark;
-                    s.lease_len = len;
+                    let len = Duration::from_millis(write_ms as u64);
+                    s.hold_write_lease(session, mark, sent, len);
                     self.releases().remove(&ino);
                 }
                 // Writes that returned meanwhile under the lease just lost: their size goes too.
