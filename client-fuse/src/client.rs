@@ -57,6 +57,8 @@ use crate::error::ClientError;
 use crate::readcache::BLOCK;
 use crate::writeback::{covers, overlay, Extents};
 
+mod dirops;
+
 type Result<T> = std::result::Result<T, ClientError>;
 
 /// A file open on this mount.
@@ -299,6 +301,8 @@ pub struct Client {
     dirty_total: AtomicU64,
     /// The directory the mount shows as its root (a volume's, or the cluster's root, 1).
     root: u64,
+    /// Changes made here under directory leases, waiting to be sent (see [`dirops`]).
+    dirops: Mutex<dirops::Queue>,
 }
 
 /// A byte-range lock request from the kernel (fcntl or flock).
@@ -374,6 +378,7 @@ impl Client {
             renewal: Mutex::default(),
             lease_ms: std::sync::atomic::AtomicU32::new(0),
             dirty_total: AtomicU64::new(0),
+            dirops: Mutex::default(),
         }
     }
 
@@ -687,6 +692,7 @@ impl Client {
     /// The session was evicted and a new one started: leases, unsent sizes and the locks of
     /// the old one are gone.
     pub fn session_renewed(&self) {
+        self.drop_queued();
         self.leases().clear();
         *self.renewal.lock().unwrap_or_else(|p| p.into_inner()) = Renewal::default();
         self.kernel_entries.drop_all();
@@ -733,6 +739,10 @@ impl Client {
     /// the kernel's caches and acks.
     pub async fn revoked(&self, ino: u64) -> Result<()> {
         self.mark_revoked(ino);
+        if self.dir_revoked(ino) {
+            // What was made there lands before the ack.
+            self.cluster.changes_settled().await;
+        }
         // A write lease goes back with the data and the size, or on its own when nothing is
         // unsent, so the MDS need not look for this mount's writes on the OSDs.
         let sent = self.send_size_or_release(ino, false, true).await;
@@ -972,8 +982,18 @@ impl Client {
         self.changed_here(&[parent, touched], &[(parent, name)]);
         let mut r = r.inspect_err(|_| self.entries_unknown_everywhere(parent))?;
         let dir = r.dir.take();
+        let dir_ms = r.dir_lease_ms;
         let (attr, write_ms) = self.leased_reply(r, sent, Some(parent))?;
         self.entry_made(parent, name, &attr, sent, dir);
+        if dir_ms > 0 {
+            // On the new directory for a mkdir, else on the parent.
+            let dir = if attr.kind == FileKind::Directory as i32 {
+                attr.ino
+            } else {
+                parent
+            };
+            self.dir_leased(dir, sent, dir_ms);
+        }
         Ok((attr, write_ms))
     }
 
@@ -989,6 +1009,9 @@ impl Client {
     pub async fn setattr(&self, req: SetAttrRequest) -> Result<Attr> {
         let ino = req.ino;
         if let Some(a) = self.keep_setattr(&req) {
+            return Ok(a);
+        }
+        if let Some(a) = self.setattr_here(&req) {
             return Ok(a);
         }
         self.flush(ino).await?;
@@ -1165,9 +1188,17 @@ impl Client {
         self.setattr(req).await.map(|_| ())
     }
 
-    /// Creates a file, directory, device, fifo, socket or symlink.
+    /// Creates a file, directory, device, fifo, socket or symlink. A new directory comes
+    /// with its directory lease when the MDS grants it: files made in it are made here.
     pub async fn make_node(&self, req: MakeNodeRequest) -> Result<Attr> {
-        Ok(self.make_node_leased(req).await?.0)
+        let want_dir_lease = req.kind == FileKind::Directory as i32;
+        Ok(self
+            .make_node_leased(MakeNodeRequest {
+                want_dir_lease,
+                ..req
+            })
+            .await?
+            .0)
     }
 
     /// [`Client::make_node`], and the write lease granted with it (milliseconds).
@@ -1182,11 +1213,17 @@ impl Client {
     /// Creates (or, without `exclusive`, opens an existing) regular file and opens it. A new
     /// file comes with its write lease: its first writes stay here too.
     pub async fn create(&self, req: MakeNodeRequest) -> Result<Attr> {
+        if let Some(attr) = self.create_here(&req) {
+            return Ok(self.overlay(attr));
+        }
         let sent = Instant::now();
         let session = self.cluster.session();
+        // The directory lease is of use only where every entry is known here.
+        let want_dir_lease = self.leases().get(&req.parent).is_some_and(|l| l.complete);
         let (attr, write_ms) = self
             .make_node_leased(MakeNodeRequest {
                 want_write_lease: true,
+                want_dir_lease,
                 ..req
             })
             .await?;
@@ -1242,7 +1279,7 @@ impl Client {
     /// run out (another mount's look at a marked file whose writer is gone makes the MDS look
     /// for its writes on the OSDs).
     fn stop_using_lease(&self, ino: u64, s: &mut FileState) {
-        if s.write_until.take().is_some() && s.lease_mark > 0 {
+        if s.write_until.take().is_some() && s.lease_mark > 0 && !self.unmark_queued(ino) {
             self.releases().insert(ino, (s.lease_session, s.lease_mark));
         }
     }
@@ -1793,6 +1830,8 @@ impl Client {
     /// renewed rather than given back (the writer is likely to go on writing).
     pub async fn fsync_handle(&self, fh: u64, ino: u64) -> Result<()> {
         self.handle(fh)?;
+        // The file's create, if it was made here and not sent yet.
+        self.cluster.changes_settled().await;
         let leased = self.files().get(&ino).is_some_and(|s| s.write_leased());
         let sent = self.send_size(ino, leased).await;
         self.take_flush_error(ino).and(sent)
@@ -1862,14 +1901,17 @@ impl Client {
             };
             let sent = Instant::now();
             let session = self.cluster.session();
-            let answer = self
-                .leased_mutate(
-                    "flush",
-                    None,
-                    req,
-                    |mut c, r| async move { c.set_attr(r).await },
-                )
-                .await;
+            let answer =
+                match self.size_here(&req).filter(|_| !want_lease) {
+                    // Queued after the file's create, which was not sent yet.
+                    Some(a) => Ok((a, 0)),
+                    None => {
+                        self.leased_mutate("flush", None, req, |mut c, r| async move {
+                            c.set_attr(r).await
+                        })
+                        .await
+                    }
+                };
             let (mark, write_ms) = match answer {
                 Ok((a, ms)) => (a.writer_mark, ms),
                 Err(e) if e.errno() == libc::EDQUOT => {
@@ -2295,6 +2337,9 @@ impl Client {
         flags: u32,
         acl_caller: Option<AclCaller>,
     ) -> Result<()> {
+        // A quota, default ACL or layout of a directory changes what files made in it get:
+        // none is made here alone from now on.
+        self.dir_revoked(ino);
         if shoal_proto::layout::layout_xattr(name).is_some() {
             // The MDS refuses a new layout for a file with data: let it see our writes.
             self.flush(ino).await?;
@@ -2345,6 +2390,7 @@ impl Client {
         name: &[u8],
         acl_caller: Option<AclCaller>,
     ) -> Result<()> {
+        self.dir_revoked(ino);
         self.send_kept_attrs(ino, name).await?;
         let req = RemoveXattrRequest {
             ino,

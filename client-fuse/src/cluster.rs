@@ -71,6 +71,19 @@ pub struct Cluster {
     /// File data read here, kept for small reads under the files' read leases; every
     /// change of a file's data through this cluster drops what was read of it before.
     read_cache: ReadCache,
+    gate: Gate,
+}
+
+/// Changes this mount made on its own under directory leases (see `crate::dirops`) and has
+/// not sent yet: every other call to the MDS waits until those made before it have landed,
+/// so the MDS sees this mount's changes in the order it made them.
+struct Gate {
+    /// Changes queued so far, ever.
+    queued: AtomicU64,
+    /// Of those, how many were sent and answered (or failed).
+    landed: tokio::sync::watch::Sender<u64>,
+    /// Asks the sender to send what is queued now.
+    wake: tokio::sync::Notify,
 }
 
 /// Waits for every change of `changes`, failed or not, then reports the first failure: none
@@ -145,6 +158,11 @@ impl Cluster {
             })),
             retry_for,
             read_cache: ReadCache::new(crate::readcache::DEFAULT_BYTES),
+            gate: Gate {
+                queued: AtomicU64::new(0),
+                landed: tokio::sync::watch::Sender::new(0),
+                wake: tokio::sync::Notify::new(),
+            },
         });
         cluster.refresh_map().await?;
         Ok(cluster)
@@ -183,9 +201,56 @@ impl Cluster {
         Ok(())
     }
 
+    /// `n` more changes were queued to be sent in the background.
+    pub fn changes_queued(&self, n: u64) {
+        self.gate.queued.fetch_add(n, Ordering::SeqCst);
+    }
+
+    /// `n` queued changes were sent and answered, or failed.
+    pub fn changes_landed(&self, n: u64) {
+        self.gate.landed.send_modify(|l| *l += n);
+    }
+
+    /// Asks the sender to send what is queued (or take inode numbers) now.
+    pub fn wake_sender(&self) {
+        self.gate.wake.notify_one();
+    }
+
+    /// Waits until the sender is asked to send (or a while passes).
+    pub async fn changes_wanted(&self, within: Duration) {
+        let _ = tokio::time::timeout(within, self.gate.wake.notified()).await;
+    }
+
+    /// Waits until every change queued before now has landed, asking for them to be sent.
+    /// Returns whether there were any to wait for.
+    pub async fn changes_settled(&self) -> bool {
+        let want = self.gate.queued.load(Ordering::SeqCst);
+        let mut landed = self.gate.landed.subscribe();
+        if *landed.borrow() >= want {
+            return false;
+        }
+        self.gate.wake.notify_one();
+        let _ = landed.wait_for(|l| *l >= want).await;
+        true
+    }
+
     /// Calls the MDS leader, following redirects from followers and retrying transport
-    /// failures (trying each member in turn) until the retry window closes.
+    /// failures (trying each member in turn) until the retry window closes. Waits first
+    /// for the changes queued before it (see [`Cluster::changes_settled`]).
     pub async fn mds<T, F, Fut>(&self, what: &str, f: F) -> Result<T, ClientError>
+    where
+        F: Fn(Mds) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        if self.changes_settled().await {
+            debug!(op = what, "waited for queued changes");
+        }
+        self.mds_now(what, f).await
+    }
+
+    /// [`Cluster::mds`] without waiting for queued changes: for the calls that send them and
+    /// for those about the session itself (heartbeats, leases, the map).
+    pub async fn mds_now<T, F, Fut>(&self, what: &str, f: F) -> Result<T, ClientError>
     where
         F: Fn(Mds) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
@@ -261,6 +326,24 @@ impl Cluster {
         F: Fn(Mds, Request<Q>) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
+        if self.changes_settled().await {
+            debug!(op = what, "waited for queued changes");
+        }
+        self.mds_mutate_now(what, req, f).await
+    }
+
+    /// [`Cluster::mds_mutate`] without waiting for queued changes (it sends them).
+    pub async fn mds_mutate_now<Q, T, F, Fut>(
+        &self,
+        what: &str,
+        req: Q,
+        f: F,
+    ) -> Result<T, ClientError>
+    where
+        Q: Clone,
+        F: Fn(Mds, Request<Q>) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         self.in_flight().insert(seq);
         // Answered, failed or abandoned: the MDS may forget the reply once it learns so.
@@ -271,7 +354,7 @@ impl Cluster {
             }
         }
         let _done = Done(self, seq);
-        self.mds(what, |c| {
+        self.mds_now(what, |c| {
             let oldest = self.in_flight().first().copied().unwrap_or(seq).min(seq);
             let mut r = Request::new(req.clone());
             ReqId {
@@ -297,7 +380,7 @@ impl Cluster {
         ClientError,
     > {
         let session = self.session();
-        self.mds("leases", |mut c| async move {
+        self.mds_now("leases", |mut c| async move {
             let (tx, rx) = futures::channel::mpsc::unbounded();
             let hello = LeaseUp {
                 session,
@@ -345,7 +428,7 @@ impl Cluster {
     /// Fetches the OSD map and (re)connects to OSDs whose address changed.
     pub async fn refresh_map(&self) -> Result<(), ClientError> {
         let map: OsdMap = self
-            .mds("get_osd_map", |mut c| async move {
+            .mds_now("get_osd_map", |mut c| async move {
                 c.get_osd_map(GetOsdMapRequest {}).await
             })
             .await?;

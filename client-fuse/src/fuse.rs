@@ -948,8 +948,12 @@ impl Filesystem for ShoalFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        // Namespace changes are durable in the MDS log before they are acknowledged.
-        reply.ok();
+        // Namespace changes are durable in the MDS log once they landed; those made here
+        // under directory leases may still be queued.
+        self.go(move |c| async move {
+            c.cluster().changes_settled().await;
+            reply.ok()
+        });
     }
 
     fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {

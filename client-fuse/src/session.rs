@@ -92,6 +92,8 @@ impl Session {
         tasks.push(tokio::spawn(lease_stream(client.clone(), notifier)));
         tasks.push(tokio::spawn(follow_session(client.clone())));
         let c = client.clone();
+        tasks.push(tokio::spawn(async move { c.run_changes().await }));
+        let c = client.clone();
         tasks.push(tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_millis(250)).await;
@@ -298,7 +300,7 @@ async fn heartbeats(cluster: Arc<Cluster>, mount_point: String) {
     let mut every = Duration::from_secs(5);
     loop {
         match cluster
-            .mds("heartbeat", |mut c| {
+            .mds_now("heartbeat", |mut c| {
                 // Built per attempt: after an eviction the retry names the new session.
                 let req = HeartbeatRequest {
                     session: cluster.session(),

@@ -842,3 +842,123 @@ fn mode_owner_and_times_set_under_the_write_lease_are_seen_everywhere_and_go_wit
         "a mount made after",
     );
 }
+
+/// Waits until `f` returns (run on another thread), at most `within`: None if it did not.
+fn finishes_within<T: Send + 'static>(
+    within: Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(within).ok()
+}
+
+#[test]
+fn files_made_in_a_directory_made_here_answer_at_once_and_land_before_another_mount_looks() {
+    let c = TestCluster::start();
+    let m2 = c.mount_again("mnt2");
+    fs::create_dir(c.path("d")).unwrap();
+    fs::write(c.path("d/first"), b"1").unwrap();
+    // Inode numbers are taken in the background once the directory lease is granted.
+    std::thread::sleep(Duration::from_millis(300));
+    let dir = c.path("d");
+    let made = {
+        let _mds = Frozen::stop(c.pid("mds.0"));
+        // With the MDS stopped, creates (empty or written) made under the directory's lease
+        // still return.
+        finishes_within(Duration::from_millis(1500), move || {
+            for i in 0..40 {
+                let mut f = fs::File::create(dir.join(format!("f{i}"))).unwrap();
+                if i % 2 == 1 {
+                    f.write_all(format!("data {i}").as_bytes()).unwrap();
+                }
+            }
+            fs::metadata(dir.join("f39")).unwrap().len()
+        })
+    };
+    assert_eq!(made, Some(7), "creates waited for the MDS");
+    // Modes and times set after close, while the create may still wait to be sent.
+    let when = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    for i in 40..60 {
+        let p = c.path(&format!("d/f{i}"));
+        let mut f = fs::File::create(&p).unwrap();
+        f.write_all(format!("data {i}").as_bytes()).unwrap();
+        drop(f);
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
+        fs::File::options()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_modified(when)
+            .unwrap();
+    }
+    // Another mount's look at the directory brings them all, contents and modes included.
+    let mut names: Vec<String> = fs::read_dir(m2.join("d"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    let mut want: Vec<String> = (0..60).map(|i| format!("f{i}")).collect();
+    want.push("first".into());
+    want.sort();
+    assert_eq!(names, want);
+    for i in 0..60 {
+        let p = m2.join(format!("d/f{i}"));
+        let want = if i % 2 == 1 || i >= 40 {
+            format!("data {i}").into_bytes()
+        } else {
+            Vec::new()
+        };
+        assert_eq!(fs::read(&p).unwrap(), want, "f{i}");
+        let meta = fs::metadata(&p).unwrap();
+        let mode = meta.permissions().mode() & 0o777;
+        assert_eq!(mode, if i >= 40 { 0o600 } else { 0o644 }, "f{i}");
+        if i >= 40 {
+            assert_eq!(meta.modified().unwrap(), when, "f{i}");
+        }
+    }
+    // The other mount looked: the lease is gone, creates here go to the MDS, and a name
+    // made on either side exists for the other at once.
+    fs::write(c.path("d/after"), b"a").unwrap();
+    assert_eq!(fs::read(m2.join("d/after")).unwrap(), b"a");
+    let e = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(m2.join("d/f3"))
+        .unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EEXIST));
+}
+
+#[test]
+fn a_create_on_another_mount_finds_a_name_made_here_and_unmounting_lands_the_rest() {
+    let c = TestCluster::start();
+    let m2 = c.mount_again("mnt2");
+    fs::create_dir(m2.join("d")).unwrap();
+    fs::write(m2.join("d/warm"), b"w").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    fs::write(m2.join("d/x"), b"made on mnt2").unwrap();
+    // The exclusive create on the first mount revokes the directory lease, which lands x.
+    let e = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(c.path("d/x"))
+        .unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EEXIST));
+    assert_eq!(fs::read(c.path("d/x")).unwrap(), b"made on mnt2");
+    // A new directory, many files, and the mount goes at once: every file is there after.
+    fs::create_dir(m2.join("e")).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    for i in 0..200 {
+        fs::write(m2.join(format!("e/g{i}")), format!("{i}")).unwrap();
+    }
+    assert!(Command::new("umount").arg(&m2).status().unwrap().success());
+    for i in 0..200 {
+        assert_eq!(
+            fs::read_to_string(c.path(&format!("e/g{i}"))).unwrap(),
+            format!("{i}"),
+            "g{i}"
+        );
+    }
+}

@@ -12,7 +12,7 @@ pub struct Command {
     /// The mutation.
     #[prost(
         oneof = "Op",
-        tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19"
+        tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 21, 22"
     )]
     pub op: Option<Op>,
     /// The client request this mutation answers, for exactly-once retries.
@@ -85,7 +85,7 @@ pub struct WindowEntry {
 /// A reply kept for retries of the request that produced it.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct StoredReply {
-    /// 0 done, 1 attr, 2 removed, 3 epoch, 4 error.
+    /// 0 done, 1 attr, 2 removed, 3 epoch, 4 error, 5 batch, 6 inodes.
     #[prost(uint32, tag = "1")]
     pub kind: u32,
     /// The inode of `Attr` and `Removed`.
@@ -100,6 +100,12 @@ pub struct StoredReply {
     /// The message of an error.
     #[prost(string, tag = "5")]
     pub message: String,
+    /// Each op's reply of a `Batch` (kind 5).
+    #[prost(message, repeated, tag = "6")]
+    pub batch: Vec<StoredReply>,
+    /// The first number of a `TakeInodes` (kind 6).
+    #[prost(uint64, tag = "7")]
+    pub first: u64,
 }
 
 impl StoredReply {
@@ -130,6 +136,31 @@ impl StoredReply {
                 message: message.clone(),
                 ..r
             },
+            Ok(Applied::Batch(results)) => StoredReply {
+                kind: 5,
+                batch: results
+                    .iter()
+                    .map(|o| match o {
+                        Ok(a) => StoredReply {
+                            kind: 1,
+                            attr: Some(*a),
+                            ..StoredReply::default()
+                        },
+                        Err((errno, message)) => StoredReply {
+                            kind: 4,
+                            errno: *errno,
+                            message: message.clone(),
+                            ..StoredReply::default()
+                        },
+                    })
+                    .collect(),
+                ..r
+            },
+            Ok(Applied::Inodes(first)) => StoredReply {
+                kind: 6,
+                first: *first,
+                ..r
+            },
             // Membership changes carry no client request id.
             Ok(Applied::Voters(_)) | Err(_) => return None,
         })
@@ -144,6 +175,16 @@ impl StoredReply {
             }),
             2 => Ok(Applied::Removed(self.attr)),
             3 => Ok(Applied::Epoch(self.epoch)),
+            5 => Ok(Applied::Batch(
+                self.batch
+                    .into_iter()
+                    .map(|b| match (b.kind, b.attr) {
+                        (1, Some(a)) => Ok(a),
+                        _ => Err((b.errno, b.message)),
+                    })
+                    .collect(),
+            )),
+            6 => Ok(Applied::Inodes(self.first)),
             4 => Err(crate::error::MdsError::Fs {
                 errno: self.errno,
                 message: self.message,
@@ -212,6 +253,20 @@ pub enum Op {
     /// Write leases a session gave back together: the files' writer marks go.
     #[prost(message, tag = "19")]
     ReleaseWrites(pb::ReleaseWritesRequest),
+    /// Hand a session a range of inode numbers for the files it makes under directory leases.
+    #[prost(message, tag = "21")]
+    TakeInodes(TakeInodes),
+    /// Changes a session made under its directory leases, each applied on its own.
+    #[prost(message, tag = "22")]
+    Batch(pb::BatchRequest),
+}
+
+/// Payload of [`Op::TakeInodes`].
+#[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
+pub struct TakeInodes {
+    /// How many numbers.
+    #[prost(uint32, tag = "1")]
+    pub count: u32,
 }
 
 /// Payload of [`Op::RecoverWrites`]: what the OSDs hold of a file marked with a writer that
@@ -313,6 +368,10 @@ pub enum Applied {
     Epoch(u64),
     /// The MDS voters after a membership change, by id.
     Voters(Vec<u64>),
+    /// Each op of a batch: the inode it made or changed, or its error (errno, message).
+    Batch(Vec<Result<pb::Attr, (i32, String)>>),
+    /// The first of the inode numbers handed out.
+    Inodes(u64),
 }
 
 /// A persisted OSD map entry.

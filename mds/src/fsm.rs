@@ -45,6 +45,9 @@ const KEY_FILES: &[u8] = b"files";
 const KEY_OSD_EPOCH: &[u8] = b"osd_epoch";
 const KEY_POOL: &[u8] = b"pool";
 const KEY_MEMBERS: &[u8] = b"mds_members";
+/// Prefix of a session's ranges of inode numbers (TakeInodes): its newest two, each `first`
+/// and `end`, big-endian.
+const KEY_INODES: &[u8] = b"inodes/";
 
 const S_ISGID: u32 = 0o2000;
 const RENAME_NOREPLACE: u32 = 1;
@@ -110,10 +113,16 @@ fn is_dir(a: &Attr) -> bool {
 /// A pending write: the column family and the new value (`None`: delete).
 type PendingWrite = (Cf, Option<Vec<u8>>);
 
+/// A key of [`Txn::writes`].
+type WriteKey = (u8, Vec<u8>);
+
 /// Pending writes of one command, read back by later steps of the same command.
 struct Txn<'a> {
     db: &'a Db,
-    writes: BTreeMap<(u8, Vec<u8>), PendingWrite>,
+    writes: BTreeMap<WriteKey, PendingWrite>,
+    /// While a step that may fail on its own runs (one op of a batch): what each of its
+    /// writes replaced, to undo it.
+    undo: Option<Vec<(WriteKey, Option<PendingWrite>)>>,
 }
 
 impl<'a> Txn<'a> {
@@ -121,6 +130,31 @@ impl<'a> Txn<'a> {
         Txn {
             db,
             writes: BTreeMap::new(),
+            undo: None,
+        }
+    }
+
+    /// Runs `f` as one step: if it fails, its writes are undone and the others stay.
+    fn step<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T, MdsError>) -> Result<T, MdsError> {
+        self.undo = Some(Vec::new());
+        let r = f(self);
+        let undo = self.undo.take().unwrap_or_default();
+        if r.is_err() {
+            for (k, old) in undo.into_iter().rev() {
+                match old {
+                    Some(w) => self.writes.insert(k, w),
+                    None => self.writes.remove(&k),
+                };
+            }
+        }
+        r
+    }
+
+    fn write(&mut self, cf: Cf, key: &[u8], value: Option<Vec<u8>>) {
+        let k = (cf as u8, key.to_vec());
+        let old = self.writes.insert(k.clone(), (cf, value));
+        if let Some(u) = self.undo.as_mut() {
+            u.push((k, old));
         }
     }
 
@@ -132,12 +166,11 @@ impl<'a> Txn<'a> {
     }
 
     fn put(&mut self, cf: Cf, key: &[u8], value: Vec<u8>) {
-        self.writes
-            .insert((cf as u8, key.to_vec()), (cf, Some(value)));
+        self.write(cf, key, Some(value));
     }
 
     fn delete(&mut self, cf: Cf, key: &[u8]) {
-        self.writes.insert((cf as u8, key.to_vec()), (cf, None));
+        self.write(cf, key, None);
     }
 
     fn counter(&self, key: &[u8], default: u64) -> Result<u64, MdsError> {
@@ -496,6 +529,20 @@ impl Fsm {
         quota::room(&Txn::new(&self.db), a.realm)
     }
 
+    /// Whether a client may make entries in directory `ino` alone, under a directory lease:
+    /// they count in no quota and it hands down no default ACL, so what a create makes there
+    /// follows from the directory's attributes and the caller's request only.
+    pub fn may_lease_dir(&self, ino: u64) -> Result<bool, MdsError> {
+        let t = Txn::new(&self.db);
+        let Some(a) = t.inode_if_any(ino)? else {
+            return Ok(false);
+        };
+        Ok(is_dir(&a)
+            && a.nlink > 0
+            && quota::child_realm(&t, &a)? == 0
+            && t.get(Cf::Xattrs, &key2(ino, acl::DEFAULT))?.is_none())
+    }
+
     /// The innermost quota with a limit over inode `ino` (itself, for a directory with one).
     pub fn quota_over(&self, ino: u64) -> Result<Option<pb::Quota>, MdsError> {
         let t = Txn::new(&self.db);
@@ -634,7 +681,98 @@ fn apply_op(
         Op::Evict(r) => evict(t, r.session, now),
         Op::RecoverWrites(r) => recover_writes(t, r, now),
         Op::ReleaseWrites(r) => release_writes(t, r, session),
+        Op::TakeInodes(r) => take_inodes(t, r.count, session),
+        Op::Batch(r) => batch(t, r, session, now),
     }
+}
+
+fn inodes_key(session: u64) -> Vec<u8> {
+    [KEY_INODES, &be(session)].concat()
+}
+
+/// Hands `session` the next `count` inode numbers: the files it makes under directory leases
+/// take theirs from it (see [`batch`]). The range before stays usable (the session may have
+/// creates made with it on their way); older ones are forgotten.
+fn take_inodes(t: &mut Txn<'_>, count: u32, session: Option<u64>) -> Result<Applied, MdsError> {
+    let Some(s) = session else {
+        return fs(libc::EINVAL, "inode numbers go to client sessions only");
+    };
+    if count == 0 || count > limits::TAKE_INODES_MAX {
+        return fs(
+            libc::EINVAL,
+            format!(
+                "{count} inode numbers asked for, 1 to {} at once",
+                limits::TAKE_INODES_MAX
+            ),
+        );
+    }
+    let first = t.counter(KEY_NEXT_INO, ROOT_INO + 1)?;
+    let end = first + u64::from(count);
+    t.set_counter(KEY_NEXT_INO, end);
+    let mut ranges = t.get(Cf::Meta, &inodes_key(s))?.unwrap_or_default();
+    ranges.drain(..ranges.len().saturating_sub(16));
+    ranges.extend_from_slice(&[be(first), be(end)].concat());
+    t.put(Cf::Meta, &inodes_key(s), ranges);
+    Ok(Applied::Inodes(first))
+}
+
+/// Whether `ino` is in one of the ranges [`take_inodes`] last gave `session`.
+fn taken_by(t: &Txn<'_>, session: u64, ino: u64) -> Result<bool, MdsError> {
+    let ranges = t.get(Cf::Meta, &inodes_key(session))?.unwrap_or_default();
+    for r in ranges.chunks(16) {
+        if u64_at(r, 0)? <= ino && ino < u64_at(r, 8)? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Applies the changes `session` made under its directory leases, each on its own: one that
+/// fails (its error is its result) changes nothing, and the ones after it still apply.
+fn batch(
+    t: &mut Txn<'_>,
+    r: &pb::BatchRequest,
+    session: Option<u64>,
+    now: &Timespec,
+) -> Result<Applied, MdsError> {
+    let Some(s) = session else {
+        return fs(libc::EINVAL, "a batch comes from a client session");
+    };
+    if r.ops.len() > limits::BATCH_MAX {
+        return fs(
+            libc::EINVAL,
+            format!(
+                "{} changes in one batch, at most {}",
+                r.ops.len(),
+                limits::BATCH_MAX
+            ),
+        );
+    }
+    let mut out = Vec::with_capacity(r.ops.len());
+    for op in &r.ops {
+        let result = t.step(|t| match &op.op {
+            Some(pb::batch_op::Op::MakeNode(m)) => {
+                if m.ino == 0 || !taken_by(t, s, m.ino)? {
+                    return fs(
+                        libc::EINVAL,
+                        format!("inode {} is not one this session took", m.ino),
+                    );
+                }
+                if m.kind != FileKind::Regular as i32 {
+                    return fs(libc::EINVAL, "a batch creates regular files only");
+                }
+                make_node(t, m, session, now)
+            }
+            Some(pb::batch_op::Op::SetAttr(a)) => setattr(t, a, session, now),
+            None => fs(libc::EINVAL, "an empty change"),
+        });
+        out.push(match result {
+            Ok(a) => Ok(a),
+            Err(MdsError::Fs { errno, message }) => Err((errno, message)),
+            Err(e) => return Err(e),
+        });
+    }
+    Ok(Applied::Batch(out))
 }
 
 /// Clears the writer mark of each file still marked by `session` with the mark given (its
@@ -879,8 +1017,22 @@ fn make_node(
     }
     let realm = quota::child_realm(t, &parent)?;
     quota::charge(t, realm, 0, 1, true)?;
-    let ino = t.counter(KEY_NEXT_INO, ROOT_INO + 1)?;
-    t.set_counter(KEY_NEXT_INO, ino + 1);
+    let ino = if r.ino != 0 {
+        // Taken ahead by the client (checked by the batch): used once only.
+        if t.inode_if_any(r.ino)?.is_some() {
+            return fs(libc::EEXIST, format!("inode {} exists", r.ino));
+        }
+        r.ino
+    } else {
+        let ino = t.counter(KEY_NEXT_INO, ROOT_INO + 1)?;
+        t.set_counter(KEY_NEXT_INO, ino + 1);
+        ino
+    };
+    // Made by the client earlier (a batch): its own time, never after the entry's.
+    let born = match r.time {
+        Some(at) if r.ino != 0 && (at.sec, at.nsec) < (now.sec, now.nsec) => at,
+        _ => *now,
+    };
     let dir = kind == FileKind::Directory;
     let inherited = if kind == FileKind::Symlink {
         acl::Inherited {
@@ -922,9 +1074,9 @@ fn make_node(
             0
         },
         rdev: r.rdev,
-        atime: Some(*now),
-        mtime: Some(*now),
-        ctime: Some(*now),
+        atime: Some(born),
+        mtime: Some(born),
+        ctime: Some(born),
         layout: match kind {
             FileKind::Regular | FileKind::Directory => {
                 Some(parent.layout.unwrap_or_else(layout::default_layout))

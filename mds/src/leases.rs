@@ -184,6 +184,21 @@ impl Leases {
         0
     }
 
+    /// `session` is about to read or change what another session's write lease on `ino`
+    /// covers (if one holds it): no write lease on it is granted for [`CONTENDED`] (a grant
+    /// that raced the revocation would outlive it).
+    pub fn contend(&self, ino: u64, session: Option<u64>) {
+        let now = Instant::now();
+        let mut g = self.inner();
+        let other = g
+            .by_ino
+            .get(&ino)
+            .is_some_and(|h| h.iter().any(|(s, h)| Some(*s) != session && h.writes(now)));
+        if other {
+            g.contended.insert(ino, now);
+        }
+    }
+
     /// Whether `session` may be granted the write lease on `ino` as far as the session and
     /// the inode's recent history go (others' leases are checked by [`Leases::grant_write`]).
     pub fn may_write(&self, session: Option<u64>, ino: u64) -> bool {

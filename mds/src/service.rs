@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use raft::eraftpb::{ConfChange, ConfChangeType};
-use shoal_proto::limits::{check_name, RELEASES_MAX};
+use shoal_proto::limits::{check_name, BATCH_MAX, RELEASES_MAX};
 use shoal_proto::mds::mds_server::Mds;
 use shoal_proto::mds::*;
 use shoal_proto::placement::{default_min_size, DEFAULT_PG_COUNT, DEFAULT_SIZE};
@@ -19,7 +19,7 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
-use crate::command::{Applied, Bootstrap, Op, Pool, RecoverWrites, SetOsdState};
+use crate::command::{Applied, Bootstrap, Op, Pool, RecoverWrites, SetOsdState, TakeInodes};
 use crate::error::MdsError;
 use crate::fsm::{Fsm, ROOT_INO};
 use crate::leases::Leases;
@@ -280,6 +280,25 @@ impl MdsService {
         }
     }
 
+    /// Before `session` reads or changes the entries of directory `dir`: another session's
+    /// directory lease on it is revoked, so the entries that session made under it reach the
+    /// MDS first (its batch lands before the holder acks).
+    async fn entries_settled(&self, session: Option<u64>, dir: u64) {
+        if dir != 0 {
+            self.leases.contend(dir, session);
+            self.leases.revoke(dir, Vec::new(), session, true).await;
+        }
+    }
+
+    /// The directory lease on `dir` for `session`, if it may have one (see
+    /// `Fsm::may_lease_dir`) and no other session holds a lease on it. Milliseconds (0: none).
+    fn grant_dir(&self, session: Option<u64>, dir: u64) -> u32 {
+        if !self.fsm.may_lease_dir(dir).unwrap_or(false) {
+            return 0;
+        }
+        self.leases.grant_write(session, dir)
+    }
+
     /// Before a call on ACL `name` of `ino`: other sessions' write leases on it are revoked,
     /// so a mode change one of them keeps with its lease reaches the MDS first (the access
     /// ACL follows the mode, and setting one sets the mode).
@@ -315,6 +334,7 @@ impl MdsService {
             lease_ms: 0,
             write_lease_ms,
             dir: None,
+            dir_lease_ms: 0,
         }))
     }
 
@@ -344,6 +364,7 @@ impl MdsService {
             lease_ms: ms.min(dir_ms),
             write_lease_ms: 0,
             dir,
+            dir_lease_ms: 0,
         }))
     }
 
@@ -756,6 +777,7 @@ impl Mds for MdsService {
             lease_ms,
             write_lease_ms: 0,
             dir: None,
+            dir_lease_ms: 0,
         }))
     }
 
@@ -831,6 +853,7 @@ impl Mds for MdsService {
             lease_ms,
             write_lease_ms,
             dir: None,
+            dir_lease_ms: 0,
         }))
     }
 
@@ -862,13 +885,23 @@ impl Mds for MdsService {
         let session = self.session(req.metadata())?;
         let r = req.get_mut();
         let (parent, name) = (r.parent, r.name.clone());
+        let want_dir = r.want_dir_lease;
         // A new file comes marked with the writer in its own entry, so its first writes can
         // stay with the client: no entry of its own for the mark, no size sent at once.
         r.mark_writer = r.want_write_lease
             && r.kind == FileKind::Regular as i32
             && self.leases.may_hold_any(session);
+        // Numbers and times of a client's own choosing come in batches only.
+        r.ino = 0;
+        r.time = None;
+        self.entries_settled(session, parent).await;
         let made = attr_of(self.propose_for(req, Op::MakeNode).await?)?;
         self.changed(session, vec![(parent, vec![name])]).await;
+        let dir_lease_ms = match want_dir {
+            true if made.kind == FileKind::Directory as i32 => self.grant_dir(session, made.ino),
+            true => self.grant_dir(session, parent),
+            false => 0,
+        };
         let write_lease_ms = match session {
             Some(s) if made.writer == s => {
                 // Not while a recovery another look started may clear the mark afterwards.
@@ -882,12 +915,149 @@ impl Mds for MdsService {
             .entry_reply(session, dir_ms, made.ino, Some(parent))
             .await?;
         reply.get_mut().write_lease_ms = write_lease_ms;
+        reply.get_mut().dir_lease_ms = dir_lease_ms;
         Ok(reply)
+    }
+
+    async fn take_inodes(&self, req: Request<TakeInodesRequest>) -> Reply<TakeInodesReply> {
+        let count = req.get_ref().count;
+        let first = match self
+            .propose_for(req, |r| Op::TakeInodes(TakeInodes { count: r.count }))
+            .await?
+        {
+            Applied::Inodes(first) => first,
+            other => {
+                return Err(Status::internal(format!(
+                    "unexpected apply result {other:?}"
+                )))
+            }
+        };
+        Ok(Response::new(TakeInodesReply { first, count }))
+    }
+
+    async fn batch(&self, mut req: Request<BatchRequest>) -> Reply<BatchReply> {
+        let session = self.session(req.metadata())?;
+        let Some(s) = session else {
+            return Err(Status::invalid_argument(
+                "a batch comes from a client session",
+            ));
+        };
+        let may_hold = self.leases.may_hold_any(session);
+        let r = req.get_mut();
+        if r.ops.len() > BATCH_MAX {
+            return Err(Status::invalid_argument(format!(
+                "{} changes in one batch, at most {BATCH_MAX}",
+                r.ops.len()
+            )));
+        }
+        let mut dirs: BTreeMap<u64, Vec<Bytes>> =
+            r.keep_dirs.iter().map(|&d| (d, Vec::new())).collect();
+        let mut changed = Vec::new();
+        let mut marked = Vec::new();
+        for op in &mut r.ops {
+            match &mut op.op {
+                Some(batch_op::Op::MakeNode(m)) => {
+                    name_ok(&m.name)?;
+                    dirs.entry(m.parent).or_default().push(m.name.clone());
+                    m.mark_writer = m.want_write_lease && may_hold;
+                    if m.mark_writer {
+                        marked.push(m.ino);
+                    }
+                }
+                Some(batch_op::Op::SetAttr(a)) => {
+                    // Records what the client did to its own new files: no lease is asked
+                    // for or kept here.
+                    a.mark_writer = false;
+                    a.want_write_lease = false;
+                    a.keep_mark = None;
+                    changed.push(a.ino);
+                }
+                None => {}
+            }
+        }
+        // Others' leases go first, as for the same changes one by one (none is expected: the
+        // caller held the directories alone and made the files itself).
+        for &d in dirs.keys() {
+            self.entries_settled(session, d).await;
+        }
+        for &ino in &changed {
+            self.writes_settled(session, ino).await?;
+        }
+        for &ino in &marked {
+            self.leases.reserve_write(s, ino);
+        }
+        let results = match self.propose_for(req, Op::Batch).await {
+            Ok(Applied::Batch(results)) => results,
+            Ok(other) => {
+                return Err(Status::internal(format!(
+                    "unexpected apply result {other:?}"
+                )))
+            }
+            Err(e) => {
+                for &ino in &marked {
+                    self.leases.release_write(session, ino);
+                }
+                return Err(e);
+            }
+        };
+        let touched = dirs
+            .iter()
+            .map(|(d, names)| (*d, names.clone()))
+            .chain(changed.iter().map(|&i| (i, Vec::new())))
+            .collect();
+        self.changed(session, touched).await;
+        let mut out = Vec::with_capacity(results.len());
+        for result in results {
+            out.push(match result {
+                Ok(attr) => {
+                    let write_lease_ms = if marked.contains(&attr.ino) && attr.writer == s {
+                        self.one_at_a_time(attr.ino, async { self.grant_new_writer(s, &attr) })
+                            .await?
+                    } else {
+                        0
+                    };
+                    let lease_ms = self.leases.grant_read(session, attr.ino).await;
+                    let attr = self.fsm.getattr(attr.ino).unwrap_or(attr);
+                    BatchResult {
+                        reply: Some(AttrReply {
+                            quota_room: self.fsm.quota_room(&attr)?,
+                            attr: Some(attr),
+                            lease_ms,
+                            write_lease_ms,
+                            dir: None,
+                            dir_lease_ms: 0,
+                        }),
+                        errno: 0,
+                        message: String::new(),
+                    }
+                }
+                Err((errno, message)) => BatchResult {
+                    reply: None,
+                    errno,
+                    message,
+                },
+            });
+        }
+        // Marked files whose create failed: the reservation goes.
+        for &ino in &marked {
+            if !self.fsm.getattr(ino).is_ok_and(|a| a.writer == s) {
+                self.leases.release_write(session, ino);
+            }
+        }
+        let dirs = dirs
+            .keys()
+            .map(|&ino| DirLease {
+                ino,
+                lease_ms: self.grant_dir(session, ino),
+            })
+            .collect();
+        Ok(Response::new(BatchReply { results: out, dirs }))
     }
 
     async fn unlink(&self, req: Request<UnlinkRequest>) -> Reply<UnlinkReply> {
         let session = self.session(req.metadata())?;
         let (parent, name) = (req.get_ref().parent, req.get_ref().name.clone());
+        self.entries_settled(session, parent).await;
         let child = self.child(parent, &name);
         // An unlinked file's data is purged up to its recorded size.
         self.writes_settled(session, child).await?;
@@ -907,6 +1077,9 @@ impl Mds for MdsService {
     async fn rename(&self, req: Request<RenameRequest>) -> Reply<RenameReply> {
         name_ok(&req.get_ref().new_name)?;
         let session = self.session(req.metadata())?;
+        let r = req.get_ref();
+        self.entries_settled(session, r.parent).await;
+        self.entries_settled(session, r.new_parent).await;
         let r = req.get_ref();
         let replaced = self.child(r.new_parent, &r.new_name);
         let moved = self.child(r.parent, &r.name);
@@ -931,6 +1104,7 @@ impl Mds for MdsService {
         let r = req.get_ref();
         let (ino, parent) = (r.ino, r.new_parent);
         let touched = vec![(parent, vec![r.new_name.clone()]), (ino, Vec::new())];
+        self.entries_settled(session, parent).await;
         attr_of(self.propose_for(req, Op::Link).await?)?;
         self.changed(session, touched).await;
         let dir_ms = self.leases.grant_read(session, parent).await;
@@ -946,6 +1120,8 @@ impl Mds for MdsService {
     }
 
     async fn read_dir(&self, req: Request<ReadDirRequest>) -> Reply<ReadDirReply> {
+        let session = self.session(req.metadata())?;
+        self.entries_settled(session, req.get_ref().ino).await;
         self.node.read_barrier().await?;
         let r = req.into_inner();
         Ok(Response::new(self.fsm.readdir(r.ino, r.after, r.limit)?))
@@ -1007,7 +1183,8 @@ impl Mds for MdsService {
     async fn set_xattr(&self, req: Request<SetXattrRequest>) -> Reply<Empty> {
         let session = self.session(req.metadata())?;
         let ino = req.get_ref().ino;
-        self.acl_settled(session, ino, &req.get_ref().name).await;
+        // A default ACL or a quota set on a directory ends a directory lease on it too.
+        self.entries_settled(session, ino).await;
         self.propose_for(req, Op::SetXattr).await?;
         self.changed(session, vec![(ino, Vec::new())]).await;
         Ok(Response::new(Empty {}))
@@ -1024,7 +1201,7 @@ impl Mds for MdsService {
     async fn remove_xattr(&self, req: Request<RemoveXattrRequest>) -> Reply<Empty> {
         let session = self.session(req.metadata())?;
         let ino = req.get_ref().ino;
-        self.acl_settled(session, ino, &req.get_ref().name).await;
+        self.entries_settled(session, ino).await;
         self.propose_for(req, Op::RemoveXattr).await?;
         self.changed(session, vec![(ino, Vec::new())]).await;
         Ok(Response::new(Empty {}))

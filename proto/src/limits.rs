@@ -16,6 +16,10 @@ pub const FILE_SIZE_MAX: u64 = i64::MAX as u64;
 pub const LEASE_HOLD_MAX: std::time::Duration = std::time::Duration::from_secs(60);
 /// Write leases one `Mds.ReleaseWrites` gives back at most.
 pub const RELEASES_MAX: usize = 4096;
+/// Changes one `Mds.Batch` carries at most.
+pub const BATCH_MAX: usize = 4096;
+/// Inode numbers one `Mds.TakeInodes` hands out at most.
+pub const TAKE_INODES_MAX: u32 = 65536;
 
 /// Checks a directory entry name: not empty, no '/', no NUL, not "." or "..", at most
 /// [`NAME_MAX`] bytes.

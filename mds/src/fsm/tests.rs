@@ -1,7 +1,7 @@
 //! State-machine tests driven directly, without Raft or a network.
 
 use super::*;
-use crate::command::{Bootstrap, RequestId};
+use crate::command::{Bootstrap, RequestId, TakeInodes};
 
 struct Harness {
     _dir: tempfile::TempDir,
@@ -833,4 +833,138 @@ fn a_new_file_asked_with_the_write_lease_is_marked_with_its_creator() {
     assert_eq!(d.writer, 0);
     let g = made(h.run(Op::MakeNode(create("g", FileKind::Regular, true))));
     assert_eq!(g.writer, 0);
+}
+
+#[test]
+fn a_batch_makes_files_with_taken_numbers_each_change_on_its_own() {
+    let mut h = Harness::new();
+    let d = h.mk(ROOT_INO, "d", FileKind::Directory).unwrap();
+    let id = |session, seq| RequestId {
+        session,
+        seq,
+        oldest: seq,
+    };
+    let first = match h.run_as(Op::TakeInodes(TakeInodes { count: 4 }), Some(id(9, 1))) {
+        Ok(Applied::Inodes(f)) => f,
+        other => panic!("take_inodes: {other:?}"),
+    };
+    // Numbers handed out are never handed out again, whoever asks.
+    let other = h.mk(ROOT_INO, "other", FileKind::Regular).unwrap();
+    assert!(other.ino >= first + 4, "{} reused", other.ino);
+    let create = |name: &str, ino: u64| pb::BatchOp {
+        op: Some(pb::batch_op::Op::MakeNode(pb::MakeNodeRequest {
+            parent: d.ino,
+            name: name.as_bytes().to_vec().into(),
+            kind: FileKind::Regular as i32,
+            perm: 0o666,
+            umask: 0o022,
+            exclusive: true,
+            mark_writer: true,
+            ino,
+            time: Some(ts(1)),
+            ..Default::default()
+        })),
+    };
+    let size = |ino: u64, size: u64| pb::BatchOp {
+        op: Some(pb::batch_op::Op::SetAttr(pb::SetAttrRequest {
+            ino,
+            grow_size: Some(size),
+            ..Default::default()
+        })),
+    };
+    let ops = vec![
+        create("a", first),
+        size(first, 4096),
+        // Taken by no one / twice / another session's: refused, the rest applies.
+        create("b", first + 100),
+        create("c", first),
+        create("a", first + 1),
+        create("e", first + 2),
+    ];
+    let results = match h.run_as(
+        Op::Batch(pb::BatchRequest {
+            ops,
+            keep_dirs: vec![],
+        }),
+        Some(id(9, 2)),
+    ) {
+        Ok(Applied::Batch(r)) => r,
+        other => panic!("batch: {other:?}"),
+    };
+    assert_eq!(results.len(), 6);
+    let a = results[0].clone().expect("a made");
+    assert_eq!(
+        (a.ino, a.perm, a.writer, a.writer_mark),
+        (first, 0o644, 9, 1)
+    );
+    assert_eq!(a.mtime, Some(ts(1)), "made at the client's time");
+    let sized = results[1].clone().expect("a sized");
+    assert_eq!(
+        (sized.size, sized.writer),
+        (4096, 0),
+        "size sent, lease back"
+    );
+    assert_eq!(results[2].clone().unwrap_err().0, libc::EINVAL);
+    assert_eq!(results[3].clone().unwrap_err().0, libc::EEXIST);
+    assert_eq!(results[4].clone().unwrap_err().0, libc::EEXIST);
+    assert_eq!(results[5].clone().expect("e made").ino, first + 2);
+    assert_eq!(h.names(d.ino), vec!["a", "e"]);
+    assert_eq!(h.fsm.lookup(d.ino, b"a").unwrap().size, 4096);
+    // The refused create of "a" with another number left no inode behind.
+    assert!(h.fsm.getattr(first + 1).is_err());
+    assert_eq!(h.fsm.getattr(d.ino).unwrap().nlink, 2);
+    // Another session cannot use this one's numbers; a retry gets the first reply.
+    let again = h.run_as(
+        Op::Batch(pb::BatchRequest {
+            ops: vec![create("x", first + 3)],
+            keep_dirs: vec![],
+        }),
+        Some(id(8, 1)),
+    );
+    match again {
+        Ok(Applied::Batch(r)) => assert_eq!(r[0].clone().unwrap_err().0, libc::EINVAL),
+        other => panic!("batch: {other:?}"),
+    }
+    let retried = h.run_as(
+        Op::Batch(pb::BatchRequest {
+            ops: vec![],
+            keep_dirs: vec![],
+        }),
+        Some(id(9, 2)),
+    );
+    match retried {
+        Ok(Applied::Batch(r)) => assert_eq!(r.len(), 6, "the stored reply"),
+        other => panic!("batch: {other:?}"),
+    }
+    // A new range keeps the one before usable; the one before that goes.
+    let take = |h: &mut Harness, seq| match h
+        .run_as(Op::TakeInodes(TakeInodes { count: 2 }), Some(id(9, seq)))
+    {
+        Ok(Applied::Inodes(f)) => f,
+        other => panic!("take_inodes: {other:?}"),
+    };
+    let second = take(&mut h, 20);
+    let third = take(&mut h, 21);
+    let made = |h: &mut Harness, seq, name: &str, ino| match h.run_as(
+        Op::Batch(pb::BatchRequest {
+            ops: vec![create(name, ino)],
+            keep_dirs: vec![],
+        }),
+        Some(id(9, seq)),
+    ) {
+        Ok(Applied::Batch(r)) => r[0].clone().map(|a| a.ino).map_err(|e| e.0),
+        other => panic!("batch: {other:?}"),
+    };
+    assert_eq!(made(&mut h, 22, "s", second), Ok(second));
+    assert_eq!(made(&mut h, 23, "t", third), Ok(third));
+    assert_eq!(made(&mut h, 24, "u", first + 3), Err(libc::EINVAL));
+    // Only a session takes numbers, a bounded count of them.
+    assert_eq!(
+        errno(h.run(Op::TakeInodes(TakeInodes { count: 4 }))),
+        libc::EINVAL
+    );
+    assert_eq!(
+        errno(h.run_as(Op::TakeInodes(TakeInodes { count: 0 }), Some(id(9, 3)))),
+        libc::EINVAL
+    );
 }

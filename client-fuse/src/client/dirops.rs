@@ -1,0 +1,484 @@
+//! Files this mount makes alone, under directory leases: creates that answer at once.
+//!
+//! A directory lease (`MakeNodeRequest.want_dir_lease`, granted with a mkdir on the new
+//! directory, or with a create on its parent) means no other session reads or changes the
+//! directory's entries without revoking the lease first, and the MDS grants it only where a
+//! new file's attributes follow from the directory's and the request's alone (no quota, no
+//! default ACL). Under it, with the directory's entries all known here, a create of a regular
+//! file needs no round trip: the mount takes the inode number from a range the MDS handed its
+//! session (`Mds.TakeInodes`), answers the kernel with the attributes the MDS will give the
+//! file, holds the new file's write lease, and queues the create. Attribute changes of a file
+//! whose create is still queued join the queue (its size and times at close, a utimes, a
+//! chmod or chown), and a file closed unwritten goes without its write lease.
+//!
+//! Queued changes go to the MDS in the background, many in one `Mds.Batch` (one Raft entry),
+//! at most [`SEND_AFTER`] after the first of them was queued. Every other call to the MDS
+//! waits until the changes queued before it have landed (`Cluster::changes_settled`), so the
+//! MDS sees this mount's changes in the order it made them; a revocation of a directory lease
+//! lands them before it is acked, so another mount that looks finds them.
+//!
+//! As on a local filesystem, a create is durable once it landed: within [`SEND_AFTER`], at
+//! the next fsync of the file or its directory, or when the mount ends. One the MDS refused
+//! (a session evicted meanwhile) is reported at the file's next fsync or close, and the
+//! directory's entries are asked of the MDS again.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use shoal_proto::limits::BATCH_MAX;
+use shoal_proto::mds::*;
+
+use super::{now, Client, LEASE_MARGIN};
+use crate::error::ClientError;
+
+/// A queued change goes to the MDS at most this long after it was made (long enough for a
+/// file's close, whose data goes to the OSDs first, to join its create).
+pub const SEND_AFTER: Duration = Duration::from_millis(100);
+/// Inode numbers taken at once.
+const TAKE: u32 = 4096;
+/// More are taken when fewer than this are left.
+const LOW: u64 = 1024;
+/// A directory lease with less than this left is not used: what is queued under it goes
+/// well before it ends.
+const DIR_MARGIN: Duration = Duration::from_millis(500);
+
+/// Extended attributes a new file is known not to have.
+const NO_CAPS: &[u8] = b"security.capability";
+const NO_ACL: &[u8] = b"system.posix_acl_access";
+const NO_DEFAULT_ACL: &[u8] = b"system.posix_acl_default";
+
+/// What waits to be sent, and what this mount may make alone.
+#[derive(Default)]
+pub(super) struct Queue {
+    ops: Vec<BatchOp>,
+    /// Files whose create is in `ops`, with its index there.
+    creates: HashMap<u64, usize>,
+    /// Their attributes as the MDS will record them once `ops` landed.
+    made: HashMap<u64, Attr>,
+    /// When the oldest change in `ops` was queued.
+    since: Option<Instant>,
+    /// Directory leases held: until when (the margin taken off).
+    dirs: HashMap<u64, Instant>,
+    /// Inode numbers taken and not used, ranges `[next, end)` in the order they are used.
+    numbers: VecDeque<(u64, u64)>,
+}
+
+impl Queue {
+    fn left(&self) -> u64 {
+        self.numbers.iter().map(|(n, e)| e - n).sum()
+    }
+
+    fn number(&mut self) -> Option<u64> {
+        while let Some((next, end)) = self.numbers.front_mut() {
+            if next < end {
+                let n = *next;
+                *next += 1;
+                return Some(n);
+            }
+            self.numbers.pop_front();
+        }
+        None
+    }
+
+    fn push(&mut self, op: batch_op::Op) {
+        if let batch_op::Op::MakeNode(m) = &op {
+            self.creates.insert(m.ino, self.ops.len());
+        }
+        self.ops.push(BatchOp { op: Some(op) });
+        self.since.get_or_insert_with(Instant::now);
+    }
+
+    /// The queued create of `ino`, if it was not sent yet.
+    fn create_of(&mut self, ino: u64) -> Option<&mut MakeNodeRequest> {
+        let i = *self.creates.get(&ino)?;
+        match self.ops.get_mut(i)?.op.as_mut()? {
+            batch_op::Op::MakeNode(m) => Some(m),
+            _ => None,
+        }
+    }
+}
+
+/// `attr` after `req` (no size change), as the MDS will record it at `at`.
+fn changed_attr(attr: &mut Attr, req: &SetAttrRequest, at: Timespec) {
+    if let Some(p) = req.perm {
+        attr.perm = p & 0o7777;
+    }
+    attr.uid = req.uid.unwrap_or(attr.uid);
+    attr.gid = req.gid.unwrap_or(attr.gid);
+    let time = |t: &SetTime| if t.now { at } else { t.time.unwrap_or(at) };
+    if let Some(t) = &req.atime {
+        attr.atime = Some(time(t));
+    }
+    if let Some(t) = &req.mtime {
+        attr.mtime = Some(time(t));
+    }
+    if let Some(g) = req.grow_size {
+        attr.size = attr.size.max(g);
+        attr.mtime = Some(at);
+    }
+    attr.ctime = Some(at);
+}
+
+/// `req` with "now" replaced by `at`: the change happened here, now, not when it lands.
+fn explicit_times(mut req: SetAttrRequest, at: Timespec) -> SetAttrRequest {
+    if req.grow_size.is_some() && req.mtime.is_none() {
+        // Written until now: the MDS would stamp the time it records the size at.
+        req.mtime = Some(SetTime {
+            now: true,
+            time: None,
+        });
+    }
+    for t in [&mut req.atime, &mut req.mtime].into_iter().flatten() {
+        if t.now {
+            *t = SetTime {
+                now: false,
+                time: Some(at),
+            };
+        }
+    }
+    req
+}
+
+impl Client {
+    pub(super) fn dirops(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.dirops.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The MDS granted this mount the directory lease on `dir` for `ms` from `sent` (0: it
+    /// holds none).
+    pub(super) fn dir_leased(&self, dir: u64, sent: Instant, ms: u32) {
+        let mut q = self.dirops();
+        // A revocation that came in since it was asked for ends it (checked under the queue's
+        // lock, which the revocation takes after marking the lease revoked).
+        let revoked = self
+            .leases()
+            .get(&dir)
+            .and_then(|l| l.revoked)
+            .is_some_and(|r| r >= sent);
+        if ms == 0 || revoked {
+            q.dirs.remove(&dir);
+            return;
+        }
+        let until = sent + Duration::from_millis(ms.into()).saturating_sub(LEASE_MARGIN);
+        q.dirs.insert(dir, until);
+        if q.left() < LOW {
+            drop(q);
+            // Numbers to make files with, before the first create needs them.
+            self.cluster.wake_sender();
+        }
+    }
+
+    /// The directory lease on `dir` (if any) was revoked: nothing more is made there alone.
+    pub(super) fn dir_revoked(&self, dir: u64) -> bool {
+        self.dirops().dirs.remove(&dir).is_some()
+    }
+
+    /// Creates regular file `req.name` here, under the lease on its directory, and queues
+    /// the create; None if it must go to the MDS (no lease, entries not all known, the name
+    /// known to exist, no inode number left).
+    pub(super) fn create_here(&self, req: &MakeNodeRequest) -> Option<Attr> {
+        if req.kind != FileKind::Regular as i32 || req.rdev != 0 || !req.target.is_empty() {
+            return None;
+        }
+        let lease_ms = self.lease_ms.load(std::sync::atomic::Ordering::Relaxed);
+        if lease_ms == 0 {
+            return None;
+        }
+        let started = Instant::now();
+        let ino = {
+            let mut q = self.dirops();
+            let leased = q
+                .dirs
+                .get(&req.parent)
+                .is_some_and(|u| *u > started + DIR_MARGIN);
+            if !leased || q.ops.len() >= BATCH_MAX {
+                return None;
+            }
+            q.number()?
+        };
+        let at = now();
+        let session = self.cluster.session();
+        let attr = {
+            let renewal = self.renewal();
+            let mut leases = self.leases();
+            let d = leases.get_mut(&req.parent)?;
+            if !Self::live(d, renewal)
+                || !d.complete
+                || d.entries.contains_key(&req.name)
+                || d.entries.len() >= 100_000
+            {
+                return None;
+            }
+            let dir = d.attr.as_mut()?;
+            let setgid = dir.perm & 0o2000 != 0;
+            let attr = Attr {
+                ino,
+                kind: FileKind::Regular as i32,
+                perm: req.perm & 0o7777 & !(req.umask & 0o777),
+                nlink: 1,
+                uid: req.uid,
+                gid: if setgid { dir.gid } else { req.gid },
+                size: 0,
+                rdev: 0,
+                atime: Some(at),
+                mtime: Some(at),
+                ctime: Some(at),
+                layout: Some(
+                    dir.layout
+                        .unwrap_or_else(shoal_proto::layout::default_layout),
+                ),
+                next_cookie: 0,
+                parent: 0,
+                writer: session,
+                writer_mark: 1,
+                realm: 0,
+            };
+            dir.mtime = Some(at);
+            dir.ctime = Some(at);
+            d.entries.insert(req.name.clone(), ino);
+            attr
+        };
+        // The file's own lease: no other session can know of it until the create lands.
+        self.note_lease(&[ino], started, lease_ms);
+        self.keep_attr(&attr, started, None, true);
+        if let Some(l) = self.leases().get_mut(&ino) {
+            // It has no extended attributes: the kernel's look for capabilities before each
+            // write, and for ACLs, need not wait for the create to land.
+            for name in [NO_CAPS, NO_ACL, NO_DEFAULT_ACL] {
+                l.xattrs.insert(bytes::Bytes::from_static(name), None);
+            }
+        }
+        self.opened(&attr);
+        self.write_lease_granted(ino, session, 1, started, lease_ms);
+        let mut q = self.dirops();
+        q.made.insert(ino, attr);
+        q.push(batch_op::Op::MakeNode(MakeNodeRequest {
+            ino,
+            time: Some(at),
+            exclusive: true,
+            want_write_lease: true,
+            mark_writer: false,
+            want_dir_lease: false,
+            ..req.clone()
+        }));
+        drop(q);
+        self.cluster.changes_queued(1);
+        Some(attr)
+    }
+
+    /// A change of attributes (no size) of a file whose create is still queued: queued too,
+    /// and answered with the attributes it gives. None: it goes to the MDS.
+    pub(super) fn setattr_here(&self, req: &SetAttrRequest) -> Option<Attr> {
+        if req.size.is_some()
+            || req.grow_size.is_some()
+            || req.want_write_lease
+            || req.release_write_lease
+            || req.keep_mark.is_some()
+        {
+            return None;
+        }
+        self.queue_change(req)
+    }
+
+    /// A file's size, times and kept attributes sent at close while its create is still
+    /// queued: queued after it, with the write lease going back. None: it goes to the MDS.
+    pub(super) fn size_here(&self, req: &SetAttrRequest) -> Option<Attr> {
+        if req.want_write_lease || req.keep_mark.is_some() || req.size.is_some() {
+            return None;
+        }
+        self.queue_change(req)
+    }
+
+    fn queue_change(&self, req: &SetAttrRequest) -> Option<Attr> {
+        let at = now();
+        let mut q = self.dirops();
+        let attr = q.made.get_mut(&req.ino)?;
+        changed_attr(attr, req, at);
+        if req.grow_size.is_some() || req.release_write_lease {
+            attr.writer = 0;
+        }
+        let attr = *attr;
+        q.push(batch_op::Op::SetAttr(explicit_times(*req, at)));
+        drop(q);
+        self.keep_attr(&attr, Instant::now(), None, true);
+        self.cluster.changes_queued(1);
+        Some(self.overlay(attr))
+    }
+
+    /// This mount stops using the write lease on new file `ino` before its create was sent:
+    /// the create goes without it. False: the create was sent (the lease goes back itself).
+    pub(super) fn unmark_queued(&self, ino: u64) -> bool {
+        match self.dirops().create_of(ino) {
+            Some(m) => {
+                m.want_write_lease = false;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Sends what is queued (and takes inode numbers when few are left), then returns.
+    pub async fn send_changes(&self) {
+        let (ops, take) = {
+            let mut q = self.dirops();
+            // Decided before the queue is taken: every change made with the numbers of the
+            // range the MDS forgets at this take is in this batch or an earlier one.
+            let take = q.left() < LOW && !q.dirs.is_empty();
+            let n = q.ops.len().min(BATCH_MAX);
+            let ops: Vec<BatchOp> = q.ops.drain(..n).collect();
+            let rest: Vec<(u64, usize)> = q
+                .ops
+                .iter()
+                .enumerate()
+                .filter_map(|(i, o)| match &o.op {
+                    Some(batch_op::Op::MakeNode(m)) => Some((m.ino, i)),
+                    _ => None,
+                })
+                .collect();
+            q.creates = rest.into_iter().collect();
+            let Queue { made, creates, .. } = &mut *q;
+            made.retain(|ino, _| creates.contains_key(ino));
+            q.since = (!q.ops.is_empty()).then(Instant::now);
+            (ops, take)
+        };
+        if !ops.is_empty() {
+            let n = ops.len() as u64;
+            let sent = Instant::now();
+            let req = BatchRequest {
+                ops: ops.clone(),
+                keep_dirs: Vec::new(),
+            };
+            let r = self
+                .cluster
+                .mds_mutate_now("batch", req, |mut c, r| async move { c.batch(r).await })
+                .await;
+            match r {
+                Ok(reply) => self.batch_landed(&ops, reply, sent),
+                Err(e) => {
+                    tracing::warn!(changes = ops.len(), error = %e, "queued changes failed");
+                    for op in &ops {
+                        self.change_failed(op, e.clone());
+                    }
+                    self.dirops().dirs.clear();
+                }
+            }
+            self.cluster.changes_landed(n);
+        }
+        if take {
+            let r = self
+                .cluster
+                .mds_mutate_now(
+                    "take_inodes",
+                    TakeInodesRequest { count: TAKE },
+                    |mut c, r| async move { c.take_inodes(r).await },
+                )
+                .await;
+            match r {
+                Ok(t) => {
+                    let mut q = self.dirops();
+                    // The MDS keeps this range and the one before; older ones are used up.
+                    while q.numbers.len() > 1 {
+                        q.numbers.pop_front();
+                    }
+                    q.numbers.push_back((t.first, t.first + u64::from(t.count)));
+                }
+                Err(e) => tracing::debug!(error = %e, "cannot take inode numbers"),
+            }
+        }
+    }
+
+    fn batch_landed(&self, ops: &[BatchOp], reply: BatchReply, sent: Instant) {
+        for d in &reply.dirs {
+            self.dir_leased(d.ino, sent, d.lease_ms);
+        }
+        for (i, op) in ops.iter().enumerate() {
+            let Some(r) = reply.results.get(i) else {
+                self.change_failed(op, ClientError::Protocol("a batch reply fell short".into()));
+                continue;
+            };
+            let Some(answer) = r.reply.filter(|_| r.errno == 0) else {
+                let e = ClientError::errno_msg(r.errno, &r.message);
+                self.change_failed(op, e);
+                continue;
+            };
+            let (ms, write_ms) = (answer.lease_ms, answer.write_lease_ms);
+            let Some(attr) = answer.attr else { continue };
+            self.note_lease(&[attr.ino], sent, ms);
+            self.keep_attr(&attr, sent, None, true);
+            if let Some(batch_op::Op::MakeNode(m)) = &op.op {
+                if m.want_write_lease {
+                    let session = self.cluster.session();
+                    let mut files = self.files();
+                    if let Some(s) = files.get_mut(&attr.ino) {
+                        if write_ms > 0 && s.write_until.is_some() {
+                            let len = Duration::from_millis(write_ms.into());
+                            s.hold_write_lease(session, attr.writer_mark, sent, len);
+                        } else if write_ms == 0 {
+                            // Not granted: writes go to the OSDs from now on.
+                            s.write_until = None;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// A queued change did not land: the file's next fsync or close reports it, and what
+    /// this mount knew of it and of its directory goes.
+    fn change_failed(&self, op: &BatchOp, e: ClientError) {
+        match &op.op {
+            Some(batch_op::Op::MakeNode(m)) => {
+                tracing::warn!(ino = m.ino, name = %String::from_utf8_lossy(&m.name),
+                    error = %e, "a create made here did not land");
+                self.changed_here(&[m.ino], &[(m.parent, &m.name)]);
+                self.entries_unknown_everywhere(m.parent);
+                self.latch(m.ino, e);
+                if let Some(s) = self.files().get_mut(&m.ino) {
+                    s.write_until = None;
+                }
+            }
+            Some(batch_op::Op::SetAttr(a)) => {
+                tracing::warn!(ino = a.ino, error = %e, "an attribute change made here did not land");
+                self.changed_here(&[a.ino], &[]);
+                self.latch(a.ino, e);
+            }
+            None => {}
+        }
+    }
+
+    /// The session was evicted: what was queued under it is lost, reported per file.
+    pub(super) fn drop_queued(&self) {
+        let ops: Vec<BatchOp> = {
+            let mut q = self.dirops();
+            q.creates.clear();
+            q.made.clear();
+            q.dirs.clear();
+            q.numbers.clear();
+            q.since = None;
+            std::mem::take(&mut q.ops)
+        };
+        let session = self.cluster.session();
+        for op in &ops {
+            self.change_failed(op, ClientError::Evicted(session));
+        }
+        self.cluster.changes_landed(ops.len() as u64);
+    }
+
+    /// Sends queued changes as they come due, until the session ends.
+    pub async fn run_changes(&self) {
+        loop {
+            let wait = match self.dirops().since {
+                Some(t) => SEND_AFTER.saturating_sub(t.elapsed()),
+                None => Duration::from_millis(200),
+            };
+            self.cluster.changes_wanted(wait).await;
+            let due = {
+                let q = self.dirops();
+                !q.ops.is_empty() || (q.left() < LOW && !q.dirs.is_empty())
+            };
+            if due {
+                self.send_changes().await;
+            }
+        }
+    }
+}
