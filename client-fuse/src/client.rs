@@ -739,10 +739,10 @@ impl Client {
     /// the kernel's caches and acks.
     pub async fn revoked(&self, ino: u64) -> Result<()> {
         self.mark_revoked(ino);
-        if self.dir_revoked(ino) {
-            // What was made there lands before the ack.
-            self.cluster.changes_settled().await;
-        }
+        self.dir_revoked(ino);
+        // What this mount made under a directory lease lands before the ack (the lease may
+        // have ended here already, with creates made under it still queued).
+        self.cluster.changes_settled().await;
         // A write lease goes back with the data and the size, or on its own when nothing is
         // unsent, so the MDS need not look for this mount's writes on the OSDs.
         let sent = self.send_size_or_release(ino, false, true).await;

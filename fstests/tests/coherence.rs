@@ -857,18 +857,19 @@ fn finishes_within<T: Send + 'static>(
 
 #[test]
 fn files_made_in_a_directory_made_here_answer_at_once_and_land_before_another_mount_looks() {
-    let c = TestCluster::start();
+    // Leases long enough to outlast the MDS's stop on a loaded machine.
+    let c = TestCluster::start_args(&["--lease-ms", "10000"]);
     let m2 = c.mount_again("mnt2");
     fs::create_dir(c.path("d")).unwrap();
     fs::write(c.path("d/first"), b"1").unwrap();
     // Inode numbers are taken in the background once the directory lease is granted.
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(1000));
     let dir = c.path("d");
     let made = {
         let _mds = Frozen::stop(c.pid("mds.0"));
         // With the MDS stopped, creates (empty or written) made under the directory's lease
         // still return.
-        finishes_within(Duration::from_millis(1500), move || {
+        finishes_within(Duration::from_secs(5), move || {
             for i in 0..40 {
                 let mut f = fs::File::create(dir.join(format!("f{i}"))).unwrap();
                 if i % 2 == 1 {

@@ -4,6 +4,7 @@
 
 use std::collections::HashSet;
 use std::fs;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -245,8 +246,14 @@ fn wiped_follower_rejoins_by_snapshot() {
     let c = TestCluster::start_args(&["--mds", "3", "--mds-log-entries", "100"]);
     let dir = c.path("many");
     fs::create_dir(&dir).unwrap();
+    // Each file synced: its create and size are entries of their own, not one batch.
+    let write_synced = |i: usize| {
+        let mut f = fs::File::create(dir.join(format!("f{i}"))).unwrap();
+        f.write_all(format!("{i}").as_bytes()).unwrap();
+        f.sync_all().unwrap();
+    };
     for i in 0..300 {
-        fs::write(dir.join(format!("f{i}")), format!("{i}")).unwrap();
+        write_synced(i);
     }
     let old = leader(&c);
     let wiped = ["mds.0", "mds.1", "mds.2"]
@@ -256,7 +263,7 @@ fn wiped_follower_rejoins_by_snapshot() {
     c.kill9(wiped);
     fs::remove_dir_all(c.data.join(wiped)).unwrap();
     for i in 300..400 {
-        fs::write(dir.join(format!("f{i}")), format!("{i}")).unwrap();
+        write_synced(i);
     }
     let st = c.status();
     assert!(

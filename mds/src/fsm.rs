@@ -686,6 +686,14 @@ fn apply_op(
     }
 }
 
+fn later_of(a: Timespec, b: Timespec) -> Timespec {
+    if (b.sec, b.nsec) > (a.sec, a.nsec) {
+        b
+    } else {
+        a
+    }
+}
+
 fn inodes_key(session: u64) -> Vec<u8> {
     [KEY_INODES, &be(session)].concat()
 }
@@ -714,6 +722,15 @@ fn take_inodes(t: &mut Txn<'_>, count: u32, session: Option<u64>) -> Result<Appl
     ranges.extend_from_slice(&[be(first), be(end)].concat());
     t.put(Cf::Meta, &inodes_key(s), ranges);
     Ok(Applied::Inodes(first))
+}
+
+impl Fsm {
+    /// Whether `session` may make a file numbered `ino` in a batch: one of the numbers it
+    /// took, not used yet.
+    pub fn may_make(&self, session: u64, ino: u64) -> bool {
+        let t = Txn::new(&self.db);
+        taken_by(&t, session, ino).unwrap_or(false) && matches!(t.inode_if_any(ino), Ok(None))
+    }
 }
 
 /// Whether `ino` is in one of the ranges [`take_inodes`] last gave `session`.
@@ -1100,8 +1117,15 @@ fn make_node(
     if dir {
         parent.nlink += 1;
     }
-    parent.mtime = Some(*now);
-    parent.ctime = Some(*now);
+    // A file the client made earlier changed the directory then (as it showed), unless
+    // something recorded since changed it later.
+    let changed = Some(if r.ino != 0 {
+        later_of(parent.mtime.unwrap_or_default(), born)
+    } else {
+        *now
+    });
+    parent.mtime = changed;
+    parent.ctime = changed;
     t.put_inode(&parent);
     t.put_inode(&attr);
     let files = t.counter(KEY_FILES, 0)?;

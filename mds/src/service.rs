@@ -950,16 +950,18 @@ impl Mds for MdsService {
                 r.ops.len()
             )));
         }
-        let mut dirs: BTreeMap<u64, Vec<Bytes>> =
-            r.keep_dirs.iter().map(|&d| (d, Vec::new())).collect();
+        let mut dirs: BTreeMap<u64, Vec<Bytes>> = BTreeMap::new();
         let mut changed = Vec::new();
+        let mut gives_back = Vec::new();
         let mut marked = Vec::new();
         for op in &mut r.ops {
             match &mut op.op {
                 Some(batch_op::Op::MakeNode(m)) => {
                     name_ok(&m.name)?;
                     dirs.entry(m.parent).or_default().push(m.name.clone());
-                    m.mark_writer = m.want_write_lease && may_hold;
+                    // Held only on numbers the session took for files not made yet, so no
+                    // client can hold an existing file through a batch.
+                    m.mark_writer = m.want_write_lease && may_hold && self.fsm.may_make(s, m.ino);
                     if m.mark_writer {
                         marked.push(m.ino);
                     }
@@ -971,6 +973,9 @@ impl Mds for MdsService {
                     a.want_write_lease = false;
                     a.keep_mark = None;
                     changed.push(a.ino);
+                    if a.grow_size.is_some() || a.release_write_lease {
+                        gives_back.push(a.ino);
+                    }
                 }
                 None => {}
             }
@@ -1000,6 +1005,12 @@ impl Mds for MdsService {
                 return Err(e);
             }
         };
+        // As a SetAttr's: a size sent gives the write lease back (the entry cleared the mark).
+        for &ino in &gives_back {
+            if !marked.contains(&ino) || !self.fsm.getattr(ino).is_ok_and(|a| a.writer == s) {
+                self.leases.release_write(session, ino);
+            }
+        }
         let touched = dirs
             .iter()
             .map(|(d, names)| (*d, names.clone()))
@@ -1010,9 +1021,12 @@ impl Mds for MdsService {
         for result in results {
             out.push(match result {
                 Ok(attr) => {
+                    // Applied: what follows cannot fail the batch (the client would take
+                    // every change as lost).
                     let write_lease_ms = if marked.contains(&attr.ino) && attr.writer == s {
                         self.one_at_a_time(attr.ino, async { self.grant_new_writer(s, &attr) })
-                            .await?
+                            .await
+                            .unwrap_or(0)
                     } else {
                         0
                     };
@@ -1020,7 +1034,7 @@ impl Mds for MdsService {
                     let attr = self.fsm.getattr(attr.ino).unwrap_or(attr);
                     BatchResult {
                         reply: Some(AttrReply {
-                            quota_room: self.fsm.quota_room(&attr)?,
+                            quota_room: self.fsm.quota_room(&attr).unwrap_or(None),
                             attr: Some(attr),
                             lease_ms,
                             write_lease_ms,

@@ -169,8 +169,8 @@ impl Client {
     }
 
     /// The directory lease on `dir` (if any) was revoked: nothing more is made there alone.
-    pub(super) fn dir_revoked(&self, dir: u64) -> bool {
-        self.dirops().dirs.remove(&dir).is_some()
+    pub(super) fn dir_revoked(&self, dir: u64) {
+        self.dirops().dirs.remove(&dir);
     }
 
     /// Creates regular file `req.name` here, under the lease on its directory, and queues
@@ -185,19 +185,19 @@ impl Client {
             return None;
         }
         let started = Instant::now();
-        let ino = {
-            let mut q = self.dirops();
-            let leased = q
-                .dirs
-                .get(&req.parent)
-                .is_some_and(|u| *u > started + DIR_MARGIN);
-            if !leased || q.ops.len() >= BATCH_MAX {
-                return None;
-            }
-            q.number()?
-        };
         let at = now();
         let session = self.cluster.session();
+        // The queue stays locked until the create is queued and counted: a revocation of the
+        // directory's lease (which takes it after marking the lease revoked) either finds the
+        // lease revoked here or waits for this create to land.
+        let mut q = self.dirops();
+        let leased = q
+            .dirs
+            .get(&req.parent)
+            .is_some_and(|u| *u > started + DIR_MARGIN);
+        if !leased || q.ops.len() >= BATCH_MAX || q.left() == 0 {
+            return None;
+        }
         let attr = {
             let renewal = self.renewal();
             let mut leases = self.leases();
@@ -210,6 +210,7 @@ impl Client {
                 return None;
             }
             let dir = d.attr.as_mut()?;
+            let ino = q.number()?;
             let setgid = dir.perm & 0o2000 != 0;
             let attr = Attr {
                 ino,
@@ -238,6 +239,7 @@ impl Client {
             d.entries.insert(req.name.clone(), ino);
             attr
         };
+        let ino = attr.ino;
         // The file's own lease: no other session can know of it until the create lands.
         self.note_lease(&[ino], started, lease_ms);
         self.keep_attr(&attr, started, None, true);
@@ -248,9 +250,6 @@ impl Client {
                 l.xattrs.insert(bytes::Bytes::from_static(name), None);
             }
         }
-        self.opened(&attr);
-        self.write_lease_granted(ino, session, 1, started, lease_ms);
-        let mut q = self.dirops();
         q.made.insert(ino, attr);
         q.push(batch_op::Op::MakeNode(MakeNodeRequest {
             ino,
@@ -261,8 +260,12 @@ impl Client {
             want_dir_lease: false,
             ..req.clone()
         }));
-        drop(q);
         self.cluster.changes_queued(1);
+        drop(q);
+        // Open, with its write lease (if the create lands first, the MDS's grant lasts longer
+        // than this one, which counts from before it).
+        self.opened(&attr);
+        self.write_lease_granted(ino, session, 1, started, lease_ms);
         Some(attr)
     }
 
@@ -308,13 +311,15 @@ impl Client {
     /// This mount stops using the write lease on new file `ino` before its create was sent:
     /// the create goes without it. False: the create was sent (the lease goes back itself).
     pub(super) fn unmark_queued(&self, ino: u64) -> bool {
-        match self.dirops().create_of(ino) {
-            Some(m) => {
-                m.want_write_lease = false;
-                true
-            }
-            None => false,
+        let mut q = self.dirops();
+        let Some(m) = q.create_of(ino) else {
+            return false;
+        };
+        m.want_write_lease = false;
+        if let Some(a) = q.made.get_mut(&ino) {
+            a.writer = 0;
         }
+        true
     }
 
     /// Sends what is queued (and takes inode numbers when few are left), then returns.
@@ -344,10 +349,7 @@ impl Client {
         if !ops.is_empty() {
             let n = ops.len() as u64;
             let sent = Instant::now();
-            let req = BatchRequest {
-                ops: ops.clone(),
-                keep_dirs: Vec::new(),
-            };
+            let req = BatchRequest { ops: ops.clone() };
             let r = self
                 .cluster
                 .mds_mutate_now("batch", req, |mut c, r| async move { c.batch(r).await })
@@ -365,6 +367,7 @@ impl Client {
             self.cluster.changes_landed(n);
         }
         if take {
+            let session = self.cluster.session();
             let r = self
                 .cluster
                 .mds_mutate_now(
@@ -374,7 +377,8 @@ impl Client {
                 )
                 .await;
             match r {
-                Ok(t) => {
+                // Numbers taken by a session evicted meanwhile are not this one's.
+                Ok(t) if self.cluster.session() == session => {
                     let mut q = self.dirops();
                     // The MDS keeps this range and the one before; older ones are used up.
                     while q.numbers.len() > 1 {
@@ -382,6 +386,7 @@ impl Client {
                     }
                     q.numbers.push_back((t.first, t.first + u64::from(t.count)));
                 }
+                Ok(_) => {}
                 Err(e) => tracing::debug!(error = %e, "cannot take inode numbers"),
             }
         }

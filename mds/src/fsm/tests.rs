@@ -861,7 +861,7 @@ fn a_batch_makes_files_with_taken_numbers_each_change_on_its_own() {
             exclusive: true,
             mark_writer: true,
             ino,
-            time: Some(ts(1)),
+            time: Some(ts(3)),
             ..Default::default()
         })),
     };
@@ -881,23 +881,22 @@ fn a_batch_makes_files_with_taken_numbers_each_change_on_its_own() {
         create("a", first + 1),
         create("e", first + 2),
     ];
-    let results = match h.run_as(
-        Op::Batch(pb::BatchRequest {
-            ops,
-            keep_dirs: vec![],
-        }),
-        Some(id(9, 2)),
-    ) {
+    let results = match h.run_as(Op::Batch(pb::BatchRequest { ops }), Some(id(9, 2))) {
         Ok(Applied::Batch(r)) => r,
         other => panic!("batch: {other:?}"),
     };
     assert_eq!(results.len(), 6);
     let a = results[0].clone().expect("a made");
     assert_eq!(
+        h.fsm.getattr(d.ino).unwrap().mtime,
+        Some(ts(3)),
+        "changed when a was made"
+    );
+    assert_eq!(
         (a.ino, a.perm, a.writer, a.writer_mark),
         (first, 0o644, 9, 1)
     );
-    assert_eq!(a.mtime, Some(ts(1)), "made at the client's time");
+    assert_eq!(a.mtime, Some(ts(3)), "made at the client's time");
     let sized = results[1].clone().expect("a sized");
     assert_eq!(
         (sized.size, sized.writer),
@@ -917,7 +916,6 @@ fn a_batch_makes_files_with_taken_numbers_each_change_on_its_own() {
     let again = h.run_as(
         Op::Batch(pb::BatchRequest {
             ops: vec![create("x", first + 3)],
-            keep_dirs: vec![],
         }),
         Some(id(8, 1)),
     );
@@ -925,13 +923,7 @@ fn a_batch_makes_files_with_taken_numbers_each_change_on_its_own() {
         Ok(Applied::Batch(r)) => assert_eq!(r[0].clone().unwrap_err().0, libc::EINVAL),
         other => panic!("batch: {other:?}"),
     }
-    let retried = h.run_as(
-        Op::Batch(pb::BatchRequest {
-            ops: vec![],
-            keep_dirs: vec![],
-        }),
-        Some(id(9, 2)),
-    );
+    let retried = h.run_as(Op::Batch(pb::BatchRequest { ops: vec![] }), Some(id(9, 2)));
     match retried {
         Ok(Applied::Batch(r)) => assert_eq!(r.len(), 6, "the stored reply"),
         other => panic!("batch: {other:?}"),
@@ -948,7 +940,6 @@ fn a_batch_makes_files_with_taken_numbers_each_change_on_its_own() {
     let made = |h: &mut Harness, seq, name: &str, ino| match h.run_as(
         Op::Batch(pb::BatchRequest {
             ops: vec![create(name, ino)],
-            keep_dirs: vec![],
         }),
         Some(id(9, seq)),
     ) {
