@@ -1901,8 +1901,9 @@ impl Client {
             };
             let sent = Instant::now();
             let session = self.cluster.session();
+            // (Never while keeping the lease: that asks the MDS.)
             let answer =
-                match self.size_here(&req).filter(|_| !want_lease) {
+                match self.size_here(&req) {
                     // Queued after the file's create, which was not sent yet.
                     Some(a) => Ok((a, 0)),
                     None => {

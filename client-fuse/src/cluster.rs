@@ -234,6 +234,13 @@ impl Cluster {
         true
     }
 
+    /// [`Cluster::changes_settled`] before call `what`.
+    async fn settled_for(&self, what: &str) {
+        if self.changes_settled().await {
+            debug!(op = what, "waited for queued changes");
+        }
+    }
+
     /// Calls the MDS leader, following redirects from followers and retrying transport
     /// failures (trying each member in turn) until the retry window closes. Waits first
     /// for the changes queued before it (see [`Cluster::changes_settled`]).
@@ -242,9 +249,7 @@ impl Cluster {
         F: Fn(Mds) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
-        if self.changes_settled().await {
-            debug!(op = what, "waited for queued changes");
-        }
+        self.settled_for(what).await;
         self.mds_now(what, f).await
     }
 
@@ -326,9 +331,7 @@ impl Cluster {
         F: Fn(Mds, Request<Q>) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
-        if self.changes_settled().await {
-            debug!(op = what, "waited for queued changes");
-        }
+        self.settled_for(what).await;
         self.mds_mutate_now(what, req, f).await
     }
 

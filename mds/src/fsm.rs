@@ -543,6 +543,13 @@ impl Fsm {
             && t.get(Cf::Xattrs, &key2(ino, acl::DEFAULT))?.is_none())
     }
 
+    /// Whether `session` may make a file numbered `ino` in a batch: one of the numbers it
+    /// took, not used yet.
+    pub fn may_make(&self, session: u64, ino: u64) -> bool {
+        let t = Txn::new(&self.db);
+        taken_by(&t, session, ino).unwrap_or(false) && matches!(t.inode_if_any(ino), Ok(None))
+    }
+
     /// The innermost quota with a limit over inode `ino` (itself, for a directory with one).
     pub fn quota_over(&self, ino: u64) -> Result<Option<pb::Quota>, MdsError> {
         let t = Txn::new(&self.db);
@@ -722,15 +729,6 @@ fn take_inodes(t: &mut Txn<'_>, count: u32, session: Option<u64>) -> Result<Appl
     ranges.extend_from_slice(&[be(first), be(end)].concat());
     t.put(Cf::Meta, &inodes_key(s), ranges);
     Ok(Applied::Inodes(first))
-}
-
-impl Fsm {
-    /// Whether `session` may make a file numbered `ino` in a batch: one of the numbers it
-    /// took, not used yet.
-    pub fn may_make(&self, session: u64, ino: u64) -> bool {
-        let t = Txn::new(&self.db);
-        taken_by(&t, session, ino).unwrap_or(false) && matches!(t.inode_if_any(ino), Ok(None))
-    }
 }
 
 /// Whether `ino` is in one of the ranges [`take_inodes`] last gave `session`.

@@ -103,6 +103,13 @@ impl Inner {
     }
 }
 
+/// Whether a session other than `session` holds a live write lease on `ino`.
+fn other_writes(g: &Inner, ino: u64, session: Option<u64>, now: Instant) -> bool {
+    g.by_ino
+        .get(&ino)
+        .is_some_and(|h| h.iter().any(|(s, h)| Some(*s) != session && h.writes(now)))
+}
+
 /// `session`'s hold on `ino`, granted anew at `now` (the caller sets what it grants).
 fn hold(g: &mut Inner, ino: u64, session: u64, now: Instant) -> &mut Held {
     let h = g
@@ -166,11 +173,7 @@ impl Leases {
             {
                 let now = Instant::now();
                 let mut g = self.inner();
-                let writer = g
-                    .by_ino
-                    .get(&ino)
-                    .is_some_and(|h| h.iter().any(|(s, h)| Some(*s) != session && h.writes(now)));
-                if !writer {
+                if !other_writes(&g, ino, session, now) {
                     let Some(session) = session.filter(|s| self.may_hold(&g, *s)) else {
                         return 0;
                     };
@@ -190,11 +193,7 @@ impl Leases {
     pub fn contend(&self, ino: u64, session: Option<u64>) {
         let now = Instant::now();
         let mut g = self.inner();
-        let other = g
-            .by_ino
-            .get(&ino)
-            .is_some_and(|h| h.iter().any(|(s, h)| Some(*s) != session && h.writes(now)));
-        if other {
+        if other_writes(&g, ino, session, now) {
             g.contended.insert(ino, now);
         }
     }

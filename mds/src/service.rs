@@ -1005,12 +1005,6 @@ impl Mds for MdsService {
                 return Err(e);
             }
         };
-        // As a SetAttr's: a size sent gives the write lease back (the entry cleared the mark).
-        for &ino in &gives_back {
-            if !marked.contains(&ino) || !self.fsm.getattr(ino).is_ok_and(|a| a.writer == s) {
-                self.leases.release_write(session, ino);
-            }
-        }
         let touched = dirs
             .iter()
             .map(|(d, names)| (*d, names.clone()))
@@ -1052,8 +1046,9 @@ impl Mds for MdsService {
                 },
             });
         }
-        // Marked files whose create failed: the reservation goes.
-        for &ino in &marked {
+        // Marked files whose create failed (the reservation goes) and sizes sent (as a
+        // SetAttr's, they give the write lease back): held only where the mark still is.
+        for &ino in marked.iter().chain(&gives_back) {
             if !self.fsm.getattr(ino).is_ok_and(|a| a.writer == s) {
                 self.leases.release_write(session, ino);
             }
@@ -1094,7 +1089,6 @@ impl Mds for MdsService {
         let r = req.get_ref();
         self.entries_settled(session, r.parent).await;
         self.entries_settled(session, r.new_parent).await;
-        let r = req.get_ref();
         let replaced = self.child(r.new_parent, &r.new_name);
         let moved = self.child(r.parent, &r.name);
         let touched = vec![

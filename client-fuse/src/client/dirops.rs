@@ -51,10 +51,12 @@ const NO_DEFAULT_ACL: &[u8] = b"system.posix_acl_default";
 #[derive(Default)]
 pub(super) struct Queue {
     ops: Vec<BatchOp>,
-    /// Files whose create is in `ops`, with its index there.
-    creates: HashMap<u64, usize>,
-    /// Their attributes as the MDS will record them once `ops` landed.
-    made: HashMap<u64, Attr>,
+    /// How many changes were taken from the front of `ops` so far: `ops[i]` is change
+    /// number `sent + i`.
+    sent: u64,
+    /// Files whose create is in `ops`: its change number, and their attributes as the MDS
+    /// will record them once `ops` landed.
+    made: HashMap<u64, (u64, Attr)>,
     /// When the oldest change in `ops` was queued.
     since: Option<Instant>,
     /// Directory leases held: until when (the margin taken off).
@@ -80,17 +82,38 @@ impl Queue {
         None
     }
 
-    fn push(&mut self, op: batch_op::Op) {
-        if let batch_op::Op::MakeNode(m) = &op {
-            self.creates.insert(m.ino, self.ops.len());
+    /// Whether inode numbers should be taken now.
+    fn wants_numbers(&self) -> bool {
+        self.left() < LOW && !self.dirs.is_empty()
+    }
+
+    /// Queues `op`; a create with the attributes it makes.
+    fn push(&mut self, op: batch_op::Op, made: Option<Attr>) {
+        if let Some(attr) = made {
+            let seq = self.sent + self.ops.len() as u64;
+            self.made.insert(attr.ino, (seq, attr));
         }
         self.ops.push(BatchOp { op: Some(op) });
         self.since.get_or_insert_with(Instant::now);
     }
 
+    /// Takes up to `n` changes from the front: they are on their way.
+    fn take(&mut self, n: usize) -> Vec<BatchOp> {
+        let ops: Vec<BatchOp> = self.ops.drain(..n.min(self.ops.len())).collect();
+        for op in &ops {
+            if let Some(batch_op::Op::MakeNode(m)) = &op.op {
+                self.made.remove(&m.ino);
+            }
+        }
+        self.sent += ops.len() as u64;
+        self.since = (!self.ops.is_empty()).then(Instant::now);
+        ops
+    }
+
     /// The queued create of `ino`, if it was not sent yet.
     fn create_of(&mut self, ino: u64) -> Option<&mut MakeNodeRequest> {
-        let i = *self.creates.get(&ino)?;
+        let (seq, _) = self.made.get(&ino)?;
+        let i = usize::try_from(seq.checked_sub(self.sent)?).ok()?;
         match self.ops.get_mut(i)?.op.as_mut()? {
             batch_op::Op::MakeNode(m) => Some(m),
             _ => None,
@@ -250,8 +273,7 @@ impl Client {
                 l.xattrs.insert(bytes::Bytes::from_static(name), None);
             }
         }
-        q.made.insert(ino, attr);
-        q.push(batch_op::Op::MakeNode(MakeNodeRequest {
+        let create = MakeNodeRequest {
             ino,
             time: Some(at),
             exclusive: true,
@@ -259,7 +281,8 @@ impl Client {
             mark_writer: false,
             want_dir_lease: false,
             ..req.clone()
-        }));
+        };
+        q.push(batch_op::Op::MakeNode(create), Some(attr));
         self.cluster.changes_queued(1);
         drop(q);
         // Open, with its write lease (if the create lands first, the MDS's grant lasts longer
@@ -295,13 +318,13 @@ impl Client {
     fn queue_change(&self, req: &SetAttrRequest) -> Option<Attr> {
         let at = now();
         let mut q = self.dirops();
-        let attr = q.made.get_mut(&req.ino)?;
+        let (_, attr) = q.made.get_mut(&req.ino)?;
         changed_attr(attr, req, at);
         if req.grow_size.is_some() || req.release_write_lease {
             attr.writer = 0;
         }
         let attr = *attr;
-        q.push(batch_op::Op::SetAttr(explicit_times(*req, at)));
+        q.push(batch_op::Op::SetAttr(explicit_times(*req, at)), None);
         drop(q);
         self.keep_attr(&attr, Instant::now(), None, true);
         self.cluster.changes_queued(1);
@@ -316,7 +339,7 @@ impl Client {
             return false;
         };
         m.want_write_lease = false;
-        if let Some(a) = q.made.get_mut(&ino) {
+        if let Some((_, a)) = q.made.get_mut(&ino) {
             a.writer = 0;
         }
         true
@@ -328,23 +351,8 @@ impl Client {
             let mut q = self.dirops();
             // Decided before the queue is taken: every change made with the numbers of the
             // range the MDS forgets at this take is in this batch or an earlier one.
-            let take = q.left() < LOW && !q.dirs.is_empty();
-            let n = q.ops.len().min(BATCH_MAX);
-            let ops: Vec<BatchOp> = q.ops.drain(..n).collect();
-            let rest: Vec<(u64, usize)> = q
-                .ops
-                .iter()
-                .enumerate()
-                .filter_map(|(i, o)| match &o.op {
-                    Some(batch_op::Op::MakeNode(m)) => Some((m.ino, i)),
-                    _ => None,
-                })
-                .collect();
-            q.creates = rest.into_iter().collect();
-            let Queue { made, creates, .. } = &mut *q;
-            made.retain(|ino, _| creates.contains_key(ino));
-            q.since = (!q.ops.is_empty()).then(Instant::now);
-            (ops, take)
+            let take = q.wants_numbers();
+            (q.take(BATCH_MAX), take)
         };
         if !ops.is_empty() {
             let n = ops.len() as u64;
@@ -455,12 +463,9 @@ impl Client {
     pub(super) fn drop_queued(&self) {
         let ops: Vec<BatchOp> = {
             let mut q = self.dirops();
-            q.creates.clear();
-            q.made.clear();
             q.dirs.clear();
             q.numbers.clear();
-            q.since = None;
-            std::mem::take(&mut q.ops)
+            q.take(usize::MAX)
         };
         let session = self.cluster.session();
         for op in &ops {
@@ -479,7 +484,7 @@ impl Client {
             self.cluster.changes_wanted(wait).await;
             let due = {
                 let q = self.dirops();
-                !q.ops.is_empty() || (q.left() < LOW && !q.dirs.is_empty())
+                !q.ops.is_empty() || q.wants_numbers()
             };
             if due {
                 self.send_changes().await;
