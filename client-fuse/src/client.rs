@@ -303,6 +303,8 @@ pub struct Client {
     root: u64,
     /// Changes made here under directory leases, waiting to be sent (see [`dirops`]).
     dirops: Mutex<dirops::Queue>,
+    /// Whether this mount asks for directory leases (`-o dirleases`).
+    dir_leases: std::sync::atomic::AtomicBool,
 }
 
 /// A byte-range lock request from the kernel (fcntl or flock).
@@ -379,6 +381,7 @@ impl Client {
             lease_ms: std::sync::atomic::AtomicU32::new(0),
             dirty_total: AtomicU64::new(0),
             dirops: Mutex::default(),
+            dir_leases: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -1191,7 +1194,7 @@ impl Client {
     /// Creates a file, directory, device, fifo, socket or symlink. A new directory comes
     /// with its directory lease when the MDS grants it: files made in it are made here.
     pub async fn make_node(&self, req: MakeNodeRequest) -> Result<Attr> {
-        let want_dir_lease = req.kind == FileKind::Directory as i32;
+        let want_dir_lease = req.kind == FileKind::Directory as i32 && self.asks_dir_leases();
         Ok(self
             .make_node_leased(MakeNodeRequest {
                 want_dir_lease,
@@ -1219,7 +1222,8 @@ impl Client {
         let sent = Instant::now();
         let session = self.cluster.session();
         // The directory lease is of use only where every entry is known here.
-        let want_dir_lease = self.leases().get(&req.parent).is_some_and(|l| l.complete);
+        let want_dir_lease =
+            self.asks_dir_leases() && self.leases().get(&req.parent).is_some_and(|l| l.complete);
         let (attr, write_ms) = self
             .make_node_leased(MakeNodeRequest {
                 want_write_lease: true,

@@ -14,7 +14,10 @@
 //!
 //! `-o noentrycache`: the kernel keeps no directory entries (see [`crate::dentries`]), for
 //! mounts stacked on directories inside this one. `-o readcache=SIZE` (256m by default, 0:
-//! none): file data kept for small reads (see [`crate::readcache`]).
+//! none): file data kept for small reads (see [`crate::readcache`]). `-o dirleases`: files
+//! created in directories the mount made are made by the mount and sent in batches (see
+//! `client::dirops`; off by default while a loss of fsynced data under daemon restarts is
+//! open).
 
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
@@ -174,6 +177,7 @@ fn shoal_or_generic(o: &str) -> bool {
             | "remount"
             | "nosubtype"
             | "noentrycache"
+            | "dirleases"
             | "default_permissions"
             | "allow_other"
             | "allow_root"
@@ -413,6 +417,9 @@ pub fn run(
         .cluster()
         .read_cache()
         .set_capacity(readcache);
+    shoal
+        .client()
+        .set_dir_leases(cfg.options.iter().any(|o| o == "dirleases"));
     let fs = ShoalFs::new(
         shoal.client().clone(),
         rt.handle().clone(),

@@ -860,11 +860,12 @@ fn files_made_in_a_directory_made_here_answer_at_once_and_land_before_another_mo
     // Leases long enough to outlast the MDS's stop on a loaded machine.
     let c = TestCluster::start_args(&["--lease-ms", "10000"]);
     let m2 = c.mount_again("mnt2");
-    fs::create_dir(c.path("d")).unwrap();
-    fs::write(c.path("d/first"), b"1").unwrap();
+    let m1 = c.mount_again_with("mnt1", "dirleases");
+    fs::create_dir(m1.join("d")).unwrap();
+    fs::write(m1.join("d/first"), b"1").unwrap();
     // Inode numbers are taken in the background once the directory lease is granted.
     std::thread::sleep(Duration::from_millis(1000));
-    let dir = c.path("d");
+    let dir = m1.join("d");
     let made = {
         let _mds = Frozen::stop(c.pid("mds.0"));
         // With the MDS stopped, creates (empty or written) made under the directory's lease
@@ -883,7 +884,7 @@ fn files_made_in_a_directory_made_here_answer_at_once_and_land_before_another_mo
     // Modes and times set after close, while the create may still wait to be sent.
     let when = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
     for i in 40..60 {
-        let p = c.path(&format!("d/f{i}"));
+        let p = m1.join(format!("d/f{i}"));
         let mut f = fs::File::create(&p).unwrap();
         f.write_all(format!("data {i}").as_bytes()).unwrap();
         drop(f);
@@ -922,7 +923,7 @@ fn files_made_in_a_directory_made_here_answer_at_once_and_land_before_another_mo
     }
     // The other mount looked: the lease is gone, creates here go to the MDS, and a name
     // made on either side exists for the other at once.
-    fs::write(c.path("d/after"), b"a").unwrap();
+    fs::write(m1.join("d/after"), b"a").unwrap();
     assert_eq!(fs::read(m2.join("d/after")).unwrap(), b"a");
     let e = fs::OpenOptions::new()
         .write(true)
@@ -935,7 +936,7 @@ fn files_made_in_a_directory_made_here_answer_at_once_and_land_before_another_mo
 #[test]
 fn a_create_on_another_mount_finds_a_name_made_here_and_unmounting_lands_the_rest() {
     let c = TestCluster::start();
-    let m2 = c.mount_again("mnt2");
+    let m2 = c.mount_again_with("mnt2", "dirleases");
     fs::create_dir(m2.join("d")).unwrap();
     fs::write(m2.join("d/warm"), b"w").unwrap();
     std::thread::sleep(Duration::from_millis(300));

@@ -163,6 +163,16 @@ fn explicit_times(mut req: SetAttrRequest, at: Timespec) -> SetAttrRequest {
 }
 
 impl Client {
+    /// Whether this mount asks for directory leases (`-o dirleases`; off by default).
+    pub fn set_dir_leases(&self, on: bool) {
+        self.dir_leases
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(super) fn asks_dir_leases(&self) -> bool {
+        self.dir_leases.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub(super) fn dirops(&self) -> std::sync::MutexGuard<'_, Queue> {
         self.dirops.lock().unwrap_or_else(|p| p.into_inner())
     }
