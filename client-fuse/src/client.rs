@@ -49,7 +49,7 @@ use bytes::{Bytes, BytesMut};
 use libc::{EBADF, EFBIG, EISDIR};
 use shoal_proto::limits::LEASE_HOLD_MAX;
 use shoal_proto::mds::*;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::cluster::Cluster;
 use crate::dentries::KernelEntries;
@@ -269,6 +269,20 @@ const XATTR_CACHE_MAX: usize = 4096;
 
 /// Leases end this much before the MDS's reckoning.
 const LEASE_MARGIN: Duration = Duration::from_millis(20);
+/// How long a mount asks again to keep a write lease the MDS cannot grant yet, where the
+/// file still carries its mark (see [`Client::keep_lease`]).
+const KEEP_PATIENCE: Duration = Duration::from_secs(5);
+const KEEP_RETRY: Duration = Duration::from_millis(100);
+
+/// What the MDS said to keeping a write lease.
+enum Keep {
+    /// Held again: kept writes may be sent.
+    Held,
+    /// Not granted now, but the file still carries this mount's mark: no one else touched it.
+    Marked,
+    /// Another client found or wrote the file, or this mount let the lease go.
+    Lost,
+}
 
 /// A file holding this much unsent data starts sending it in the background.
 const FLUSH_AT: u64 = 4 << 20;
@@ -303,7 +317,7 @@ pub struct Client {
     root: u64,
     /// Changes made here under directory leases, waiting to be sent (see [`dirops`]).
     dirops: Mutex<dirops::Queue>,
-    /// Whether this mount asks for directory leases (`-o dirleases`).
+    /// Whether this mount asks for directory leases (on unless `-o nodirleases`).
     dir_leases: std::sync::atomic::AtomicBool,
 }
 
@@ -381,7 +395,7 @@ impl Client {
             lease_ms: std::sync::atomic::AtomicU32::new(0),
             dirty_total: AtomicU64::new(0),
             dirops: Mutex::default(),
-            dir_leases: std::sync::atomic::AtomicBool::new(false),
+            dir_leases: std::sync::atomic::AtomicBool::new(true),
         }
     }
 
@@ -761,6 +775,16 @@ impl Client {
         }
     }
 
+    /// The failure to send `ino`'s writes since an fsync last reported one, if any: each
+    /// close reports it too, but only an fsync takes it (a close may be another process's, at
+    /// exec, whose copy of the descriptor closes first).
+    fn flush_error(&self, ino: u64) -> Result<()> {
+        match self.files().get(&ino).and_then(|s| s.flush_error.clone()) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
     /// The failure of a flush since the last one reported, if any (reported once).
     fn take_flush_error(&self, ino: u64) -> Result<()> {
         match self
@@ -1113,7 +1137,7 @@ impl Client {
                 !s.kept_attrs.is_empty() && s.kept_until.is_none_or(|u| u <= Instant::now())
             })
         };
-        if !expired(self) || self.keep_lease(ino).await.unwrap_or(false) || !expired(self) {
+        if !expired(self) || self.keep_lease(ino, true).await.unwrap_or(false) || !expired(self) {
             return Ok(());
         }
         let e = ClientError::errno_msg(
@@ -1715,7 +1739,9 @@ impl Client {
             // The lease ran out (a slow flush before this one, a frozen mount): the kept data
             // may still go if the MDS keeps the lease, i.e. no one else touched the file.
             asked = true;
-            let _ = self.keep_lease(ino).await;
+            if let Err(e) = self.keep_lease(ino, true).await {
+                debug!(ino, error = %e, "cannot ask to keep a write lease");
+            }
         };
         // Clears `flushing` and the count even if this future is dropped midway.
         let _done = FlushDone {
@@ -1821,7 +1847,23 @@ impl Client {
     pub async fn flush_data_handle(&self, fh: u64, ino: u64) -> Result<()> {
         self.handle(fh)?;
         let sent = self.flush_dirty(ino).await;
-        self.take_flush_error(ino).and(sent)
+        self.flush_error(ino).and(sent)
+    }
+
+    /// [`Client::flush_data_handle`] for a close through the kernel, except that data kept
+    /// past its write lease is left to the size part of the close, which waits for the MDS
+    /// only briefly: such data goes only once the MDS keeps the lease, and the close may be
+    /// another process's at exec (its copy of the descriptor), which must not hang on an MDS
+    /// that is away (say, while that very process restarts it).
+    pub async fn flush_data_at_close(&self, fh: u64, ino: u64) -> Result<()> {
+        self.handle(fh)?;
+        let past = self.files().get(&ino).is_some_and(|s| {
+            !s.dirty.is_empty() && s.kept_until.is_none_or(|u| u <= Instant::now())
+        });
+        if past {
+            return self.flush_error(ino);
+        }
+        self.flush_data_handle(fh, ino).await
     }
 
     /// The size part of a close of handle `fh`: EIO if its session was evicted.
@@ -2012,12 +2054,33 @@ impl Client {
     /// Asks the MDS to keep this mount's write lease on `ino` under the mark it was granted
     /// with (`SetAttr.keep_mark`), even if it ran out: granted only while no one else touched
     /// the file. Returns whether it holds the lease now; what it keeps may then be sent.
-    async fn keep_lease(&self, ino: u64) -> Result<bool> {
+    ///
+    /// `patient`: while the file still carries this mount's mark but the MDS grants no lease
+    /// yet (a leader that just took over, before this session's lease stream is back), asks
+    /// again for up to [`KEEP_PATIENCE`]: what is kept would otherwise be dropped.
+    async fn keep_lease(&self, ino: u64, patient: bool) -> Result<bool> {
+        let start = Instant::now();
+        loop {
+            match self.keep_lease_once(ino).await? {
+                Keep::Held => return Ok(true),
+                Keep::Marked if patient && start.elapsed() < KEEP_PATIENCE => {
+                    tokio::time::sleep(KEEP_RETRY).await;
+                }
+                Keep::Marked | Keep::Lost => return Ok(false),
+            }
+        }
+    }
+
+    async fn keep_lease_once(&self, ino: u64) -> Result<Keep> {
         let (mark, session) = match self.files().get(&ino) {
             Some(s) if s.lease_session == self.cluster.session() && s.lease_mark > 0 => {
                 (s.lease_mark, s.lease_session)
             }
-            _ => return Ok(false),
+            s => {
+                debug!(ino, state = ?s.map(|s| (s.lease_session, s.lease_mark)),
+                    "no write lease to keep");
+                return Ok(Keep::Lost);
+            }
         };
         let req = SetAttrRequest {
             ino,
@@ -2025,11 +2088,18 @@ impl Client {
             keep_mark: Some(mark),
             ..Default::default()
         };
-        let sent = Instant::now();
+        // The lease counts from when the request that got it went, after any wait for queued
+        // changes or for an MDS that was away: counted from before them, it could be over on
+        // arrival, and what it was asked for dropped.
+        let last_sent = std::sync::Mutex::new(Instant::now());
         let r = self
             .cluster
-            .mds("keep lease", |mut c| async move { c.set_attr(req).await })
+            .mds("keep lease", |mut c| {
+                *last_sent.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+                async move { c.set_attr(req).await }
+            })
             .await?;
+        let sent = *last_sent.lock().unwrap_or_else(|p| p.into_inner());
         let revoked = self
             .leases()
             .get(&ino)
@@ -2037,13 +2107,30 @@ impl Client {
             .is_some_and(|r| r >= sent);
         let mut files = self.files();
         let Some(s) = files.get_mut(&ino) else {
-            return Ok(false);
+            return Ok(Keep::Lost);
         };
-        if r.write_lease_ms == 0 || revoked || s.lease_session != session || s.lease_mark != mark {
-            return Ok(false);
+        if revoked || s.lease_session != session || s.lease_mark != mark {
+            debug!(
+                ino,
+                revoked, "write lease not kept: revoked or given back meanwhile"
+            );
+            return Ok(Keep::Lost);
+        }
+        if r.write_lease_ms == 0 {
+            let marked = r
+                .attr
+                .is_some_and(|a| a.writer == session && a.writer_mark == mark);
+            debug!(ino, marked, writer = ?r.attr.map(|a| (a.writer, a.writer_mark)), mark,
+                "write lease not kept now");
+            return Ok(if marked { Keep::Marked } else { Keep::Lost });
         }
         let len = Duration::from_millis(r.write_lease_ms as u64);
         let until = sent + len.saturating_sub(LEASE_MARGIN);
+        if until <= Instant::now() {
+            // Granted, but counted from when the request went it is over already (it waited
+            // at an MDS that was stopped, say): the file still carries the mark, ask again.
+            return Ok(Keep::Marked);
+        }
         // A lease taken for a size or a give-back on its way stays taken (no write is kept
         // meanwhile); what is kept already may be sent under it.
         if s.write_until.is_some() {
@@ -2051,7 +2138,7 @@ impl Client {
         }
         s.kept_until = s.kept_until.max(Some(until));
         s.lease_len = len;
-        Ok(true)
+        Ok(Keep::Held)
     }
 
     /// Keeps the write leases of files with unsent writes that end within `within`, and
@@ -2082,7 +2169,7 @@ impl Client {
             (due, aged)
         };
         let renewals = due.into_iter().map(|ino| async move {
-            match self.keep_lease(ino).await {
+            match self.keep_lease(ino, false).await {
                 Ok(true) => {}
                 // Refused (another mount wants the file: the MDS revokes the lease, and the
                 // revocation sends everything) or the MDS is away: sent the usual way.

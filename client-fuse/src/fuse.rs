@@ -832,7 +832,7 @@ impl Filesystem for ShoalFs {
             if let Err(e) = c.release_locks(fh.0, ino.0, lock_owner.0).await {
                 warn!(ino = ino.0, error = %e, "cannot release locks at close");
             }
-            if let Err(e) = c.flush_data_handle(fh.0, ino.0).await {
+            if let Err(e) = c.flush_data_at_close(fh.0, ino.0).await {
                 return reply.error(errno(&e));
             }
             let task = tokio::spawn(async move { c.flush_handle(fh.0, ino.0).await });

@@ -14,10 +14,9 @@
 //!
 //! `-o noentrycache`: the kernel keeps no directory entries (see [`crate::dentries`]), for
 //! mounts stacked on directories inside this one. `-o readcache=SIZE` (256m by default, 0:
-//! none): file data kept for small reads (see [`crate::readcache`]). `-o dirleases`: files
-//! created in directories the mount made are made by the mount and sent in batches (see
-//! `client::dirops`; off by default while a loss of fsynced data under daemon restarts is
-//! open).
+//! none): file data kept for small reads (see [`crate::readcache`]). Files created in directories
+//! the mount made are made by the mount and sent in batches (see `client::dirops`); `-o
+//! nodirleases` turns that off (`-o dirleases`, the default, on).
 
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
@@ -178,6 +177,7 @@ fn shoal_or_generic(o: &str) -> bool {
             | "nosubtype"
             | "noentrycache"
             | "dirleases"
+            | "nodirleases"
             | "default_permissions"
             | "allow_other"
             | "allow_root"
@@ -419,7 +419,7 @@ pub fn run(
         .set_capacity(readcache);
     shoal
         .client()
-        .set_dir_leases(cfg.options.iter().any(|o| o == "dirleases"));
+        .set_dir_leases(!cfg.options.iter().any(|o| o == "nodirleases"));
     let fs = ShoalFs::new(
         shoal.client().clone(),
         rt.handle().clone(),

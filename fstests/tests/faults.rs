@@ -6,9 +6,9 @@ use std::io::{Read, Write};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use shoal_fstests::{bin, TestCluster};
+use shoal_fstests::{bin, Frozen, TestCluster};
 
 fn content(i: usize) -> Vec<u8> {
     format!("file {i} ").repeat(1000 + i).into_bytes()
@@ -81,6 +81,36 @@ fn each_osd_killed_and_restarted_keeps_fsynced_data() {
         stop.store(true, Ordering::Relaxed);
     });
     check_all(&c, &done.into_inner().unwrap());
+}
+
+#[test]
+fn a_close_at_exec_does_not_wait_for_an_mds_that_is_away_and_the_data_lands_after() {
+    let c = TestCluster::start_args(&["--osds", "3", "--lease-ms", "1000"]);
+    let path = c.path("kept");
+    let mut f = File::create(&path).unwrap();
+    f.write_all(b"first ").unwrap();
+    f.sync_all().unwrap();
+    // Kept here under the write lease, which then runs out while the MDS is stopped.
+    f.write_all(b"second").unwrap();
+    let frozen = Frozen::stop(c.pid("mds.0"));
+    std::thread::sleep(Duration::from_millis(2500));
+    // Spawning a process closes this process's copy of the descriptor at exec: that close
+    // may not wait for the MDS (it could be the very command that restarts it).
+    let start = Instant::now();
+    let out = Command::new("true").output().unwrap();
+    assert!(out.status.success());
+    let took = start.elapsed();
+    assert!(
+        took < Duration::from_secs(20),
+        "a close at exec waited {took:?} for a stopped MDS"
+    );
+    drop(frozen);
+    // No one else touched the file: the MDS keeps the lease, and the data lands.
+    f.sync_all().unwrap();
+    drop(f);
+    assert_eq!(fs::read(&path).unwrap(), b"first second");
+    let other = c.mount_again("mnt2");
+    assert_eq!(fs::read(other.join("kept")).unwrap(), b"first second");
 }
 
 #[test]

@@ -942,7 +942,6 @@ impl Mds for MdsService {
                 "a batch comes from a client session",
             ));
         };
-        let may_hold = self.leases.may_hold_any(session);
         let r = req.get_mut();
         if r.ops.len() > BATCH_MAX {
             return Err(Status::invalid_argument(format!(
@@ -960,8 +959,12 @@ impl Mds for MdsService {
                     name_ok(&m.name)?;
                     dirs.entry(m.parent).or_default().push(m.name.clone());
                     // Held only on numbers the session took for files not made yet, so no
-                    // client can hold an existing file through a batch.
-                    m.mark_writer = m.want_write_lease && may_hold && self.fsm.may_make(s, m.ino);
+                    // client can hold an existing file through a batch. Marked even where
+                    // no lease can be granted now (a leader that just took over, before the
+                    // session's lease stream is back): the client wrote the file before its
+                    // create landed, and the mark lets it keep the lease for that data once
+                    // the stream is back, unless another session found the file first.
+                    m.mark_writer = m.want_write_lease && self.fsm.may_make(s, m.ino);
                     if m.mark_writer {
                         marked.push(m.ino);
                     }

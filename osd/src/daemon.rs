@@ -110,6 +110,12 @@ pub struct Osd {
     pub qos: Qos,
     /// Set when the map says this OSD is down while it runs: the heartbeat boots again.
     pub wrongly_down: std::sync::atomic::AtomicBool,
+    /// Held shared by each client change at its primary, from the check that this OSD is
+    /// the primary at the current map until the change is applied and replicated; held
+    /// exclusively while this OSD lists its objects for peering. A listing at a new epoch
+    /// thus holds every change a primary of an older epoch acknowledged or still applies, and
+    /// a change that starts after it sees the new map.
+    pub epoch_gate: tokio::sync::RwLock<()>,
 }
 
 fn channel(addr: &str) -> Result<Channel, Status> {
@@ -154,6 +160,7 @@ impl Osd {
             peered: Notify::new(),
             qos,
             wrongly_down: std::sync::atomic::AtomicBool::new(false),
+            epoch_gate: tokio::sync::RwLock::new(()),
         })
     }
 
@@ -403,8 +410,16 @@ impl Osd {
         session: u64,
     ) -> Result<u64, Status> {
         let _load = self.qos.client_op();
-        let (m, pg) = self.primary_of(&object, client_epoch).await?;
-        let _g = self.lock_object(&object).await;
+        // A listing for peering at a newer map that came in meanwhile (see `epoch_gate`)
+        // may not hold this change: it starts again under that map.
+        let (m, pg, _g, _gate) = loop {
+            let (m, pg) = self.primary_of(&object, client_epoch).await?;
+            let g = self.lock_object(&object).await;
+            let gate = self.epoch_gate.read().await;
+            if self.map().placement.epoch == m.placement.epoch {
+                break (m, pg, g, gate);
+            }
+        };
         // Checked under the object's lock, so a write that got past it is applied before a
         // newer map's client (one that saw the eviction) gets to the object.
         self.check_session(session)?;

@@ -139,6 +139,8 @@ impl Osd {
             return;
         }
         let set: HashSet<u32> = mine.iter().copied().collect();
+        // After the changes in flight under an older map (see `Osd::epoch_gate`).
+        let drained = self.epoch_gate.write().await;
         let mut listings: Vec<(u32, Vec<ObjectEntry>)> = vec![(
             self.id,
             self.store
@@ -153,6 +155,7 @@ impl Osd {
                 })
                 .collect(),
         )];
+        drop(drained);
         let peers = pl.up_ids().into_iter().filter(|&id| id != self.id);
         let remote = join_all(peers.map(|id| {
             let client = self.peer(id);

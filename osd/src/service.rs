@@ -167,6 +167,8 @@ impl Osd for OsdService {
         let r = req.into_inner();
         self.osd.ensure_epoch(r.epoch).await;
         let pgs: HashSet<u32> = r.pgs.into_iter().collect();
+        // After the changes in flight under an older map (see `Osd::epoch_gate`).
+        let _drained = self.osd.epoch_gate.write().await;
         let entries = self
             .osd
             .store

@@ -163,7 +163,7 @@ fn explicit_times(mut req: SetAttrRequest, at: Timespec) -> SetAttrRequest {
 }
 
 impl Client {
-    /// Whether this mount asks for directory leases (`-o dirleases`; off by default).
+    /// Whether this mount asks for directory leases (on unless `-o nodirleases`).
     pub fn set_dir_leases(&self, on: bool) {
         self.dir_leases
             .store(on, std::sync::atomic::Ordering::Relaxed);
@@ -437,8 +437,24 @@ impl Client {
                             let len = Duration::from_millis(write_ms.into());
                             s.hold_write_lease(session, attr.writer_mark, sent, len);
                         } else if write_ms == 0 {
-                            // Not granted: writes go to the OSDs from now on.
+                            // Not granted (a leader that just took over): writes go to the
+                            // OSDs from now on. What was kept before the create landed goes
+                            // only under the lease kept again by the mark the file carries,
+                            // unless another mount found the file meanwhile.
+                            tracing::debug!(
+                                ino = attr.ino,
+                                writer = attr.writer,
+                                mark = attr.writer_mark,
+                                "created without its write lease"
+                            );
                             s.write_until = None;
+                            s.lease_session = session;
+                            s.lease_mark = if attr.writer == session {
+                                attr.writer_mark
+                            } else {
+                                0
+                            };
+                            s.kept_until = s.kept_until.map(|k| k.min(sent));
                         }
                     }
                 }
