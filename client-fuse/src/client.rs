@@ -1218,6 +1218,9 @@ impl Client {
     /// Creates a file, directory, device, fifo, socket or symlink. A new directory comes
     /// with its directory lease when the MDS grants it: files made in it are made here.
     pub async fn make_node(&self, req: MakeNodeRequest) -> Result<Attr> {
+        if let Some(attr) = self.create_here(&req) {
+            return Ok(attr);
+        }
         let want_dir_lease = req.kind == FileKind::Directory as i32 && self.asks_dir_leases();
         Ok(self
             .make_node_leased(MakeNodeRequest {

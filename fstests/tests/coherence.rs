@@ -4,7 +4,7 @@
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, PermissionsExt};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -963,4 +963,64 @@ fn a_create_on_another_mount_finds_a_name_made_here_and_unmounting_lands_the_res
             "g{i}"
         );
     }
+}
+
+#[test]
+fn a_tree_made_in_a_directory_made_here_answers_at_once_and_lands_whole() {
+    let c = TestCluster::start_args(&["--lease-ms", "10000"]);
+    let m2 = c.mount_again("mnt2");
+    let m1 = c.mount_again("mnt1");
+    fs::create_dir(m1.join("d")).unwrap();
+    fs::write(m1.join("d/first"), b"1").unwrap();
+    // Inode numbers are taken in the background once the directory lease is granted.
+    std::thread::sleep(Duration::from_millis(1000));
+    let d = m1.join("d");
+    let made = {
+        let _mds = Frozen::stop(c.pid("mds.0"));
+        // With the MDS stopped, directories made under the lease, and files and directories
+        // made in them, still answer.
+        finishes_within(Duration::from_secs(5), move || {
+            fs::DirBuilder::new()
+                .mode(0o750)
+                .create(d.join("a"))
+                .unwrap();
+            fs::create_dir_all(d.join("a/b/c")).unwrap();
+            for sub in ["a", "a/b", "a/b/c"] {
+                for i in 0..3 {
+                    fs::write(d.join(format!("{sub}/f{i}")), format!("{sub} {i}")).unwrap();
+                }
+            }
+            let a = fs::metadata(d.join("a")).unwrap();
+            (a.nlink(), a.permissions().mode() & 0o7777)
+        })
+    };
+    assert_eq!(made, Some((3, 0o750)), "mkdirs waited for the MDS");
+    // An rmdir goes to the MDS after the mkdir it undoes.
+    fs::create_dir(m1.join("d/a/b/gone")).unwrap();
+    fs::remove_dir(m1.join("d/a/b/gone")).unwrap();
+    for sub in ["a", "a/b", "a/b/c"] {
+        let mut names: Vec<String> = fs::read_dir(m2.join("d").join(sub))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        let mut want: Vec<String> = (0..3).map(|i| format!("f{i}")).collect();
+        if sub != "a/b/c" {
+            want.push(if sub == "a" { "b" } else { "c" }.into());
+        }
+        want.sort();
+        assert_eq!(names, want, "{sub}");
+        for i in 0..3 {
+            let p = m2.join(format!("d/{sub}/f{i}"));
+            assert_eq!(fs::read(&p).unwrap(), format!("{sub} {i}").into_bytes());
+        }
+    }
+    let d2 = fs::metadata(m2.join("d")).unwrap();
+    assert_eq!(d2.nlink(), 3, "d holds a");
+    let c2 = fs::metadata(m2.join("d/a/b/c")).unwrap();
+    assert_eq!(c2.nlink(), 2);
+    assert!(!m2.join("d/a/b/gone").exists());
+    // The other mount looked: a directory made there now is seen here at once.
+    fs::create_dir(m2.join("d/a/other")).unwrap();
+    assert!(m1.join("d/a/other").is_dir());
 }

@@ -773,8 +773,11 @@ fn batch(
                         format!("inode {} is not one this session took", m.ino),
                     );
                 }
-                if m.kind != FileKind::Regular as i32 {
-                    return fs(libc::EINVAL, "a batch creates regular files only");
+                if m.kind != FileKind::Regular as i32 && m.kind != FileKind::Directory as i32 {
+                    return fs(
+                        libc::EINVAL,
+                        "a batch creates regular files and directories only",
+                    );
                 }
                 make_node(t, m, session, now)
             }

@@ -4,7 +4,7 @@
 // add a conversion at every handler.
 #![allow(clippy::result_large_err)]
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -953,11 +953,16 @@ impl Mds for MdsService {
         let mut changed = Vec::new();
         let mut gives_back = Vec::new();
         let mut marked = Vec::new();
+        // Directories made, whose lease the client asked for.
+        let mut made_dirs = BTreeSet::new();
         for op in &mut r.ops {
             match &mut op.op {
                 Some(batch_op::Op::MakeNode(m)) => {
                     name_ok(&m.name)?;
                     dirs.entry(m.parent).or_default().push(m.name.clone());
+                    if m.kind == FileKind::Directory as i32 && m.want_dir_lease {
+                        made_dirs.insert(m.ino);
+                    }
                     // Held only on numbers the session took for files not made yet, so no
                     // client can hold an existing file through a batch. Marked even where
                     // no lease can be granted now (a leader that just took over, before the
@@ -1056,8 +1061,18 @@ impl Mds for MdsService {
                 self.leases.release_write(session, ino);
             }
         }
+        // The leases of the directories the batch made (those it did make), as for a mkdir.
+        let made: BTreeSet<u64> = out
+            .iter()
+            .filter_map(|r| r.reply.as_ref()?.attr.as_ref())
+            .map(|a| a.ino)
+            .filter(|ino| made_dirs.contains(ino))
+            .collect();
         let dirs = dirs
             .keys()
+            .copied()
+            .collect::<BTreeSet<u64>>()
+            .union(&made)
             .map(|&ino| DirLease {
                 ino,
                 lease_ms: self.grant_dir(session, ino),

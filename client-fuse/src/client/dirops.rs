@@ -9,7 +9,9 @@
 //! session (`Mds.TakeInodes`), answers the kernel with the attributes the MDS will give the
 //! file, holds the new file's write lease, and queues the create. Attribute changes of a file
 //! whose create is still queued join the queue (its size and times at close, a utimes, a
-//! chmod or chown), and a file closed unwritten goes without its write lease.
+//! chmod or chown), and a file closed unwritten goes without its write lease. A mkdir is made
+//! the same way, and the new directory is held under its own lease from the start (the batch
+//! that lands it asks for that lease), so whole trees are made here.
 //!
 //! Queued changes go to the MDS in the background, many in one `Mds.Batch` (one Raft entry),
 //! at most [`SEND_AFTER`] after the first of them was queued. Every other call to the MDS
@@ -206,11 +208,18 @@ impl Client {
         self.dirops().dirs.remove(&dir);
     }
 
-    /// Creates regular file `req.name` here, under the lease on its directory, and queues
-    /// the create; None if it must go to the MDS (no lease, entries not all known, the name
-    /// known to exist, no inode number left).
+    /// Creates regular file or directory `req.name` here, under the lease on its directory,
+    /// and queues the create; None if it must go to the MDS (no lease, entries not all known,
+    /// the name known to exist, no inode number left). A directory made here is held under
+    /// its own lease from the start (no other session can know it before its create lands,
+    /// and the batch that lands it asks for the lease): files are made in it here too.
     pub(super) fn create_here(&self, req: &MakeNodeRequest) -> Option<Attr> {
-        if req.kind != FileKind::Regular as i32 || req.rdev != 0 || !req.target.is_empty() {
+        let dir = req.kind == FileKind::Directory as i32;
+        if !(dir || req.kind == FileKind::Regular as i32)
+            || req.rdev != 0
+            || !req.target.is_empty()
+            || !self.asks_dir_leases()
+        {
             return None;
         }
         let lease_ms = self.lease_ms.load(std::sync::atomic::Ordering::Relaxed);
@@ -242,38 +251,44 @@ impl Client {
             {
                 return None;
             }
-            let dir = d.attr.as_mut()?;
+            let parent = d.attr.as_mut()?;
             let ino = q.number()?;
-            let setgid = dir.perm & 0o2000 != 0;
+            let setgid = parent.perm & 0o2000 != 0;
+            let perm = req.perm & 0o7777 & !(req.umask & 0o777);
             let attr = Attr {
                 ino,
-                kind: FileKind::Regular as i32,
-                perm: req.perm & 0o7777 & !(req.umask & 0o777),
-                nlink: 1,
+                kind: req.kind,
+                // A setgid directory hands its setgid bit to subdirectories.
+                perm: if dir && setgid { perm | 0o2000 } else { perm },
+                nlink: if dir { 2 } else { 1 },
                 uid: req.uid,
-                gid: if setgid { dir.gid } else { req.gid },
+                gid: if setgid { parent.gid } else { req.gid },
                 size: 0,
                 rdev: 0,
                 atime: Some(at),
                 mtime: Some(at),
                 ctime: Some(at),
                 layout: Some(
-                    dir.layout
+                    parent
+                        .layout
                         .unwrap_or_else(shoal_proto::layout::default_layout),
                 ),
                 next_cookie: 0,
-                parent: 0,
-                writer: session,
-                writer_mark: 1,
+                parent: if dir { req.parent } else { 0 },
+                writer: if dir { 0 } else { session },
+                writer_mark: if dir { 0 } else { 1 },
                 realm: 0,
             };
-            dir.mtime = Some(at);
-            dir.ctime = Some(at);
+            parent.mtime = Some(at);
+            parent.ctime = Some(at);
+            if dir {
+                parent.nlink += 1;
+            }
             d.entries.insert(req.name.clone(), ino);
             attr
         };
         let ino = attr.ino;
-        // The file's own lease: no other session can know of it until the create lands.
+        // Its own lease: no other session can know of it until the create lands.
         self.note_lease(&[ino], started, lease_ms);
         self.keep_attr(&attr, started, None, true);
         if let Some(l) = self.leases().get_mut(&ino) {
@@ -282,19 +297,30 @@ impl Client {
             for name in [NO_CAPS, NO_ACL, NO_DEFAULT_ACL] {
                 l.xattrs.insert(bytes::Bytes::from_static(name), None);
             }
+            if dir {
+                // Empty, and held alone: files are made in it here too.
+                l.complete = true;
+            }
+        }
+        if dir {
+            let len = Duration::from_millis(lease_ms.into()).saturating_sub(LEASE_MARGIN);
+            q.dirs.insert(ino, started + len);
         }
         let create = MakeNodeRequest {
             ino,
             time: Some(at),
             exclusive: true,
-            want_write_lease: true,
+            want_write_lease: !dir,
             mark_writer: false,
-            want_dir_lease: false,
+            want_dir_lease: dir,
             ..req.clone()
         };
         q.push(batch_op::Op::MakeNode(create), Some(attr));
         self.cluster.changes_queued(1);
         drop(q);
+        if dir {
+            return Some(attr);
+        }
         // Open, with its write lease (if the create lands first, the MDS's grant lasts longer
         // than this one, which counts from before it).
         self.opened(&attr);

@@ -959,3 +959,59 @@ fn a_batch_makes_files_with_taken_numbers_each_change_on_its_own() {
         libc::EINVAL
     );
 }
+
+#[test]
+fn a_batch_makes_directories_and_files_in_them_in_order() {
+    let mut h = Harness::new();
+    let d = h.mk(ROOT_INO, "d", FileKind::Directory).unwrap();
+    let id = |seq| RequestId {
+        session: 9,
+        seq,
+        oldest: seq,
+    };
+    let first = match h.run_as(Op::TakeInodes(TakeInodes { count: 4 }), Some(id(1))) {
+        Ok(Applied::Inodes(f)) => f,
+        other => panic!("take_inodes: {other:?}"),
+    };
+    let make = |parent: u64, name: &str, kind: FileKind, ino: u64| pb::BatchOp {
+        op: Some(pb::batch_op::Op::MakeNode(pb::MakeNodeRequest {
+            parent,
+            name: name.as_bytes().to_vec().into(),
+            kind: kind as i32,
+            perm: 0o777,
+            umask: 0o022,
+            exclusive: true,
+            ino,
+            target: if kind == FileKind::Symlink {
+                b"t".to_vec().into()
+            } else {
+                Default::default()
+            },
+            time: Some(ts(3)),
+            ..Default::default()
+        })),
+    };
+    let ops = vec![
+        make(d.ino, "sub", FileKind::Directory, first),
+        make(first, "f", FileKind::Regular, first + 1),
+        make(d.ino, "link", FileKind::Symlink, first + 2),
+    ];
+    let results = match h.run_as(Op::Batch(pb::BatchRequest { ops }), Some(id(2))) {
+        Ok(Applied::Batch(r)) => r,
+        other => panic!("batch: {other:?}"),
+    };
+    let sub = results[0].clone().expect("sub made");
+    assert_eq!(
+        (sub.ino, sub.kind, sub.perm, sub.nlink, sub.parent),
+        (first, FileKind::Directory as i32, 0o755, 2, d.ino)
+    );
+    assert_eq!(results[1].clone().expect("f made").ino, first + 1);
+    assert_eq!(h.names(first), vec!["f"]);
+    assert_eq!(
+        results[2].clone().unwrap_err().0,
+        libc::EINVAL,
+        "only files and directories"
+    );
+    assert_eq!(h.names(d.ino), vec!["sub"]);
+    assert_eq!(h.fsm.getattr(d.ino).unwrap().nlink, 3);
+}
