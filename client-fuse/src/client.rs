@@ -2289,6 +2289,9 @@ impl Client {
 
     /// Removes a name (`dir`: rmdir).
     pub async fn unlink(&self, parent: u64, name: &[u8], dir: bool) -> Result<()> {
+        if dir && self.rmdir_here(parent, name).is_some() {
+            return Ok(());
+        }
         // A file this mount knows and has not open (nor data of it kept) may go with its
         // name if it is empty: one entry instead of an unlink and a purge.
         let known = self

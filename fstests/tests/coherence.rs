@@ -990,11 +990,20 @@ fn a_tree_made_in_a_directory_made_here_answers_at_once_and_lands_whole() {
                     fs::write(d.join(format!("{sub}/f{i}")), format!("{sub} {i}")).unwrap();
                 }
             }
+            // Empty directories made here go here too.
+            fs::create_dir_all(d.join("a/b/tmp/x")).unwrap();
+            fs::remove_dir(d.join("a/b/tmp/x")).unwrap();
+            fs::remove_dir(d.join("a/b/tmp")).unwrap();
             let a = fs::metadata(d.join("a")).unwrap();
             (a.nlink(), a.permissions().mode() & 0o7777)
         })
     };
-    assert_eq!(made, Some((3, 0o750)), "mkdirs waited for the MDS");
+    assert_eq!(
+        made,
+        Some((3, 0o750)),
+        "mkdirs or rmdirs waited for the MDS"
+    );
+    assert!(!m1.join("d/a/b/tmp").exists());
     // An rmdir goes to the MDS after the mkdir it undoes.
     fs::create_dir(m1.join("d/a/b/gone")).unwrap();
     fs::remove_dir(m1.join("d/a/b/gone")).unwrap();

@@ -236,14 +236,27 @@ impl<'a> Txn<'a> {
         self.delete(Cf::DirIndex, &key2(parent, &d.cookie.to_be_bytes()));
     }
 
+    /// Whether directory `ino` has no entries, this command's own changes included (a batch
+    /// removes a directory's subdirectories before the directory).
     fn dir_is_empty(&self, ino: u64) -> Result<bool, MdsError> {
         let prefix = be(ino);
-        Ok(self
-            .db
-            .scan(Cf::DirIndex, &prefix, &prefix)
-            .next()
-            .transpose()?
-            .is_none())
+        let cf = Cf::DirIndex as u8;
+        let pending = self
+            .writes
+            .range((cf, prefix.to_vec())..)
+            .take_while(|((c, k), _)| *c == cf && k.starts_with(&prefix));
+        for (_, (_, v)) in pending {
+            if v.is_some() {
+                return Ok(false);
+            }
+        }
+        for r in self.db.scan(Cf::DirIndex, &prefix, &prefix) {
+            let (k, _) = r?;
+            if !matches!(self.writes.get(&(cf, k.to_vec())), Some((_, None))) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Drops an inode and everything hanging off it.
@@ -782,6 +795,14 @@ fn batch(
                 make_node(t, m, session, now)
             }
             Some(pb::batch_op::Op::SetAttr(a)) => setattr(t, a, session, now),
+            Some(pb::batch_op::Op::Unlink(u)) => {
+                if !u.dir {
+                    return fs(libc::EINVAL, "a batch removes directories only");
+                }
+                // A directory leaves no orphan behind.
+                unlink(t, u, now)?;
+                t.inode(u.parent)
+            }
             None => fs(libc::EINVAL, "an empty change"),
         });
         out.push(match result {

@@ -953,8 +953,9 @@ impl Mds for MdsService {
         let mut changed = Vec::new();
         let mut gives_back = Vec::new();
         let mut marked = Vec::new();
-        // Directories made, whose lease the client asked for.
+        // Directories made, whose lease the client asked for, and removed.
         let mut made_dirs = BTreeSet::new();
+        let mut removed = Vec::new();
         for op in &mut r.ops {
             match &mut op.op {
                 Some(batch_op::Op::MakeNode(m)) => {
@@ -983,6 +984,15 @@ impl Mds for MdsService {
                     changed.push(a.ino);
                     if a.grow_size.is_some() || a.release_write_lease {
                         gives_back.push(a.ino);
+                    }
+                }
+                Some(batch_op::Op::Unlink(u)) => {
+                    name_ok(&u.name)?;
+                    dirs.entry(u.parent).or_default().push(u.name.clone());
+                    // Made earlier in this batch, it has no number yet, nor anyone's lease.
+                    let child = self.child(u.parent, &u.name);
+                    if child != 0 {
+                        removed.push(child);
                     }
                 }
                 None => {}
@@ -1016,7 +1026,7 @@ impl Mds for MdsService {
         let touched = dirs
             .iter()
             .map(|(d, names)| (*d, names.clone()))
-            .chain(changed.iter().map(|&i| (i, Vec::new())))
+            .chain(changed.iter().chain(&removed).map(|&i| (i, Vec::new())))
             .collect();
         self.changed(session, touched).await;
         let mut out = Vec::with_capacity(results.len());

@@ -328,6 +328,64 @@ impl Client {
         Some(attr)
     }
 
+    /// Removes empty directory `name` of `parent` here, under the leases on both, and queues
+    /// the rmdir; None if it must go to the MDS (a lease missing or about to end, an entry
+    /// not known, the directory not known empty, or a file in it still open here).
+    pub(super) fn rmdir_here(&self, parent: u64, name: &[u8]) -> Option<()> {
+        if !self.asks_dir_leases() {
+            return None;
+        }
+        let started = Instant::now();
+        let at = now();
+        // Locked until the rmdir is queued, as for a create (see `create_here`).
+        let mut q = self.dirops();
+        let held = |q: &Queue, d: u64| q.dirs.get(&d).is_some_and(|u| *u > started + DIR_MARGIN);
+        if q.ops.len() >= BATCH_MAX {
+            return None;
+        }
+        {
+            let renewal = self.renewal();
+            let mut leases = self.leases();
+            let ino = {
+                let d = leases.get(&parent)?;
+                if !Self::live(d, renewal) || !d.complete || !held(&q, parent) {
+                    return None;
+                }
+                *d.entries.get(name)?
+            };
+            let child = leases.get(&ino)?;
+            let empty = Self::live(child, renewal)
+                && child.complete
+                && child.entries.is_empty()
+                && child
+                    .attr
+                    .is_some_and(|a| a.kind == FileKind::Directory as i32);
+            if !empty || !held(&q, ino) {
+                return None;
+            }
+            let child = leases.get_mut(&ino)?;
+            child.attr = None;
+            child.complete = false;
+            let d = leases.get_mut(&parent)?;
+            d.entries.remove(name);
+            if let Some(a) = d.attr.as_mut() {
+                a.nlink = a.nlink.saturating_sub(1);
+                a.mtime = Some(at);
+                a.ctime = Some(at);
+            }
+            q.dirs.remove(&ino);
+        }
+        let rmdir = UnlinkRequest {
+            parent,
+            name: bytes::Bytes::copy_from_slice(name),
+            dir: true,
+            purge_empty: false,
+        };
+        q.push(batch_op::Op::Unlink(rmdir), None);
+        self.cluster.changes_queued(1);
+        Some(())
+    }
+
     /// A change of attributes (no size) of a file whose create is still queued: queued too,
     /// and answered with the attributes it gives. None: it goes to the MDS.
     pub(super) fn setattr_here(&self, req: &SetAttrRequest) -> Option<Attr> {
@@ -506,6 +564,12 @@ impl Client {
                 tracing::warn!(ino = a.ino, error = %e, "an attribute change made here did not land");
                 self.changed_here(&[a.ino], &[]);
                 self.latch(a.ino, e);
+            }
+            Some(batch_op::Op::Unlink(u)) => {
+                tracing::warn!(name = %String::from_utf8_lossy(&u.name), error = %e,
+                    "an rmdir made here did not land");
+                self.changed_here(&[u.parent], &[(u.parent, &u.name)]);
+                self.entries_unknown_everywhere(u.parent);
             }
             None => {}
         }

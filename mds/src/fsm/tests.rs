@@ -969,7 +969,7 @@ fn a_batch_makes_directories_and_files_in_them_in_order() {
         seq,
         oldest: seq,
     };
-    let first = match h.run_as(Op::TakeInodes(TakeInodes { count: 4 }), Some(id(1))) {
+    let first = match h.run_as(Op::TakeInodes(TakeInodes { count: 8 }), Some(id(1))) {
         Ok(Applied::Inodes(f)) => f,
         other => panic!("take_inodes: {other:?}"),
     };
@@ -1014,4 +1014,50 @@ fn a_batch_makes_directories_and_files_in_them_in_order() {
     );
     assert_eq!(h.names(d.ino), vec!["sub"]);
     assert_eq!(h.fsm.getattr(d.ino).unwrap().nlink, 3);
+    // Removals: empty directories only, each on its own.
+    let rm = |parent: u64, name: &str, dir: bool| pb::BatchOp {
+        op: Some(pb::batch_op::Op::Unlink(pb::UnlinkRequest {
+            parent,
+            name: name.as_bytes().to_vec().into(),
+            dir,
+            purge_empty: false,
+        })),
+    };
+    let ops = vec![
+        make(first, "empty", FileKind::Directory, first + 3),
+        rm(d.ino, "sub", true),
+        rm(first, "f", false),
+        rm(first, "empty", true),
+    ];
+    let results = match h.run_as(Op::Batch(pb::BatchRequest { ops }), Some(id(3))) {
+        Ok(Applied::Batch(r)) => r,
+        other => panic!("batch: {other:?}"),
+    };
+    assert_eq!(results[1].clone().unwrap_err().0, libc::ENOTEMPTY);
+    assert_eq!(
+        results[2].clone().unwrap_err().0,
+        libc::EINVAL,
+        "files stay"
+    );
+    let parent = results[3].clone().expect("empty removed");
+    assert_eq!((parent.ino, parent.nlink), (first, 2));
+    assert_eq!(h.names(first), vec!["f"]);
+    assert!(h.fsm.getattr(first + 3).is_err());
+    // A tree removed in one batch: each rmdir sees the removals before it.
+    for (seq, ops) in [
+        (
+            4,
+            vec![
+                make(d.ino, "p", FileKind::Directory, first + 4),
+                make(first + 4, "q", FileKind::Directory, first + 5),
+            ],
+        ),
+        (5, vec![rm(first + 4, "q", true), rm(d.ino, "p", true)]),
+    ] {
+        match h.run_as(Op::Batch(pb::BatchRequest { ops }), Some(id(seq))) {
+            Ok(Applied::Batch(r)) => assert!(r.iter().all(|r| r.is_ok()), "{r:?}"),
+            other => panic!("batch: {other:?}"),
+        }
+    }
+    assert_eq!(h.names(d.ino), vec!["sub"]);
 }
