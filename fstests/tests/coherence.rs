@@ -855,16 +855,23 @@ fn finishes_within<T: Send + 'static>(
     rx.recv_timeout(within).ok()
 }
 
-#[test]
-fn files_made_in_a_directory_made_here_answer_at_once_and_land_before_another_mount_looks() {
-    // Leases long enough to outlast the MDS's stop on a loaded machine.
+/// A cluster with leases long enough to outlast an MDS stop on a loaded machine; a mount
+/// (`mnt1`) that made directory `d`, holds its lease and has made `d/first` there; another
+/// mount (`mnt2`). Returns (cluster, mnt1, mnt2).
+fn leased_dir() -> (TestCluster, std::path::PathBuf, std::path::PathBuf) {
     let c = TestCluster::start_args(&["--lease-ms", "10000"]);
     let m2 = c.mount_again("mnt2");
-    let m1 = c.mount_again_with("mnt1", "dirleases");
+    let m1 = c.mount_again("mnt1");
     fs::create_dir(m1.join("d")).unwrap();
     fs::write(m1.join("d/first"), b"1").unwrap();
     // Inode numbers are taken in the background once the directory lease is granted.
     std::thread::sleep(Duration::from_millis(1000));
+    (c, m1, m2)
+}
+
+#[test]
+fn files_made_in_a_directory_made_here_answer_at_once_and_land_before_another_mount_looks() {
+    let (c, m1, m2) = leased_dir();
     let dir = m1.join("d");
     let made = {
         let _mds = Frozen::stop(c.pid("mds.0"));
@@ -967,13 +974,7 @@ fn a_create_on_another_mount_finds_a_name_made_here_and_unmounting_lands_the_res
 
 #[test]
 fn a_tree_made_in_a_directory_made_here_answers_at_once_and_lands_whole() {
-    let c = TestCluster::start_args(&["--lease-ms", "10000"]);
-    let m2 = c.mount_again("mnt2");
-    let m1 = c.mount_again("mnt1");
-    fs::create_dir(m1.join("d")).unwrap();
-    fs::write(m1.join("d/first"), b"1").unwrap();
-    // Inode numbers are taken in the background once the directory lease is granted.
-    std::thread::sleep(Duration::from_millis(1000));
+    let (c, m1, m2) = leased_dir();
     let d = m1.join("d");
     let made = {
         let _mds = Frozen::stop(c.pid("mds.0"));

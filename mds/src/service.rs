@@ -4,7 +4,7 @@
 // add a conversion at every handler.
 #![allow(clippy::result_large_err)]
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -954,7 +954,7 @@ impl Mds for MdsService {
         let mut gives_back = Vec::new();
         let mut marked = Vec::new();
         // Directories made, whose lease the client asked for, and removed.
-        let mut made_dirs = BTreeSet::new();
+        let mut made_dirs = HashSet::new();
         let mut removed = Vec::new();
         for op in &mut r.ops {
             match &mut op.op {
@@ -1072,18 +1072,16 @@ impl Mds for MdsService {
             }
         }
         // The leases of the directories the batch made (those it did make), as for a mkdir.
-        let made: BTreeSet<u64> = out
+        let made = out
             .iter()
             .filter_map(|r| r.reply.as_ref()?.attr.as_ref())
             .map(|a| a.ino)
-            .filter(|ino| made_dirs.contains(ino))
-            .collect();
+            .filter(|ino| made_dirs.contains(ino) && !dirs.contains_key(ino));
         let dirs = dirs
             .keys()
             .copied()
-            .collect::<BTreeSet<u64>>()
-            .union(&made)
-            .map(|&ino| DirLease {
+            .chain(made)
+            .map(|ino| DirLease {
                 ino,
                 lease_ms: self.grant_dir(session, ino),
             })

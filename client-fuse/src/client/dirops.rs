@@ -84,6 +84,12 @@ impl Queue {
         None
     }
 
+    /// Whether this mount holds the lease on directory `dir` with time left to use it at
+    /// `now`.
+    fn holds(&self, dir: u64, now: Instant) -> bool {
+        self.dirs.get(&dir).is_some_and(|u| *u > now + DIR_MARGIN)
+    }
+
     /// Whether inode numbers should be taken now.
     fn wants_numbers(&self) -> bool {
         self.left() < LOW && !self.dirs.is_empty()
@@ -215,10 +221,7 @@ impl Client {
     /// and the batch that lands it asks for the lease): files are made in it here too.
     pub(super) fn create_here(&self, req: &MakeNodeRequest) -> Option<Attr> {
         let dir = req.kind == FileKind::Directory as i32;
-        if !(dir || req.kind == FileKind::Regular as i32)
-            || req.rdev != 0
-            || !req.target.is_empty()
-            || !self.asks_dir_leases()
+        if !(dir || req.kind == FileKind::Regular as i32) || req.rdev != 0 || !req.target.is_empty()
         {
             return None;
         }
@@ -233,11 +236,7 @@ impl Client {
         // directory's lease (which takes it after marking the lease revoked) either finds the
         // lease revoked here or waits for this create to land.
         let mut q = self.dirops();
-        let leased = q
-            .dirs
-            .get(&req.parent)
-            .is_some_and(|u| *u > started + DIR_MARGIN);
-        if !leased || q.ops.len() >= BATCH_MAX || q.left() == 0 {
+        if !q.holds(req.parent, started) || q.ops.len() >= BATCH_MAX || q.left() == 0 {
             return None;
         }
         let attr = {
@@ -330,16 +329,12 @@ impl Client {
 
     /// Removes empty directory `name` of `parent` here, under the leases on both, and queues
     /// the rmdir; None if it must go to the MDS (a lease missing or about to end, an entry
-    /// not known, the directory not known empty, or a file in it still open here).
+    /// not known, the directory not known empty).
     pub(super) fn rmdir_here(&self, parent: u64, name: &[u8]) -> Option<()> {
-        if !self.asks_dir_leases() {
-            return None;
-        }
         let started = Instant::now();
         let at = now();
         // Locked until the rmdir is queued, as for a create (see `create_here`).
         let mut q = self.dirops();
-        let held = |q: &Queue, d: u64| q.dirs.get(&d).is_some_and(|u| *u > started + DIR_MARGIN);
         if q.ops.len() >= BATCH_MAX {
             return None;
         }
@@ -348,7 +343,7 @@ impl Client {
             let mut leases = self.leases();
             let ino = {
                 let d = leases.get(&parent)?;
-                if !Self::live(d, renewal) || !d.complete || !held(&q, parent) {
+                if !Self::live(d, renewal) || !d.complete || !q.holds(parent, started) {
                     return None;
                 }
                 *d.entries.get(name)?
@@ -360,7 +355,7 @@ impl Client {
                 && child
                     .attr
                     .is_some_and(|a| a.kind == FileKind::Directory as i32);
-            if !empty || !held(&q, ino) {
+            if !empty || !q.holds(ino, started) {
                 return None;
             }
             let child = leases.get_mut(&ino)?;
