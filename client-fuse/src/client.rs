@@ -2266,7 +2266,7 @@ impl Client {
     }
 
     /// A file lost its last link: purge it now, or at its last close here.
-    async fn on_orphan(&self, orphan: Option<Orphaned>) -> Result<()> {
+    pub(super) async fn on_orphan(&self, orphan: Option<Orphaned>) -> Result<()> {
         let Some(attr) = orphan.and_then(|o| o.attr) else {
             return Ok(());
         };
@@ -2289,7 +2289,12 @@ impl Client {
 
     /// Removes a name (`dir`: rmdir).
     pub async fn unlink(&self, parent: u64, name: &[u8], dir: bool) -> Result<()> {
-        if dir && self.rmdir_here(parent, name).is_some() {
+        let here = if dir {
+            self.rmdir_here(parent, name)
+        } else {
+            self.unlink_here(parent, name)
+        };
+        if here.is_some() {
             return Ok(());
         }
         // A file this mount knows and has not open (nor data of it kept) may go with its

@@ -1034,3 +1034,76 @@ fn a_tree_made_in_a_directory_made_here_answers_at_once_and_lands_whole() {
     fs::create_dir(m2.join("d/a/other")).unwrap();
     assert!(m1.join("d/a/other").is_dir());
 }
+
+#[test]
+fn files_removed_in_a_directory_held_here_go_at_once_and_their_data_after() {
+    let (c, m1, m2) = leased_dir();
+    let d = m1.join("d");
+    fs::create_dir(d.join("sub")).unwrap();
+    let before = c.object_files().len();
+    for i in 0..10 {
+        fs::File::create(d.join(format!("e{i}"))).unwrap();
+        fs::write(d.join(format!("w{i}")), vec![i as u8 + 1; 4096]).unwrap();
+    }
+    // A second name keeps w0's data.
+    fs::hard_link(d.join("w0"), d.join("keep")).unwrap();
+    let opened = fs::File::open(d.join("w1")).unwrap();
+    fs::File::open(&d).unwrap().sync_all().unwrap();
+    let written = c.object_files().len() - before;
+    assert!(
+        written >= 10,
+        "{written} object files for ten written files"
+    );
+    let removed = {
+        let _mds = Frozen::stop(c.pid("mds.0"));
+        let d = d.clone();
+        // With the MDS stopped, files removed under the directory's lease still go, and what
+        // cannot be removed says why.
+        finishes_within(Duration::from_secs(5), move || {
+            for i in 0..10 {
+                fs::remove_file(d.join(format!("e{i}"))).unwrap();
+                if i != 1 {
+                    fs::remove_file(d.join(format!("w{i}"))).unwrap();
+                }
+            }
+            let missing = fs::remove_file(d.join("e0"))
+                .err()
+                .and_then(|e| e.raw_os_error());
+            let dir = fs::remove_file(d.join("sub"))
+                .err()
+                .and_then(|e| e.raw_os_error());
+            let keep = fs::metadata(d.join("keep")).unwrap().nlink();
+            (missing, dir, keep)
+        })
+    };
+    assert_eq!(
+        removed,
+        Some((Some(libc::ENOENT), Some(libc::EISDIR), 1)),
+        "removals waited for the MDS, or answered wrong"
+    );
+    // A file open here goes to the MDS, and its data stays until it is closed.
+    fs::remove_file(d.join("w1")).unwrap();
+    let mut names: Vec<String> = fs::read_dir(m2.join("d"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["first", "keep", "sub"]);
+    assert_eq!(fs::read(m2.join("d/keep")).unwrap(), vec![1u8; 4096]);
+    assert_eq!(fs::metadata(m2.join("d/keep")).unwrap().nlink(), 1);
+    let mut buf = vec![0u8; 4096];
+    opened.read_exact_at(&mut buf, 0).unwrap();
+    assert_eq!(buf, vec![2u8; 4096], "the open file's data went");
+    drop(opened);
+    // The removed files' objects go once their removal landed: what is left is keep's.
+    let left = before + written / 10;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while c.object_files().len() > left && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        c.object_files().len(),
+        left,
+        "removed files' objects are left"
+    );
+}

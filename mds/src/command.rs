@@ -106,6 +106,9 @@ pub struct StoredReply {
     /// The first number of a `TakeInodes` (kind 6).
     #[prost(uint64, tag = "7")]
     pub first: u64,
+    /// A batch's unlink: the file left to purge.
+    #[prost(message, optional, tag = "8")]
+    pub orphan: Option<pb::Attr>,
 }
 
 impl StoredReply {
@@ -141,9 +144,10 @@ impl StoredReply {
                 batch: results
                     .iter()
                     .map(|o| match o {
-                        Ok(a) => StoredReply {
+                        Ok((a, orphan)) => StoredReply {
                             kind: 1,
                             attr: Some(*a),
+                            orphan: *orphan,
                             ..StoredReply::default()
                         },
                         Err((errno, message)) => StoredReply {
@@ -179,7 +183,7 @@ impl StoredReply {
                 self.batch
                     .into_iter()
                     .map(|b| match (b.kind, b.attr) {
-                        (1, Some(a)) => Ok(a),
+                        (1, Some(a)) => Ok((a, b.orphan)),
                         _ => Err((b.errno, b.message)),
                     })
                     .collect(),
@@ -195,6 +199,10 @@ impl StoredReply {
         }
     }
 }
+
+/// What one op of a batch did: the inode it made or changed (for an unlink, the parent), and
+/// the file an unlink left to purge.
+pub type BatchDone = (pb::Attr, Option<pb::Attr>);
 
 /// The mutations the state machine knows.
 #[derive(Clone, PartialEq, prost::Oneof)]
@@ -368,8 +376,9 @@ pub enum Applied {
     Epoch(u64),
     /// The MDS voters after a membership change, by id.
     Voters(Vec<u64>),
-    /// Each op of a batch: the inode it made or changed, or its error (errno, message).
-    Batch(Vec<Result<pb::Attr, (i32, String)>>),
+    /// Each op of a batch: the inode it made or changed (for an unlink, the parent) and the
+    /// file an unlink left to purge, or its error (errno, message).
+    Batch(Vec<Result<BatchDone, (i32, String)>>),
     /// The first of the inode numbers handed out.
     Inodes(u64),
 }

@@ -792,16 +792,12 @@ fn batch(
                         "a batch creates regular files and directories only",
                     );
                 }
-                make_node(t, m, session, now)
+                Ok((make_node(t, m, session, now)?, None))
             }
-            Some(pb::batch_op::Op::SetAttr(a)) => setattr(t, a, session, now),
+            Some(pb::batch_op::Op::SetAttr(a)) => Ok((setattr(t, a, session, now)?, None)),
             Some(pb::batch_op::Op::Unlink(u)) => {
-                if !u.dir {
-                    return fs(libc::EINVAL, "a batch removes directories only");
-                }
-                // A directory leaves no orphan behind.
-                unlink(t, u, now)?;
-                t.inode(u.parent)
+                let orphan = unlink(t, u, now)?;
+                Ok((t.inode(u.parent)?, orphan))
             }
             None => fs(libc::EINVAL, "an empty change"),
         });

@@ -956,6 +956,8 @@ impl Mds for MdsService {
         // Directories made, whose lease the client asked for, and removed.
         let mut made_dirs = HashSet::new();
         let mut removed = Vec::new();
+        // Files unlinked: as for an unlink alone, data written elsewhere is recorded first.
+        let mut unlinked = Vec::new();
         for op in &mut r.ops {
             match &mut op.op {
                 Some(batch_op::Op::MakeNode(m)) => {
@@ -993,6 +995,9 @@ impl Mds for MdsService {
                     let child = self.child(u.parent, &u.name);
                     if child != 0 {
                         removed.push(child);
+                        if !u.dir {
+                            unlinked.push(child);
+                        }
                     }
                 }
                 None => {}
@@ -1003,7 +1008,7 @@ impl Mds for MdsService {
         for &d in dirs.keys() {
             self.entries_settled(session, d).await;
         }
-        for &ino in &changed {
+        for &ino in changed.iter().chain(&unlinked) {
             self.writes_settled(session, ino).await?;
         }
         for &ino in &marked {
@@ -1032,7 +1037,7 @@ impl Mds for MdsService {
         let mut out = Vec::with_capacity(results.len());
         for result in results {
             out.push(match result {
-                Ok(attr) => {
+                Ok((attr, orphan)) => {
                     // Applied: what follows cannot fail the batch (the client would take
                     // every change as lost).
                     let write_lease_ms = if marked.contains(&attr.ino) && attr.writer == s {
@@ -1055,12 +1060,14 @@ impl Mds for MdsService {
                         }),
                         errno: 0,
                         message: String::new(),
+                        orphan: orphan.map(|a| Orphaned { attr: Some(a) }),
                     }
                 }
                 Err((errno, message)) => BatchResult {
                     reply: None,
                     errno,
                     message,
+                    orphan: None,
                 },
             });
         }

@@ -11,7 +11,9 @@
 //! whose create is still queued join the queue (its size and times at close, a utimes, a
 //! chmod or chown), and a file closed unwritten goes without its write lease. A mkdir is made
 //! the same way, and the new directory is held under its own lease from the start (the batch
-//! that lands it asks for that lease), so whole trees are made here.
+//! that lands it asks for that lease), so whole trees are made here. Removals go the same way:
+//! an empty directory held here, and a file not open here whose kind and links are known (its
+//! data deleted in the background once the unlink landed).
 //!
 //! Queued changes go to the MDS in the background, many in one `Mds.Batch` (one Raft entry),
 //! at most [`SEND_AFTER`] after the first of them was queued. Every other call to the MDS
@@ -25,7 +27,10 @@
 //! directory's entries are asked of the MDS again.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use futures::{FutureExt, StreamExt};
 
 use shoal_proto::limits::BATCH_MAX;
 use shoal_proto::mds::*;
@@ -36,6 +41,8 @@ use crate::error::ClientError;
 /// A queued change goes to the MDS at most this long after it was made (long enough for a
 /// file's close, whose data goes to the OSDs first, to join its create).
 pub const SEND_AFTER: Duration = Duration::from_millis(100);
+/// Files unlinked here whose data is deleted at once, at most.
+const PURGES: usize = 16;
 /// Inode numbers taken at once.
 const TAKE: u32 = 4096;
 /// More are taken when fewer than this are left.
@@ -381,6 +388,88 @@ impl Client {
         Some(())
     }
 
+    /// Unlinks file `name` of `parent` here, under the lease on `parent`, and queues the
+    /// unlink; None if it must go to the MDS (the lease missing or about to end, the entry
+    /// or its attributes not known, a directory, the file open here). A file that loses its
+    /// last link goes with its unlink if it is empty; otherwise the batch's reply names it
+    /// and its data is deleted then, in the background.
+    pub(super) fn unlink_here(&self, parent: u64, name: &[u8]) -> Option<()> {
+        let started = Instant::now();
+        let at = now();
+        // Locked until the unlink is queued, as for a create (see `create_here`).
+        let mut q = self.dirops();
+        if q.ops.len() >= BATCH_MAX || !q.holds(parent, started) {
+            return None;
+        }
+        let renewal = self.renewal();
+        let ino = {
+            let leases = self.leases();
+            let d = leases.get(&parent)?;
+            if !Self::live(d, renewal) || !d.complete {
+                return None;
+            }
+            let ino = *d.entries.get(name)?;
+            // Its kind as the MDS will see it: made here and not landed yet, or under a live
+            // lease.
+            let attr = match q.made.get(&ino) {
+                Some((_, a)) => *a,
+                None => leases
+                    .get(&ino)
+                    .filter(|l| Self::live(l, renewal))
+                    .and_then(|l| l.attr)?,
+            };
+            if attr.kind == FileKind::Directory as i32 {
+                return None;
+            }
+            ino
+        };
+        // Not open here: an open file's data stays until its last close, which the unlink
+        // sent alone arranges.
+        if self.files().contains_key(&ino) {
+            return None;
+        }
+        let gone = {
+            let mut leases = self.leases();
+            // The links as the MDS will count them (another mount's new link to the file
+            // would have revoked the lease on it).
+            let gone = match leases.get_mut(&ino).and_then(|l| l.attr.as_mut()) {
+                Some(a) if a.nlink > 1 => {
+                    a.nlink -= 1;
+                    a.ctime = Some(at);
+                    false
+                }
+                _ => true,
+            };
+            if let Some(l) = leases.get_mut(&ino).filter(|_| gone) {
+                l.attr = None;
+                l.xattrs.clear();
+            }
+            if let Some((_, a)) = q.made.get_mut(&ino) {
+                a.nlink = a.nlink.saturating_sub(1);
+            }
+            let d = leases.get_mut(&parent)?;
+            d.entries.remove(name);
+            if let Some(a) = d.attr.as_mut() {
+                a.mtime = Some(at);
+                a.ctime = Some(at);
+            }
+            gone
+        };
+        if gone {
+            // Data of it read here earlier is of no use now.
+            self.cluster.read_cache().forget(ino);
+        }
+        let unlink = UnlinkRequest {
+            parent,
+            name: bytes::Bytes::copy_from_slice(name),
+            dir: false,
+            purge_empty: true,
+        };
+        q.push(batch_op::Op::Unlink(unlink), None);
+        self.cluster.changes_queued(1);
+        Some(())
+    }
+
     /// A change of attributes (no size) of a file whose create is still queued: queued too,
     /// and answered with the attributes it gives. None: it goes to the MDS.
     pub(super) fn setattr_here(&self, req: &SetAttrRequest) -> Option<Attr> {
@@ -435,7 +524,7 @@ impl Client {
     }
 
     /// Sends what is queued (and takes inode numbers when few are left), then returns.
-    pub async fn send_changes(&self) {
+    pub async fn send_changes(self: &Arc<Self>) {
         let (ops, take) = {
             let mut q = self.dirops();
             // Decided before the queue is taken: every change made with the numbers of the
@@ -452,7 +541,19 @@ impl Client {
                 .mds_mutate_now("batch", req, |mut c, r| async move { c.batch(r).await })
                 .await;
             match r {
-                Ok(reply) => self.batch_landed(&ops, reply, sent),
+                Ok(reply) => {
+                    let orphans = self.batch_landed(&ops, reply, sent);
+                    if !orphans.is_empty() {
+                        // Their data goes in the background, a few files at a time (a file
+                        // opened since by a handle kept elsewhere: at its last close).
+                        let me = self.clone();
+                        tokio::spawn(async move {
+                            futures::stream::iter(orphans)
+                                .for_each_concurrent(PURGES, |o| me.on_orphan(Some(o)).map(drop))
+                                .await
+                        });
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(changes = ops.len(), error = %e, "queued changes failed");
                     for op in &ops {
@@ -489,7 +590,9 @@ impl Client {
         }
     }
 
-    fn batch_landed(&self, ops: &[BatchOp], reply: BatchReply, sent: Instant) {
+    /// Takes in what the MDS made of a batch; returns the files its unlinks left to purge.
+    fn batch_landed(&self, ops: &[BatchOp], reply: BatchReply, sent: Instant) -> Vec<Orphaned> {
+        let mut orphans = Vec::new();
         for d in &reply.dirs {
             self.dir_leased(d.ino, sent, d.lease_ms);
         }
@@ -503,6 +606,7 @@ impl Client {
                 self.change_failed(op, e);
                 continue;
             };
+            orphans.extend(r.orphan);
             let (ms, write_ms) = (answer.lease_ms, answer.write_lease_ms);
             let Some(attr) = answer.attr else { continue };
             self.note_lease(&[attr.ino], sent, ms);
@@ -539,6 +643,7 @@ impl Client {
                 }
             }
         }
+        orphans
     }
 
     /// A queued change did not land: the file's next fsync or close reports it, and what
@@ -562,7 +667,7 @@ impl Client {
             }
             Some(batch_op::Op::Unlink(u)) => {
                 tracing::warn!(name = %String::from_utf8_lossy(&u.name), error = %e,
-                    "an rmdir made here did not land");
+                    "a removal made here did not land");
                 self.changed_here(&[u.parent], &[(u.parent, &u.name)]);
                 self.entries_unknown_everywhere(u.parent);
             }
@@ -586,7 +691,7 @@ impl Client {
     }
 
     /// Sends queued changes as they come due, until the session ends.
-    pub async fn run_changes(&self) {
+    pub async fn run_changes(self: &Arc<Self>) {
         loop {
             let wait = match self.dirops().since {
                 Some(t) => SEND_AFTER.saturating_sub(t.elapsed()),

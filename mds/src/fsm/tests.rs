@@ -886,7 +886,7 @@ fn a_batch_makes_files_with_taken_numbers_each_change_on_its_own() {
         other => panic!("batch: {other:?}"),
     };
     assert_eq!(results.len(), 6);
-    let a = results[0].clone().expect("a made");
+    let a = results[0].clone().expect("a made").0;
     assert_eq!(
         h.fsm.getattr(d.ino).unwrap().mtime,
         Some(ts(3)),
@@ -897,7 +897,7 @@ fn a_batch_makes_files_with_taken_numbers_each_change_on_its_own() {
         (first, 0o644, 9, 1)
     );
     assert_eq!(a.mtime, Some(ts(3)), "made at the client's time");
-    let sized = results[1].clone().expect("a sized");
+    let sized = results[1].clone().expect("a sized").0;
     assert_eq!(
         (sized.size, sized.writer),
         (4096, 0),
@@ -906,7 +906,7 @@ fn a_batch_makes_files_with_taken_numbers_each_change_on_its_own() {
     assert_eq!(results[2].clone().unwrap_err().0, libc::EINVAL);
     assert_eq!(results[3].clone().unwrap_err().0, libc::EEXIST);
     assert_eq!(results[4].clone().unwrap_err().0, libc::EEXIST);
-    assert_eq!(results[5].clone().expect("e made").ino, first + 2);
+    assert_eq!(results[5].clone().expect("e made").0.ino, first + 2);
     assert_eq!(h.names(d.ino), vec!["a", "e"]);
     assert_eq!(h.fsm.lookup(d.ino, b"a").unwrap().size, 4096);
     // The refused create of "a" with another number left no inode behind.
@@ -943,7 +943,7 @@ fn a_batch_makes_files_with_taken_numbers_each_change_on_its_own() {
         }),
         Some(id(9, seq)),
     ) {
-        Ok(Applied::Batch(r)) => r[0].clone().map(|a| a.ino).map_err(|e| e.0),
+        Ok(Applied::Batch(r)) => r[0].clone().map(|a| a.0.ino).map_err(|e| e.0),
         other => panic!("batch: {other:?}"),
     };
     assert_eq!(made(&mut h, 22, "s", second), Ok(second));
@@ -1000,12 +1000,12 @@ fn a_batch_makes_directories_and_files_in_them_in_order() {
         Ok(Applied::Batch(r)) => r,
         other => panic!("batch: {other:?}"),
     };
-    let sub = results[0].clone().expect("sub made");
+    let sub = results[0].clone().expect("sub made").0;
     assert_eq!(
         (sub.ino, sub.kind, sub.perm, sub.nlink, sub.parent),
         (first, FileKind::Directory as i32, 0o755, 2, d.ino)
     );
-    assert_eq!(results[1].clone().expect("f made").ino, first + 1);
+    assert_eq!(results[1].clone().expect("f made").0.ino, first + 1);
     assert_eq!(h.names(first), vec!["f"]);
     assert_eq!(
         results[2].clone().unwrap_err().0,
@@ -1014,35 +1014,43 @@ fn a_batch_makes_directories_and_files_in_them_in_order() {
     );
     assert_eq!(h.names(d.ino), vec!["sub"]);
     assert_eq!(h.fsm.getattr(d.ino).unwrap().nlink, 3);
-    // Removals: empty directories only, each on its own.
+    // Removals, each on its own: empty directories, and files (an empty one purged at once
+    // if asked, another left as an orphan whose data the client deletes).
     let rm = |parent: u64, name: &str, dir: bool| pb::BatchOp {
         op: Some(pb::batch_op::Op::Unlink(pb::UnlinkRequest {
             parent,
             name: name.as_bytes().to_vec().into(),
             dir,
-            purge_empty: false,
+            purge_empty: !dir && name == "g",
         })),
     };
     let ops = vec![
         make(first, "empty", FileKind::Directory, first + 3),
+        make(first, "g", FileKind::Regular, first + 6),
         rm(d.ino, "sub", true),
-        rm(first, "f", false),
+        rm(first, "f", true),
         rm(first, "empty", true),
+        rm(first, "f", false),
+        rm(first, "g", false),
+        rm(first, "g", false),
     ];
     let results = match h.run_as(Op::Batch(pb::BatchRequest { ops }), Some(id(3))) {
         Ok(Applied::Batch(r)) => r,
         other => panic!("batch: {other:?}"),
     };
-    assert_eq!(results[1].clone().unwrap_err().0, libc::ENOTEMPTY);
-    assert_eq!(
-        results[2].clone().unwrap_err().0,
-        libc::EINVAL,
-        "files stay"
-    );
-    let parent = results[3].clone().expect("empty removed");
-    assert_eq!((parent.ino, parent.nlink), (first, 2));
-    assert_eq!(h.names(first), vec!["f"]);
+    assert_eq!(results[2].clone().unwrap_err().0, libc::ENOTEMPTY);
+    assert_eq!(results[3].clone().unwrap_err().0, libc::ENOTDIR);
+    let (parent, orphan) = results[4].clone().expect("empty removed");
+    assert_eq!((parent.ino, parent.nlink, orphan), (first, 2, None));
     assert!(h.fsm.getattr(first + 3).is_err());
+    let (parent, orphan) = results[5].clone().expect("f removed");
+    assert_eq!(parent.ino, first);
+    assert_eq!(orphan.map(|o| o.ino), Some(first + 1), "f left to purge");
+    assert_eq!(results[6].clone().expect("g removed").1, None, "g purged");
+    assert_eq!(results[7].clone().unwrap_err().0, libc::ENOENT);
+    assert!(h.names(first).is_empty());
+    assert!(h.fsm.getattr(first + 1).is_ok(), "f stays until purged");
+    assert!(h.fsm.getattr(first + 6).is_err());
     // A tree removed in one batch: each rmdir sees the removals before it.
     for (seq, ops) in [
         (
