@@ -302,8 +302,39 @@ pub fn alive(pid: i32) -> bool {
     })
 }
 
+impl TestCluster {
+    /// Prints each daemon's last warnings and errors, so a failure in CI (where the cluster's
+    /// directory goes with the test) leaves its daemons' side in the test's output.
+    fn print_warnings(&self) {
+        for e in std::fs::read_dir(&self.data)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let Ok(log) = std::fs::read_to_string(e.path().join("log")) else {
+                continue;
+            };
+            let lines: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("panicked"))
+                .collect();
+            let name = e.file_name().to_string_lossy().into_owned();
+            eprintln!(
+                "---- {name}: last warnings and errors ({} in all)",
+                lines.len()
+            );
+            for l in &lines[lines.len().saturating_sub(30)..] {
+                eprintln!("{name}: {l}");
+            }
+        }
+    }
+}
+
 impl Drop for TestCluster {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.print_warnings();
+        }
         let _ = Command::new(bin("shoal"))
             .arg("down")
             .arg("--data")
