@@ -843,16 +843,18 @@ fn mode_owner_and_times_set_under_the_write_lease_are_seen_everywhere_and_go_wit
     );
 }
 
-/// Waits until `f` returns (run on another thread), at most `within`: None if it did not.
-fn finishes_within<T: Send + 'static>(
-    within: Duration,
+/// Runs `f` on another thread while the MDS is stopped, and waits at most 5 s for it to
+/// return: None if it did not (it waited for the MDS). The MDS goes on after.
+fn while_mds_stopped<T: Send + 'static>(
+    c: &TestCluster,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Option<T> {
+    let _mds = Frozen::stop(c.pid("mds.0"));
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let _ = tx.send(f());
     });
-    rx.recv_timeout(within).ok()
+    rx.recv_timeout(Duration::from_secs(5)).ok()
 }
 
 /// A cluster with leases long enough to outlast an MDS stop on a loaded machine; a mount
@@ -873,20 +875,17 @@ fn leased_dir() -> (TestCluster, std::path::PathBuf, std::path::PathBuf) {
 fn files_made_in_a_directory_made_here_answer_at_once_and_land_before_another_mount_looks() {
     let (c, m1, m2) = leased_dir();
     let dir = m1.join("d");
-    let made = {
-        let _mds = Frozen::stop(c.pid("mds.0"));
-        // With the MDS stopped, creates (empty or written) made under the directory's lease
-        // still return.
-        finishes_within(Duration::from_secs(5), move || {
-            for i in 0..40 {
-                let mut f = fs::File::create(dir.join(format!("f{i}"))).unwrap();
-                if i % 2 == 1 {
-                    f.write_all(format!("data {i}").as_bytes()).unwrap();
-                }
+    // With the MDS stopped, creates (empty or written) made under the directory's lease
+    // still return.
+    let made = while_mds_stopped(&c, move || {
+        for i in 0..40 {
+            let mut f = fs::File::create(dir.join(format!("f{i}"))).unwrap();
+            if i % 2 == 1 {
+                f.write_all(format!("data {i}").as_bytes()).unwrap();
             }
-            fs::metadata(dir.join("f39")).unwrap().len()
-        })
-    };
+        }
+        fs::metadata(dir.join("f39")).unwrap().len()
+    });
     assert_eq!(made, Some(7), "creates waited for the MDS");
     // Modes and times set after close, while the create may still wait to be sent.
     let when = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
@@ -976,29 +975,26 @@ fn a_create_on_another_mount_finds_a_name_made_here_and_unmounting_lands_the_res
 fn a_tree_made_in_a_directory_made_here_answers_at_once_and_lands_whole() {
     let (c, m1, m2) = leased_dir();
     let d = m1.join("d");
-    let made = {
-        let _mds = Frozen::stop(c.pid("mds.0"));
-        // With the MDS stopped, directories made under the lease, and files and directories
-        // made in them, still answer.
-        finishes_within(Duration::from_secs(5), move || {
-            fs::DirBuilder::new()
-                .mode(0o750)
-                .create(d.join("a"))
-                .unwrap();
-            fs::create_dir_all(d.join("a/b/c")).unwrap();
-            for sub in ["a", "a/b", "a/b/c"] {
-                for i in 0..3 {
-                    fs::write(d.join(format!("{sub}/f{i}")), format!("{sub} {i}")).unwrap();
-                }
+    // With the MDS stopped, directories made under the lease, and files and directories
+    // made in them, still answer.
+    let made = while_mds_stopped(&c, move || {
+        fs::DirBuilder::new()
+            .mode(0o750)
+            .create(d.join("a"))
+            .unwrap();
+        fs::create_dir_all(d.join("a/b/c")).unwrap();
+        for sub in ["a", "a/b", "a/b/c"] {
+            for i in 0..3 {
+                fs::write(d.join(format!("{sub}/f{i}")), format!("{sub} {i}")).unwrap();
             }
-            // Empty directories made here go here too.
-            fs::create_dir_all(d.join("a/b/tmp/x")).unwrap();
-            fs::remove_dir(d.join("a/b/tmp/x")).unwrap();
-            fs::remove_dir(d.join("a/b/tmp")).unwrap();
-            let a = fs::metadata(d.join("a")).unwrap();
-            (a.nlink(), a.permissions().mode() & 0o7777)
-        })
-    };
+        }
+        // Empty directories made here go here too.
+        fs::create_dir_all(d.join("a/b/tmp/x")).unwrap();
+        fs::remove_dir(d.join("a/b/tmp/x")).unwrap();
+        fs::remove_dir(d.join("a/b/tmp")).unwrap();
+        let a = fs::metadata(d.join("a")).unwrap();
+        (a.nlink(), a.permissions().mode() & 0o7777)
+    });
     assert_eq!(
         made,
         Some((3, 0o750)),
@@ -1054,28 +1050,26 @@ fn files_removed_in_a_directory_held_here_go_at_once_and_their_data_after() {
         written >= 10,
         "{written} object files for ten written files"
     );
-    let removed = {
-        let _mds = Frozen::stop(c.pid("mds.0"));
-        let d = d.clone();
-        // With the MDS stopped, files removed under the directory's lease still go, and what
-        // cannot be removed says why.
-        finishes_within(Duration::from_secs(5), move || {
-            for i in 0..10 {
-                fs::remove_file(d.join(format!("e{i}"))).unwrap();
-                if i != 1 {
-                    fs::remove_file(d.join(format!("w{i}"))).unwrap();
-                }
+    let here = d.clone();
+    // With the MDS stopped, files removed under the directory's lease still go, and what
+    // cannot be removed says why.
+    let removed = while_mds_stopped(&c, move || {
+        let d = here;
+        for i in 0..10 {
+            fs::remove_file(d.join(format!("e{i}"))).unwrap();
+            if i != 1 {
+                fs::remove_file(d.join(format!("w{i}"))).unwrap();
             }
-            let missing = fs::remove_file(d.join("e0"))
-                .err()
-                .and_then(|e| e.raw_os_error());
-            let dir = fs::remove_file(d.join("sub"))
-                .err()
-                .and_then(|e| e.raw_os_error());
-            let keep = fs::metadata(d.join("keep")).unwrap().nlink();
-            (missing, dir, keep)
-        })
-    };
+        }
+        let missing = fs::remove_file(d.join("e0"))
+            .err()
+            .and_then(|e| e.raw_os_error());
+        let dir = fs::remove_file(d.join("sub"))
+            .err()
+            .and_then(|e| e.raw_os_error());
+        let keep = fs::metadata(d.join("keep")).unwrap().nlink();
+        (missing, dir, keep)
+    });
     assert_eq!(
         removed,
         Some((Some(libc::ENOENT), Some(libc::EISDIR), 1)),

@@ -35,7 +35,7 @@ use futures::{FutureExt, StreamExt};
 use shoal_proto::limits::BATCH_MAX;
 use shoal_proto::mds::*;
 
-use super::{now, Client, LEASE_MARGIN};
+use super::{now, Client, Lease, LEASE_MARGIN};
 use crate::error::ClientError;
 
 /// A queued change goes to the MDS at most this long after it was made (long enough for a
@@ -155,6 +155,19 @@ fn changed_attr(attr: &mut Attr, req: &SetAttrRequest, at: Timespec) {
         attr.mtime = Some(at);
     }
     attr.ctime = Some(at);
+}
+
+/// Directory `d` as it is after `name` was removed from it at `at` (`dir`: a subdirectory,
+/// whose ".." linked to it).
+fn entry_removed(d: &mut Lease, name: &[u8], dir: bool, at: Timespec) {
+    d.entries.remove(name);
+    if let Some(a) = d.attr.as_mut() {
+        if dir {
+            a.nlink = a.nlink.saturating_sub(1);
+        }
+        a.mtime = Some(at);
+        a.ctime = Some(at);
+    }
 }
 
 /// `req` with "now" replaced by `at`: the change happened here, now, not when it lands.
@@ -368,23 +381,10 @@ impl Client {
             let child = leases.get_mut(&ino)?;
             child.attr = None;
             child.complete = false;
-            let d = leases.get_mut(&parent)?;
-            d.entries.remove(name);
-            if let Some(a) = d.attr.as_mut() {
-                a.nlink = a.nlink.saturating_sub(1);
-                a.mtime = Some(at);
-                a.ctime = Some(at);
-            }
+            entry_removed(leases.get_mut(&parent)?, name, true, at);
             q.dirs.remove(&ino);
         }
-        let rmdir = UnlinkRequest {
-            parent,
-            name: bytes::Bytes::copy_from_slice(name),
-            dir: true,
-            purge_empty: false,
-        };
-        q.push(batch_op::Op::Unlink(rmdir), None);
-        self.cluster.changes_queued(1);
+        self.queue_removal(&mut q, parent, name, true);
         Some(())
     }
 
@@ -432,42 +432,43 @@ impl Client {
             let mut leases = self.leases();
             // The links as the MDS will count them (another mount's new link to the file
             // would have revoked the lease on it).
-            let gone = match leases.get_mut(&ino).and_then(|l| l.attr.as_mut()) {
-                Some(a) if a.nlink > 1 => {
-                    a.nlink -= 1;
-                    a.ctime = Some(at);
-                    false
-                }
-                _ => true,
+            let gone = match leases.get_mut(&ino) {
+                Some(l) => match l.attr.as_mut() {
+                    Some(a) if a.nlink > 1 => {
+                        a.nlink -= 1;
+                        a.ctime = Some(at);
+                        false
+                    }
+                    _ => {
+                        l.attr = None;
+                        l.xattrs.clear();
+                        true
+                    }
+                },
+                None => true,
             };
-            if let Some(l) = leases.get_mut(&ino).filter(|_| gone) {
-                l.attr = None;
-                l.xattrs.clear();
-            }
-            if let Some((_, a)) = q.made.get_mut(&ino) {
-                a.nlink = a.nlink.saturating_sub(1);
-            }
-            let d = leases.get_mut(&parent)?;
-            d.entries.remove(name);
-            if let Some(a) = d.attr.as_mut() {
-                a.mtime = Some(at);
-                a.ctime = Some(at);
-            }
+            entry_removed(leases.get_mut(&parent)?, name, false, at);
             gone
         };
         if gone {
             // Data of it read here earlier is of no use now.
             self.cluster.read_cache().forget(ino);
         }
+        self.queue_removal(&mut q, parent, name, false);
+        Some(())
+    }
+
+    /// Queues the removal of `name` from `parent` (`dir`: an rmdir); a file that loses its
+    /// last link goes with it if it is empty.
+    fn queue_removal(&self, q: &mut Queue, parent: u64, name: &[u8], dir: bool) {
         let unlink = UnlinkRequest {
             parent,
             name: bytes::Bytes::copy_from_slice(name),
-            dir: false,
-            purge_empty: true,
+            dir,
+            purge_empty: !dir,
         };
         q.push(batch_op::Op::Unlink(unlink), None);
         self.cluster.changes_queued(1);
-        Some(())
     }
 
     /// A change of attributes (no size) of a file whose create is still queued: queued too,
