@@ -191,15 +191,15 @@ impl TestCluster {
         }
     }
 
-    /// Data files of one daemon's objects (`osd.1`).
+    /// Files of one daemon's live objects (`osd.1`): `<name>.obj`, not tombstones.
     pub fn object_files_of(&self, osd: &str) -> Vec<PathBuf> {
         let mut out = Vec::new();
         walk(&self.data.join(osd).join("objects"), &mut out);
-        out.retain(|p| p.extension().is_none_or(|e| e != "crc" && e != "tmp"));
+        out.retain(|p| p.extension().is_some_and(|e| e == "obj"));
         out
     }
 
-    /// Object files of every OSD (data files, not checksums).
+    /// Files of every OSD's live objects (`<name>.obj`, not tombstones).
     pub fn object_files(&self) -> Vec<PathBuf> {
         let mut out = Vec::new();
         for osd in std::fs::read_dir(&self.data)
@@ -212,7 +212,7 @@ impl TestCluster {
             }
             walk(&osd.path().join("objects"), &mut out);
         }
-        out.retain(|p| p.extension().is_none_or(|e| e != "crc"));
+        out.retain(|p| p.extension().is_some_and(|e| e == "obj"));
         out
     }
 }

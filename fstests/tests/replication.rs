@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 use rand::{RngCore, SeedableRng};
 use shoal_fstests::{get_xattr, set_xattr, TestCluster};
 
+/// Where an object's bytes start in its file on an OSD.
+const DATA: usize = shoal_osd::store::DATA as usize;
+
 const MIB: usize = 1 << 20;
 
 /// Chunk `i` of a reproducible pseudo-random stream.
@@ -133,7 +136,7 @@ fn a_flipped_byte_in_one_copy_reads_right_and_scrub_repairs_it() {
     // Damage one copy: whichever OSD serves reads, the data comes back right.
     for (n, path) in copies.iter().enumerate() {
         let mut raw = fs::read(path).unwrap();
-        raw[50_000] ^= 0x40;
+        raw[DATA + 50_000] ^= 0x40;
         fs::write(path, &raw).unwrap();
         let mut f = File::open(c.path("victim")).unwrap();
         let mut got = Vec::new();
@@ -145,7 +148,10 @@ fn a_flipped_byte_in_one_copy_reads_right_and_scrub_repairs_it() {
         assert_eq!(scrub["inconsistent"], scrub["repaired"], "{scrub}");
         let again = scrub_deep(&c);
         assert_eq!(again["inconsistent"], 0, "repair did not stick: {again}");
-        assert!(fs::read(path).unwrap() == data, "copy {n} repaired on disk");
+        assert!(
+            fs::read(path).unwrap()[DATA..] == data[..],
+            "copy {n} repaired on disk"
+        );
     }
     // The repairs show in `shoal status` once the primaries report (every 2 s).
     let start = Instant::now();
@@ -166,7 +172,7 @@ fn every_copy_damaged_reads_as_eio_never_wrong_bytes() {
     fs::write(c.path("victim"), &data).unwrap();
     for path in c.object_files() {
         let mut raw = fs::read(&path).unwrap();
-        raw[50_000] ^= 0x40;
+        raw[DATA + 50_000] ^= 0x40;
         fs::write(&path, &raw).unwrap();
     }
     let mut f = File::open(c.path("victim")).unwrap();

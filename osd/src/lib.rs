@@ -85,6 +85,7 @@ pub async fn run(
     let qos = qos::Qos::new(cfg.recovery_max_active, cfg.recovery_busy_share);
     let osd = daemon::Osd::new(cfg.id, store, cfg.mds.clone(), qos);
     let reporter = tokio::spawn(report_loop(cfg.clone(), addr.to_string(), osd.clone()));
+    let spares = tokio::spawn(spare_loop(osd.clone()));
     let svc = service::OsdService::new(osd);
     let result = tonic::transport::Server::builder()
         .add_service(
@@ -95,7 +96,31 @@ pub async fn run(
         .serve_with_incoming_shutdown(shoal_proto::incoming(listener), shutdown)
         .await;
     reporter.abort();
+    spares.abort();
     result.context("serving gRPC")
+}
+
+/// Spare files the OSD keeps ready for new objects (see `ObjectStore::make_spares`).
+const SPARES_TARGET: usize = 1024;
+/// Spares made per turn, between which client ops come first.
+const SPARES_PER_TURN: usize = 32;
+
+/// Makes spare files while no client uses this OSD, so that a new object's file is a rename
+/// instead of an inode allocation while a client waits (on ext4 without a journal that
+/// allocation costs 0.15-0.5 ms of CPU, growing with recent deletes).
+async fn spare_loop(osd: Arc<daemon::Osd>) {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        if osd.qos.busy() || osd.store.spare_count() >= SPARES_TARGET {
+            continue;
+        }
+        let store = osd.store.clone();
+        let made = tokio::task::spawn_blocking(move || store.make_spares(SPARES_PER_TURN)).await;
+        if let Ok(Err(e)) = made {
+            warn!(error = %e, "cannot make spare files");
+            tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+        }
+    }
 }
 
 /// Registers with the MDS, then reports usage and PG states forever; registers again if the

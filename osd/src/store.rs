@@ -1,17 +1,21 @@
-//! The object store: one file per object on local disk, with its version and a crc32 per
-//! 4 KiB block beside it.
+//! The object store: one file per object on local disk, holding its version, a crc32 per
+//! 4 KiB block and its bytes.
 //!
-//! Layout under the OSD's data directory:
-//! `objects/<shard>/<name>` holds the object's bytes; `objects/<shard>/<name>.crc` starts with
-//! a 16-byte header (magic `SHC1`, flags, version) followed by one little-endian crc32 per
-//! [`BLOCK`] of the object (the last block's crc covers only the bytes the object has).
-//! A deleted object leaves a tombstone: a header with the deleted flag and no data file, so
-//! peering can tell "deleted at version v" from "never had it". `<shard>` is two hex digits of
-//! the name's hash, to keep directories small.
+//! Layout under the OSD's data directory: `objects/<shard>/<name>.obj` starts with a 16-byte
+//! header (magic `SHO2`, flags, version), then one little-endian crc32 per [`BLOCK`] of the
+//! object (the last block's crc covers only the bytes the object has), with room for the
+//! largest object's; the object's bytes start at [`DATA`] (a sparse gap in between). The
+//! object's size is the file's length less [`DATA`]. A deleted object leaves a tombstone
+//! instead, `<name>.del`: a header with the deleted flag, so peering can tell "deleted at
+//! version v" from "never had it". Where a crash left both, the higher version is the
+//! object's state and the other file goes at open. `<shard>` is two hex digits of the name's
+//! hash, to keep directories small. One file per object means one create, one open and one
+//! fdatasync per change. Stores of the earlier layout (`<name>` and `<name>.crc`) are
+//! converted at open.
 //!
 //! Invariants:
-//! - Every byte handed out was checked against its block's crc; a mismatch, or a crc file that
-//!   does not cover the object, is [`StoreError::Corrupt`] (EIO, or a repair from a replica).
+//! - Every byte handed out was checked against its block's crc; a mismatch, or a header that
+//!   is not one, is [`StoreError::Corrupt`] (EIO, or a repair from a replica).
 //! - A write, truncate, delete or install returns only after it is fdatasync'd.
 //! - Operations on one object are serialized by a lock stripe, so a reader never sees a block
 //!   whose data and crc are from different writes.
@@ -35,9 +39,17 @@ use shoal_proto::placement::{object_pg, stable_hash};
 /// Checksum granularity.
 pub const BLOCK: u64 = 4096;
 const HEADER: u64 = 16;
-const MAGIC: [u8; 4] = *b"SHC1";
+/// Where an object's bytes start in its file: past the header and the checksums of the
+/// largest object, on a page boundary.
+pub const DATA: u64 = (HEADER + MAX_OBJECT_SIZE as u64 / BLOCK * 4).div_ceil(4096) * 4096;
+const MAGIC: [u8; 4] = *b"SHO2";
+/// The earlier layout's checksum files (`<name>.crc`) start with this magic.
+const OLD_MAGIC: [u8; 4] = *b"SHC1";
 const FLAG_DELETED: u32 = 1;
 const LOCK_STRIPES: usize = 256;
+const SHARDS: u32 = 256;
+/// Spare files kept at most (files of removed objects beyond it are deleted).
+pub const SPARES_MAX: usize = 4096;
 
 /// What can go wrong in the store.
 #[derive(Debug, thiserror::Error)]
@@ -133,13 +145,52 @@ pub struct ObjectStore {
     root: PathBuf,
     locks: Vec<RwLock<()>>,
     index: Mutex<Index>,
+    /// Empty files under `objects/spare/` a new object takes by a rename, instead of the
+    /// filesystem allocating an inode while a client waits.
+    spares: Mutex<Vec<PathBuf>>,
+    spare_seq: std::sync::atomic::AtomicU64,
 }
 
-/// One object's two files and its lock stripe.
+/// One object's file, its tombstone's, and its lock stripe.
 struct Paths {
-    data: PathBuf,
-    crc: PathBuf,
+    obj: PathBuf,
+    tomb: PathBuf,
     stripe: usize,
+}
+
+/// `path` with `suffix` added to its file name.
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// fsyncs the directory `path` is in, so a rename into it is durable.
+fn sync_dir(path: &Path) -> io::Result<()> {
+    File::open(path.parent().unwrap_or(Path::new("."))).and_then(|d| d.sync_all())
+}
+
+/// Removes a file that may already be gone.
+fn remove_if_present(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Opens `path` for a change, creating it, and its directory if that went (a disk swapped
+/// under a running OSD).
+fn open_creating(path: &Path, truncate: bool) -> io::Result<File> {
+    let open = || rw().truncate(truncate).open(path);
+    match open() {
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            if let Some(dir) = path.parent() {
+                fs::create_dir_all(dir)?;
+            }
+            open()
+        }
+        r => r,
+    }
 }
 
 fn crc_of_zeros(len: u64) -> u32 {
@@ -165,6 +216,15 @@ fn parse_header(h: &[u8]) -> Option<(u64, bool)> {
     Some((version, flags & FLAG_DELETED != 0))
 }
 
+/// The first [`HEADER`] bytes of `path`, if it has that many.
+fn read_header(path: &Path) -> Option<[u8; HEADER as usize]> {
+    let mut h = [0u8; HEADER as usize];
+    File::open(path)
+        .and_then(|f| f.read_exact_at(&mut h, 0))
+        .ok()?;
+    Some(h)
+}
+
 /// The crc32s of `data` per block, as stored.
 fn block_sums(data: &[u8]) -> Vec<u8> {
     data.chunks(BLOCK as usize)
@@ -180,67 +240,239 @@ fn rw() -> OpenOptions {
         .clone()
 }
 
+/// Converts the objects of one shard directory kept in the earlier layout (`<name>` with its
+/// bytes, `<name>.crc` with the header and checksums) to this one, keeping versions,
+/// checksums and tombstones as they were (a damaged checksum file stays damaged). Each new
+/// file is written beside, synced and renamed in before the old ones go, so a crash midway
+/// converts again at the next open. True if it converted anything.
+fn convert_shard(shard: &Path, names: &[String]) -> io::Result<bool> {
+    let present: HashSet<&str> = names.iter().map(String::as_str).collect();
+    let mut old: Vec<&str> = names
+        .iter()
+        .map(|n| n.strip_suffix(".crc").unwrap_or(n))
+        .filter(|n| parse_object_name(n).is_some())
+        .collect();
+    old.sort_unstable();
+    old.dedup();
+    for &object in &old {
+        let (data_path, crc_path) = (shard.join(object), shard.join(format!("{object}.crc")));
+        let done = present.contains(format!("{object}.obj").as_str())
+            || present.contains(format!("{object}.del").as_str());
+        if !done {
+            let mut head = fs::read(&crc_path).unwrap_or_default();
+            let tomb = head.len() >= HEADER as usize
+                && head[..4] == OLD_MAGIC
+                && u32::from_le_bytes([head[4], head[5], head[6], head[7]]) & FLAG_DELETED != 0;
+            if head.len() >= 4 && head[..4] == OLD_MAGIC {
+                head[..4].copy_from_slice(&MAGIC);
+            }
+            head.truncate(DATA as usize);
+            let data = match fs::read(&data_path) {
+                Ok(d) => Some(d),
+                Err(e) if e.kind() == ErrorKind::NotFound => None,
+                Err(e) => return Err(e),
+            };
+            let (target, body) = match (tomb, data) {
+                (true, _) => (format!("{object}.del"), None),
+                (false, Some(d)) => (format!("{object}.obj"), Some(d)),
+                // Checksums without bytes: the earlier layout ignored these too.
+                (false, None) => {
+                    remove_if_present(&crc_path)?;
+                    continue;
+                }
+            };
+            let tmp = shard.join(format!("{target}.tmp"));
+            let f = File::create(&tmp)?;
+            if let Some(body) = &body {
+                // No valid header (a damaged or missing checksum file) reads as damaged.
+                head.resize(head.len().max(HEADER as usize), 0);
+                f.write_all_at(&head, 0)?;
+                f.write_all_at(body, DATA)?;
+                f.set_len(DATA + body.len() as u64)?;
+            } else {
+                f.write_all_at(&head[..HEADER as usize], 0)?;
+            }
+            f.sync_data()?;
+            fs::rename(&tmp, shard.join(&target))?;
+        }
+        remove_if_present(&data_path)?;
+        remove_if_present(&crc_path)?;
+    }
+    if !old.is_empty() {
+        File::open(shard)?.sync_all()?;
+    }
+    Ok(!old.is_empty())
+}
+
+/// The names in a shard directory, less the temporary files a crash left (removed here).
+fn shard_names(shard: &Path) -> io::Result<Vec<String>> {
+    let mut names = Vec::new();
+    for e in fs::read_dir(shard)? {
+        let e = e?;
+        let Ok(name) = e.file_name().into_string() else {
+            continue;
+        };
+        if name.ends_with(".tmp") {
+            fs::remove_file(e.path())?;
+        } else {
+            names.push(name);
+        }
+    }
+    Ok(names)
+}
+
+/// Indexes one shard directory. An object may have more than one file where a crash cut a
+/// change short (an object and its tombstone; a tombstone's file renamed to the object's
+/// whose rename did not last, or the other way): the header with the higher version wins,
+/// goes under the name its state calls for, and the others go.
+fn load_shard(shard: &Path, index: &mut Index) -> io::Result<()> {
+    let mut names = shard_names(shard)?;
+    if convert_shard(shard, &names)? {
+        names = shard_names(shard)?;
+    }
+    let mut found: HashMap<&str, Vec<(ObjMeta, PathBuf)>> = HashMap::new();
+    for n in &names {
+        let Some(object) = n.strip_suffix(".obj").or_else(|| n.strip_suffix(".del")) else {
+            continue;
+        };
+        if parse_object_name(object).is_none() {
+            continue;
+        }
+        let path = shard.join(n);
+        let len = fs::metadata(&path)?.len();
+        let meta = match read_header(&path).and_then(|h| parse_header(&h)) {
+            Some((version, true)) => ObjMeta {
+                version,
+                deleted: true,
+                size: 0,
+            },
+            // A tombstone's file with a bad header says nothing.
+            None if n.ends_with(".del") => continue,
+            // A damaged header: version 0 makes every other copy newer.
+            parsed => ObjMeta {
+                version: parsed.map_or(0, |(v, _)| v),
+                deleted: false,
+                size: len.saturating_sub(DATA),
+            },
+        };
+        found.entry(object).or_default().push((meta, path));
+    }
+    for (object, mut files) in found {
+        // Highest version first; at a tie the live file.
+        files.sort_by_key(|(m, _)| std::cmp::Reverse((m.version, !m.deleted)));
+        let mut files = files.into_iter();
+        let Some((meta, path)) = files.next() else {
+            continue;
+        };
+        for (_, other) in files {
+            remove_if_present(&other)?;
+        }
+        let want = shard.join(format!(
+            "{object}.{}",
+            if meta.deleted { "del" } else { "obj" }
+        ));
+        if path != want {
+            fs::rename(&path, &want)?;
+        }
+        index.set(object, Some(meta));
+    }
+    Ok(())
+}
+
 impl ObjectStore {
     /// Opens (creating if needed) the store under `dir` and indexes what is there. Leftovers
-    /// of an install a crash interrupted are removed.
+    /// of a change a crash interrupted are removed, and objects of the earlier layout
+    /// converted.
     pub fn open(dir: &Path) -> io::Result<ObjectStore> {
         let root = dir.join("objects");
-        fs::create_dir_all(&root)?;
         let mut index = Index::default();
-        for shard in fs::read_dir(&root)? {
-            let shard = shard?;
-            if !shard.file_type()?.is_dir() {
-                continue;
-            }
-            for e in fs::read_dir(shard.path())? {
-                let e = e?;
-                let file = e.file_name();
-                let file = file.to_string_lossy();
-                if file.ends_with(".tmp") {
-                    fs::remove_file(e.path())?;
-                    continue;
-                }
-                let Some(name) = file.strip_suffix(".crc") else {
-                    continue;
-                };
-                if parse_object_name(name).is_none() {
-                    continue;
-                }
-                let mut h = [0u8; HEADER as usize];
-                let parsed = File::open(e.path())
-                    .and_then(|f| f.read_exact_at(&mut h, 0))
-                    .ok()
-                    .and_then(|_| parse_header(&h));
-                let data = shard.path().join(name);
-                let size = fs::metadata(&data).map(|m| m.len()).ok();
-                let meta = match parsed {
-                    Some((version, true)) => {
-                        // A delete that crashed before removing the data file.
-                        if size.is_some() {
-                            fs::remove_file(&data)?;
-                        }
-                        ObjMeta {
-                            version,
-                            deleted: true,
-                            size: 0,
-                        }
-                    }
-                    // A damaged header: version 0 makes every other copy newer.
-                    Some((_, false)) | None if size.is_some() => ObjMeta {
-                        version: parsed.map_or(0, |p| p.0),
-                        deleted: false,
-                        size: size.unwrap_or(0),
-                    },
-                    _ => continue,
-                };
-                index.set(name, Some(meta));
+        for shard in 0..SHARDS {
+            let shard = root.join(format!("{shard:02x}"));
+            fs::create_dir_all(&shard)?;
+            load_shard(&shard, &mut index)?;
+        }
+        let spare_dir = root.join("spare");
+        fs::create_dir_all(&spare_dir)?;
+        let mut spares = Vec::new();
+        let mut seq = 0u64;
+        for e in fs::read_dir(&spare_dir)? {
+            let e = e?;
+            if let Some(n) = e.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) {
+                seq = seq.max(n + 1);
+                spares.push(e.path());
             }
         }
         Ok(ObjectStore {
             root,
             locks: (0..LOCK_STRIPES).map(|_| RwLock::new(())).collect(),
             index: Mutex::new(index),
+            spares: Mutex::new(spares),
+            spare_seq: std::sync::atomic::AtomicU64::new(seq),
         })
+    }
+
+    fn spares(&self) -> std::sync::MutexGuard<'_, Vec<PathBuf>> {
+        self.spares.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How many spare files the store holds.
+    pub fn spare_count(&self) -> usize {
+        self.spares().len()
+    }
+
+    /// Makes up to `n` spare files, stopping at [`SPARES_MAX`]; returns how many it made.
+    /// Meant for idle time: it is the inode allocation a new object would otherwise wait
+    /// for.
+    pub fn make_spares(&self, n: usize) -> io::Result<usize> {
+        let dir = self.root.join("spare");
+        let mut made = 0;
+        while made < n && self.spare_count() < SPARES_MAX {
+            let seq = self
+                .spare_seq
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let path = dir.join(seq.to_string());
+            drop(open_creating(&path, true)?);
+            self.spares().push(path);
+            made += 1;
+        }
+        Ok(made)
+    }
+
+    /// Puts an object's file (a removed one's) in the spare pool, or deletes it when the pool
+    /// is full.
+    fn retire(&self, path: &Path) -> io::Result<()> {
+        if self.spare_count() >= SPARES_MAX {
+            return remove_if_present(path);
+        }
+        let file = match OpenOptions::new().write(true).open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        file.set_len(0)?;
+        let seq = self
+            .spare_seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let to = self.root.join("spare").join(seq.to_string());
+        if fs::rename(path, &to).is_err() {
+            // The spare directory went (a disk swapped under a running OSD): just delete.
+            return remove_if_present(path);
+        }
+        self.spares().push(to);
+        Ok(())
+    }
+
+    /// Moves a spare file to `to`; false if none is left.
+    fn take_spare(&self, to: &Path) -> bool {
+        loop {
+            let Some(spare) = self.spares().pop() else {
+                return false;
+            };
+            // A spare that went meanwhile (a wiped directory) is skipped.
+            if fs::rename(&spare, to).is_ok() {
+                return true;
+            }
+        }
     }
 
     fn index(&self) -> std::sync::MutexGuard<'_, Index> {
@@ -305,10 +537,10 @@ impl ObjectStore {
             return Err(StoreError::BadName(object.to_string()));
         }
         let h = stable_hash(object.as_bytes());
-        let dir = self.root.join(format!("{:02x}", h & 0xff));
+        let dir = self.root.join(format!("{:02x}", h % SHARDS as u64));
         Ok(Paths {
-            data: dir.join(object),
-            crc: dir.join(format!("{object}.crc")),
+            obj: dir.join(format!("{object}.obj")),
+            tomb: dir.join(format!("{object}.del")),
             stripe: (h >> 8) as usize % LOCK_STRIPES,
         })
     }
@@ -341,34 +573,34 @@ impl ObjectStore {
             .unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Opens an object's files for a change: (data, crcs, old size). A tombstone or a missing
-    /// object opens as empty.
-    fn open_rw(&self, object: &str, p: &Paths) -> Result<(File, File, u64)> {
+    /// Opens an object's file for a change: (file, old size, whether it was renamed into
+    /// place). A tombstone or a missing object opens as empty: the tombstone's own file, or a
+    /// spare, renamed to the object's name (a new file only when neither is there); its
+    /// header comes with the change. Until then a crash leaves it a tombstone or empty.
+    fn open_rw(&self, object: &str, p: &Paths) -> Result<(File, u64, bool)> {
         let io = Self::io_err(object);
-        if let Some(dir) = p.data.parent() {
-            fs::create_dir_all(dir).map_err(&io)?;
+        let renamed = match self.meta(object) {
+            Some(m) if !m.deleted => false,
+            Some(_) => fs::rename(&p.tomb, &p.obj).is_ok() || self.take_spare(&p.obj),
+            None => self.take_spare(&p.obj),
+        };
+        let file = open_creating(&p.obj, false).map_err(&io)?;
+        let len = file.metadata().map_err(&io)?.len();
+        if len == 0 {
+            return Ok((file, 0, renamed));
         }
-        let file = rw().open(&p.data).map_err(&io)?;
-        let crcs = rw().open(&p.crc).map_err(&io)?;
-        let old_size = file.metadata().map_err(&io)?.len();
-        let crc_len = crcs.metadata().map_err(&io)?.len();
-        if crc_len == 0 && old_size > 0 {
-            return Err(Self::corrupt(object, "checksum file missing"));
-        }
-        if crc_len > 0 {
-            let mut h = [0u8; HEADER as usize];
-            crcs.read_exact_at(&mut h, 0).map_err(&io)?;
-            match parse_header(&h) {
-                Some((_, true)) => {
-                    crcs.set_len(HEADER).map_err(&io)?;
-                    file.set_len(0).map_err(&io)?;
-                    return Ok((file, crcs, 0));
-                }
-                Some(_) => {}
-                None => return Err(Self::corrupt(object, "bad checksum header")),
+        let mut h = [0u8; HEADER as usize];
+        file.read_exact_at(&mut h, 0)
+            .map_err(|_| Self::corrupt(object, "header missing"))?;
+        match parse_header(&h) {
+            Some((_, false)) if len >= DATA => Ok((file, len - DATA, renamed)),
+            Some((_, false)) => Err(Self::corrupt(object, "file shorter than its header")),
+            Some((_, true)) => {
+                file.set_len(0).map_err(&io)?;
+                Ok((file, 0, renamed))
             }
+            None => Err(Self::corrupt(object, "bad header")),
         }
-        Ok((file, crcs, old_size))
     }
 
     /// Writes `data` at `offset`, zero-filling any gap, and stamps `version`; returns the
@@ -390,11 +622,15 @@ impl ObjectStore {
         }
         let p = self.paths(object)?;
         let _guard = self.write_lock(p.stripe);
-        let (file, crcs, mut size) = self.open_rw(object, &p)?;
+        let (file, mut size, renamed) = self.open_rw(object, &p)?;
         for (offset, data) in extents {
-            size = self.put(object, &file, &crcs, size, *offset, data)?;
+            size = self.put(object, &file, size, *offset, data)?;
         }
-        self.seal(object, &file, &crcs, version, size)?;
+        if size == 0 {
+            // An empty object still spans its header and checksums.
+            file.set_len(DATA).map_err(Self::io_err(object))?;
+        }
+        self.seal(object, &p, &file, version, size, renamed)?;
         Ok(size)
     }
 
@@ -404,7 +640,6 @@ impl ObjectStore {
         &self,
         object: &str,
         file: &File,
-        crcs: &File,
         old_size: u64,
         offset: u64,
         data: &[u8],
@@ -429,7 +664,7 @@ impl ObjectStore {
                 // Partly kept: merge the verified old bytes with the new ones.
                 let mut block = vec![0u8; (be - bs) as usize];
                 if bs < old_size {
-                    let old = self.read_verified(object, file, crcs, b, old_size)?;
+                    let old = self.read_verified(object, file, b, old_size)?;
                     block[..old.len()].copy_from_slice(&old);
                 }
                 let (ws, we) = (offset.max(bs), end.min(be));
@@ -441,17 +676,33 @@ impl ObjectStore {
             };
             sums.extend_from_slice(&crc.to_le_bytes());
         }
-        file.write_all_at(data, offset).map_err(&io)?;
-        crcs.write_all_at(&sums, HEADER + first * 4).map_err(&io)?;
+        file.write_all_at(data, DATA + offset).map_err(&io)?;
+        file.write_all_at(&sums, HEADER + first * 4).map_err(&io)?;
         Ok(new_size)
     }
 
-    /// Finishes a change in place: stamps the version, syncs data and checksums, and records
-    /// the object's new state in the index.
-    fn seal(&self, object: &str, file: &File, crcs: &File, version: u64, size: u64) -> Result<()> {
+    /// Finishes a change in place: stamps the version, syncs (the directory too when the
+    /// file was `renamed` into place), drops a tombstone the object had, and records the
+    /// object's new state in the index.
+    fn seal(
+        &self,
+        object: &str,
+        p: &Paths,
+        file: &File,
+        version: u64,
+        size: u64,
+        renamed: bool,
+    ) -> Result<()> {
         let io = Self::io_err(object);
-        crcs.write_all_at(&header(version, false), 0).map_err(&io)?;
-        sync_both(file, crcs).map_err(&io)?;
+        file.write_all_at(&header(version, false), 0).map_err(&io)?;
+        file.sync_data().map_err(&io)?;
+        if renamed {
+            sync_dir(&p.obj).map_err(&io)?;
+        }
+        if self.meta(object).is_some_and(|m| m.deleted) && !renamed {
+            // Left by a crash from here, the tombstone loses to the newer version at open.
+            remove_if_present(&p.tomb).map_err(&io)?;
+        }
         self.index().set(
             object,
             Some(ObjMeta {
@@ -464,40 +715,26 @@ impl ObjectStore {
     }
 
     /// Reads block `b` of an object whose size is `size` and checks it against its crc.
-    fn read_verified(
-        &self,
-        object: &str,
-        file: &File,
-        crcs: &File,
-        b: u64,
-        size: u64,
-    ) -> Result<Vec<u8>> {
+    fn read_verified(&self, object: &str, file: &File, b: u64, size: u64) -> Result<Vec<u8>> {
         let bs = b * BLOCK;
         let len = (BLOCK).min(size - bs) as usize;
         let mut block = vec![0u8; len];
-        self.read_blocks(object, file, crcs, b, &mut block)?;
+        self.read_blocks(object, file, b, &mut block)?;
         Ok(block)
     }
 
     /// Fills `buf` from the object starting at block `first` and verifies every block in it.
     /// `buf` ends at a block boundary or at the object's end.
-    fn read_blocks(
-        &self,
-        object: &str,
-        file: &File,
-        crcs: &File,
-        first: u64,
-        buf: &mut [u8],
-    ) -> Result<()> {
+    fn read_blocks(&self, object: &str, file: &File, first: u64, buf: &mut [u8]) -> Result<()> {
         let io = Self::io_err(object);
-        file.read_exact_at(buf, first * BLOCK)
+        file.read_exact_at(buf, DATA + first * BLOCK)
             .map_err(|e| match e.kind() {
                 ErrorKind::UnexpectedEof => Self::corrupt(object, "object shorter than expected"),
                 _ => io(e),
             })?;
         let nblocks = buf.len().div_ceil(BLOCK as usize);
         let mut sums = vec![0u8; nblocks * 4];
-        crcs.read_exact_at(&mut sums, HEADER + first * 4)
+        file.read_exact_at(&mut sums, HEADER + first * 4)
             .map_err(|e| match e.kind() {
                 ErrorKind::UnexpectedEof => Self::corrupt(object, "checksums missing"),
                 _ => io(e),
@@ -523,34 +760,28 @@ impl ObjectStore {
     }
 
     /// Opens an object for reading: None if it does not exist or is a tombstone.
-    fn open_read(&self, object: &str, p: &Paths) -> Result<Option<(File, File, u64)>> {
+    fn open_read(&self, object: &str, p: &Paths) -> Result<Option<(File, u64)>> {
         let io = Self::io_err(object);
-        let file = match File::open(&p.data) {
+        let file = match File::open(&p.obj) {
             Ok(f) => f,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io(e)),
         };
-        let crcs = match File::open(&p.crc) {
-            Ok(f) => f,
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                return Err(Self::corrupt(object, "checksum file missing"))
-            }
-            Err(e) => return Err(io(e)),
-        };
         let mut h = [0u8; HEADER as usize];
-        crcs.read_exact_at(&mut h, 0)
-            .map_err(|_| Self::corrupt(object, "checksum header missing"))?;
-        match parse_header(&h) {
-            None => return Err(Self::corrupt(object, "bad checksum header")),
-            Some((_, true)) => return Ok(None),
-            Some(_) => {}
+        file.read_exact_at(&mut h, 0)
+            .map_err(|_| Self::corrupt(object, "header missing"))?;
+        if !matches!(parse_header(&h), Some((_, false))) {
+            return Err(Self::corrupt(object, "bad header"));
         }
-        let size = file.metadata().map_err(&io)?.len();
+        let len = file.metadata().map_err(&io)?.len();
+        let Some(size) = len.checked_sub(DATA) else {
+            return Err(Self::corrupt(object, "file shorter than its header"));
+        };
         // No write makes an object this large: a damaged file must not size a buffer.
         if size > MAX_OBJECT_SIZE as u64 {
             return Err(Self::corrupt(object, "larger than any object can be"));
         }
-        Ok(Some((file, crcs, size)))
+        Ok(Some((file, size)))
     }
 
     /// Reads up to `len` bytes at `offset`. `None` if the object does not exist; shorter than
@@ -583,7 +814,7 @@ impl ObjectStore {
     }
 
     fn read_locked(&self, object: &str, p: &Paths, offset: u64, len: u64) -> Result<Option<Bytes>> {
-        let Some((file, crcs, size)) = self.open_read(object, p)? else {
+        let Some((file, size)) = self.open_read(object, p)? else {
             return Ok(None);
         };
         let end = (offset + len).min(size);
@@ -593,7 +824,7 @@ impl ObjectStore {
         let first = offset / BLOCK;
         let aligned_end = end.div_ceil(BLOCK) * BLOCK;
         let mut buf = vec![0u8; (aligned_end.min(size) - first * BLOCK) as usize];
-        self.read_blocks(object, &file, &crcs, first, &mut buf)?;
+        self.read_blocks(object, &file, first, &mut buf)?;
         let skip = (offset - first * BLOCK) as usize;
         Ok(Some(
             Bytes::from(buf).slice(skip..skip + (end - offset) as usize),
@@ -615,12 +846,12 @@ impl ObjectStore {
             .unwrap_or_else(|p| p.into_inner());
         // Re-read the version under the lock: the index may have moved on.
         let meta = self.meta(object).unwrap_or(meta);
-        let Some((file, crcs, size)) = self.open_read(object, &p)? else {
+        let Some((file, size)) = self.open_read(object, &p)? else {
             return Ok(Some((meta, Bytes::new())));
         };
         let mut buf = vec![0u8; size as usize];
         if size > 0 {
-            self.read_blocks(object, &file, &crcs, 0, &mut buf)?;
+            self.read_blocks(object, &file, 0, &mut buf)?;
         }
         Ok(Some((ObjMeta { size, ..meta }, Bytes::from(buf))))
     }
@@ -632,14 +863,14 @@ impl ObjectStore {
         let p = self.paths(object)?;
         let _guard = self.write_lock(p.stripe);
         let io = Self::io_err(object);
-        let (file, crcs, old_size) = self.open_rw(object, &p)?;
+        let (file, old_size, renamed) = self.open_rw(object, &p)?;
         let mut sums = Vec::new();
         let first;
         if size < old_size {
             // The new last block keeps a prefix of a verified old block.
             first = size / BLOCK;
             if !size.is_multiple_of(BLOCK) {
-                let old = self.read_verified(object, &file, &crcs, first, old_size)?;
+                let old = self.read_verified(object, &file, first, old_size)?;
                 sums.extend_from_slice(
                     &crc32fast::hash(&old[..(size % BLOCK) as usize]).to_le_bytes(),
                 );
@@ -651,7 +882,7 @@ impl ObjectStore {
             if old_size % BLOCK != 0 {
                 // A partial last block: rechecksummed when it grows, kept when the size stays.
                 if size > old_size {
-                    let mut block = self.read_verified(object, &file, &crcs, b, old_size)?;
+                    let mut block = self.read_verified(object, &file, b, old_size)?;
                     block.resize((BLOCK).min(size - b * BLOCK) as usize, 0);
                     sums.extend_from_slice(&crc32fast::hash(&block).to_le_bytes());
                 }
@@ -663,11 +894,10 @@ impl ObjectStore {
                 b += 1;
             }
         }
-        file.set_len(size).map_err(&io)?;
-        crcs.write_all_at(&sums, HEADER + first * 4).map_err(&io)?;
-        crcs.set_len(HEADER + size.div_ceil(BLOCK) * 4)
-            .map_err(&io)?;
-        self.seal(object, &file, &crcs, version, size)
+        // Checksums past the new end stay, unread: a later growth writes its own.
+        file.set_len(DATA + size).map_err(&io)?;
+        file.write_all_at(&sums, HEADER + first * 4).map_err(&io)?;
+        self.seal(object, &p, &file, version, size, renamed)
     }
 
     /// Deletes the object, leaving a tombstone at `version`.
@@ -684,47 +914,45 @@ impl ObjectStore {
     }
 
     /// Replaces the object with `data` at `meta.version` (or a tombstone when `meta.deleted`),
-    /// whatever the store held: how recovery and repair bring a copy up to date. New files
-    /// are written beside the old ones, synced, then renamed over them.
+    /// whatever the store held: how deletes, recovery and repair bring a copy up to date.
     pub fn install(&self, object: &str, meta: ObjMeta, data: &[u8]) -> Result<()> {
         Self::check_range(0, data.len() as u64)?;
         let p = self.paths(object)?;
         let _guard = self.write_lock(p.stripe);
         let io = Self::io_err(object);
-        let dir = p.data.parent().unwrap_or(&self.root).to_path_buf();
-        fs::create_dir_all(&dir).map_err(&io)?;
-        let tmp = |path: &Path| {
-            let mut s = path.as_os_str().to_owned();
-            s.push(".tmp");
-            PathBuf::from(s)
-        };
-        let crc_tmp = tmp(&p.crc);
-        {
-            let crcs = File::create(&crc_tmp).map_err(&io)?;
-            crcs.write_all_at(&header(meta.version, meta.deleted), 0)
+        let live = self.meta(object).is_some_and(|m| !m.deleted);
+        if meta.deleted && live {
+            // Stamped deleted in its own file, cut to the header, synced, then renamed: the
+            // file is the tombstone from the sync on, whatever its name (no inode freed or
+            // made).
+            let file = OpenOptions::new().write(true).open(&p.obj).map_err(&io)?;
+            file.write_all_at(&header(meta.version, true), 0)
                 .map_err(&io)?;
-            if !meta.deleted {
-                crcs.write_all_at(&block_sums(data), HEADER).map_err(&io)?;
-            }
-            crcs.sync_data().map_err(&io)?;
-        }
-        if meta.deleted {
-            // The tombstone lands first; a crash before the data file goes is cleaned at open.
-            fs::rename(&crc_tmp, &p.crc).map_err(&io)?;
-            match fs::remove_file(&p.data) {
-                Ok(()) => {}
-                Err(e) if e.kind() == ErrorKind::NotFound => {}
-                Err(e) => return Err(io(e)),
-            }
-        } else {
-            let data_tmp = tmp(&p.data);
-            let file = File::create(&data_tmp).map_err(&io)?;
-            file.write_all_at(data, 0).map_err(&io)?;
+            file.set_len(HEADER).map_err(&io)?;
             file.sync_data().map_err(&io)?;
-            fs::rename(&data_tmp, &p.data).map_err(&io)?;
-            fs::rename(&crc_tmp, &p.crc).map_err(&io)?;
+            fs::rename(&p.obj, &p.tomb).map_err(&io)?;
+        } else if meta.deleted {
+            // Over an older tombstone in place (16 bytes), or a new one.
+            let tomb = open_creating(&p.tomb, false).map_err(&io)?;
+            tomb.write_all_at(&header(meta.version, true), 0)
+                .map_err(&io)?;
+            tomb.sync_data().map_err(&io)?;
+            remove_if_present(&p.obj).map_err(&io)?;
+        } else {
+            // A new file written beside the old one, synced, then renamed over it.
+            let tmp = with_suffix(&p.obj, ".tmp");
+            let file = open_creating(&tmp, true).map_err(&io)?;
+            let mut head = header(meta.version, false).to_vec();
+            head.extend_from_slice(&block_sums(data));
+            file.write_all_at(&head, 0).map_err(&io)?;
+            file.write_all_at(data, DATA).map_err(&io)?;
+            file.set_len(DATA + data.len() as u64).map_err(&io)?;
+            file.sync_data().map_err(&io)?;
+            fs::rename(&tmp, &p.obj).map_err(&io)?;
+            remove_if_present(&p.tomb).map_err(&io)?;
+            let dir = p.obj.parent().unwrap_or(&self.root);
+            File::open(dir).and_then(|d| d.sync_all()).map_err(&io)?;
         }
-        File::open(&dir).and_then(|d| d.sync_all()).map_err(&io)?;
         self.index().set(
             object,
             Some(ObjMeta {
@@ -741,44 +969,24 @@ impl ObjectStore {
         let p = self.paths(object)?;
         let _guard = self.write_lock(p.stripe);
         let io = Self::io_err(object);
-        for path in [&p.crc, &p.data] {
-            match fs::remove_file(path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == ErrorKind::NotFound => {}
-                Err(e) => return Err(io(e)),
-            }
-        }
+        self.retire(&p.tomb).map_err(&io)?;
+        self.retire(&p.obj).map_err(&io)?;
         self.index().set(object, None);
         Ok(())
     }
 
-    /// When this copy of an object last changed (its data file's mtime); `None` if it has no
-    /// data file or the name is not an object's.
+    /// When this copy of an object last changed (its file's mtime); `None` if it has no file
+    /// (a tombstone) or the name is not an object's.
     pub fn changed_at(&self, object: &str) -> Option<std::time::SystemTime> {
-        let path = self.paths(object).ok()?.data;
+        let path = self.paths(object).ok()?.obj;
         std::fs::metadata(path).and_then(|m| m.modified()).ok()
     }
 
-    /// Where an object's data file lives (tests use it to damage objects on purpose).
+    /// Where an object's file lives (tests use it to damage objects on purpose; its bytes
+    /// start at [`DATA`]).
     pub fn data_path(&self, object: &str) -> Result<PathBuf> {
-        Ok(self.paths(object)?.data)
+        Ok(self.paths(object)?.obj)
     }
-}
-
-/// fdatasyncs both files at once, the second from a scoped thread: the filesystem then
-/// commits both in one journal transaction where it can, instead of one after the other.
-fn sync_both(a: &File, b: &File) -> std::io::Result<()> {
-    std::thread::scope(|s| {
-        // Without a thread (none to be had), one after the other.
-        let Ok(other) = std::thread::Builder::new().spawn_scoped(s, || b.sync_data()) else {
-            return a.sync_data().and_then(|()| b.sync_data());
-        };
-        let first = a.sync_data();
-        let second = other
-            .join()
-            .unwrap_or_else(|_| Err(std::io::Error::other("sync thread panicked")));
-        first.and(second)
-    })
 }
 
 #[cfg(test)]
@@ -917,7 +1125,7 @@ mod tests {
         store.write(&obj, 0, &data, 1).unwrap();
         let path = store.data_path(&obj).unwrap();
         let mut raw = fs::read(&path).unwrap();
-        raw[BLOCK as usize + 7] ^= 0x01;
+        raw[(DATA + BLOCK) as usize + 7] ^= 0x01;
         fs::write(&path, &raw).unwrap();
         // Untouched blocks still read; any read covering block 1 fails.
         assert_eq!(
@@ -1044,5 +1252,198 @@ mod tests {
         let reopened = ObjectStore::open(dir.path()).unwrap();
         assert_eq!(reopened.file_objects(7, 0, 100), want);
         assert_eq!(reopened.file_objects(8, 0, 100), vec![(0, 10)]);
+    }
+
+    /// Writes an object as the earlier layout kept it: bytes in `<name>`, header and
+    /// checksums in `<name>.crc`.
+    fn write_old(root: &Path, object: &str, data: Option<&[u8]>, version: u64, deleted: bool) {
+        let shard = root
+            .join("objects")
+            .join(format!("{:02x}", stable_hash(object.as_bytes()) & 0xff));
+        fs::create_dir_all(&shard).unwrap();
+        let mut crc = OLD_MAGIC.to_vec();
+        crc.extend_from_slice(&(if deleted { FLAG_DELETED } else { 0 }).to_le_bytes());
+        crc.extend_from_slice(&version.to_le_bytes());
+        if let Some(d) = data {
+            crc.extend_from_slice(&block_sums(d));
+            fs::write(shard.join(object), d).unwrap();
+        }
+        fs::write(shard.join(format!("{object}.crc")), crc).unwrap();
+    }
+
+    #[test]
+    fn a_store_of_the_earlier_layout_is_converted_at_open_losing_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let big: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
+        write_old(dir.path(), &name(1), Some(&big), 7, false);
+        write_old(dir.path(), &name(2), Some(b""), 3, false);
+        write_old(dir.path(), &name(3), None, 9, true);
+        // A damaged checksum file: the copy reads as damaged, at version 0.
+        write_old(dir.path(), &name(4), Some(b"abc"), 2, false);
+        let p4 = ObjectStore::open(dir.path())
+            .unwrap()
+            .data_path(&name(4))
+            .unwrap();
+        let store = ObjectStore::open(dir.path()).unwrap();
+        assert_eq!(
+            &store.read(&name(1), 0, 1 << 20).unwrap().unwrap()[..],
+            &big[..]
+        );
+        assert_eq!(store.meta(&name(1)).unwrap().version, 7);
+        assert_eq!(store.read(&name(2), 0, 10).unwrap().unwrap().len(), 0);
+        assert_eq!(
+            store.meta(&name(3)),
+            Some(ObjMeta {
+                version: 9,
+                deleted: true,
+                size: 0
+            })
+        );
+        assert_eq!(
+            store.usage(),
+            Usage {
+                objects: 3,
+                bytes: 70_003
+            }
+        );
+        // Nothing of the earlier layout is left.
+        let left: Vec<_> = fs::read_dir(p4.parent().unwrap().parent().unwrap())
+            .unwrap()
+            .flat_map(|s| fs::read_dir(s.unwrap().path()).unwrap())
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| !n.ends_with(".obj") && !n.ends_with(".del"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        drop(store);
+        // Damage name(4)'s header (as a bad checksum file was): version 0, reads fail.
+        let mut raw = fs::read(&p4).unwrap();
+        raw[0] ^= 0xff;
+        fs::write(&p4, raw).unwrap();
+        let store = ObjectStore::open(dir.path()).unwrap();
+        assert_eq!(store.meta(&name(4)).unwrap().version, 0);
+        assert!(matches!(
+            store.read(&name(4), 0, 3),
+            Err(StoreError::Corrupt { .. })
+        ));
+        // A write over it is refused too (its size is not to be trusted); an install heals.
+        assert!(matches!(
+            store.write(&name(4), 0, b"new", 3),
+            Err(StoreError::Corrupt { .. })
+        ));
+        store
+            .install(
+                &name(4),
+                ObjMeta {
+                    version: 5,
+                    deleted: false,
+                    size: 0,
+                },
+                b"xyz",
+            )
+            .unwrap();
+        assert_eq!(&store.read(&name(4), 0, 3).unwrap().unwrap()[..], b"xyz");
+    }
+
+    #[test]
+    fn what_a_crash_leaves_is_settled_at_open_by_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ObjectStore::open(dir.path()).unwrap();
+        let (a, b) = (name(20), name(21));
+        store.write(&a, 0, b"old", 1).unwrap();
+        store.write(&b, 0, b"new", 1).unwrap();
+        let (pa, pb) = (store.paths(&a).unwrap(), store.paths(&b).unwrap());
+        // a: deleted at 2, the crash before its file went; b: written at 3 over a tombstone
+        // of 2 the crash left.
+        let keep = fs::read(&pa.obj).unwrap();
+        store.delete(&a, 2).unwrap();
+        fs::write(&pa.obj, keep).unwrap();
+        store.delete(&b, 2).unwrap();
+        let tomb = fs::read(&pb.tomb).unwrap();
+        store.write(&b, 0, b"back", 3).unwrap();
+        fs::write(&pb.tomb, tomb).unwrap();
+        fs::write(with_suffix(&pa.obj, ".tmp"), b"half").unwrap();
+        drop(store);
+        let store = ObjectStore::open(dir.path()).unwrap();
+        assert_eq!(
+            store.meta(&a).map(|m| (m.version, m.deleted)),
+            Some((2, true))
+        );
+        assert_eq!(
+            store.meta(&b).map(|m| (m.version, m.deleted)),
+            Some((3, false))
+        );
+        assert_eq!(&store.read(&b, 0, 10).unwrap().unwrap()[..], b"back");
+        assert!(!pa.obj.exists() && !pb.tomb.exists());
+        assert!(!with_suffix(&pa.obj, ".tmp").exists());
+        // A shard directory removed under a running store comes back with the next write.
+        fs::remove_dir_all(pa.obj.parent().unwrap()).unwrap();
+        store.write(&a, 0, b"again", 4).unwrap();
+        assert_eq!(&store.read(&a, 0, 10).unwrap().unwrap()[..], b"again");
+    }
+
+    #[test]
+    fn new_objects_take_spare_files_and_deletes_keep_the_file_as_the_tombstone() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = ObjectStore::open(dir.path()).unwrap();
+        assert_eq!(store.make_spares(3).unwrap(), 3);
+        let spare_inos: HashSet<u64> = fs::read_dir(dir.path().join("objects/spare"))
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().ino())
+            .collect();
+        let a = name(30);
+        store.write(&a, 0, b"first", 1).unwrap();
+        assert_eq!(store.spare_count(), 2);
+        let p = store.paths(&a).unwrap();
+        let ino = fs::metadata(&p.obj).unwrap().ino();
+        assert!(spare_inos.contains(&ino), "the object took a spare's file");
+        // A delete stamps that file and renames it; a write after it takes it back.
+        store.delete(&a, 2).unwrap();
+        assert!(!p.obj.exists());
+        assert_eq!(fs::metadata(&p.tomb).unwrap().ino(), ino);
+        assert_eq!(fs::metadata(&p.tomb).unwrap().len(), HEADER);
+        store.write(&a, 1, b"again", 3).unwrap();
+        assert!(!p.tomb.exists());
+        assert_eq!(fs::metadata(&p.obj).unwrap().ino(), ino);
+        assert_eq!(&store.read(&a, 0, 10).unwrap().unwrap()[..], b"\0again");
+        // A delete whose rename a crash lost: the stamped file is the tombstone at open.
+        store.delete(&a, 4).unwrap();
+        fs::rename(&p.tomb, &p.obj).unwrap();
+        // A write that took a tombstone's file, whose rename a crash lost: the object.
+        let d = name(33);
+        store.write(&d, 0, b"kept", 1).unwrap();
+        store.delete(&d, 2).unwrap();
+        store.write(&d, 0, b"back", 3).unwrap();
+        let pd = store.paths(&d).unwrap();
+        fs::rename(&pd.obj, &pd.tomb).unwrap();
+        // Removed objects' files go back to the pool, empty; spares survive a reopen.
+        let b = name(31);
+        let before = store.spare_count();
+        store.write(&b, 0, b"stray", 1).unwrap();
+        assert_eq!(store.spare_count(), before - 1);
+        store.remove(&b).unwrap();
+        assert_eq!(store.spare_count(), before);
+        drop(store);
+        let store = ObjectStore::open(dir.path()).unwrap();
+        assert_eq!(
+            store.meta(&a).map(|m| (m.version, m.deleted)),
+            Some((4, true))
+        );
+        assert!(p.tomb.exists() && !p.obj.exists());
+        assert_eq!(&store.read(&d, 0, 10).unwrap().unwrap()[..], b"back");
+        assert!(pd.obj.exists() && !pd.tomb.exists());
+        assert_eq!(store.spare_count(), before);
+        assert_eq!(
+            store.usage(),
+            Usage {
+                objects: 1,
+                bytes: 4
+            }
+        );
+        store.make_spares(1).unwrap();
+        let c = name(32);
+        store.write(&c, 0, b"xyz", 1).unwrap();
+        assert_eq!(&store.read(&c, 0, 10).unwrap().unwrap()[..], b"xyz");
+        assert_eq!(store.spare_count(), before);
     }
 }
