@@ -267,6 +267,14 @@ const ROOT: u64 = 1;
 /// far smaller).
 const XATTR_CACHE_MAX: usize = 4096;
 
+/// A close leaves the writes it would send to the background only while the write lease has
+/// at least this long left (it is renewed when less than a second is left).
+const CLOSE_MARGIN: Duration = Duration::from_millis(500);
+
+/// How long a settled file is remembered (see `Client::settled`): far longer than an MDS
+/// answer takes to come back.
+const SETTLED_FOR: Duration = Duration::from_secs(30);
+
 /// Leases end this much before the MDS's reckoning.
 const LEASE_MARGIN: Duration = Duration::from_millis(20);
 /// How long a mount asks again to keep a write lease the MDS cannot grant yet, where the
@@ -296,6 +304,10 @@ const MOUNT_DIRTY_MAX: u64 = 64 << 20;
 pub struct Client {
     cluster: Arc<Cluster>,
     files: Mutex<HashMap<u64, FileState>>,
+    /// When the state of a file a close left to the background was dropped here (its size
+    /// sent), for [`SETTLED_FOR`]: an MDS answer asked for before then may predate that
+    /// size, and is asked again.
+    settled: Mutex<HashMap<u64, Instant>>,
     /// (ino, lock owner) pairs that may hold locks, so a close asks the MDS to release
     /// locks only when there can be some.
     lockers: Mutex<std::collections::HashSet<(u64, u64)>>,
@@ -386,6 +398,7 @@ impl Client {
             root,
             cluster,
             files: Mutex::default(),
+            settled: Mutex::default(),
             lockers: Mutex::default(),
             releases: Mutex::default(),
             releasing: tokio::sync::Mutex::const_new(()),
@@ -762,7 +775,7 @@ impl Client {
         self.cluster.changes_settled().await;
         // A write lease goes back with the data and the size, or on its own when nothing is
         // unsent, so the MDS need not look for this mount's writes on the OSDs.
-        let sent = self.send_size_or_release(ino, false, true).await;
+        let sent = self.send_size_or_release(ino, false, true, false).await;
         self.send_releases(Some(ino)).await;
         sent
     }
@@ -939,29 +952,72 @@ impl Client {
             parent,
             name: Bytes::copy_from_slice(name),
         };
-        let sent = Instant::now();
-        let r = self
-            .cluster
-            .mds("lookup", |mut c| {
-                let req = req.clone();
-                async move { c.lookup(req).await }
-            })
-            .await?;
-        // The lease covers the entry (the directory's) and the child's attributes.
-        let (attr, _) = self.leased_reply(r, sent, Some(parent))?;
-        self.keep_attr(&attr, sent, Some((parent, name)), false);
-        Ok(self.overlay(attr))
+        let mut asked = 0;
+        loop {
+            let sent = Instant::now();
+            let r = self
+                .cluster
+                .mds("lookup", |mut c| {
+                    let req = req.clone();
+                    async move { c.lookup(req).await }
+                })
+                .await?;
+            asked += 1;
+            if asked == 1
+                && r.attr
+                    .as_ref()
+                    .is_some_and(|a| self.settled_since(a.ino, sent))
+            {
+                continue;
+            }
+            // The lease covers the entry (the directory's) and the child's attributes.
+            let (attr, _) = self.leased_reply(r, sent, Some(parent))?;
+            self.keep_attr(&attr, sent, Some((parent, name)), false);
+            return Ok(self.overlay(attr));
+        }
     }
 
     async fn getattr_raw(&self, ino: u64) -> Result<Attr> {
-        let sent = Instant::now();
-        let r = self
-            .cluster
-            .mds("getattr", |mut c| async move {
-                c.get_attr(GetAttrRequest { ino }).await
-            })
-            .await?;
-        Ok(self.leased_reply(r, sent, None)?.0)
+        loop {
+            let sent = Instant::now();
+            let r = self
+                .cluster
+                .mds("getattr", |mut c| async move {
+                    c.get_attr(GetAttrRequest { ino }).await
+                })
+                .await?;
+            if !self.settled_since(ino, sent) {
+                return Ok(self.leased_reply(r, sent, None)?.0);
+            }
+        }
+    }
+
+    /// Whether a file a close left to the background settled after `sent`: an MDS answer
+    /// to a request sent then may not have its size yet.
+    fn settled_since(&self, ino: u64, sent: Instant) -> bool {
+        let settled = self.settled.lock().unwrap_or_else(|p| p.into_inner());
+        settled.get(&ino).is_some_and(|&at| at >= sent)
+    }
+
+    /// A closed file whose writes a close left to the background: waits until they landed
+    /// and the file settled, so a change made to it now lands after them, as after a close
+    /// that waited.
+    async fn settle(&self, ino: u64) {
+        let closed = self.files().get(&ino).is_some_and(|s| s.open == 0);
+        if closed {
+            self.finish_closed(ino).await;
+        }
+    }
+
+    /// [`Client::settle`] of the file `name` in `parent` names, if this mount knows it.
+    async fn settle_name(&self, parent: u64, name: &[u8]) {
+        let known = self
+            .leases()
+            .get(&parent)
+            .and_then(|d| d.entries.get(name).copied());
+        if let Some(ino) = known {
+            self.settle(ino).await;
+        }
     }
 
     /// A mutation answered with attributes, and the leases that came with them (the read
@@ -1035,6 +1091,7 @@ impl Client {
     /// Changes attributes. A size change cuts the file's objects first, then the MDS.
     pub async fn setattr(&self, req: SetAttrRequest) -> Result<Attr> {
         let ino = req.ino;
+        self.settle(ino).await;
         if let Some(a) = self.keep_setattr(&req) {
             return Ok(a);
         }
@@ -1890,10 +1947,20 @@ impl Client {
     /// otherwise the lease goes back with them (and, if `release` and nothing is unsent, on
     /// its own).
     async fn send_size(&self, ino: u64, want_lease: bool) -> Result<()> {
-        self.send_size_or_release(ino, want_lease, false).await
+        self.send_size_or_release(ino, want_lease, false, false)
+            .await
     }
 
-    async fn send_size_or_release(&self, ino: u64, want_lease: bool, release: bool) -> Result<()> {
+    /// [`Client::send_size`], or with `release` the lease goes back even with nothing
+    /// unsent; with `closed_only`, nothing is done once the file is open here again (its
+    /// handle's fsync or close sends, and it may be using the lease).
+    async fn send_size_or_release(
+        &self,
+        ino: u64,
+        want_lease: bool,
+        release: bool,
+        closed_only: bool,
+    ) -> Result<()> {
         let Some(sending) = self.files().get(&ino).map(|s| s.sending.clone()) else {
             return Ok(());
         };
@@ -1905,6 +1972,9 @@ impl Client {
                 let Some(s) = files.get_mut(&ino) else {
                     return Ok(());
                 };
+                if closed_only && s.open > 0 {
+                    return Ok(());
+                }
                 if s.unsent() && s.dirty_session != self.cluster.session() {
                     // Written under an evicted session: dropped (see the module docs).
                     let e = ClientError::Evicted(s.dirty_session);
@@ -1925,7 +1995,7 @@ impl Client {
             // The data first: the MDS may hand the file to another client once it has this.
             self.flush_dirty(ino).await?;
             self.check_kept_attrs(ino).await?;
-            let (pending, generation, kept) = {
+            let (pending, generation, kept, written) = {
                 let files = self.files();
                 let Some(s) = files.get(&ino) else {
                     return Ok(());
@@ -1937,10 +2007,13 @@ impl Client {
                     s.dirty_mtime.map(|_| s.pending.unwrap_or(s.size)),
                     s.generation,
                     s.kept_attrs.clone(),
+                    s.dirty_mtime,
                 )
             };
-            // The MDS grows the size (mtime now), then applies the kept changes over it.
-            let req = SetAttrRequest {
+            // The MDS grows the size, then applies the kept changes over it. The mtime is the
+            // last write's, as this mount showed it meanwhile (not the time of this send,
+            // which may come well after a close left it to the background).
+            let mut req = SetAttrRequest {
                 ino,
                 grow_size: pending,
                 want_write_lease: want_lease,
@@ -1948,6 +2021,12 @@ impl Client {
                 release_write_lease: pending.is_none() && !want_lease,
                 ..kept.request(ino)
             };
+            if req.mtime.is_none() {
+                req.mtime = written.map(|t| SetTime {
+                    now: false,
+                    time: Some(t),
+                });
+            }
             let sent = Instant::now();
             let session = self.cluster.session();
             // (Never while keeping the lease: that asks the MDS.)
@@ -2151,7 +2230,7 @@ impl Client {
     pub async fn renew_write_leases(&self, within: Duration) {
         let now = Instant::now();
         let soon = now + within;
-        let (due, aged): (Vec<u64>, Vec<u64>) = {
+        let (due, aged, closed): (Vec<u64>, Vec<u64>, Vec<u64>) = {
             let files = self.files();
             let due = files
                 .iter()
@@ -2169,7 +2248,12 @@ impl Client {
                 })
                 .map(|(ino, _)| *ino)
                 .collect();
-            (due, aged)
+            let closed = files
+                .iter()
+                .filter(|(_, s)| s.open == 0)
+                .map(|(ino, _)| *ino)
+                .collect();
+            (due, aged, closed)
         };
         let renewals = due.into_iter().map(|ino| async move {
             match self.keep_lease(ino, false).await {
@@ -2186,9 +2270,12 @@ impl Client {
         let flushes = aged.into_iter().map(|ino| async move {
             let _ = self.flush_dirty(ino).await;
         });
-        futures::future::join(
+        // Closed files whose writes did not go yet (an MDS away, say) are tried again.
+        let closed = closed.into_iter().map(|ino| self.finish_closed(ino));
+        futures::future::join3(
             futures::future::join_all(renewals),
             futures::future::join_all(flushes),
+            futures::future::join_all(closed),
         )
         .await;
     }
@@ -2252,6 +2339,121 @@ impl Client {
         true
     }
 
+    /// A close (a FUSE flush of handle `fh` by lock owner `owner`) of a file whose write
+    /// lease this mount holds with time left, with nothing to report: the data kept here goes
+    /// to the OSDs in the background, started now, instead of before the close returns (as a
+    /// local filesystem writes its page cache back; fsync still waits for it). The lease stays
+    /// held, so no other mount sees the file before the data and size landed. True: done.
+    pub fn close_kept(self: &Arc<Self>, fh: u64, ino: u64, owner: u64) -> bool {
+        if self.handle(fh).is_err() || self.lockers().contains(&(ino, owner)) {
+            return false;
+        }
+        let start = {
+            let mut files = self.files();
+            let Some(s) = files.get_mut(&ino) else {
+                return false;
+            };
+            if !self.keeps_after_close(s) {
+                return false;
+            }
+            let start = !s.dirty.is_empty() && !s.flush_queued;
+            s.flush_queued |= start;
+            start
+        };
+        if start {
+            let me = self.clone();
+            tokio::spawn(async move { me.flush_dirty(ino).await });
+        }
+        true
+    }
+
+    /// The last close (release of handle `fh`) of a file [`Client::close_kept`] would leave:
+    /// its state stays here, closed, until the background has sent the data and the size and
+    /// given the lease back ([`Client::finish_closed`]). True: done.
+    pub fn release_kept(self: &Arc<Self>, fh: u64, ino: u64, owner: Option<u64>) -> bool {
+        if self.handle(fh).is_err() || owner.is_some_and(|o| self.lockers().contains(&(ino, o))) {
+            return false;
+        }
+        {
+            let mut files = self.files();
+            let Some(s) = files.get_mut(&ino) else {
+                return false;
+            };
+            if s.open != 1 || !s.unsent() || !self.keeps_after_close(s) {
+                return false;
+            }
+            s.open = 0;
+        }
+        let me = self.clone();
+        tokio::spawn(async move { me.finish_closed(ino).await });
+        true
+    }
+
+    /// Whether a close of `s` may leave its writes to the background: the write lease is
+    /// held for a while yet (kept data goes only under it), under this session, and no
+    /// failure waits to be reported, nor an unlinked file's purge.
+    fn keeps_after_close(&self, s: &FileState) -> bool {
+        let soon = Instant::now() + CLOSE_MARGIN;
+        s.write_until.is_some_and(|u| u > soon)
+            && s.kept_until.is_none_or(|u| u > soon)
+            && s.dirty_session == self.cluster.session()
+            && s.flush_error.is_none()
+            && !s.orphan
+            // Usage under a quota is counted from the sizes the MDS has: they go at close.
+            && s.realm == 0
+    }
+
+    /// Sends what a closed file (open nowhere here) kept, gives its write lease back, and
+    /// forgets it; an unlinked one is purged then. A failure stays with the file for its next
+    /// fsync or close here (unless it was unlinked).
+    async fn finish_closed(&self, ino: u64) {
+        // Opened again meanwhile: its writes go with that handle's fsync or close.
+        if let Err(e) = self.send_size_or_release(ino, false, false, true).await {
+            warn!(ino, error = %e, "cannot send a closed file's writes");
+            self.latch(ino, e);
+        }
+        let gone = {
+            let mut files = self.files();
+            let done = files.get(&ino).is_some_and(|s| {
+                s.open == 0
+                    && !s.unsent()
+                    && s.flushing.is_none()
+                    && s.dirty.is_empty()
+                    && (s.flush_error.is_none() || s.orphan)
+            });
+            if done {
+                files.remove(&ino)
+            } else {
+                None
+            }
+        };
+        if gone.is_some() {
+            let now = Instant::now();
+            let mut settled = self.settled.lock().unwrap_or_else(|p| p.into_inner());
+            if settled.len() >= 1024 {
+                settled.retain(|_, at| now.duration_since(*at) < SETTLED_FOR);
+            }
+            settled.insert(ino, now);
+        }
+        if let Some(st) = gone.filter(|s| s.orphan) {
+            let size = st.size.max(st.pending.unwrap_or(0));
+            if let Err(e) = self.purge(ino, &st.layout, size).await {
+                warn!(ino, error = %e, "cannot purge an unlinked file");
+            }
+        }
+    }
+
+    /// Sends what every closed file kept (at unmount).
+    pub async fn finish_all_closed(&self) {
+        let closed: Vec<u64> = self
+            .files()
+            .iter()
+            .filter(|(_, s)| s.open == 0)
+            .map(|(ino, _)| *ino)
+            .collect();
+        futures::future::join_all(closed.into_iter().map(|ino| self.finish_closed(ino))).await;
+    }
+
     /// Deletes an orphan's objects, then its inode.
     async fn purge(&self, ino: u64, layout: &Layout, size: u64) -> Result<()> {
         let session = self.cluster.session();
@@ -2289,6 +2491,9 @@ impl Client {
 
     /// Removes a name (`dir`: rmdir).
     pub async fn unlink(&self, parent: u64, name: &[u8], dir: bool) -> Result<()> {
+        if !dir {
+            self.settle_name(parent, name).await;
+        }
         let here = if dir {
             self.rmdir_here(parent, name)
         } else {
@@ -2326,6 +2531,8 @@ impl Client {
 
     /// Renames, with renameat2 flags.
     pub async fn rename(&self, req: RenameRequest) -> Result<()> {
+        self.settle_name(req.parent, &req.name).await;
+        self.settle_name(req.new_parent, &req.new_name).await;
         let (from, to) = (
             (req.parent, req.name.clone()),
             (req.new_parent, req.new_name.clone()),
@@ -2351,6 +2558,7 @@ impl Client {
 
     /// Adds a hard link.
     pub async fn link(&self, ino: u64, new_parent: u64, new_name: &[u8]) -> Result<Attr> {
+        self.settle(ino).await;
         let req = LinkRequest {
             ino,
             new_parent,
@@ -2440,6 +2648,7 @@ impl Client {
         flags: u32,
         acl_caller: Option<AclCaller>,
     ) -> Result<()> {
+        self.settle(ino).await;
         // A quota, default ACL or layout of a directory changes what files made in it get:
         // none is made here alone from now on.
         self.dir_revoked(ino);
@@ -2493,6 +2702,7 @@ impl Client {
         name: &[u8],
         acl_caller: Option<AclCaller>,
     ) -> Result<()> {
+        self.settle(ino).await;
         self.dir_revoked(ino);
         self.send_kept_attrs(ino, name).await?;
         let req = RemoveXattrRequest {

@@ -815,9 +815,12 @@ impl Filesystem for ShoalFs {
         reply: ReplyEmpty,
     ) {
         let ino = self.cluster_ino(ino);
+        // (What the background sends is spawned on the runtime.)
+        let _rt = self.rt.enter();
         if self
             .client
             .close_at_once(fh.0, ino.0, Some(lock_owner.0), false)
+            || self.client.close_kept(fh.0, ino.0, lock_owner.0)
         {
             return reply.ok();
         }
@@ -858,9 +861,13 @@ impl Filesystem for ShoalFs {
         reply: ReplyEmpty,
     ) {
         let ino = self.cluster_ino(ino);
+        let _rt = self.rt.enter();
         if self
             .client
             .close_at_once(fh.0, ino.0, lock_owner.map(|o| o.0), true)
+            || self
+                .client
+                .release_kept(fh.0, ino.0, lock_owner.map(|o| o.0))
         {
             return reply.ok();
         }

@@ -234,6 +234,50 @@ fn small_reads_are_answered_from_blocks_kept_under_the_lease_until_a_write_anywh
 }
 
 #[test]
+fn a_close_under_the_write_lease_leaves_the_data_to_the_background() {
+    let c = TestCluster::start();
+    let m2 = c.mount_again("mnt2");
+    let p = c.path("f");
+    let f = fs::File::create(&p).unwrap();
+    f.write_all_at(&[b'a'; 4096], 0).unwrap();
+    f.sync_all().unwrap();
+    // With every OSD stopped, a write and its close return: the data stays with this mount.
+    let frozen: Vec<Frozen> = (0..3)
+        .map(|i| Frozen::stop(c.pid(&format!("osd.{i}"))))
+        .collect();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        f.write_all_at(&[b'b'; 8192], 4096).unwrap();
+        drop(f);
+        let _ = tx.send(());
+    });
+    let closed = rx.recv_timeout(Duration::from_secs(3));
+    // This mount answers the new size meanwhile.
+    let size = fs::metadata(&p).unwrap().len();
+    drop(frozen);
+    assert!(closed.is_ok(), "the close waited for the OSDs");
+    assert_eq!(size, 12288);
+    // Another mount's look waits for the data to land, then reads all of it.
+    let want = [vec![b'a'; 4096], vec![b'b'; 8192]].concat();
+    assert!(
+        fs::read(m2.join("f")).unwrap() == want,
+        "the other mount reads every write"
+    );
+    // A change after the close lands after the data: the late size does not undo it.
+    fs::write(&p, b"xyz").unwrap();
+    let when = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    fs::File::options()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_modified(when)
+        .unwrap();
+    let meta = fs::metadata(m2.join("f")).unwrap();
+    assert_eq!((meta.len(), meta.modified().unwrap()), (3, when));
+    assert_eq!(fs::read(m2.join("f")).unwrap(), b"xyz");
+}
+
+#[test]
 fn a_new_file_comes_with_its_write_lease_and_gives_it_back_once_closed() {
     let c = TestCluster::start();
     let m2 = c.mount_again("mnt2");
@@ -279,13 +323,21 @@ fn a_writer_keeps_its_data_under_its_lease_until_fsync_or_another_mount_reads() 
     let c = TestCluster::start_args(&["--lease-ms", "10000"]);
     let m2 = c.mount_again("mnt2");
     let p = c.path("f");
-    fs::write(&p, [b'a'; 8192]).unwrap();
+    // Written and fsynced: on the OSDs, and the write lease stays with this mount.
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&p)
+        .unwrap();
+    f.write_all_at(&[b'a'; 8192], 0).unwrap();
+    f.sync_all().unwrap();
     let ino = fs::metadata(&p).unwrap().ino();
     let on_osds = || crate::read_object(&c, ino, 0, 1 << 20, 0).unwrap();
+    assert!(on_osds() == [b'a'; 8192], "fsync lands the data");
 
-    // The first write goes to the OSDs and takes the write lease; the next ones (partial
-    // pages, one over another, one past the end) stay with this mount's client.
-    let f = fs::OpenOptions::new().write(true).open(&p).unwrap();
+    // The next writes (partial pages, one over another, one past the end) stay with this
+    // mount's client.
     let mut want = vec![b'a'; 8192];
     let writes: [(u64, u8, usize); 4] = [
         (10, b'b', 100),
@@ -299,9 +351,11 @@ fn a_writer_keeps_its_data_under_its_lease_until_fsync_or_another_mount_reads() 
         want.resize(want.len().max(end), 0);
         want[off as usize..end].fill(byte);
     }
-    let mut sent = vec![b'a'; 8192];
-    sent[10..110].fill(b'b');
-    assert!(on_osds() == sent, "only the first write is on the OSDs");
+    let sent = vec![b'a'; 8192];
+    assert!(
+        on_osds() == sent,
+        "nothing written after the fsync is on the OSDs"
+    );
 
     // This mount reads them (a fresh open drops the kernel's pages, so the reads come to
     // the client, which lays the kept data over what the OSDs hold); still nothing sent.

@@ -288,13 +288,17 @@ fn data_kept_past_a_frozen_writers_lease_is_dropped_not_landed_over_newer_writes
     let m2 = c.mount_again("mnt2");
     let (a, b) = (c.path("f"), m2.join("f"));
     // Written through the second mount: the first mount has held no lease on it, so there
-    // is nothing to revoke and the second mount gets the write lease at once.
+    // is nothing to revoke and the second mount gets the write lease at once (and keeps it
+    // past the close, which leaves the data to the background).
     fs::write(&b, [b'a'; 8192]).unwrap();
 
-    // A process on the second mount writes past the end (to the OSDs, taking the write
-    // lease), then over the first block, which its client keeps; then the client freezes.
+    // A process on the second mount writes past the end and fsyncs (all of it lands, the
+    // lease stays), then over the first block, which its client keeps; then the client
+    // freezes.
     let mut writer = Holder::start_as("write-lines", &b);
     writer.write_at(8192);
+    assert_eq!(writer.said(), "ok");
+    writer.sync();
     assert_eq!(writer.said(), "ok");
     writer.write_at(0);
     assert_eq!(writer.said(), "ok");

@@ -197,7 +197,10 @@ fn a_wiped_osd_is_rebuilt_to_three_copies() {
     let c = TestCluster::start_args(&["--osd-grace", "3"]);
     fs::create_dir(c.path("d")).unwrap();
     for i in 0..20 {
-        fs::write(c.path(&format!("d/{i}")), chunk(5, i, 300_000 + i * 1000)).unwrap();
+        // fsynced: a close leaves the data to the background.
+        let mut f = File::create(c.path(&format!("d/{i}"))).unwrap();
+        f.write_all(&chunk(5, i, 300_000 + i * 1000)).unwrap();
+        f.sync_all().unwrap();
     }
     let before = c.object_files_of("osd.2").len();
     assert!(before >= 20);
