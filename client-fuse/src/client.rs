@@ -1288,6 +1288,23 @@ impl Client {
             .0)
     }
 
+    /// A create or mkdir made here under the directory's lease (see `create_here`), with
+    /// nothing to wait for: the FUSE thread answers it itself, without a hand-off to the
+    /// runtime and back. None: it takes [`Client::create`] or [`Client::make_node`].
+    pub fn make_at_once(&self, req: &MakeNodeRequest) -> Option<Attr> {
+        self.create_here(req).map(|a| self.overlay(a))
+    }
+
+    /// An unlink (`dir`: rmdir) made here under the directory's lease, as
+    /// [`Client::make_at_once`]; false: it takes [`Client::unlink`].
+    pub fn unlink_at_once(&self, parent: u64, name: &[u8], dir: bool) -> bool {
+        if dir {
+            self.rmdir_here(parent, name).is_some()
+        } else {
+            self.unlink_here(parent, name).is_some()
+        }
+    }
+
     /// [`Client::make_node`], and the write lease granted with it (milliseconds).
     async fn make_node_leased(&self, req: MakeNodeRequest) -> Result<(Attr, u32)> {
         let (parent, name) = (req.parent, req.name.clone());

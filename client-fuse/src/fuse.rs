@@ -177,6 +177,18 @@ impl ShoalFs {
         Ok(())
     }
 
+    /// An unlink (`dir`: rmdir): answered here when the mount makes it under the directory's
+    /// lease, else on the runtime.
+    fn remove(&self, parent: INodeNo, name: &OsStr, dir: bool, reply: ReplyEmpty) {
+        let parent = self.cluster_ino(parent);
+        let name = name.as_bytes().to_vec();
+        let _rt = self.rt.enter();
+        if self.client.unlink_at_once(parent.0, &name, dir) {
+            return reply.ok();
+        }
+        self.go(move |c| async move { reply_empty(reply, c.unlink(parent.0, &name, dir).await) });
+    }
+
     fn go<F>(&self, f: impl FnOnce(Arc<Client>) -> F)
     where
         F: std::future::Future<Output = ()> + Send + 'static,
@@ -218,6 +230,11 @@ impl ShoalFs {
             ..Default::default()
         };
         let r = EntryReplier { dir: parent.0 };
+        // (What it queues is sent by a task on the runtime.)
+        let _rt = self.rt.enter();
+        if let Some(a) = self.client.make_at_once(&mk) {
+            return r.reply(&self.client, reply, Ok(a));
+        }
         self.go(move |c| async move { r.reply(&c, reply, c.make_node(mk).await) });
     }
 }
@@ -663,15 +680,11 @@ impl Filesystem for ShoalFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let parent = self.cluster_ino(parent);
-        let name = name.as_bytes().to_vec();
-        self.go(move |c| async move { reply_empty(reply, c.unlink(parent.0, &name, false).await) });
+        self.remove(parent, name, false, reply);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let parent = self.cluster_ino(parent);
-        let name = name.as_bytes().to_vec();
-        self.go(move |c| async move { reply_empty(reply, c.unlink(parent.0, &name, true).await) });
+        self.remove(parent, name, true, reply);
     }
 
     fn symlink(
@@ -1132,16 +1145,23 @@ impl Filesystem for ShoalFs {
             umask,
             ..Default::default()
         };
-        self.go(move |c| async move {
-            match c.create(mk).await.and_then(|a| kernel_attr(&c, &a)) {
-                Ok((a, ttl)) => {
-                    // One time for the entry and the attributes: the shorter.
-                    let ttl = ttl.min(c.entry_ttl(parent.0));
-                    let fh = FileHandle(c.cluster().session());
-                    reply.created(&ttl, &a, Generation(0), fh, FopenFlags::empty())
-                }
-                Err(e) => reply.error(errno(&e)),
-            }
-        });
+        let _rt = self.rt.enter();
+        if let Some(a) = self.client.make_at_once(&mk) {
+            return created(&self.client, parent.0, reply, Ok(a));
+        }
+        self.go(move |c| async move { created(&c, parent.0, reply, c.create(mk).await) });
+    }
+}
+
+/// Answers a create in directory `parent`.
+fn created(c: &Client, parent: u64, reply: ReplyCreate, r: Result<Attr, ClientError>) {
+    match r.and_then(|a| kernel_attr(c, &a)) {
+        Ok((a, ttl)) => {
+            // One time for the entry and the attributes: the shorter.
+            let ttl = ttl.min(c.entry_ttl(parent));
+            let fh = FileHandle(c.cluster().session());
+            reply.created(&ttl, &a, Generation(0), fh, FopenFlags::empty())
+        }
+        Err(e) => reply.error(errno(&e)),
     }
 }

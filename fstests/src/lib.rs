@@ -437,6 +437,15 @@ impl Drop for Holder {
     }
 }
 
+/// Writes `data` to a new file `p` and fsyncs it: on the OSDs when it returns (a close
+/// leaves the data to the background).
+pub fn write_synced(p: &Path, data: &[u8]) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(p).unwrap_or_else(|e| panic!("create {}: {e}", p.display()));
+    f.write_all(data).unwrap();
+    f.sync_all().unwrap();
+}
+
 /// Opens `p` for reading and writing.
 pub fn open_rw(p: &Path) -> std::fs::File {
     std::fs::OpenOptions::new()

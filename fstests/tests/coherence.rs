@@ -1093,7 +1093,7 @@ fn files_removed_in_a_directory_held_here_go_at_once_and_their_data_after() {
     let before = c.object_files().len();
     for i in 0..10 {
         fs::File::create(d.join(format!("e{i}"))).unwrap();
-        fs::write(d.join(format!("w{i}")), vec![i as u8 + 1; 4096]).unwrap();
+        shoal_fstests::write_synced(&d.join(format!("w{i}")), &[i as u8 + 1; 4096]);
     }
     // A second name keeps w0's data.
     fs::hard_link(d.join("w0"), d.join("keep")).unwrap();

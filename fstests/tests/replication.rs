@@ -130,7 +130,7 @@ fn two_of_three_osds_down_blocks_io_then_resumes_without_remount() {
 fn a_flipped_byte_in_one_copy_reads_right_and_scrub_repairs_it() {
     let c = TestCluster::start();
     let data = chunk(4, 0, 100_000);
-    fs::write(c.path("victim"), &data).unwrap();
+    shoal_fstests::write_synced(&c.path("victim"), &data);
     let copies = c.object_files();
     assert_eq!(copies.len(), 3, "one object, three copies");
     // Damage one copy: whichever OSD serves reads, the data comes back right.
@@ -169,7 +169,7 @@ fn a_flipped_byte_in_one_copy_reads_right_and_scrub_repairs_it() {
 fn every_copy_damaged_reads_as_eio_never_wrong_bytes() {
     let c = TestCluster::start();
     let data = vec![0xabu8; 100_000];
-    fs::write(c.path("victim"), &data).unwrap();
+    shoal_fstests::write_synced(&c.path("victim"), &data);
     for path in c.object_files() {
         let mut raw = fs::read(&path).unwrap();
         raw[DATA + 50_000] ^= 0x40;
@@ -358,7 +358,7 @@ fn copies_go_to_distinct_hosts_and_an_osd_down_too_long_is_replaced() {
     ]);
     fs::create_dir(c.path("d")).unwrap();
     for i in 0..16 {
-        fs::write(c.path(&format!("d/{i}")), chunk(9, i, 200_000)).unwrap();
+        shoal_fstests::write_synced(&c.path(&format!("d/{i}")), &chunk(9, i, 200_000));
     }
     let st = c.status();
     assert_eq!(st["pool"]["size"], 2);
