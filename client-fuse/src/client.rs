@@ -275,6 +275,13 @@ const CLOSE_MARGIN: Duration = Duration::from_millis(500);
 /// answer takes to come back.
 const SETTLED_FOR: Duration = Duration::from_secs(30);
 
+/// How long the rest of a directory page is kept for the next readdir call (see
+/// `Client::dir_rest`); a listing may miss a change made elsewhere meanwhile, as POSIX allows
+/// for changes after opendir.
+const DIR_REST_FOR: Duration = Duration::from_secs(1);
+/// Directory pages' rests kept at most.
+const DIR_REST_MAX: usize = 64;
+
 /// Leases end this much before the MDS's reckoning.
 const LEASE_MARGIN: Duration = Duration::from_millis(20);
 /// How long a mount asks again to keep a write lease the MDS cannot grant yet, where the
@@ -308,6 +315,10 @@ pub struct Client {
     /// sent), for [`SETTLED_FOR`]: an MDS answer asked for before then may predate that
     /// size, and is asked again.
     settled: Mutex<HashMap<u64, Instant>>,
+    /// The rest of a directory page the kernel's buffer had no room for, by (directory,
+    /// cookie it follows), for [`DIR_REST_FOR`]: the kernel's next readdir call there takes
+    /// it instead of asking the MDS again. A change made here to the directory drops it.
+    dir_rest: Mutex<HashMap<(u64, u64), (Instant, ReadDirReply)>>,
     /// (ino, lock owner) pairs that may hold locks, so a close asks the MDS to release
     /// locks only when there can be some.
     lockers: Mutex<std::collections::HashSet<(u64, u64)>>,
@@ -399,6 +410,7 @@ impl Client {
             cluster,
             files: Mutex::default(),
             settled: Mutex::default(),
+            dir_rest: Mutex::default(),
             lockers: Mutex::default(),
             releases: Mutex::default(),
             releasing: tokio::sync::Mutex::const_new(()),
@@ -700,6 +712,9 @@ impl Client {
     /// This mount changed `inos` (their attributes) and `names` (entries of directories):
     /// what is cached of them goes, and replies to requests sent before now are not kept.
     fn changed_here(&self, inos: &[u64], names: &[(u64, &[u8])]) {
+        for &dir in inos.iter().chain(names.iter().map(|(d, _)| d)) {
+            self.dir_changed_here(dir);
+        }
         let now = Instant::now();
         let mut leases = self.leases();
         for &ino in inos.iter().filter(|&&i| i != 0) {
@@ -2603,6 +2618,43 @@ impl Client {
             })
             .await?;
         Ok(r.target)
+    }
+
+    /// One page of directory `ino` after cookie `after`: the rest of the page the last call
+    /// ended in there (see `Client::dir_rest`), or at most `limit` entries from the MDS.
+    pub async fn readdir_next(&self, ino: u64, after: u64, limit: u32) -> Result<ReadDirReply> {
+        let kept = self.dir_rests().remove(&(ino, after));
+        match kept {
+            Some((at, page)) if at.elapsed() < DIR_REST_FOR => Ok(page),
+            _ => self.readdir(ino, after, limit).await,
+        }
+    }
+
+    fn dir_rests(&self) -> std::sync::MutexGuard<'_, HashMap<(u64, u64), (Instant, ReadDirReply)>> {
+        self.dir_rest.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Keeps what the kernel's buffer had no room for of a page of directory `ino`: the
+    /// entries after cookie `after`.
+    pub fn keep_dir_rest(&self, ino: u64, after: u64, rest: ReadDirReply) {
+        let now = Instant::now();
+        let mut rests = self.dir_rests();
+        if rests.len() >= DIR_REST_MAX {
+            rests.retain(|_, (at, _)| now.duration_since(*at) < DIR_REST_FOR);
+            if rests.len() >= DIR_REST_MAX {
+                return;
+            }
+        }
+        rests.insert((ino, after), (now, rest));
+    }
+
+    /// A change made here to directory `dir`, or a listing of it starting anew: its kept page
+    /// rests go (a listing sees every change made before it started).
+    pub fn dir_changed_here(&self, dir: u64) {
+        let mut rests = self.dir_rests();
+        if !rests.is_empty() {
+            rests.retain(|&(d, _), _| d != dir);
+        }
     }
 
     /// One page of a directory, after cookie `after`.

@@ -32,7 +32,7 @@ pub const MAX_WRITE: u32 = 1 << 20;
 /// How long a close() waits for the MDS to take the file's new size.
 const FLUSH_WAIT: Duration = Duration::from_secs(2);
 /// Directory entries fetched from the MDS per readdir call.
-const READDIR_PAGE: u32 = 256;
+const READDIR_PAGE: u32 = 1024;
 
 /// The mounted filesystem.
 pub struct ShoalFs {
@@ -918,6 +918,9 @@ impl Filesystem for ShoalFs {
     ) {
         let ino = self.cluster_ino(ino);
         self.go(move |c| async move {
+            if offset == 0 {
+                c.dir_changed_here(ino.0);
+            }
             if offset < 2 {
                 let parent = match c.getattr(ino.0).await {
                     Ok(a) if a.kind == FileKind::Directory as i32 => a.parent.max(1),
@@ -938,17 +941,20 @@ impl Filesystem for ShoalFs {
             }
             let mut after = if offset <= 2 { 0 } else { offset };
             loop {
-                let page = match c.readdir(ino.0, after, READDIR_PAGE).await {
+                let mut page = match c.readdir_next(ino.0, after, READDIR_PAGE).await {
                     Ok(p) => p,
                     Err(e) => return reply.error(errno(&e)),
                 };
-                for e in &page.entries {
+                for (i, e) in page.entries.iter().enumerate() {
                     let kind = match file_type(e.kind) {
                         Ok(k) => k,
                         Err(err) => return reply.error(errno(&err)),
                     };
                     let child = INodeNo(c.kernel_ino(e.ino));
                     if reply.add(child, e.cookie, kind, OsStr::from_bytes(&e.name)) {
+                        // No room: the rest of the page waits for the next call, here.
+                        page.entries.drain(..i);
+                        c.keep_dir_rest(ino.0, after, page);
                         return reply.ok();
                     }
                     after = e.cookie;

@@ -244,3 +244,41 @@ fn hard_links_symlinks_xattrs_modes_times() {
         &fs::metadata(p("fifo")).unwrap().file_type()
     ));
 }
+
+#[test]
+fn a_listing_sees_every_change_made_before_it_on_either_mount() {
+    let c = TestCluster::start();
+    let m2 = c.mount_again("mnt2");
+    fs::create_dir(c.path("d")).unwrap();
+    let n = 3000;
+    for i in 0..n {
+        fs::File::create(c.path(&format!("d/e{i:05}"))).unwrap();
+    }
+    let list = |p: std::path::PathBuf| -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(p)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    };
+    let mut want: Vec<String> = (0..n).map(|i| format!("e{i:05}")).collect();
+    // Listed here (many kernel calls, fewer pages from the MDS), on the other mount.
+    assert_eq!(list(c.path("d")), want);
+    for i in (0..n).step_by(3) {
+        fs::remove_file(m2.join(format!("d/e{i:05}"))).unwrap();
+    }
+    fs::File::create(m2.join("d/new")).unwrap();
+    want.retain(|e| e[1..].parse::<usize>().unwrap() % 3 != 0);
+    want.push("new".into());
+    want.sort();
+    assert_eq!(list(c.path("d")), want, "after changes on the other mount");
+    assert_eq!(list(m2.join("d")), want);
+    // And after changes here.
+    for i in (1..n).step_by(3) {
+        fs::remove_file(c.path(&format!("d/e{i:05}"))).unwrap();
+    }
+    want.retain(|e| e == "new" || e[1..].parse::<usize>().unwrap() % 3 != 1);
+    assert_eq!(list(c.path("d")), want, "after changes here");
+    assert_eq!(list(m2.join("d")), want);
+}

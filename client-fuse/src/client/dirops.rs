@@ -337,6 +337,7 @@ impl Client {
         q.push(batch_op::Op::MakeNode(create), Some(attr));
         self.cluster.changes_queued(1);
         drop(q);
+        self.dir_changed_here(req.parent);
         if dir {
             return Some(attr);
         }
@@ -469,6 +470,7 @@ impl Client {
         };
         q.push(batch_op::Op::Unlink(unlink), None);
         self.cluster.changes_queued(1);
+        self.dir_changed_here(parent);
     }
 
     /// A change of attributes (no size) of a file whose create is still queued: queued too,
