@@ -967,44 +967,49 @@ impl Client {
             parent,
             name: Bytes::copy_from_slice(name),
         };
-        let mut asked = 0;
-        loop {
-            let sent = Instant::now();
-            let r = self
-                .cluster
-                .mds("lookup", |mut c| {
+        let (r, sent) = self
+            .ask_settled(|| {
+                let req = req.clone();
+                self.cluster.mds("lookup", move |mut c| {
                     let req = req.clone();
                     async move { c.lookup(req).await }
                 })
-                .await?;
-            asked += 1;
-            if asked == 1
-                && r.attr
-                    .as_ref()
-                    .is_some_and(|a| self.settled_since(a.ino, sent))
-            {
-                continue;
-            }
-            // The lease covers the entry (the directory's) and the child's attributes.
-            let (attr, _) = self.leased_reply(r, sent, Some(parent))?;
-            self.keep_attr(&attr, sent, Some((parent, name)), false);
-            return Ok(self.overlay(attr));
-        }
+            })
+            .await?;
+        // The lease covers the entry (the directory's) and the child's attributes.
+        let (attr, _) = self.leased_reply(r, sent, Some(parent))?;
+        self.keep_attr(&attr, sent, Some((parent, name)), false);
+        Ok(self.overlay(attr))
     }
 
     async fn getattr_raw(&self, ino: u64) -> Result<Attr> {
-        loop {
-            let sent = Instant::now();
-            let r = self
-                .cluster
-                .mds("getattr", |mut c| async move {
+        let (r, sent) = self
+            .ask_settled(|| {
+                self.cluster.mds("getattr", move |mut c| async move {
                     c.get_attr(GetAttrRequest { ino }).await
                 })
-                .await?;
-            if !self.settled_since(ino, sent) {
-                return Ok(self.leased_reply(r, sent, None)?.0);
-            }
+            })
+            .await?;
+        Ok(self.leased_reply(r, sent, None)?.0)
+    }
+
+    /// Asks the MDS with `ask`, and once more if the answer's file settled here after the
+    /// question went (see `Client::settled`); returns the answer and when it was asked.
+    async fn ask_settled<F, Fut>(&self, ask: F) -> Result<(AttrReply, Instant)>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<AttrReply>>,
+    {
+        let sent = Instant::now();
+        let r = ask().await?;
+        if r.attr
+            .as_ref()
+            .is_some_and(|a| self.settled_since(a.ino, sent))
+        {
+            let sent = Instant::now();
+            return Ok((ask().await?, sent));
         }
+        Ok((r, sent))
     }
 
     /// Whether a file a close left to the background settled after `sent`: an MDS answer
@@ -2262,7 +2267,7 @@ impl Client {
     pub async fn renew_write_leases(&self, within: Duration) {
         let now = Instant::now();
         let soon = now + within;
-        let (due, aged, closed): (Vec<u64>, Vec<u64>, Vec<u64>) = {
+        let (due, aged): (Vec<u64>, Vec<u64>) = {
             let files = self.files();
             let due = files
                 .iter()
@@ -2280,12 +2285,7 @@ impl Client {
                 })
                 .map(|(ino, _)| *ino)
                 .collect();
-            let closed = files
-                .iter()
-                .filter(|(_, s)| s.open == 0)
-                .map(|(ino, _)| *ino)
-                .collect();
-            (due, aged, closed)
+            (due, aged)
         };
         let renewals = due.into_iter().map(|ino| async move {
             match self.keep_lease(ino, false).await {
@@ -2303,6 +2303,7 @@ impl Client {
             let _ = self.flush_dirty(ino).await;
         });
         // Closed files whose writes did not go yet (an MDS away, say) are tried again.
+        let closed = self.closed_files();
         let closed = closed.into_iter().map(|ino| self.finish_closed(ino));
         futures::future::join3(
             futures::future::join_all(renewals),
@@ -2439,7 +2440,7 @@ impl Client {
     /// forgets it; an unlinked one is purged then. A failure stays with the file for its next
     /// fsync or close here (unless it was unlinked).
     async fn finish_closed(&self, ino: u64) {
-        // Opened again meanwhile: its writes go with that handle's fsync or close.
+        // (Nothing goes once it is open here again: that handle's fsync or close sends.)
         if let Err(e) = self.send_size_or_release(ino, false, false, true).await {
             warn!(ino, error = %e, "cannot send a closed file's writes");
             self.latch(ino, e);
@@ -2477,13 +2478,18 @@ impl Client {
 
     /// Sends what every closed file kept (at unmount).
     pub async fn finish_all_closed(&self) {
-        let closed: Vec<u64> = self
-            .files()
+        let closed = self.closed_files();
+        futures::future::join_all(closed.into_iter().map(|ino| self.finish_closed(ino))).await;
+    }
+
+    /// Files closed here whose writes a close left to the background.
+    fn closed_files(&self) -> Vec<u64> {
+        let files = self.files();
+        files
             .iter()
             .filter(|(_, s)| s.open == 0)
             .map(|(ino, _)| *ino)
-            .collect();
-        futures::future::join_all(closed.into_iter().map(|ino| self.finish_closed(ino))).await;
+            .collect()
     }
 
     /// Deletes an orphan's objects, then its inode.

@@ -233,6 +233,16 @@ fn small_reads_are_answered_from_blocks_kept_under_the_lease_until_a_write_anywh
     assert_eq!(direct_read(&r, 65536, 4096), [b'c'; 4096]);
 }
 
+/// Sets `p`'s mtime through a descriptor of it (futimens), as tar does after writing.
+fn set_mtime(p: &std::path::Path, when: std::time::SystemTime) {
+    fs::File::options()
+        .write(true)
+        .open(p)
+        .unwrap()
+        .set_modified(when)
+        .unwrap();
+}
+
 #[test]
 fn a_close_under_the_write_lease_leaves_the_data_to_the_background() {
     let c = TestCluster::start();
@@ -266,12 +276,7 @@ fn a_close_under_the_write_lease_leaves_the_data_to_the_background() {
     // A change after the close lands after the data: the late size does not undo it.
     fs::write(&p, b"xyz").unwrap();
     let when = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
-    fs::File::options()
-        .write(true)
-        .open(&p)
-        .unwrap()
-        .set_modified(when)
-        .unwrap();
+    set_mtime(&p, when);
     let meta = fs::metadata(m2.join("f")).unwrap();
     assert_eq!((meta.len(), meta.modified().unwrap()), (3, when));
     assert_eq!(fs::read(m2.join("f")).unwrap(), b"xyz");
@@ -949,12 +954,7 @@ fn files_made_in_a_directory_made_here_answer_at_once_and_land_before_another_mo
         f.write_all(format!("data {i}").as_bytes()).unwrap();
         drop(f);
         fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
-        fs::File::options()
-            .write(true)
-            .open(&p)
-            .unwrap()
-            .set_modified(when)
-            .unwrap();
+        set_mtime(&p, when);
     }
     // Another mount's look at the directory brings them all, contents and modes included.
     let mut names: Vec<String> = fs::read_dir(m2.join("d"))

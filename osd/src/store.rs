@@ -424,18 +424,22 @@ impl ObjectStore {
     /// Meant for idle time: it is the inode allocation a new object would otherwise wait
     /// for.
     pub fn make_spares(&self, n: usize) -> io::Result<usize> {
-        let dir = self.root.join("spare");
         let mut made = 0;
         while made < n && self.spare_count() < SPARES_MAX {
-            let seq = self
-                .spare_seq
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let path = dir.join(seq.to_string());
+            let path = self.new_spare_path();
             drop(open_creating(&path, true)?);
             self.spares().push(path);
             made += 1;
         }
         Ok(made)
+    }
+
+    /// A name for one more spare file.
+    fn new_spare_path(&self) -> PathBuf {
+        let seq = self
+            .spare_seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.root.join("spare").join(seq.to_string())
     }
 
     /// Puts an object's file (a removed one's) in the spare pool, or deletes it when the pool
@@ -450,10 +454,7 @@ impl ObjectStore {
             Err(e) => return Err(e),
         };
         file.set_len(0)?;
-        let seq = self
-            .spare_seq
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let to = self.root.join("spare").join(seq.to_string());
+        let to = self.new_spare_path();
         if fs::rename(path, &to).is_err() {
             // The spare directory went (a disk swapped under a running OSD): just delete.
             return remove_if_present(path);
@@ -920,12 +921,22 @@ impl ObjectStore {
         let p = self.paths(object)?;
         let _guard = self.write_lock(p.stripe);
         let io = Self::io_err(object);
-        let live = self.meta(object).is_some_and(|m| !m.deleted);
-        if meta.deleted && live {
+        // A live object's own file, to become its tombstone (gone if the disk was wiped
+        // under a running OSD: a new tombstone then).
+        let own = match self.meta(object) {
+            Some(m) if meta.deleted && !m.deleted => {
+                match OpenOptions::new().write(true).open(&p.obj) {
+                    Ok(f) => Some(f),
+                    Err(e) if e.kind() == ErrorKind::NotFound => None,
+                    Err(e) => return Err(io(e)),
+                }
+            }
+            _ => None,
+        };
+        if let Some(file) = own {
             // Stamped deleted in its own file, cut to the header, synced, then renamed: the
             // file is the tombstone from the sync on, whatever its name (no inode freed or
             // made).
-            let file = OpenOptions::new().write(true).open(&p.obj).map_err(&io)?;
             file.write_all_at(&header(meta.version, true), 0)
                 .map_err(&io)?;
             file.set_len(HEADER).map_err(&io)?;
@@ -1379,6 +1390,14 @@ mod tests {
         fs::remove_dir_all(pa.obj.parent().unwrap()).unwrap();
         store.write(&a, 0, b"again", 4).unwrap();
         assert_eq!(&store.read(&a, 0, 10).unwrap().unwrap()[..], b"again");
+        // So does a delete of an object whose file went that way.
+        fs::remove_file(&pa.obj).unwrap();
+        store.delete(&a, 5).unwrap();
+        assert_eq!(
+            store.meta(&a).map(|m| (m.version, m.deleted)),
+            Some((5, true))
+        );
+        assert!(pa.tomb.exists());
     }
 
     #[test]
