@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the system packages Shoal needs to build and run on Debian/Ubuntu:
+#   librocksdb-dev — the metadata service's log and state (linked, not built: .cargo/config.toml)
 #   libclang-dev  — RocksDB's bindings are generated with bindgen
 #   fuse3         — fusermount3 and /etc/fuse.conf for FUSE mounts
-#   pkg-config, g++, make — RocksDB is built from source; gcc — the suite compiles C in a mount
+#   pkg-config, gcc — build scripts; the suite compiles C in a mount
 #   git           — the test suite commits into a Shoal mount
 #   python3, python3-venv — the Kubernetes manifests are validated with kubernetes-validate
 #   fonts-dejavu-core — shoal-bench run --plot labels its charts with DejaVu Sans
@@ -12,7 +13,7 @@ set -euo pipefail
 
 need=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-for p in libclang-dev fuse3 pkg-config gcc g++ make git python3 python3-venv fonts-dejavu-core; do
+for p in librocksdb-dev libclang-dev fuse3 pkg-config gcc git python3 python3-venv fonts-dejavu-core; do
   have_pkg "$p" || need+=("$p")
 done
 
