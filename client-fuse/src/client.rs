@@ -1095,7 +1095,7 @@ impl Client {
             } else {
                 parent
             };
-            self.dir_leased(dir, sent, dir_ms);
+            self.dir_leased(dir, sent, dir_ms, false);
         }
         Ok((attr, write_ms))
     }

@@ -1026,6 +1026,32 @@ fn a_create_on_another_mount_finds_a_name_made_here_and_unmounting_lands_the_res
 }
 
 #[test]
+fn a_directory_lease_in_use_is_renewed_so_removals_after_a_pause_answer_at_once() {
+    let c = TestCluster::start_args(&["--lease-ms", "4000"]);
+    let m2 = c.mount_again("mnt2");
+    let d = c.path("d");
+    fs::create_dir(&d).unwrap();
+    for i in 0..20 {
+        fs::write(d.join(format!("f{i}")), b"").unwrap();
+    }
+    fs::create_dir(d.join("sub")).unwrap();
+    // Longer than a lease: the directories' leases are renewed, as they were used lately.
+    std::thread::sleep(Duration::from_secs(5));
+    // The way to it is looked up again (the root is not held here).
+    assert!(fs::metadata(&d).unwrap().is_dir());
+    let left = while_mds_stopped(&c, move || {
+        for i in 0..20 {
+            fs::remove_file(d.join(format!("f{i}"))).unwrap();
+        }
+        fs::remove_dir(d.join("sub")).unwrap();
+    });
+    assert!(left.is_some(), "removals waited for the MDS");
+    assert_eq!(fs::read_dir(c.path("d")).unwrap().count(), 0);
+    // Another mount's look lands them.
+    assert_eq!(fs::read_dir(m2.join("d")).unwrap().count(), 0);
+}
+
+#[test]
 fn a_tree_made_in_a_directory_made_here_answers_at_once_and_lands_whole() {
     let (c, m1, m2) = leased_dir();
     let d = m1.join("d");

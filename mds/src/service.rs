@@ -943,11 +943,27 @@ impl Mds for MdsService {
             ));
         };
         let r = req.get_mut();
-        if r.ops.len() > BATCH_MAX {
+        if r.ops.len() > BATCH_MAX || r.renew_dirs.len() > BATCH_MAX {
             return Err(Status::invalid_argument(format!(
-                "{} changes in one batch, at most {BATCH_MAX}",
-                r.ops.len()
+                "{} changes and {} directory renewals in one batch, at most {BATCH_MAX} of each",
+                r.ops.len(),
+                r.renew_dirs.len()
             )));
+        }
+        let renew = std::mem::take(&mut r.renew_dirs);
+        if r.ops.is_empty() {
+            // Renewals alone: nothing to log.
+            let dirs = renew
+                .into_iter()
+                .map(|ino| DirLease {
+                    ino,
+                    lease_ms: self.grant_dir(session, ino),
+                })
+                .collect();
+            return Ok(Response::new(BatchReply {
+                results: Vec::new(),
+                dirs,
+            }));
         }
         let mut dirs: BTreeMap<u64, Vec<Bytes>> = BTreeMap::new();
         let mut changed = Vec::new();
@@ -1084,10 +1100,15 @@ impl Mds for MdsService {
             .filter_map(|r| r.reply.as_ref()?.attr.as_ref())
             .map(|a| a.ino)
             .filter(|ino| made_dirs.contains(ino) && !dirs.contains_key(ino));
+        let renew: Vec<u64> = renew
+            .into_iter()
+            .filter(|d| !dirs.contains_key(d))
+            .collect();
         let dirs = dirs
             .keys()
             .copied()
             .chain(made)
+            .chain(renew)
             .map(|ino| DirLease {
                 ino,
                 lease_ms: self.grant_dir(session, ino),

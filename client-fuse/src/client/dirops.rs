@@ -50,6 +50,10 @@ const LOW: u64 = 1024;
 /// A directory lease with less than this left is not used: what is queued under it goes
 /// well before it ends.
 const DIR_MARGIN: Duration = Duration::from_millis(500);
+/// A directory lease is renewed once less than half of it is left, while this mount made or
+/// removed something under it within this long (as a read lease, it is not held for what is
+/// no longer used).
+const RENEW_WHILE_USED: Duration = shoal_proto::limits::LEASE_HOLD_MAX;
 
 /// Extended attributes a new file is known not to have.
 const NO_CAPS: &[u8] = b"security.capability";
@@ -68,10 +72,21 @@ pub(super) struct Queue {
     made: HashMap<u64, (u64, Attr)>,
     /// When the oldest change in `ops` was queued.
     since: Option<Instant>,
-    /// Directory leases held: until when (the margin taken off).
-    dirs: HashMap<u64, Instant>,
+    /// Directory leases held.
+    dirs: HashMap<u64, DirHeld>,
     /// Inode numbers taken and not used, ranges `[next, end)` in the order they are used.
     numbers: VecDeque<(u64, u64)>,
+}
+
+/// A directory lease held here.
+#[derive(Clone, Copy)]
+struct DirHeld {
+    /// Until when (the margin taken off).
+    until: Instant,
+    /// How long the last grant was for.
+    len: Duration,
+    /// When this mount last made or removed an entry under it, or asked for it with a change.
+    used: Instant,
 }
 
 impl Queue {
@@ -92,9 +107,45 @@ impl Queue {
     }
 
     /// Whether this mount holds the lease on directory `dir` with time left to use it at
-    /// `now`.
-    fn holds(&self, dir: u64, now: Instant) -> bool {
-        self.dirs.get(&dir).is_some_and(|u| *u > now + DIR_MARGIN)
+    /// `now`; if so, it counts as used now.
+    fn holds(&mut self, dir: u64, now: Instant) -> bool {
+        match self.dirs.get_mut(&dir) {
+            Some(h) if h.until > now + DIR_MARGIN => {
+                h.used = now;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Holds the lease on `dir` for `len`, until `until`; `used`: it was asked for with a
+    /// change.
+    fn hold_dir(&mut self, dir: u64, len: Duration, until: Instant, used: bool) {
+        let now = Instant::now();
+        let h = self.dirs.entry(dir).or_insert(DirHeld {
+            until,
+            len,
+            used: now,
+        });
+        (h.until, h.len) = (until, len);
+        if used {
+            h.used = now;
+        }
+    }
+
+    /// The directory leases to renew now (at most [`BATCH_MAX`]); those no longer used and
+    /// run out are forgotten.
+    fn renewals(&mut self, now: Instant) -> Vec<u64> {
+        self.dirs
+            .retain(|_, h| h.until > now || now.duration_since(h.used) < RENEW_WHILE_USED);
+        self.dirs
+            .iter()
+            .filter(|(_, h)| {
+                h.until < now + h.len / 2 && now.duration_since(h.used) < RENEW_WHILE_USED
+            })
+            .map(|(d, _)| *d)
+            .take(BATCH_MAX)
+            .collect()
     }
 
     /// Whether inode numbers should be taken now.
@@ -206,9 +257,13 @@ impl Client {
     }
 
     /// The MDS granted this mount the directory lease on `dir` for `ms` from `sent` (0: it
-    /// holds none).
-    pub(super) fn dir_leased(&self, dir: u64, sent: Instant, ms: u32) {
+    /// holds none); `renewal`: asked for as a renewal, not with a change.
+    pub(super) fn dir_leased(&self, dir: u64, sent: Instant, ms: u32, renewal: bool) {
         let mut q = self.dirops();
+        if renewal && !q.dirs.contains_key(&dir) {
+            // Dropped since it was asked for.
+            return;
+        }
         // A revocation that came in since it was asked for ends it (checked under the queue's
         // lock, which the revocation takes after marking the lease revoked).
         let revoked = self
@@ -220,8 +275,8 @@ impl Client {
             q.dirs.remove(&dir);
             return;
         }
-        let until = sent + Duration::from_millis(ms.into()).saturating_sub(LEASE_MARGIN);
-        q.dirs.insert(dir, until);
+        let len = Duration::from_millis(ms.into());
+        q.hold_dir(dir, len, sent + len.saturating_sub(LEASE_MARGIN), !renewal);
         if q.left() < LOW {
             drop(q);
             // Numbers to make files with, before the first create needs them.
@@ -323,7 +378,7 @@ impl Client {
         }
         if dir {
             let len = Duration::from_millis(lease_ms.into()).saturating_sub(LEASE_MARGIN);
-            q.dirs.insert(ino, started + len);
+            q.hold_dir(ino, len, started + len, true);
         }
         let create = MakeNodeRequest {
             ino,
@@ -528,24 +583,27 @@ impl Client {
 
     /// Sends what is queued (and takes inode numbers when few are left), then returns.
     pub async fn send_changes(self: &Arc<Self>) {
-        let (ops, take) = {
+        let (ops, take, renew_dirs) = {
             let mut q = self.dirops();
             // Decided before the queue is taken: every change made with the numbers of the
             // range the MDS forgets at this take is in this batch or an earlier one.
             let take = q.wants_numbers();
-            (q.take(BATCH_MAX), take)
+            (q.take(BATCH_MAX), take, q.renewals(Instant::now()))
         };
-        if !ops.is_empty() {
+        if !ops.is_empty() || !renew_dirs.is_empty() {
             let n = ops.len() as u64;
             let sent = Instant::now();
-            let req = BatchRequest { ops: ops.clone() };
+            let req = BatchRequest {
+                ops: ops.clone(),
+                renew_dirs: renew_dirs.clone(),
+            };
             let r = self
                 .cluster
                 .mds_mutate_now("batch", req, |mut c, r| async move { c.batch(r).await })
                 .await;
             match r {
                 Ok(reply) => {
-                    let orphans = self.batch_landed(&ops, reply, sent);
+                    let orphans = self.batch_landed(&ops, &renew_dirs, reply, sent);
                     if !orphans.is_empty() {
                         // Their data goes in the background, a few files at a time (a file
                         // opened since by a handle kept elsewhere: at its last close).
@@ -594,10 +652,18 @@ impl Client {
     }
 
     /// Takes in what the MDS made of a batch; returns the files its unlinks left to purge.
-    fn batch_landed(&self, ops: &[BatchOp], reply: BatchReply, sent: Instant) -> Vec<Orphaned> {
+    fn batch_landed(
+        &self,
+        ops: &[BatchOp],
+        renewed: &[u64],
+        reply: BatchReply,
+        sent: Instant,
+    ) -> Vec<Orphaned> {
         let mut orphans = Vec::new();
+        // A directory the batch changed counts as used, one only renewed does not.
+        let renewed: std::collections::HashSet<u64> = renewed.iter().copied().collect();
         for d in &reply.dirs {
-            self.dir_leased(d.ino, sent, d.lease_ms);
+            self.dir_leased(d.ino, sent, d.lease_ms, renewed.contains(&d.ino));
         }
         for (i, op) in ops.iter().enumerate() {
             let Some(r) = reply.results.get(i) else {
@@ -702,8 +768,8 @@ impl Client {
             };
             self.cluster.changes_wanted(wait).await;
             let due = {
-                let q = self.dirops();
-                !q.ops.is_empty() || q.wants_numbers()
+                let mut q = self.dirops();
+                !q.ops.is_empty() || q.wants_numbers() || !q.renewals(Instant::now()).is_empty()
             };
             if due {
                 self.send_changes().await;

@@ -881,7 +881,13 @@ fn a_batch_makes_files_with_taken_numbers_each_change_on_its_own() {
         create("a", first + 1),
         create("e", first + 2),
     ];
-    let results = match h.run_as(Op::Batch(pb::BatchRequest { ops }), Some(id(9, 2))) {
+    let results = match h.run_as(
+        Op::Batch(pb::BatchRequest {
+            ops,
+            ..Default::default()
+        }),
+        Some(id(9, 2)),
+    ) {
         Ok(Applied::Batch(r)) => r,
         other => panic!("batch: {other:?}"),
     };
@@ -916,6 +922,7 @@ fn a_batch_makes_files_with_taken_numbers_each_change_on_its_own() {
     let again = h.run_as(
         Op::Batch(pb::BatchRequest {
             ops: vec![create("x", first + 3)],
+            ..Default::default()
         }),
         Some(id(8, 1)),
     );
@@ -923,7 +930,13 @@ fn a_batch_makes_files_with_taken_numbers_each_change_on_its_own() {
         Ok(Applied::Batch(r)) => assert_eq!(r[0].clone().unwrap_err().0, libc::EINVAL),
         other => panic!("batch: {other:?}"),
     }
-    let retried = h.run_as(Op::Batch(pb::BatchRequest { ops: vec![] }), Some(id(9, 2)));
+    let retried = h.run_as(
+        Op::Batch(pb::BatchRequest {
+            ops: vec![],
+            ..Default::default()
+        }),
+        Some(id(9, 2)),
+    );
     match retried {
         Ok(Applied::Batch(r)) => assert_eq!(r.len(), 6, "the stored reply"),
         other => panic!("batch: {other:?}"),
@@ -940,6 +953,7 @@ fn a_batch_makes_files_with_taken_numbers_each_change_on_its_own() {
     let made = |h: &mut Harness, seq, name: &str, ino| match h.run_as(
         Op::Batch(pb::BatchRequest {
             ops: vec![create(name, ino)],
+            ..Default::default()
         }),
         Some(id(9, seq)),
     ) {
@@ -996,7 +1010,13 @@ fn a_batch_makes_directories_and_files_in_them_in_order() {
         make(first, "f", FileKind::Regular, first + 1),
         make(d.ino, "link", FileKind::Symlink, first + 2),
     ];
-    let results = match h.run_as(Op::Batch(pb::BatchRequest { ops }), Some(id(2))) {
+    let results = match h.run_as(
+        Op::Batch(pb::BatchRequest {
+            ops,
+            ..Default::default()
+        }),
+        Some(id(2)),
+    ) {
         Ok(Applied::Batch(r)) => r,
         other => panic!("batch: {other:?}"),
     };
@@ -1034,7 +1054,13 @@ fn a_batch_makes_directories_and_files_in_them_in_order() {
         rm(first, "g", false),
         rm(first, "g", false),
     ];
-    let results = match h.run_as(Op::Batch(pb::BatchRequest { ops }), Some(id(3))) {
+    let results = match h.run_as(
+        Op::Batch(pb::BatchRequest {
+            ops,
+            ..Default::default()
+        }),
+        Some(id(3)),
+    ) {
         Ok(Applied::Batch(r)) => r,
         other => panic!("batch: {other:?}"),
     };
@@ -1062,7 +1088,13 @@ fn a_batch_makes_directories_and_files_in_them_in_order() {
         ),
         (5, vec![rm(first + 4, "q", true), rm(d.ino, "p", true)]),
     ] {
-        match h.run_as(Op::Batch(pb::BatchRequest { ops }), Some(id(seq))) {
+        match h.run_as(
+            Op::Batch(pb::BatchRequest {
+                ops,
+                ..Default::default()
+            }),
+            Some(id(seq)),
+        ) {
             Ok(Applied::Batch(r)) => assert!(r.iter().all(|r| r.is_ok()), "{r:?}"),
             other => panic!("batch: {other:?}"),
         }
