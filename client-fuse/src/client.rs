@@ -2463,7 +2463,9 @@ impl Client {
         if gone.is_some() {
             let now = Instant::now();
             let mut settled = self.settled.lock().unwrap_or_else(|p| p.into_inner());
-            if settled.len() >= 1024 {
+            // Pruned at each power of two from 1,024 on, so each file's share stays constant
+            // however many files settle within SETTLED_FOR.
+            if settled.len() >= 1024 && settled.len().is_power_of_two() {
                 settled.retain(|_, at| now.duration_since(*at) < SETTLED_FOR);
             }
             settled.insert(ino, now);
