@@ -2749,6 +2749,9 @@ impl Client {
                 |mut c, r| async move { c.set_xattr(r).await },
             )
             .await;
+        // Again: a lease granted by a batch that landed before it (one this call waited
+        // for, with the directory's own create) predates the change.
+        self.dir_revoked(ino);
         self.changed_here(&[ino], &[]);
         r?;
         if shoal_proto::layout::layout_xattr(name).is_some() {
