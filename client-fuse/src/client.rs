@@ -1847,8 +1847,14 @@ impl Client {
             cost: taken.cost(),
         };
         // One request per object, every one waited for, so none lands after a later write.
+        let runs = taken.runs();
+        // The whole file as this mount knows it: then kept for reads here once it landed.
+        let whole = matches!(runs.as_slice(), [(0, d)] if self
+            .files()
+            .get(&ino)
+            .is_some_and(|s| s.size.max(s.pending.unwrap_or(0)) == d.len() as u64));
         self.cluster
-            .write_runs(session, ino, &layout, &taken.runs())
+            .write_runs(session, ino, &layout, &runs, whole)
             .await
     }
 

@@ -532,22 +532,25 @@ impl Cluster {
         off: u64,
         data: Bytes,
     ) -> Result<(), ClientError> {
-        self.write_runs(session, ino, layout, &[(off, data)]).await
+        self.write_runs(session, ino, layout, &[(off, data)], false)
+            .await
     }
 
     /// Writes non-overlapping `runs` (file offset, bytes) of inode `ino` for `session`: the
     /// pieces that fall in one object go in one request (one version and one sync on each of
     /// its OSDs), all objects in parallel, each piece a slice of its run (no copy). Every
     /// request is waited for, failed or not, so none lands after the caller's next write.
+    /// `whole`: the runs are the whole file (one, at 0), which the read cache may then keep.
     pub async fn write_runs(
         &self,
         session: u64,
         ino: u64,
         layout: &Layout,
         runs: &[(u64, Bytes)],
+        whole: bool,
     ) -> Result<(), ClientError> {
         usable(layout)?;
-        let _changing = self.read_cache.changing(ino);
+        let mut changing = self.read_cache.changing(ino);
         let mut objects: BTreeMap<u64, Vec<Extent>> = BTreeMap::new();
         for (off, data) in runs {
             for e in file_to_extents(layout, *off, data.len() as u64) {
@@ -582,7 +585,11 @@ impl Cluster {
             }
         }))
         .await;
-        sent.into_iter().try_for_each(|r| r.map(|_| ()))
+        sent.into_iter().try_for_each(|r| r.map(|_| ()))?;
+        if let (true, [(0, data)]) = (whole, runs) {
+            changing.wrote_whole(data);
+        }
+        Ok(())
     }
 
     /// Reads `len` bytes at `off` for `session` (the caller bounds it by the file size);

@@ -47,6 +47,8 @@ struct Inner {
     floors: HashMap<u64, Instant>,
     /// The newest floor forgotten.
     forgotten: Option<Instant>,
+    /// Files with changes under way here: (changes started so far, changes not finished).
+    changing: HashMap<u64, (u64, u32)>,
 }
 
 #[derive(Debug)]
@@ -105,11 +107,50 @@ impl Inner {
 
 /// Marks a file's data changed when dropped: when the change finished, failed or was given
 /// up (its requests may still land).
-pub struct Changing<'a>(&'a ReadCache, u64);
+pub struct Changing<'a> {
+    cache: &'a ReadCache,
+    ino: u64,
+    /// Which of the file's changes here this is.
+    number: u64,
+    /// Block 0 as the change leaves it on the OSDs, once it landed (see
+    /// [`Changing::wrote_whole`]).
+    whole: Option<Bytes>,
+}
+
+impl Changing<'_> {
+    /// The change landed, and it wrote the whole file, `data`, no larger than a block: it is
+    /// kept as the file's block 0 when the change ends, unless another change of the file
+    /// started here meanwhile (which of the two landed last is not known).
+    pub fn wrote_whole(&mut self, data: &[u8]) {
+        if data.len() as u64 <= BLOCK && !data.is_empty() {
+            // Its own buffer: a kept block does not hold on to a larger one.
+            self.whole = Some(Bytes::copy_from_slice(data));
+        }
+    }
+}
 
 impl Drop for Changing<'_> {
     fn drop(&mut self) {
-        self.0.changed(self.1);
+        self.cache.changed(self.ino);
+        let mut g = self.cache.inner();
+        let alone = match g.changing.get_mut(&self.ino) {
+            Some((started, unfinished)) => {
+                // No other change of the file started here since this one, nor is under way.
+                let alone = *started == self.number && *unfinished == 1;
+                *unfinished -= 1;
+                if *unfinished == 0 {
+                    g.changing.remove(&self.ino);
+                }
+                alone
+            }
+            None => false,
+        };
+        drop(g);
+        if let Some(data) = self.whole.take().filter(|_| alone) {
+            // After the floor `changed` just set: kept as if read now. A change that started
+            // before this one and is still under way drops it when it ends.
+            self.cache.put(self.ino, 0, data, Instant::now());
+        }
     }
 }
 
@@ -182,7 +223,18 @@ impl ReadCache {
     /// This mount is changing file `ino`'s data on the OSDs: what was read before the
     /// returned guard drops is not kept.
     pub fn changing(&self, ino: u64) -> Changing<'_> {
-        Changing(self, ino)
+        let mut g = self.inner();
+        let e = g.changing.entry(ino).or_insert((0, 0));
+        e.0 += 1;
+        e.1 += 1;
+        let number = e.0;
+        drop(g);
+        Changing {
+            cache: self,
+            ino,
+            number,
+            whole: None,
+        }
     }
 
     /// This mount changed file `ino`'s data on the OSDs: what was read before now is not kept.

@@ -233,6 +233,43 @@ fn small_reads_are_answered_from_blocks_kept_under_the_lease_until_a_write_anywh
     assert_eq!(direct_read(&r, 65536, 4096), [b'c'; 4096]);
 }
 
+#[test]
+fn a_small_file_written_here_is_read_back_from_what_this_mount_sent() {
+    let c = TestCluster::start();
+    let p = c.path("small");
+    let mut f = fs::File::create(&p).unwrap();
+    f.write_all(&[b's'; 4096]).unwrap();
+    // The data lands on the OSDs: this mount now knows what they hold.
+    f.sync_all().unwrap();
+    drop(f);
+    let frozen: Vec<Frozen> = (0..3)
+        .map(|i| Frozen::stop(c.pid(&format!("osd.{i}"))))
+        .collect();
+    let kept = direct_read_within(&p, 0, Duration::from_millis(700));
+    drop(frozen);
+    assert_eq!(
+        kept,
+        Some(vec![b's'; 4096]),
+        "answered with the OSDs stopped"
+    );
+    // Another mount's write takes the lease, and what was kept goes with it.
+    let m2 = c.mount_again("mnt2");
+    fs::write(m2.join("small"), [b't'; 4096]).unwrap();
+    assert_eq!(direct_read(&open_direct(&p), 0, 4096), [b't'; 4096]);
+    // A file larger than a kept block is read from the OSDs.
+    let big = c.path("big");
+    let mut f = fs::File::create(&big).unwrap();
+    f.write_all(&vec![b'b'; 128 << 10]).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    let frozen: Vec<Frozen> = (0..3)
+        .map(|i| Frozen::stop(c.pid(&format!("osd.{i}"))))
+        .collect();
+    let read = direct_read_within(&big, 0, Duration::from_millis(700));
+    drop(frozen);
+    assert_eq!(read, None, "a large file's block was kept");
+}
+
 /// Sets `p`'s mtime through a descriptor of it (futimens), as tar does after writing.
 fn set_mtime(p: &std::path::Path, when: std::time::SystemTime) {
     fs::File::options()
