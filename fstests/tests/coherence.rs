@@ -193,11 +193,7 @@ fn small_reads_are_answered_from_blocks_kept_under_the_lease_until_a_write_anywh
     let plain = c.mount_again_with("plain", "readcache=0");
     fs::write(c.path("f"), vec![b'a'; 256 << 10]).unwrap();
     let wait = Duration::from_millis(700);
-    let osds = || -> Vec<Frozen> {
-        (0..3)
-            .map(|i| Frozen::stop(c.pid(&format!("osd.{i}"))))
-            .collect()
-    };
+    let osds = || osds_stopped(&c);
     // Read once on each mount: the block around it is kept, except with readcache=0.
     for m in [&m2, &plain] {
         assert_eq!(
@@ -242,9 +238,7 @@ fn a_small_file_written_here_is_read_back_from_what_this_mount_sent() {
     // The data lands on the OSDs: this mount now knows what they hold.
     f.sync_all().unwrap();
     drop(f);
-    let frozen: Vec<Frozen> = (0..3)
-        .map(|i| Frozen::stop(c.pid(&format!("osd.{i}"))))
-        .collect();
+    let frozen = osds_stopped(&c);
     let kept = direct_read_within(&p, 0, Duration::from_millis(700));
     drop(frozen);
     assert_eq!(
@@ -262,12 +256,17 @@ fn a_small_file_written_here_is_read_back_from_what_this_mount_sent() {
     f.write_all(&vec![b'b'; 128 << 10]).unwrap();
     f.sync_all().unwrap();
     drop(f);
-    let frozen: Vec<Frozen> = (0..3)
-        .map(|i| Frozen::stop(c.pid(&format!("osd.{i}"))))
-        .collect();
+    let frozen = osds_stopped(&c);
     let read = direct_read_within(&big, 0, Duration::from_millis(700));
     drop(frozen);
     assert_eq!(read, None, "a large file's block was kept");
+}
+
+/// The cluster's three OSDs, stopped until the returned values drop.
+fn osds_stopped(c: &TestCluster) -> Vec<Frozen> {
+    (0..3)
+        .map(|i| Frozen::stop(c.pid(&format!("osd.{i}"))))
+        .collect()
 }
 
 /// Sets `p`'s mtime through a descriptor of it (futimens), as tar does after writing.
@@ -289,9 +288,7 @@ fn a_close_under_the_write_lease_leaves_the_data_to_the_background() {
     f.write_all_at(&[b'a'; 4096], 0).unwrap();
     f.sync_all().unwrap();
     // With every OSD stopped, a write and its close return: the data stays with this mount.
-    let frozen: Vec<Frozen> = (0..3)
-        .map(|i| Frozen::stop(c.pid(&format!("osd.{i}"))))
-        .collect();
+    let frozen = osds_stopped(&c);
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         f.write_all_at(&[b'b'; 8192], 4096).unwrap();

@@ -4,7 +4,7 @@
 // add a conversion at every handler.
 #![allow(clippy::result_large_err)]
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -951,18 +951,19 @@ impl Mds for MdsService {
             )));
         }
         let renew = std::mem::take(&mut r.renew_dirs);
-        if r.ops.is_empty() {
-            // Renewals alone: nothing to log.
-            let dirs = renew
-                .into_iter()
+        let dir_leases = |inos: BTreeSet<u64>| -> Vec<DirLease> {
+            inos.into_iter()
                 .map(|ino| DirLease {
                     ino,
                     lease_ms: self.grant_dir(session, ino),
                 })
-                .collect();
+                .collect()
+        };
+        if r.ops.is_empty() {
+            // Renewals alone: nothing to log.
             return Ok(Response::new(BatchReply {
                 results: Vec::new(),
-                dirs,
+                dirs: dir_leases(renew.into_iter().collect()),
             }));
         }
         let mut dirs: BTreeMap<u64, Vec<Bytes>> = BTreeMap::new();
@@ -1094,26 +1095,14 @@ impl Mds for MdsService {
                 self.leases.release_write(session, ino);
             }
         }
-        // The leases of the directories the batch made (those it did make), as for a mkdir.
+        // The leases of the directories the batch changed, made (those it did make), as for a
+        // mkdir, and was asked to renew: each once.
         let made = out
             .iter()
             .filter_map(|r| r.reply.as_ref()?.attr.as_ref())
             .map(|a| a.ino)
-            .filter(|ino| made_dirs.contains(ino) && !dirs.contains_key(ino));
-        let renew: Vec<u64> = renew
-            .into_iter()
-            .filter(|d| !dirs.contains_key(d))
-            .collect();
-        let dirs = dirs
-            .keys()
-            .copied()
-            .chain(made)
-            .chain(renew)
-            .map(|ino| DirLease {
-                ino,
-                lease_ms: self.grant_dir(session, ino),
-            })
-            .collect();
+            .filter(|ino| made_dirs.contains(ino));
+        let dirs = dir_leases(dirs.keys().copied().chain(made).chain(renew).collect());
         Ok(Response::new(BatchReply { results: out, dirs }))
     }
 
