@@ -83,6 +83,12 @@ impl TestCluster {
 
     /// Starts a cluster with extra `shoal up` arguments and mounts it.
     pub fn start_args(extra: &[&str]) -> TestCluster {
+        Self::start_env(extra, &[])
+    }
+
+    /// [`TestCluster::start_args`], the daemons started with environment variables `env`
+    /// set (settings the CLI does not pass on, such as `SHOAL_OSD_CHECKPOINT_SECS`).
+    pub fn start_env(extra: &[&str], env: &[(&str, &str)]) -> TestCluster {
         let mut root = tempfile::Builder::new()
             .prefix("shoal-test-")
             .tempdir()
@@ -94,7 +100,14 @@ impl TestCluster {
         let c = TestCluster { root, data, mnt };
         let mut args = vec!["up", "--mount", c.mnt.to_str().unwrap(), "--detach"];
         args.extend_from_slice(extra);
-        c.shoal_ok(&args);
+        let out = Command::new(bin("shoal"))
+            .args(&args)
+            .arg("--data")
+            .arg(&c.data)
+            .envs(env.iter().copied())
+            .output()
+            .expect("running shoal");
+        check(out, &format!("shoal {}", args.join(" ")));
         c
     }
 

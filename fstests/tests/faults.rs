@@ -84,6 +84,44 @@ fn each_osd_killed_and_restarted_keeps_fsynced_data() {
 }
 
 #[test]
+fn osds_killed_before_their_object_files_reached_the_disk_replay_their_journals() {
+    // No checkpoint meanwhile: only the journals hold what follows.
+    let c = TestCluster::start_env(&[], &[("SHOAL_OSD_CHECKPOINT_SECS", "3600")]);
+    fs::create_dir(c.path("w")).unwrap();
+    let n = 20;
+    for i in 0..n {
+        let mut f = File::create(c.path(&format!("w/{i}"))).unwrap();
+        f.write_all(&content(i)).unwrap();
+        f.sync_all().unwrap();
+    }
+    for osd in ["osd.0", "osd.1", "osd.2"] {
+        c.kill9(osd);
+    }
+    // What a power cut leaves of object files no one synced: none of their changes.
+    let files = c.object_files();
+    assert!(files.len() >= 3 * n, "{} object files", files.len());
+    for f in &files {
+        OpenOptions::new()
+            .write(true)
+            .open(f)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+    }
+    c.up();
+    // Read by a mount that kept nothing of them.
+    let other = c.mount_again("other");
+    for i in 0..n {
+        assert_eq!(
+            fs::read(other.join(format!("w/{i}"))).unwrap(),
+            content(i),
+            "file {i}"
+        );
+    }
+    assert_eq!(c.wait_clean(Duration::from_secs(60))["health"], "HEALTH_OK");
+}
+
+#[test]
 fn a_close_at_exec_does_not_wait_for_an_mds_that_is_away_and_the_data_lands_after() {
     let c = TestCluster::start_args(&["--osds", "3", "--lease-ms", "1000"]);
     let path = c.path("kept");

@@ -26,6 +26,9 @@ pub struct OsdConfig {
     /// Percent of the time background recovery may take while clients use this OSD (one
     /// object at a time, then a pause); 100 puts recovery on an equal footing with clients.
     pub recovery_busy_share: u32,
+    /// How old the journal's oldest record may get before a checkpoint syncs the store and
+    /// trims the journal (a bound on what a restart replays).
+    pub checkpoint_interval: Duration,
 }
 
 impl Default for OsdConfig {
@@ -40,6 +43,7 @@ impl Default for OsdConfig {
             light_scrub_interval: Duration::from_secs(300),
             recovery_max_active: 2,
             recovery_busy_share: 20,
+            checkpoint_interval: crate::store::CHECKPOINT_EVERY,
         }
     }
 }
@@ -55,6 +59,10 @@ impl OsdConfig {
         anyhow::ensure!(
             self.recovery_max_active >= 1,
             "recovery_max_active must be at least 1"
+        );
+        anyhow::ensure!(
+            !self.checkpoint_interval.is_zero(),
+            "checkpoint_interval must be positive"
         );
         anyhow::ensure!(
             (1..=100).contains(&self.recovery_busy_share),

@@ -1,7 +1,10 @@
 //! Shoal's object storage daemon.
 //!
 //! - [`store`]: objects as local files with a version and a crc32 per 4 KiB block beside them;
-//!   every read is verified, every change fdatasync'd before it is acknowledged.
+//!   every read is verified, every change durable before it is acknowledged.
+//! - [`journal`]: the store's write-ahead journal: small changes are made durable by a group
+//!   commit of their redo records, checkpointed by a `syncfs` every few seconds and replayed
+//!   at open.
 //! - [`daemon`]: the OSD's shared state — its OSD map, per-object ordering, and the primary's
 //!   data path (primary-copy replication to the PG's acting set).
 //! - [`peering`]: peering on each new map, recovery and backfill, strays, deep scrub.
@@ -14,6 +17,7 @@
 
 pub mod config;
 pub mod daemon;
+pub mod journal;
 pub mod peering;
 pub mod qos;
 pub mod service;
@@ -72,7 +76,7 @@ pub async fn run(
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
     let store = Arc::new(
-        store::ObjectStore::open(&cfg.data_dir)
+        store::ObjectStore::open_with(&cfg.data_dir, cfg.checkpoint_interval)
             .with_context(|| format!("opening objects under {}", cfg.data_dir.display()))?,
     );
     let listener = tokio::net::TcpListener::bind(cfg.listen)
@@ -100,18 +104,27 @@ pub async fn run(
     result.context("serving gRPC")
 }
 
-/// Spare files the OSD keeps ready for new objects (see `ObjectStore::make_spares`).
+/// Spare files the OSD keeps ready for new objects at first (see `ObjectStore::make_spares`);
+/// each time new objects found none, twice as many, up to `store::SPARES_MAX`.
 const SPARES_TARGET: usize = 1024;
 /// Spares made per turn, between which client ops come first.
-const SPARES_PER_TURN: usize = 32;
+const SPARES_PER_TURN: usize = 64;
 
 /// Makes spare files while no client uses this OSD, so that a new object's file is a rename
 /// instead of an inode allocation while a client waits (on ext4 without a journal that
-/// allocation costs 0.15-0.5 ms of CPU, growing with recent deletes).
+/// allocation costs 0.15-0.5 ms of CPU, growing with recent deletes, and most of an OSD's
+/// CPU while a tar is extracted once the spares ran out).
 async fn spare_loop(osd: Arc<daemon::Osd>) {
+    let mut target = SPARES_TARGET;
+    let mut ran_out = 0;
     loop {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        if osd.qos.busy() || osd.store.spare_count() >= SPARES_TARGET {
+        let now_out = osd.store.spares_ran_out();
+        if now_out > ran_out {
+            ran_out = now_out;
+            target = (target * 2).min(store::SPARES_MAX);
+        }
+        if osd.qos.busy() || osd.store.spare_count() >= target {
             continue;
         }
         let store = osd.store.clone();

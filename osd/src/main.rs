@@ -36,6 +36,10 @@ struct Args {
     /// priority for clients).
     #[arg(long, default_value_t = 20, env = "SHOAL_RECOVERY_BUSY_SHARE")]
     recovery_busy_share: u32,
+    /// Seconds the journal's oldest record may wait for a checkpoint (which syncs the objects
+    /// and trims the journal; a restart replays at most this much).
+    #[arg(long, default_value_t = 5, env = "SHOAL_OSD_CHECKPOINT_SECS")]
+    checkpoint_secs: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -56,6 +60,7 @@ fn main() -> anyhow::Result<()> {
         report_interval: Duration::from_secs(args.report_secs),
         recovery_max_active: args.recovery_max_active,
         recovery_busy_share: args.recovery_busy_share,
+        checkpoint_interval: Duration::from_secs(args.checkpoint_secs),
         ..OsdConfig::default()
     };
     let rt = tokio::runtime::Runtime::new()?;
