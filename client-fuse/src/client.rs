@@ -1572,6 +1572,9 @@ impl Client {
             let need = end.min(to) - from;
             let data = match cache.get(ino, idx, after, need) {
                 Some(d) => d,
+                None if !cache.worth_fetching(ino) => {
+                    return self.cluster.read(session, ino, layout, off, len).await;
+                }
                 None => {
                     let sent = Instant::now();
                     let d = match self

@@ -9,6 +9,11 @@
 //! lease, which is exclusive, or sends its size before it returns, which revokes), so a block
 //! never answers with data older than a write that returned anywhere. Blocks are dropped
 //! least recently used first past the capacity (`-o readcache=SIZE`, 0: none).
+//!
+//! A file whose fetched blocks seldom answer a second read (random reads over a file much
+//! larger than the cache) stops being fetched a block at a time for a while: its small reads
+//! ask the OSDs for their own bytes alone ([`ReadCache::worth_fetching`]), which moves a
+//! sixteenth of the bytes off the disks and through the network.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +32,15 @@ const OVERHEAD: u64 = 128;
 /// blocks asked for before the newest forgotten one are never kept.
 const FLOORS_MAX: usize = 4096;
 const FLOOR_KEEP: Duration = Duration::from_secs(60);
+/// Blocks of a file fetched before its reuse is judged.
+const JUDGE_AFTER: u32 = 64;
+/// A file whose kept blocks answered fewer than one read in this many fetches is read
+/// without fetching blocks...
+const REUSE_MIN_RATIO: u32 = 4;
+/// ...for this many small reads, then judged again.
+const BYPASS_READS: u32 = 2048;
+/// Files whose reuse is tracked at most (the tracking starts over past it).
+const REUSE_FILES_MAX: usize = 4096;
 
 /// Kept blocks of files' data.
 #[derive(Debug)]
@@ -49,6 +63,17 @@ struct Inner {
     forgotten: Option<Instant>,
     /// Files with changes under way here: (changes started so far, changes not finished).
     changing: HashMap<u64, (u64, u32)>,
+    /// How files' fetched blocks get reused.
+    reuse: HashMap<u64, Reuse>,
+}
+
+/// A file's fetched blocks and the reads they answered since it was last judged; or, when
+/// `bypass` is above 0, the small reads left that ask for their own bytes alone.
+#[derive(Debug, Default, Clone, Copy)]
+struct Reuse {
+    fetched: u32,
+    hits: u32,
+    bypass: u32,
 }
 
 #[derive(Debug)]
@@ -197,9 +222,26 @@ impl ReadCache {
         let fresh = g.next_tick();
         g.order.remove(&tick);
         g.order.insert(fresh, (ino, idx));
+        if let Some(r) = g.reuse.get_mut(&ino) {
+            r.hits = r.hits.saturating_add(1);
+        }
         let b = g.blocks.get_mut(&(ino, idx))?;
         b.tick = fresh;
         Some(b.data.clone())
+    }
+
+    /// Whether a small read of file `ino` that the kept blocks cannot answer should fetch
+    /// and keep its whole block (false while the file's blocks seldom answered a second
+    /// read: see the module docs). Counts the read.
+    pub fn worth_fetching(&self, ino: u64) -> bool {
+        let mut g = self.inner();
+        match g.reuse.get_mut(&ino) {
+            Some(r) if r.bypass > 0 => {
+                r.bypass -= 1;
+                false
+            }
+            _ => true,
+        }
     }
 
     /// Keeps block `idx` of file `ino`, read by a request sent at `sent`.
@@ -213,6 +255,17 @@ impl ReadCache {
             return;
         }
         g.remove((ino, idx));
+        if g.reuse.len() >= REUSE_FILES_MAX && !g.reuse.contains_key(&ino) {
+            g.reuse.clear();
+        }
+        let r = g.reuse.entry(ino).or_default();
+        r.fetched += 1;
+        if r.fetched >= JUDGE_AFTER {
+            if r.hits.saturating_mul(REUSE_MIN_RATIO) < r.fetched {
+                r.bypass = BYPASS_READS;
+            }
+            (r.fetched, r.hits) = (0, 0);
+        }
         let tick = g.next_tick();
         g.bytes += cost(&data);
         g.order.insert(tick, (ino, idx));
@@ -330,6 +383,32 @@ mod tests {
         assert!(!c.enabled());
         c.put(7, 9, block(9, 1), Instant::now());
         assert_eq!(c.bytes(), 0);
+    }
+
+    #[test]
+    fn a_file_whose_blocks_are_seldom_read_twice_is_read_without_blocks_for_a_while() {
+        let c = ReadCache::new(1 << 30);
+        let before = Instant::now();
+        // Sequential small reads: each block answers the reads after the first in it.
+        for i in 0..(2 * JUDGE_AFTER as u64) {
+            assert!(c.worth_fetching(1));
+            c.put(1, i, block(1, 10), Instant::now());
+            for _ in 0..3 {
+                assert!(c.get(1, i, before, 1).is_some());
+            }
+        }
+        assert!(c.worth_fetching(1), "reused blocks keep being fetched");
+        // Random reads: no block answers a second read.
+        for i in 0..JUDGE_AFTER as u64 {
+            assert!(c.worth_fetching(2), "read {i}");
+            c.put(2, i, block(2, 10), Instant::now());
+        }
+        for _ in 0..BYPASS_READS {
+            assert!(!c.worth_fetching(2));
+        }
+        // Then judged again.
+        assert!(c.worth_fetching(2));
+        assert!(c.worth_fetching(1), "other files are judged on their own");
     }
 
     #[test]
