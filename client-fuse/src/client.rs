@@ -2503,15 +2503,11 @@ impl Client {
             .collect()
     }
 
-    /// Deletes an orphan's objects, then its inode.
+    /// Deletes an orphan's objects, then queues the purge of its inode.
     async fn purge(&self, ino: u64, layout: &Layout, size: u64) -> Result<()> {
         let session = self.cluster.session();
         self.cluster.delete_data(session, ino, layout, size).await?;
-        self.cluster
-            .mds_mutate("purge", PurgeRequest { ino }, |mut c, r| async move {
-                c.purge(r).await
-            })
-            .await?;
+        self.queue_purge(ino);
         self.changed_here(&[ino], &[]);
         Ok(())
     }

@@ -799,6 +799,8 @@ fn batch(
                 let orphan = unlink(t, u, now)?;
                 Ok((t.inode(u.parent)?, orphan))
             }
+            // Inode 0 in the result: no attributes to answer with.
+            Some(pb::batch_op::Op::Purge(p)) => purge(t, p.ino).map(|_| (Attr::default(), None)),
             None => fs(libc::EINVAL, "an empty change"),
         });
         out.push(match result {

@@ -1005,6 +1005,7 @@ impl Mds for MdsService {
                         gives_back.push(a.ino);
                     }
                 }
+                Some(batch_op::Op::Purge(_)) => {}
                 Some(batch_op::Op::Unlink(u)) => {
                     name_ok(&u.name)?;
                     dirs.entry(u.parent).or_default().push(u.name.clone());
@@ -1054,6 +1055,11 @@ impl Mds for MdsService {
         let mut out = Vec::with_capacity(results.len());
         for result in results {
             out.push(match result {
+                // A purge: nothing to answer with.
+                Ok((attr, _)) if attr.ino == 0 => BatchResult {
+                    reply: Some(AttrReply::default()),
+                    ..BatchResult::default()
+                },
                 Ok((attr, orphan)) => {
                     // Applied: what follows cannot fail the batch (the client would take
                     // every change as lost).

@@ -581,6 +581,14 @@ impl Client {
         true
     }
 
+    /// Queues the purge of orphan `ino`, whose data is deleted: it goes with the next batch
+    /// rather than as a log entry of its own (an `rm -rf` purges thousands).
+    pub(super) fn queue_purge(&self, ino: u64) {
+        self.dirops()
+            .push(batch_op::Op::Purge(PurgeRequest { ino }), None);
+        self.cluster.changes_queued(1);
+    }
+
     /// Sends what is queued (and takes inode numbers when few are left), then returns.
     pub async fn send_changes(self: &Arc<Self>) {
         let (ops, take, renew_dirs) = {
@@ -739,6 +747,10 @@ impl Client {
                     "a removal made here did not land");
                 self.changed_here(&[u.parent], &[(u.parent, &u.name)]);
                 self.entries_unknown_everywhere(u.parent);
+            }
+            // The inode stays listed as an orphan at the MDS (its data is gone).
+            Some(batch_op::Op::Purge(p)) => {
+                tracing::warn!(ino = p.ino, error = %e, "a purge did not land");
             }
             None => {}
         }

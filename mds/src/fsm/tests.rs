@@ -210,6 +210,40 @@ fn unlink_and_links() {
     assert_eq!(h.fsm.getattr(f.ino).unwrap().nlink, 0);
     h.run(Op::Purge(pb::PurgeRequest { ino: f.ino })).unwrap();
     assert_eq!(errno(h.fsm.getattr(f.ino)), libc::ENOENT);
+    // Purged with a batch's changes, as a client queues them: only orphans go.
+    let g = h.mk(d.ino, "g", FileKind::Regular).unwrap();
+    let kept = h.mk(d.ino, "kept", FileKind::Regular).unwrap();
+    assert!(matches!(
+        h.unlink(d.ino, "g", false).unwrap(),
+        Applied::Removed(Some(_))
+    ));
+    let purge = |ino| pb::BatchOp {
+        op: Some(pb::batch_op::Op::Purge(pb::PurgeRequest { ino })),
+    };
+    let batch = pb::BatchRequest {
+        ops: vec![purge(g.ino), purge(kept.ino)],
+        ..Default::default()
+    };
+    let id = RequestId {
+        session: 9,
+        seq: 1,
+        oldest: 1,
+    };
+    match h.run_as(Op::Batch(batch), Some(id)) {
+        Ok(Applied::Batch(r)) => {
+            assert_eq!(r.len(), 2);
+            assert!(r.iter().all(|x| x.as_ref().is_ok_and(|(a, _)| a.ino == 0)));
+        }
+        other => panic!("batch: {other:?}"),
+    }
+    assert_eq!(errno(h.fsm.getattr(g.ino)), libc::ENOENT);
+    assert_eq!(
+        h.fsm.getattr(kept.ino).unwrap().nlink,
+        1,
+        "linked: not purged"
+    );
+    h.unlink(d.ino, "kept", false).unwrap();
+    h.run(Op::Purge(pb::PurgeRequest { ino: kept.ino })).unwrap();
     h.unlink(d.ino, "x", false).unwrap();
     h.unlink(ROOT_INO, "d", true).unwrap();
     assert_eq!(h.fsm.getattr(ROOT_INO).unwrap().nlink, 2);
