@@ -2507,7 +2507,13 @@ impl Client {
     async fn purge(&self, ino: u64, layout: &Layout, size: u64) -> Result<()> {
         let session = self.cluster.session();
         self.cluster.delete_data(session, ino, layout, size).await?;
-        self.queue_purge(ino);
+        if !self.queue_purge(ino) {
+            self.cluster
+                .mds_mutate("purge", PurgeRequest { ino }, |mut c, r| async move {
+                    c.purge(r).await
+                })
+                .await?;
+        }
         self.changed_here(&[ino], &[]);
         Ok(())
     }

@@ -76,6 +76,19 @@ pub(super) struct Queue {
     dirs: HashMap<u64, DirHeld>,
     /// Inode numbers taken and not used, ranges `[next, end)` in the order they are used.
     numbers: VecDeque<(u64, u64)>,
+    /// [`Client::run_changes`] is sending what is queued (a client without a session's
+    /// background work, as the CLI's and the CSI driver's, has no one to send it).
+    runner: bool,
+}
+
+/// Marks the queue as without a sender when [`Client::run_changes`] stops (its task is
+/// aborted with the session).
+struct Running<'a>(&'a Client);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.dirops().runner = false;
+    }
 }
 
 /// A directory lease held here.
@@ -582,11 +595,17 @@ impl Client {
     }
 
     /// Queues the purge of orphan `ino`, whose data is deleted: it goes with the next batch
-    /// rather than as a log entry of its own (an `rm -rf` purges thousands).
-    pub(super) fn queue_purge(&self, ino: u64) {
-        self.dirops()
-            .push(batch_op::Op::Purge(PurgeRequest { ino }), None);
+    /// rather than as a log entry of its own (an `rm -rf` purges thousands). False if no one
+    /// sends this client's queue: the caller purges it itself.
+    pub(super) fn queue_purge(&self, ino: u64) -> bool {
+        let mut q = self.dirops();
+        if !q.runner {
+            return false;
+        }
+        q.push(batch_op::Op::Purge(PurgeRequest { ino }), None);
+        drop(q);
         self.cluster.changes_queued(1);
+        true
     }
 
     /// Sends what is queued (and takes inode numbers when few are left), then returns.
@@ -773,6 +792,8 @@ impl Client {
 
     /// Sends queued changes as they come due, until the session ends.
     pub async fn run_changes(self: &Arc<Self>) {
+        self.dirops().runner = true;
+        let _running = Running(self);
         loop {
             let wait = match self.dirops().since {
                 Some(t) => SEND_AFTER.saturating_sub(t.elapsed()),

@@ -243,7 +243,8 @@ fn unlink_and_links() {
         "linked: not purged"
     );
     h.unlink(d.ino, "kept", false).unwrap();
-    h.run(Op::Purge(pb::PurgeRequest { ino: kept.ino })).unwrap();
+    h.run(Op::Purge(pb::PurgeRequest { ino: kept.ino }))
+        .unwrap();
     h.unlink(d.ino, "x", false).unwrap();
     h.unlink(ROOT_INO, "d", true).unwrap();
     assert_eq!(h.fsm.getattr(ROOT_INO).unwrap().nlink, 2);
