@@ -41,6 +41,7 @@ use tonic::{Request, Response, Status};
 use tracing::{debug, trace, warn};
 
 use crate::error::ClientError;
+use crate::readbatch::ReadBatcher;
 use crate::readcache::ReadCache;
 
 /// The OSD map as the client uses it: placement inputs and a channel per OSD.
@@ -71,6 +72,8 @@ pub struct Cluster {
     /// File data read here, kept for small reads under the files' read leases; every
     /// change of a file's data through this cluster drops what was read of it before.
     read_cache: ReadCache,
+    /// Small reads queued behind calls still out to their OSD (see [`crate::readbatch`]).
+    reads: ReadBatcher,
     gate: Gate,
 }
 
@@ -158,6 +161,7 @@ impl Cluster {
             })),
             retry_for,
             read_cache: ReadCache::new(crate::readcache::DEFAULT_BYTES),
+            reads: ReadBatcher::default(),
             gate: Gate {
                 queued: AtomicU64::new(0),
                 landed: tokio::sync::watch::Sender::new(0),
@@ -470,7 +474,7 @@ impl Cluster {
     /// transport failures and unavailable PGs with map refreshes.
     async fn osd<T, F, Fut>(&self, object: &str, f: F) -> Result<T, ClientError>
     where
-        F: Fn(OsdClient<Channel>, u64) -> Fut,
+        F: Fn(u32, OsdClient<Channel>, u64) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         let start = Instant::now();
@@ -486,7 +490,7 @@ impl Cluster {
             };
             let last = match target {
                 None => format!("no OSD of the object's PG is up at map epoch {epoch}"),
-                Some((id, client)) => match f(client, epoch).await {
+                Some((id, client)) => match f(id, client, epoch).await {
                     Ok(r) => return Ok(r.into_inner()),
                     Err(status) => match status_errno(&status) {
                         WireError::Transport(m) => format!("osd.{id}: {m}"),
@@ -570,7 +574,7 @@ impl Cluster {
         let sent = futures::future::join_all(requests.map(|(object, mut pieces)| {
             let first = pieces.remove(0);
             async move {
-                self.osd(&object, |mut c, epoch| {
+                self.osd(&object, |_, mut c, epoch| {
                     let req = WriteRequest {
                         object: object.clone(),
                         offset: first.offset,
@@ -637,7 +641,7 @@ impl Cluster {
     ) -> Result<Bytes, ClientError> {
         let object = object_name(ino, objno);
         let reply = self
-            .osd(&object, |mut c, epoch| {
+            .osd(&object, |id, c, epoch| {
                 let req = ReadRequest {
                     object: object.clone(),
                     offset: obj_off,
@@ -645,7 +649,7 @@ impl Cluster {
                     epoch,
                     session,
                 };
-                async move { c.read(req).await }
+                self.reads.read(id, c, req)
             })
             .await?;
         if reply.data.len() as u64 > len {
@@ -749,7 +753,7 @@ impl Cluster {
                 if keep == 0 {
                     self.delete_object(session, &object).await
                 } else {
-                    self.osd(&object, |mut c, epoch| {
+                    self.osd(&object, |_, mut c, epoch| {
                         let req = TruncateRequest {
                             object: object.clone(),
                             size: keep,
@@ -810,7 +814,7 @@ impl Cluster {
                     return self.delete_object(session, &object).await;
                 }
                 for (offset, len) in pieces {
-                    self.osd(&object, |mut c, epoch| {
+                    self.osd(&object, |_, mut c, epoch| {
                         let req = ZeroRequest {
                             object: object.clone(),
                             offset,
@@ -841,7 +845,7 @@ impl Cluster {
     }
 
     async fn delete_object(&self, session: u64, object: &str) -> Result<(), ClientError> {
-        self.osd(object, |mut c, epoch| {
+        self.osd(object, |_, mut c, epoch| {
             let req = DeleteRequest {
                 object: object.to_string(),
                 epoch,

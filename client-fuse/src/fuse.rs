@@ -29,6 +29,9 @@ use crate::error::ClientError;
 
 /// Largest write the kernel sends us in one request.
 pub const MAX_WRITE: u32 = 1 << 20;
+/// Requests the kernel keeps in flight in the background (readahead, asynchronous direct
+/// I/O, writeback) before it makes callers wait; its default is 12.
+const MAX_BACKGROUND: u16 = 64;
 /// How long a close() waits for the MDS to take the file's new size.
 const FLUSH_WAIT: Duration = Duration::from_secs(2);
 /// Directory entries fetched from the MDS per readdir call.
@@ -467,6 +470,11 @@ impl Filesystem for ShoalFs {
                 | InitFlags::FUSE_BIG_WRITES
                 | InitFlags::FUSE_PARALLEL_DIROPS,
         );
+        // O_DIRECT reads and writes submitted asynchronously (libaio, io_uring) reach the
+        // mount together instead of one at a time, up to the background limit; the client
+        // answers each from its own task.
+        let _ = config.add_capabilities(InitFlags::FUSE_ASYNC_DIO);
+        let _ = config.set_max_background(MAX_BACKGROUND);
         // The kernel checks POSIX ACLs too, and leaves the umask to Shoal, which applies it
         // only where no default ACL is inherited. Asked for separately: a kernel without ACL
         // support still applies the umask itself, and applying it twice changes nothing.

@@ -27,6 +27,7 @@ pub mod dentries;
 pub mod error;
 pub mod fuse;
 pub mod mount;
+pub mod readbatch;
 pub mod readcache;
 pub mod session;
 pub mod volumes;

@@ -516,6 +516,153 @@ pub fn direct_write(f: &std::fs::File, off: u64, data: &[u8]) {
         .unwrap_or_else(|e| panic!("O_DIRECT write of {} at {off}: {e}", data.len()));
 }
 
+/// Linux native AIO (`io_submit`, what fio's libaio engine and databases use): every
+/// operation of a batch is in flight at once on one O_DIRECT descriptor, so the mount sees
+/// them together rather than one after another.
+pub mod aio {
+    use std::os::fd::AsRawFd;
+
+    use super::Aligned;
+
+    /// `struct iocb` of `linux/aio_abi.h` (little-endian field order).
+    #[repr(C)]
+    struct Iocb {
+        data: u64,
+        key: u32,
+        rw_flags: i32,
+        opcode: u16,
+        reqprio: i16,
+        fildes: u32,
+        buf: u64,
+        nbytes: u64,
+        offset: i64,
+        reserved2: u64,
+        flags: u32,
+        resfd: u32,
+    }
+
+    /// `struct io_event`.
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Event {
+        data: u64,
+        obj: u64,
+        res: i64,
+        res2: i64,
+    }
+
+    const PREAD: u16 = 0;
+    const PWRITE: u16 = 1;
+
+    /// Submits one operation per buffer (`opcode` at each offset) in a single `io_submit` and
+    /// waits for them all; each one's result (bytes moved, or a negative errno).
+    fn run(f: &std::fs::File, opcode: u16, ops: &mut [(u64, Aligned, usize)]) -> Vec<i64> {
+        let mut ctx: libc::c_ulong = 0;
+        // SAFETY: io_setup writes the new context into `ctx`.
+        let r = unsafe { libc::syscall(libc::SYS_io_setup, ops.len() as libc::c_long, &mut ctx) };
+        assert_eq!(r, 0, "io_setup: {}", std::io::Error::last_os_error());
+        let mut iocbs: Vec<Iocb> = ops
+            .iter_mut()
+            .enumerate()
+            .map(|(i, (off, buf, len))| Iocb {
+                data: i as u64,
+                key: 0,
+                rw_flags: 0,
+                opcode,
+                reqprio: 0,
+                fildes: f.as_raw_fd() as u32,
+                buf: buf.buf(*len).as_mut_ptr() as u64,
+                nbytes: *len as u64,
+                offset: *off as i64,
+                reserved2: 0,
+                flags: 0,
+                resfd: 0,
+            })
+            .collect();
+        let mut ptrs: Vec<*mut Iocb> = iocbs.iter_mut().map(|c| c as *mut Iocb).collect();
+        // SAFETY: every iocb and the buffer it names outlive the operations, which are all
+        // reaped below before either is dropped.
+        let submitted = unsafe {
+            libc::syscall(
+                libc::SYS_io_submit,
+                ctx,
+                ptrs.len() as libc::c_long,
+                ptrs.as_mut_ptr(),
+            )
+        };
+        assert_eq!(
+            submitted,
+            ops.len() as libc::c_long,
+            "io_submit: {}",
+            std::io::Error::last_os_error()
+        );
+        let mut results = vec![i64::MIN; ops.len()];
+        let mut events = vec![Event::default(); ops.len()];
+        let mut reaped = 0;
+        while reaped < ops.len() {
+            // SAFETY: `events` has room for every operation still in flight.
+            let n = unsafe {
+                libc::syscall(
+                    libc::SYS_io_getevents,
+                    ctx,
+                    1 as libc::c_long,
+                    (ops.len() - reaped) as libc::c_long,
+                    events.as_mut_ptr(),
+                    std::ptr::null_mut::<libc::timespec>(),
+                )
+            };
+            if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            assert!(n > 0, "io_getevents: {}", std::io::Error::last_os_error());
+            for e in &events[..n as usize] {
+                results[e.data as usize] = e.res;
+            }
+            reaped += n as usize;
+        }
+        // SAFETY: no operation of the context is in flight any more.
+        unsafe { libc::syscall(libc::SYS_io_destroy, ctx) };
+        results
+    }
+
+    /// Writes each `(offset, bytes)` (both 4 KiB-aligned) with every write in flight at once.
+    pub fn write_all(f: &std::fs::File, writes: &[(u64, &[u8])]) {
+        let mut ops: Vec<(u64, Aligned, usize)> = writes
+            .iter()
+            .map(|(off, data)| {
+                let mut b = Aligned::new(data.len());
+                b.buf(data.len()).copy_from_slice(data);
+                (*off, b, data.len())
+            })
+            .collect();
+        for (i, r) in run(f, PWRITE, &mut ops).into_iter().enumerate() {
+            let (off, len) = (writes[i].0, writes[i].1.len());
+            assert_eq!(r, len as i64, "async O_DIRECT write of {len} at {off}");
+        }
+    }
+
+    /// Reads each `(offset, length)` (both 4 KiB-aligned) with every read in flight at once;
+    /// a read past the end of the file comes back short.
+    pub fn read_all(f: &std::fs::File, reads: &[(u64, usize)]) -> Vec<Vec<u8>> {
+        let mut ops: Vec<(u64, Aligned, usize)> = reads
+            .iter()
+            .map(|&(off, len)| (off, Aligned::new(len), len))
+            .collect();
+        let results = run(f, PREAD, &mut ops);
+        ops.iter_mut()
+            .zip(results)
+            .map(|((off, b, len), r)| {
+                assert!(
+                    r >= 0,
+                    "async O_DIRECT read of {len} at {off}: errno {}",
+                    -r
+                );
+                b.buf(r as usize).to_vec()
+            })
+            .collect()
+    }
+}
+
 /// Polls `free` every 200 ms until it says yes, as a lock held by a client that stopped
 /// answering must become: not before `timeout` could have passed (less a second of slack),
 /// and within 30 s. `what` names the lock for the failure message.

@@ -5,7 +5,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 
 use rand::{Rng, RngCore, SeedableRng};
-use shoal_fstests::{fallocate, TestCluster};
+use shoal_fstests::{aio, fallocate, open_direct, TestCluster};
 
 fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
     let mut v = vec![0u8; len];
@@ -83,6 +83,70 @@ fn random_writes_match_a_local_reference() {
         let expect = want.get(off as usize..end).unwrap_or(&[]);
         assert_eq!(&buf[..n], expect, "read at {off}+{len}");
     }
+}
+
+#[test]
+fn direct_io_submitted_together_lands_whole_and_reads_back() {
+    // Asynchronous O_DIRECT (libaio): the kernel sends the mount every operation of a batch
+    // at once, up to its background limit, and the mount answers each on its own.
+    const SLOT: u64 = 64 << 10;
+    const SIZE: u64 = 8 << 20;
+    let c = TestCluster::start();
+    let seed: u64 = rand::random();
+    println!("seed {seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut model = random_bytes(seed, SIZE as usize);
+    fs::write(c.path("f"), &model).unwrap();
+    let f = open_direct(&c.path("f"));
+
+    // 64 writes of 4-64 KiB in distinct 64 KiB slots, one across the boundary between the
+    // file's two 4 MiB objects, and two that extend the file.
+    let boundary = SIZE / 2;
+    let mut slots: Vec<u64> = (0..SIZE / SLOT)
+        .filter(|&s| s * SLOT != boundary && (s + 1) * SLOT != boundary)
+        .collect();
+    let mut writes: Vec<(u64, Vec<u8>)> = Vec::new();
+    for _ in 0..61 {
+        let slot = slots.swap_remove(rng.gen_range(0..slots.len()));
+        let blocks = rng.gen_range(1..=16u64);
+        let off = slot * SLOT + rng.gen_range(0..=16 - blocks) * 4096;
+        writes.push((off, random_bytes(rng.gen(), (blocks * 4096) as usize)));
+    }
+    writes.push((boundary - 8192, random_bytes(rng.gen(), 16384)));
+    writes.push((SIZE, random_bytes(rng.gen(), SLOT as usize)));
+    writes.push((SIZE + SLOT, random_bytes(rng.gen(), SLOT as usize)));
+    let batch: Vec<(u64, &[u8])> = writes.iter().map(|(o, d)| (*o, d.as_slice())).collect();
+    aio::write_all(&f, &batch);
+    model.resize((SIZE + 2 * SLOT) as usize, 0);
+    for (off, data) in &writes {
+        model[*off as usize..*off as usize + data.len()].copy_from_slice(data);
+    }
+    assert_eq!(f.metadata().unwrap().len(), model.len() as u64);
+
+    // 128 reads in one batch, some across the boundary, some past the end.
+    let reads: Vec<(u64, usize)> = (0..128)
+        .map(|i| match i {
+            0 => (boundary - 4096, 8192),
+            1 => (model.len() as u64 - 4096, 16384),
+            2 => (model.len() as u64 + 4096, 4096),
+            _ => (
+                rng.gen_range(0..model.len() as u64 / 4096) * 4096,
+                rng.gen_range(1..=32usize) * 4096,
+            ),
+        })
+        .collect();
+    for ((off, len), got) in reads.iter().zip(aio::read_all(&f, &reads)) {
+        let end = (*off as usize + len).min(model.len());
+        let want = model.get(*off as usize..end).unwrap_or(&[]);
+        assert!(got == want, "async O_DIRECT read of {len} at {off}");
+    }
+    drop(f);
+    // Another mount reads what the OSDs hold.
+    let m2 = c.mount_again("mnt2");
+    assert!(
+        fs::read(m2.join("f")).unwrap() == model,
+        "the file on another mount"
+    );
 }
 
 /// The files of every OSD's copy of object `objno` of inode `ino`.

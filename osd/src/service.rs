@@ -73,6 +73,45 @@ impl Osd for OsdService {
         }))
     }
 
+    async fn read_batch(&self, req: Request<ReadBatchRequest>) -> Reply<ReadBatchReply> {
+        let reads = req.into_inner().reads;
+        let bytes: u64 = reads.iter().map(|r| r.len as u64).sum();
+        if reads.len() > shoal_proto::MAX_READ_BATCH || bytes > shoal_proto::MAX_READ_BATCH_BYTES {
+            return Err(errno_status(
+                EINVAL,
+                format!(
+                    "a read batch of {} reads and {bytes} bytes (at most {} and {})",
+                    reads.len(),
+                    shoal_proto::MAX_READ_BATCH,
+                    shoal_proto::MAX_READ_BATCH_BYTES
+                ),
+            ));
+        }
+        // Each read as if it came alone; the batch only shares the call.
+        let results = futures::future::join_all(reads.into_iter().map(|r| {
+            self.osd
+                .client_read(r.object, r.offset, r.len as u64, r.epoch, r.session)
+        }))
+        .await;
+        let mut reply = ReadBatchReply {
+            replies: Vec::with_capacity(results.len()),
+            failed: Vec::new(),
+        };
+        for (i, r) in results.into_iter().enumerate() {
+            reply.replies.push(match r {
+                Ok(data) => ReadReply {
+                    exists: data.is_some(),
+                    data: data.unwrap_or_default(),
+                },
+                Err(_) => {
+                    reply.failed.push(i as u32);
+                    ReadReply::default()
+                }
+            });
+        }
+        Ok(Response::new(reply))
+    }
+
     async fn truncate(&self, req: Request<TruncateRequest>) -> Reply<Empty> {
         let r = req.into_inner();
         let m = Mutation::Truncate { size: r.size };

@@ -43,6 +43,10 @@ pub mod csi {
 /// object (4 MiB by default, 64 MiB at most) plus framing.
 pub const MAX_MESSAGE_BYTES: usize = 80 << 20;
 
+/// Most reads one `Osd.ReadBatch` call may carry, and most bytes they may ask for together.
+pub const MAX_READ_BATCH: usize = 256;
+pub const MAX_READ_BATCH_BYTES: u64 = 16 << 20;
+
 /// The connections a daemon's gRPC server accepts on `listener`, with Nagle's algorithm off
 /// (tonic sets it only on listeners it binds itself): small replies and stream messages are
 /// sent at once instead of waiting out the peer's delayed ACK.
