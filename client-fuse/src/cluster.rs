@@ -41,7 +41,7 @@ use tonic::{Request, Response, Status};
 use tracing::{debug, trace, warn};
 
 use crate::error::ClientError;
-use crate::readbatch::ReadBatcher;
+use crate::readbatch::{read_batcher, ReadCall};
 use crate::readcache::ReadCache;
 
 /// The OSD map as the client uses it: placement inputs and a channel per OSD.
@@ -73,7 +73,7 @@ pub struct Cluster {
     /// change of a file's data through this cluster drops what was read of it before.
     read_cache: ReadCache,
     /// Small reads queued behind calls still out to their OSD (see [`crate::readbatch`]).
-    reads: ReadBatcher,
+    reads: shoal_proto::batch::Batcher<ReadCall>,
     gate: Gate,
 }
 
@@ -161,7 +161,7 @@ impl Cluster {
             })),
             retry_for,
             read_cache: ReadCache::new(crate::readcache::DEFAULT_BYTES),
-            reads: ReadBatcher::default(),
+            reads: read_batcher(),
             gate: Gate {
                 queued: AtomicU64::new(0),
                 landed: tokio::sync::watch::Sender::new(0),
@@ -649,7 +649,8 @@ impl Cluster {
                     epoch,
                     session,
                 };
-                self.reads.read(id, c, req)
+                let reads = &self.reads;
+                async move { reads.call(id, ReadCall(c), req).await.map(Response::new) }
             })
             .await?;
         if reply.data.len() as u64 > len {

@@ -20,12 +20,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::join_all;
+use shoal_proto::batch::{Batch, Batcher, Limits};
 use shoal_proto::error::{evicted_status, remap_status, status_errno, WireError};
 use shoal_proto::layout::MAX_WRITE_EXTENTS;
 use shoal_proto::mds::mds_client::MdsClient;
 use shoal_proto::mds::{GetOsdMapRequest, OsdMap};
 use shoal_proto::osd::osd_client::OsdClient;
-use shoal_proto::osd::{Extent, ObjectCopy, PullRequest, RepKind, RepOpRequest};
+use shoal_proto::osd::{Extent, ObjectCopy, PullRequest, RepKind, RepOpBatchRequest, RepOpRequest};
 use shoal_proto::placement::{stable_hash, Placement};
 use tokio::sync::{Notify, OwnedMutexGuard};
 use tonic::transport::{Channel, Endpoint};
@@ -116,6 +117,47 @@ pub struct Osd {
     /// thus holds every change a primary of an older epoch acknowledged or still applies, and
     /// a change that starts after it sees the new map.
     pub epoch_gate: tokio::sync::RwLock<()>,
+    /// Small replica ops queued behind calls still out to their replica.
+    reps: Batcher<RepCall>,
+}
+
+/// Small replica ops (64 KiB of data or less) to one OSD with two calls out to it already
+/// wait and go together in one `Osd.RepOpBatch` call (see [`shoal_proto::batch`]).
+#[derive(Clone)]
+struct RepCall(OsdClient<Channel>);
+
+/// Replica ops carrying up to this many bytes may wait to go with others.
+const SMALL_REP_OP: u64 = 64 << 10;
+
+impl Batch for RepCall {
+    type Req = RepOpRequest;
+    type Rep = ();
+
+    fn weight(r: &RepOpRequest) -> Option<u64> {
+        let bytes = r.data.len() as u64 + r.more.iter().map(|e| e.data.len() as u64).sum::<u64>();
+        (bytes <= SMALL_REP_OP).then_some(bytes.max(1))
+    }
+
+    async fn one(&self, req: RepOpRequest) -> Result<(), Status> {
+        self.0.clone().rep_op(req).await.map(|_| ())
+    }
+
+    async fn many(&self, ops: Vec<RepOpRequest>) -> Result<Vec<Option<()>>, Status> {
+        let n = ops.len();
+        let r = self
+            .0
+            .clone()
+            .rep_op_batch(RepOpBatchRequest { ops })
+            .await?
+            .into_inner();
+        let mut out = vec![Some(()); n];
+        for i in r.failed {
+            if let Some(slot) = out.get_mut(i as usize) {
+                *slot = None;
+            }
+        }
+        Ok(out)
+    }
 }
 
 fn channel(addr: &str) -> Result<Channel, Status> {
@@ -153,6 +195,11 @@ impl Osd {
                 shape: MapShape::default(),
             })),
             refreshing: tokio::sync::Mutex::new(()),
+            reps: Batcher::new(Limits {
+                in_flight: 2,
+                max_count: 64,
+                max_weight: 4 << 20,
+            }),
             locks: (0..OBJECT_LOCKS)
                 .map(|_| Arc::new(tokio::sync::Mutex::new(())))
                 .collect(),
@@ -484,10 +531,10 @@ impl Osd {
             };
             let client = self.peer(id);
             async move {
-                let Some(mut c) = client else {
+                let Some(c) = client else {
                     return (id, Err(Status::unavailable(format!("osd.{id} unknown"))));
                 };
-                (id, c.rep_op(req).await.map(|_| ()))
+                (id, self.reps.call(id, RepCall(c), req).await)
             }
         }));
         let (local, replicas) = tokio::join!(local, replicas);

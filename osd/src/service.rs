@@ -76,13 +76,13 @@ impl Osd for OsdService {
     async fn read_batch(&self, req: Request<ReadBatchRequest>) -> Reply<ReadBatchReply> {
         let reads = req.into_inner().reads;
         let bytes: u64 = reads.iter().map(|r| r.len as u64).sum();
-        if reads.len() > shoal_proto::MAX_READ_BATCH || bytes > shoal_proto::MAX_READ_BATCH_BYTES {
+        if reads.len() > shoal_proto::MAX_BATCH || bytes > shoal_proto::MAX_READ_BATCH_BYTES {
             return Err(errno_status(
                 EINVAL,
                 format!(
                     "a read batch of {} reads and {bytes} bytes (at most {} and {})",
                     reads.len(),
-                    shoal_proto::MAX_READ_BATCH,
+                    shoal_proto::MAX_BATCH,
                     shoal_proto::MAX_READ_BATCH_BYTES
                 ),
             ));
@@ -200,6 +200,31 @@ impl Osd for OsdService {
     async fn rep_op(&self, req: Request<RepOpRequest>) -> Reply<Empty> {
         self.osd.replica_op(req.into_inner()).await?;
         Ok(Response::new(Empty {}))
+    }
+
+    async fn rep_op_batch(&self, req: Request<RepOpBatchRequest>) -> Reply<RepOpBatchReply> {
+        let ops = req.into_inner().ops;
+        if ops.len() > shoal_proto::MAX_BATCH {
+            return Err(errno_status(
+                EINVAL,
+                format!(
+                    "a batch of {} replica ops (at most {})",
+                    ops.len(),
+                    shoal_proto::MAX_BATCH
+                ),
+            ));
+        }
+        // Each op as if it came alone (the primary holds each object's lock, so no two ops
+        // of one object are ever in a batch); the batch only shares the call.
+        let results =
+            futures::future::join_all(ops.into_iter().map(|op| self.osd.replica_op(op))).await;
+        let failed = results
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.is_err())
+            .map(|(i, _)| i as u32)
+            .collect();
+        Ok(Response::new(RepOpBatchReply { failed }))
     }
 
     async fn list_pgs(&self, req: Request<ListPgsRequest>) -> Reply<ListPgsReply> {

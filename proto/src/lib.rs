@@ -12,6 +12,7 @@
 //!
 //! Both ends of a wire compute striping and placement with this crate, so they always agree.
 
+pub mod batch;
 pub mod error;
 pub mod layout;
 pub mod limits;
@@ -43,8 +44,9 @@ pub mod csi {
 /// object (4 MiB by default, 64 MiB at most) plus framing.
 pub const MAX_MESSAGE_BYTES: usize = 80 << 20;
 
-/// Most reads one `Osd.ReadBatch` call may carry, and most bytes they may ask for together.
-pub const MAX_READ_BATCH: usize = 256;
+/// Most operations one batch call (`Osd.ReadBatch`, `Osd.RepOpBatch`) may carry, and most
+/// bytes the reads of one `Osd.ReadBatch` may ask for together.
+pub const MAX_BATCH: usize = 256;
 pub const MAX_READ_BATCH_BYTES: u64 = 16 << 20;
 
 /// The connections a daemon's gRPC server accepts on `listener`, with Nagle's algorithm off
