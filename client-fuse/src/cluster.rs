@@ -41,7 +41,7 @@ use tonic::{Request, Response, Status};
 use tracing::{debug, trace, warn};
 
 use crate::error::ClientError;
-use crate::readbatch::{read_batcher, ReadCall};
+use crate::osdbatch::{DeleteCall, OsdBatches, ReadCall, WriteCall};
 use crate::readcache::ReadCache;
 
 /// The OSD map as the client uses it: placement inputs and a channel per OSD.
@@ -72,8 +72,9 @@ pub struct Cluster {
     /// File data read here, kept for small reads under the files' read leases; every
     /// change of a file's data through this cluster drops what was read of it before.
     read_cache: ReadCache,
-    /// Small reads queued behind calls still out to their OSD (see [`crate::readbatch`]).
-    reads: shoal_proto::batch::Batcher<ReadCall>,
+    /// Small reads, writes and deletes queued behind calls still out to their OSD (see
+    /// [`crate::osdbatch`]).
+    batches: OsdBatches,
     gate: Gate,
 }
 
@@ -161,7 +162,7 @@ impl Cluster {
             })),
             retry_for,
             read_cache: ReadCache::new(crate::readcache::DEFAULT_BYTES),
-            reads: read_batcher(),
+            batches: OsdBatches::default(),
             gate: Gate {
                 queued: AtomicU64::new(0),
                 landed: tokio::sync::watch::Sender::new(0),
@@ -574,7 +575,7 @@ impl Cluster {
         let sent = futures::future::join_all(requests.map(|(object, mut pieces)| {
             let first = pieces.remove(0);
             async move {
-                self.osd(&object, |_, mut c, epoch| {
+                self.osd(&object, |id, c, epoch| {
                     let req = WriteRequest {
                         object: object.clone(),
                         offset: first.offset,
@@ -583,7 +584,8 @@ impl Cluster {
                         session,
                         more: pieces.clone(),
                     };
-                    async move { c.write(req).await }
+                    let writes = &self.batches.writes;
+                    async move { writes.call(id, WriteCall(c), req).await.map(Response::new) }
                 })
                 .await
             }
@@ -649,7 +651,7 @@ impl Cluster {
                     epoch,
                     session,
                 };
-                let reads = &self.reads;
+                let reads = &self.batches.reads;
                 async move { reads.call(id, ReadCall(c), req).await.map(Response::new) }
             })
             .await?;
@@ -846,13 +848,19 @@ impl Cluster {
     }
 
     async fn delete_object(&self, session: u64, object: &str) -> Result<(), ClientError> {
-        self.osd(object, |_, mut c, epoch| {
+        self.osd(object, |id, c, epoch| {
             let req = DeleteRequest {
                 object: object.to_string(),
                 epoch,
                 session,
             };
-            async move { c.delete(req).await }
+            let deletes = &self.batches.deletes;
+            async move {
+                deletes
+                    .call(id, DeleteCall(c), req)
+                    .await
+                    .map(Response::new)
+            }
         })
         .await
         .map(|_| ())

@@ -27,7 +27,7 @@ pub mod dentries;
 pub mod error;
 pub mod fuse;
 pub mod mount;
-pub mod readbatch;
+pub mod osdbatch;
 pub mod readcache;
 pub mod session;
 pub mod volumes;

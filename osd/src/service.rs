@@ -40,6 +40,32 @@ impl From<StoreError> for Status {
     }
 }
 
+/// Refuses a batch call of more than [`shoal_proto::MAX_BATCH`] operations (its `Status` goes
+/// straight back to gRPC).
+#[allow(clippy::result_large_err)]
+fn check_batch(n: usize) -> Result<(), Status> {
+    if n > shoal_proto::MAX_BATCH {
+        return Err(errno_status(
+            EINVAL,
+            format!(
+                "a batch of {n} operations (at most {})",
+                shoal_proto::MAX_BATCH
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The positions of the operations of a batch that failed.
+fn failed_of<T>(results: &[Result<T, Status>]) -> Vec<u32> {
+    results
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.is_err())
+        .map(|(i, _)| i as u32)
+        .collect()
+}
+
 impl OsdService {
     /// Builds the service over the OSD's state.
     pub fn new(osd: Arc<OsdState>) -> OsdService {
@@ -110,6 +136,41 @@ impl Osd for OsdService {
             });
         }
         Ok(Response::new(reply))
+    }
+
+    async fn write_batch(&self, req: Request<WriteBatchRequest>) -> Reply<WriteBatchReply> {
+        let writes = req.into_inner().writes;
+        check_batch(writes.len())?;
+        let results = futures::future::join_all(writes.into_iter().map(|r| async move {
+            let m = Mutation::Write {
+                extents: write_extents(r.offset, r.data, r.more)?,
+            };
+            self.osd
+                .client_mutate(r.object, m, r.epoch, r.session)
+                .await
+        }))
+        .await;
+        let failed = failed_of(&results);
+        let replies = results
+            .into_iter()
+            .map(|r| WriteReply {
+                object_size: r.unwrap_or(0),
+            })
+            .collect();
+        Ok(Response::new(WriteBatchReply { replies, failed }))
+    }
+
+    async fn delete_batch(&self, req: Request<DeleteBatchRequest>) -> Reply<DeleteBatchReply> {
+        let deletes = req.into_inner().deletes;
+        check_batch(deletes.len())?;
+        let results = futures::future::join_all(deletes.into_iter().map(|r| {
+            self.osd
+                .client_mutate(r.object, Mutation::Delete, r.epoch, r.session)
+        }))
+        .await;
+        Ok(Response::new(DeleteBatchReply {
+            failed: failed_of(&results),
+        }))
     }
 
     async fn truncate(&self, req: Request<TruncateRequest>) -> Reply<Empty> {
@@ -204,27 +265,14 @@ impl Osd for OsdService {
 
     async fn rep_op_batch(&self, req: Request<RepOpBatchRequest>) -> Reply<RepOpBatchReply> {
         let ops = req.into_inner().ops;
-        if ops.len() > shoal_proto::MAX_BATCH {
-            return Err(errno_status(
-                EINVAL,
-                format!(
-                    "a batch of {} replica ops (at most {})",
-                    ops.len(),
-                    shoal_proto::MAX_BATCH
-                ),
-            ));
-        }
+        check_batch(ops.len())?;
         // Each op as if it came alone (the primary holds each object's lock, so no two ops
         // of one object are ever in a batch); the batch only shares the call.
         let results =
             futures::future::join_all(ops.into_iter().map(|op| self.osd.replica_op(op))).await;
-        let failed = results
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| r.is_err())
-            .map(|(i, _)| i as u32)
-            .collect();
-        Ok(Response::new(RepOpBatchReply { failed }))
+        Ok(Response::new(RepOpBatchReply {
+            failed: failed_of(&results),
+        }))
     }
 
     async fn list_pgs(&self, req: Request<ListPgsRequest>) -> Reply<ListPgsReply> {

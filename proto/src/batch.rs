@@ -140,6 +140,8 @@ impl<B: Batch> Drop for Slot<B> {
             let Some(q) = queues.get_mut(&self.peer) else {
                 return;
             };
+            // A request whose caller gave up is not sent, as a call it dropped would not be.
+            q.waiting.retain(|(_, _, answer)| !answer.is_closed());
             if q.waiting.is_empty() {
                 q.out = q.out.saturating_sub(1);
                 return;
@@ -328,5 +330,28 @@ mod tests {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(b.load(), (0, 0), "places left taken");
+    }
+
+    #[tokio::test]
+    async fn a_queued_request_whose_caller_gave_up_is_not_sent() {
+        let b = Batcher::new(limits());
+        let peer = Doubler::default();
+        let (first, second) = (b.call(1, peer.clone(), 1), b.call(1, peer.clone(), 2));
+        let (mut first, mut second) = (Box::pin(first), Box::pin(second));
+        // Both places taken, then one request queued and given up on.
+        assert!(futures::poll!(&mut first).is_pending());
+        assert!(futures::poll!(&mut second).is_pending());
+        let gave_up = b.call(1, peer.clone(), 3);
+        assert!(tokio::time::timeout(Duration::from_millis(1), gave_up)
+            .await
+            .is_err());
+        assert_eq!(b.load(), (1, 2));
+        assert_eq!((first.await.unwrap(), second.await.unwrap()), (2, 4));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            peer.batches.lock().unwrap().is_empty(),
+            "nothing sent for it"
+        );
+        assert_eq!(b.load(), (0, 0));
     }
 }
