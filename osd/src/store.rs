@@ -414,6 +414,40 @@ fn load_shard(shard: &Path, index: &mut Index) -> io::Result<()> {
     Ok(())
 }
 
+/// `len` bytes of `file` from `at` on, read straight into a new buffer (not zeroed first: a
+/// large read's buffer is written once, by the kernel). `UnexpectedEof` if the file ends
+/// before.
+fn read_exact_fresh(file: &File, len: usize, at: u64) -> io::Result<Vec<u8>> {
+    use std::os::fd::AsRawFd;
+    let mut buf: Vec<u8> = Vec::with_capacity(len);
+    while buf.len() < len {
+        let done = buf.len();
+        let spare = buf.spare_capacity_mut();
+        // SAFETY: pread writes at most `len - done` bytes, all within the spare capacity (of
+        // at least that length), and `set_len` below covers only the bytes it wrote.
+        let n = unsafe {
+            libc::pread(
+                file.as_raw_fd(),
+                spare.as_mut_ptr().cast(),
+                len - done,
+                (at + done as u64) as libc::off_t,
+            )
+        };
+        match n {
+            0 => return Err(ErrorKind::UnexpectedEof.into()),
+            n if n < 0 => {
+                let e = io::Error::last_os_error();
+                if e.kind() != ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+            // SAFETY: the kernel initialised these `n` bytes.
+            n => unsafe { buf.set_len(done + n as usize) },
+        }
+    }
+    Ok(buf)
+}
+
 impl ObjectStore {
     /// Opens (creating if needed) the store under `dir` and indexes what is there. Leftovers
     /// of a change a crash interrupted are removed, and objects of the earlier layout
@@ -930,17 +964,15 @@ impl ObjectStore {
     fn read_verified(&self, object: &str, file: &File, b: u64, size: u64) -> Result<Vec<u8>> {
         let bs = b * BLOCK;
         let len = (BLOCK).min(size - bs) as usize;
-        let mut block = vec![0u8; len];
-        self.read_blocks(object, file, b, &mut block)?;
-        Ok(block)
+        self.read_blocks(object, file, b, len)
     }
 
-    /// Fills `buf` from the object starting at block `first` and verifies every block in it.
-    /// `buf` ends at a block boundary or at the object's end.
-    fn read_blocks(&self, object: &str, file: &File, first: u64, buf: &mut [u8]) -> Result<()> {
+    /// `len` bytes of the object from block `first` on, every block in them verified. They end
+    /// at a block boundary or at the object's end.
+    fn read_blocks(&self, object: &str, file: &File, first: u64, len: usize) -> Result<Vec<u8>> {
         let io = Self::io_err(object);
-        file.read_exact_at(buf, DATA + first * BLOCK)
-            .map_err(|e| match e.kind() {
+        let buf =
+            read_exact_fresh(file, len, DATA + first * BLOCK).map_err(|e| match e.kind() {
                 ErrorKind::UnexpectedEof => Self::corrupt(object, "object shorter than expected"),
                 _ => io(e),
             })?;
@@ -968,7 +1000,7 @@ impl ObjectStore {
                 ));
             }
         }
-        Ok(())
+        Ok(buf)
     }
 
     /// Opens an object for reading: None if it does not exist or is a tombstone.
@@ -1035,8 +1067,12 @@ impl ObjectStore {
         }
         let first = offset / BLOCK;
         let aligned_end = end.div_ceil(BLOCK) * BLOCK;
-        let mut buf = vec![0u8; (aligned_end.min(size) - first * BLOCK) as usize];
-        self.read_blocks(object, &file, first, &mut buf)?;
+        let buf = self.read_blocks(
+            object,
+            &file,
+            first,
+            (aligned_end.min(size) - first * BLOCK) as usize,
+        )?;
         let skip = (offset - first * BLOCK) as usize;
         Ok(Some(
             Bytes::from(buf).slice(skip..skip + (end - offset) as usize),
@@ -1061,10 +1097,10 @@ impl ObjectStore {
         let Some((file, size)) = self.open_read(object, &p)? else {
             return Ok(Some((meta, Bytes::new())));
         };
-        let mut buf = vec![0u8; size as usize];
-        if size > 0 {
-            self.read_blocks(object, &file, 0, &mut buf)?;
-        }
+        let buf = match size {
+            0 => Vec::new(),
+            _ => self.read_blocks(object, &file, 0, size as usize)?,
+        };
         Ok(Some((ObjMeta { size, ..meta }, Bytes::from(buf))))
     }
 
@@ -1240,6 +1276,22 @@ mod tests {
 
     fn name(n: u64) -> String {
         shoal_proto::layout::object_name(7, n)
+    }
+
+    #[test]
+    fn fresh_reads_return_exactly_what_the_file_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        fs::write(&p, &data).unwrap();
+        let f = File::open(&p).unwrap();
+        assert_eq!(
+            read_exact_fresh(&f, 50_000, 1234).unwrap(),
+            &data[1234..51234]
+        );
+        assert_eq!(read_exact_fresh(&f, 0, 7).unwrap(), Vec::<u8>::new());
+        let short = read_exact_fresh(&f, 10, 99_995).unwrap_err();
+        assert_eq!(short.kind(), ErrorKind::UnexpectedEof);
     }
 
     #[test]
