@@ -5,7 +5,7 @@
 //! rm -rf's deletes) the mount and the OSD pay one gRPC call for many, and a lone caller
 //! waits for nothing.
 
-use shoal_proto::batch::{Batch, Batcher, Limits};
+use shoal_proto::batch::{answers, Batch, Batcher, Limits};
 use shoal_proto::osd::osd_client::OsdClient;
 use shoal_proto::osd::{
     DeleteBatchRequest, DeleteRequest, ReadBatchRequest, ReadReply, ReadRequest, WriteBatchRequest,
@@ -23,17 +23,6 @@ const LIMITS: Limits = Limits {
     max_count: 64,
     max_weight: 4 << 20,
 };
-
-/// Marks the operations a batch reply lists as failed.
-fn answers<T>(replies: Vec<T>, failed: Vec<u32>) -> Vec<Option<T>> {
-    let mut out: Vec<Option<T>> = replies.into_iter().map(Some).collect();
-    for i in failed {
-        if let Some(slot) = out.get_mut(i as usize) {
-            *slot = None;
-        }
-    }
-    out
-}
 
 /// Reads through one OSD's client.
 #[derive(Clone)]

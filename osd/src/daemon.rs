@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::join_all;
-use shoal_proto::batch::{Batch, Batcher, Limits};
+use shoal_proto::batch::{answers, Batch, Batcher, Limits};
 use shoal_proto::error::{evicted_status, remap_status, status_errno, WireError};
 use shoal_proto::layout::MAX_WRITE_EXTENTS;
 use shoal_proto::mds::mds_client::MdsClient;
@@ -150,13 +150,7 @@ impl Batch for RepCall {
             .rep_op_batch(RepOpBatchRequest { ops })
             .await?
             .into_inner();
-        let mut out = vec![Some(()); n];
-        for i in r.failed {
-            if let Some(slot) = out.get_mut(i as usize) {
-                *slot = None;
-            }
-        }
-        Ok(out)
+        Ok(answers(vec![(); n], r.failed))
     }
 }
 

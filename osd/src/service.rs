@@ -56,6 +56,14 @@ fn check_batch(n: usize) -> Result<(), Status> {
     Ok(())
 }
 
+/// What a read answers: the bytes, and whether the object exists.
+fn read_reply(data: Option<bytes::Bytes>) -> ReadReply {
+    ReadReply {
+        exists: data.is_some(),
+        data: data.unwrap_or_default(),
+    }
+}
+
 /// The positions of the operations of a batch that failed.
 fn failed_of<T>(results: &[Result<T, Status>]) -> Vec<u32> {
     results
@@ -93,22 +101,18 @@ impl Osd for OsdService {
             .osd
             .client_read(r.object, r.offset, r.len as u64, r.epoch, r.session)
             .await?;
-        Ok(Response::new(ReadReply {
-            exists: data.is_some(),
-            data: data.unwrap_or_default(),
-        }))
+        Ok(Response::new(read_reply(data)))
     }
 
     async fn read_batch(&self, req: Request<ReadBatchRequest>) -> Reply<ReadBatchReply> {
         let reads = req.into_inner().reads;
+        check_batch(reads.len())?;
         let bytes: u64 = reads.iter().map(|r| r.len as u64).sum();
-        if reads.len() > shoal_proto::MAX_BATCH || bytes > shoal_proto::MAX_READ_BATCH_BYTES {
+        if bytes > shoal_proto::MAX_READ_BATCH_BYTES {
             return Err(errno_status(
                 EINVAL,
                 format!(
-                    "a read batch of {} reads and {bytes} bytes (at most {} and {})",
-                    reads.len(),
-                    shoal_proto::MAX_BATCH,
+                    "a read batch of {bytes} bytes (at most {})",
                     shoal_proto::MAX_READ_BATCH_BYTES
                 ),
             ));
@@ -119,23 +123,12 @@ impl Osd for OsdService {
                 .client_read(r.object, r.offset, r.len as u64, r.epoch, r.session)
         }))
         .await;
-        let mut reply = ReadBatchReply {
-            replies: Vec::with_capacity(results.len()),
-            failed: Vec::new(),
-        };
-        for (i, r) in results.into_iter().enumerate() {
-            reply.replies.push(match r {
-                Ok(data) => ReadReply {
-                    exists: data.is_some(),
-                    data: data.unwrap_or_default(),
-                },
-                Err(_) => {
-                    reply.failed.push(i as u32);
-                    ReadReply::default()
-                }
-            });
-        }
-        Ok(Response::new(reply))
+        let failed = failed_of(&results);
+        let replies = results
+            .into_iter()
+            .map(|r| read_reply(r.unwrap_or_default()))
+            .collect();
+        Ok(Response::new(ReadBatchReply { replies, failed }))
     }
 
     async fn write_batch(&self, req: Request<WriteBatchRequest>) -> Reply<WriteBatchReply> {

@@ -33,6 +33,18 @@ pub trait Batch: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<Option<Self::Rep>>, Status>> + Send;
 }
 
+/// A batch reply's answers: each reply in order, None at the positions `failed` lists (a
+/// position past the replies is ignored).
+pub fn answers<T>(replies: Vec<T>, failed: Vec<u32>) -> Vec<Option<T>> {
+    let mut out: Vec<Option<T>> = replies.into_iter().map(Some).collect();
+    for i in failed {
+        if let Some(slot) = out.get_mut(i as usize) {
+            *slot = None;
+        }
+    }
+    out
+}
+
 /// How many calls go out to a peer at once before small ones queue, and how large a batch
 /// may grow.
 #[derive(Clone, Copy, Debug)]
@@ -114,8 +126,9 @@ impl<B: Batch> Batcher<B> {
         }
     }
 
-    /// Requests queued now, over all peers, and calls out (for tests).
-    pub fn load(&self) -> (usize, usize) {
+    /// Requests queued now, over all peers, and calls out.
+    #[cfg(test)]
+    fn load(&self) -> (usize, usize) {
         let q = lock(&self.queues);
         (
             q.values().map(|q| q.waiting.len()).sum(),
