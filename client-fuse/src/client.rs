@@ -2493,6 +2493,14 @@ impl Client {
         futures::future::join_all(closed.into_iter().map(|ino| self.finish_closed(ino))).await;
     }
 
+    /// Before this mount reads a tree's usage or sets a first quota on it, which count the
+    /// sizes and entries the MDS has: the writes closes left to the background and the
+    /// queued creates reach the MDS (an open file's size goes at its close, as with CephFS).
+    async fn usage_sent(&self) {
+        self.finish_all_closed().await;
+        self.cluster.changes_settled().await;
+    }
+
     /// Files closed here whose writes a close left to the background.
     fn closed_files(&self) -> Vec<u64> {
         let files = self.files();
@@ -2700,6 +2708,9 @@ impl Client {
             return r;
         }
         self.send_kept_attrs(ino, name).await?;
+        if shoal_proto::quota::is_quota_xattr(name) {
+            self.usage_sent().await;
+        }
         let req = GetXattrRequest {
             ino,
             name: Bytes::copy_from_slice(name),
@@ -2743,6 +2754,9 @@ impl Client {
         if shoal_proto::layout::layout_xattr(name).is_some() {
             // The MDS refuses a new layout for a file with data: let it see our writes.
             self.flush(ino).await?;
+        }
+        if shoal_proto::quota::is_limit(name) {
+            self.usage_sent().await;
         }
         self.send_kept_attrs(ino, name).await?;
         let req = SetXattrRequest {

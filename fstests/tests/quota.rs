@@ -93,6 +93,43 @@ fn a_directory_quota_holds_on_every_mount() {
 }
 
 #[test]
+fn tree_usage_counts_what_every_mount_just_wrote() {
+    let c = TestCluster::start();
+    let m2 = c.mount_again("mnt2");
+    fs::create_dir(c.path("t")).unwrap();
+    // Closes under a write lease leave data and sizes to the background: reading the usage,
+    // on this mount or another, or setting a first quota, counts them all the same.
+    for round in 0..3u64 {
+        let (writer, reader) = if round % 2 == 0 {
+            (m2.join("t"), c.path("t"))
+        } else {
+            (c.path("t"), m2.join("t"))
+        };
+        for i in 0..20u64 {
+            fs::write(writer.join(format!("f{round}-{i}")), vec![7u8; 10_000]).unwrap();
+        }
+        let want = (round + 1) * 20;
+        assert_eq!(
+            get_xattr(&reader, "shoal.dir.rfiles").unwrap(),
+            want.to_string()
+        );
+        assert_eq!(
+            get_xattr(&reader, "shoal.dir.rbytes").unwrap(),
+            (want * 10_000).to_string()
+        );
+    }
+    for i in 0..20u64 {
+        fs::write(m2.join(format!("t/g{i}")), vec![1u8; 5_000]).unwrap();
+    }
+    set_xattr(&c.path("t"), "shoal.quota.max_files", "1000").unwrap();
+    assert_eq!(get_xattr(&m2.join("t"), "shoal.dir.rfiles").unwrap(), "80");
+    assert_eq!(
+        get_xattr(&c.path("t"), "shoal.dir.rbytes").unwrap(),
+        (600_000 + 100_000).to_string()
+    );
+}
+
+#[test]
 fn volumes_are_created_resized_listed_and_removed_from_the_cli() {
     let c = TestCluster::start();
     let ls = |c: &TestCluster| -> serde_json::Value {

@@ -563,6 +563,15 @@ impl Fsm {
         taken_by(&t, session, ino).unwrap_or(false) && matches!(t.inode_if_any(ino), Ok(None))
     }
 
+    /// Which of `inos` are in the tree of directory `dir`, itself included (see
+    /// `quota::in_tree`).
+    pub fn in_tree(&self, dir: u64, inos: &[u64]) -> Result<Vec<u64>, MdsError> {
+        if inos.is_empty() {
+            return Ok(Vec::new());
+        }
+        quota::in_tree(&Txn::new(&self.db), dir, inos)
+    }
+
     /// The innermost quota with a limit over inode `ino` (itself, for a directory with one).
     pub fn quota_over(&self, ino: u64) -> Result<Option<pb::Quota>, MdsError> {
         let t = Txn::new(&self.db);

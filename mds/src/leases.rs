@@ -261,6 +261,17 @@ impl Leases {
             .is_some_and(|h| h.writes(now))
     }
 
+    /// The inodes a session other than `except` holds a live write lease on.
+    pub fn written(&self, except: Option<u64>) -> Vec<u64> {
+        let now = Instant::now();
+        self.inner()
+            .by_ino
+            .iter()
+            .filter(|(_, h)| h.iter().any(|(s, h)| Some(*s) != except && h.writes(now)))
+            .map(|(ino, _)| *ino)
+            .collect()
+    }
+
     /// Revokes the leases other sessions than `except` hold on `ino` (only write leases if
     /// `only_write`), telling them to drop their cached `names` in it too; returns once each
     /// acked or its lease ran out.

@@ -290,6 +290,21 @@ impl MdsService {
         }
     }
 
+    /// Before `session` reads the usage of directory `dir`'s tree or sets a quota on it
+    /// (a first one counts the tree): other sessions' write leases on what is in it are
+    /// revoked, so the sizes and entries they keep reach the MDS first. (A tree too large or
+    /// odd to walk gets its own error from the call itself.)
+    async fn usage_settled(&self, session: Option<u64>, dir: u64) {
+        let written = self.leases.written(session);
+        let Ok(inos) = self.fsm.in_tree(dir, &written) else {
+            return;
+        };
+        let revokes = inos
+            .into_iter()
+            .map(|ino| self.leases.revoke(ino, Vec::new(), session, true));
+        futures::future::join_all(revokes).await;
+    }
+
     /// The directory lease on `dir` for `session`, if it may have one (see
     /// `Fsm::may_lease_dir`) and no other session holds a lease on it. Milliseconds (0: none).
     fn grant_dir(&self, session: Option<u64>, dir: u64) -> u32 {
@@ -1229,6 +1244,9 @@ impl Mds for MdsService {
         let session = self.session(req.metadata())?;
         self.acl_settled(session, req.get_ref().ino, &req.get_ref().name)
             .await;
+        if shoal_proto::quota::is_quota_xattr(&req.get_ref().name) {
+            self.usage_settled(session, req.get_ref().ino).await;
+        }
         self.node.read_barrier().await?;
         let r = req.into_inner();
         let value = self.fsm.getxattr(r.ino, &r.name)?;
@@ -1242,6 +1260,9 @@ impl Mds for MdsService {
         let ino = req.get_ref().ino;
         // A default ACL or a quota set on a directory ends a directory lease on it too.
         self.entries_settled(session, ino).await;
+        if shoal_proto::quota::is_limit(&req.get_ref().name) {
+            self.usage_settled(session, ino).await;
+        }
         self.propose_for(req, Op::SetXattr).await?;
         self.changed(session, vec![(ino, Vec::new())]).await;
         Ok(Response::new(Empty {}))

@@ -13,6 +13,8 @@
 //! is removed. Only a privileged caller (root) changes a limit. Hard links and renames of directories
 //! between realms fail with EXDEV (as in CephFS; `mv` copies instead); other renames move
 //! their usage.
+//! Usage is counted from the sizes the MDS has: the service revokes other sessions' write
+//! leases on the tree ([`in_tree`]) before it reads the usage or sets a limit.
 
 use prost::Message;
 use shoal_proto::mds::{self as pb, Attr, FileKind};
@@ -209,6 +211,43 @@ fn walk(
         }
     }
     Ok((bytes, files))
+}
+
+/// Which of `inos` are in the tree of directory `dir` (itself included): by their realm
+/// chains if `dir` is a realm, otherwise by a walk of the tree (and the chains of the realms
+/// nested in it, which the walk does not enter).
+pub(super) fn in_tree(t: &Txn<'_>, dir: u64, inos: &[u64]) -> Result<Vec<u64>, MdsError> {
+    let mut out = Vec::new();
+    let mut realms = std::collections::HashSet::new();
+    if realm(t, dir)?.is_some() {
+        realms.insert(dir);
+    } else {
+        let wanted: std::collections::HashSet<u64> = inos.iter().copied().collect();
+        walk(t, dir, |a, nested| {
+            if wanted.contains(&a.ino) {
+                out.push(a.ino);
+            }
+            if nested.is_some() {
+                realms.insert(a.ino);
+            }
+        })?;
+    }
+    for &ino in inos {
+        if ino == dir {
+            out.push(ino);
+            continue;
+        }
+        if realms.is_empty() || out.contains(&ino) {
+            continue;
+        }
+        let Some(a) = t.inode_if_any(ino)? else {
+            continue;
+        };
+        if chain(t, a.realm)?.iter().any(|(r, _)| realms.contains(r)) {
+            out.push(ino);
+        }
+    }
+    Ok(out)
 }
 
 /// `shoal.dir.rbytes` / `shoal.dir.rfiles` and the limits, as read by getxattr.

@@ -691,6 +691,40 @@ impl Harness {
 }
 
 #[test]
+fn in_tree_finds_inodes_below_a_directory_through_walks_and_realms() {
+    let mut h = Harness::new();
+    let top = h.mk(ROOT_INO, "top", FileKind::Directory).unwrap().ino;
+    let a = h.mk(top, "a", FileKind::Regular).unwrap().ino;
+    let vol = h.mk(top, "vol", FileKind::Directory).unwrap().ino;
+    let deep = h.mk(vol, "deep", FileKind::Directory).unwrap().ino;
+    let b = h.mk(deep, "b", FileKind::Regular).unwrap().ino;
+    let out = h.mk(ROOT_INO, "out", FileKind::Regular).unwrap().ino;
+    let all = [a, vol, deep, b, out, top, 999_999];
+    let sorted = |mut v: Vec<u64>| {
+        v.sort_unstable();
+        v
+    };
+    // Walked: every inode below, and the directory itself.
+    assert_eq!(
+        sorted(h.fsm.in_tree(top, &all).unwrap()),
+        sorted(vec![a, vol, deep, b, top])
+    );
+    // A realm answers by its members' chains, and a walk does not enter a nested realm
+    // but still finds what is in it.
+    h.setx(vol, quota::MAX_FILES, "100").unwrap();
+    assert_eq!(
+        sorted(h.fsm.in_tree(vol, &all).unwrap()),
+        sorted(vec![deep, b, vol])
+    );
+    assert_eq!(
+        sorted(h.fsm.in_tree(top, &all).unwrap()),
+        sorted(vec![a, vol, deep, b, top])
+    );
+    assert!(h.fsm.in_tree(deep, &[a, out]).unwrap().is_empty());
+    assert!(h.fsm.in_tree(top, &[]).unwrap().is_empty());
+}
+
+#[test]
 fn quotas_count_the_tree_and_refuse_growth_past_a_limit() {
     let mut h = Harness::new();
     let vol = h.mk(ROOT_INO, "vol", FileKind::Directory).unwrap().ino;
