@@ -93,35 +93,48 @@ fn osd_killed_during_a_1_gib_write_then_healed_and_deep_scrubbed() {
 fn two_of_three_osds_down_blocks_io_then_resumes_without_remount() {
     let c = TestCluster::start_args(&["--osd-grace", "3"]);
     fs::write(c.path("before"), chunk(2, 0, 3 * MIB)).unwrap();
+    let local = tempfile::tempdir().unwrap();
+    let (got, src) = (local.path().join("got"), local.path().join("src"));
+    fs::write(&src, chunk(3, 0, 2 * MIB)).unwrap();
     c.kill9("osd.0");
     c.kill9("osd.2");
-    let done = AtomicBool::new(false);
-    std::thread::scope(|s| {
-        let io = s.spawn(|| {
-            // Blocks while PGs have fewer than min_size copies; must never see wrong bytes.
-            let r = fs::read(c.path("before"));
-            let w = fs::write(c.path("during"), chunk(3, 0, 2 * MIB));
-            done.store(true, Ordering::SeqCst);
-            (r, w)
-        });
-        std::thread::sleep(Duration::from_secs(8));
-        assert!(
-            !done.load(Ordering::SeqCst),
-            "I/O finished with two of three copies down"
-        );
-        let st = c.status();
-        assert_eq!(st["health"], "HEALTH_ERR", "{st}");
-        // One OSD back: min_size copies are up again and the waiting I/O goes through.
-        c.up();
-        let started = Instant::now();
-        let (r, w) = io.join().unwrap();
-        assert!(started.elapsed() < Duration::from_secs(60));
-        match r {
-            Ok(data) => assert!(data == chunk(2, 0, 3 * MIB), "read returned wrong bytes"),
-            Err(e) => panic!("read failed after recovery: {e}"),
-        }
-        w.expect("write completes once an OSD is back");
-    });
+    // Once the map says so, PGs have fewer than min_size copies: I/O waits. The I/O runs in a
+    // process of its own: a descriptor of a file with unsent data, open here, would be closed
+    // (flushed, waiting for the OSDs) in every child this test spawns, at its exec.
+    let start = Instant::now();
+    while c.status()["health"] != "HEALTH_ERR" {
+        assert!(start.elapsed() < Duration::from_secs(30), "{}", c.status());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let script = format!(
+        "cat '{}' > '{}' && dd if='{}' of='{}' bs=1M conv=fsync status=none",
+        c.path("before").display(),
+        got.display(),
+        src.display(),
+        c.path("during").display()
+    );
+    let mut io = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(8));
+    assert!(
+        io.try_wait().unwrap().is_none(),
+        "I/O finished with two of three copies down"
+    );
+    // One OSD back: min_size copies are up again and the waiting I/O goes through.
+    c.up();
+    let started = Instant::now();
+    assert!(
+        io.wait().unwrap().success(),
+        "the I/O failed after recovery"
+    );
+    assert!(started.elapsed() < Duration::from_secs(60));
+    assert!(
+        fs::read(&got).unwrap() == chunk(2, 0, 3 * MIB),
+        "read wrong bytes"
+    );
     assert!(fs::read(c.path("during")).unwrap() == chunk(3, 0, 2 * MIB));
     assert!(fs::read(c.path("before")).unwrap() == chunk(2, 0, 3 * MIB));
 }
