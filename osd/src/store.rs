@@ -22,6 +22,9 @@
 //!   whose data and crc are from different writes.
 //! - The in-memory index holds every object's version, tombstones included, and the live
 //!   objects of each file in object-number order; it is rebuilt from the headers at open.
+//! - Reads keep a few objects' files open (with their sizes) per lock stripe; every change
+//!   empties its stripe's list under the write lock before it touches a file, so a kept file
+//!   is never one a change since renamed, resized, retired or reused as a spare.
 //!
 //! A crash between the data write and the crc write leaves the touched blocks unreadable (EIO),
 //! never silently old or new; the copy is then repaired from a replica.
@@ -184,6 +187,31 @@ pub struct ObjectStore {
     journal: Arc<Journal>,
     /// Replaying the journal at open: changes are redone whatever their files hold.
     replaying: AtomicBool,
+    /// Per lock stripe, objects' files kept open for reads, newest last (see the invariants).
+    kept: Vec<Mutex<Vec<KeptFile>>>,
+    /// Files kept open per stripe at most (from the open-files limit at open).
+    kept_per_stripe: usize,
+}
+
+/// An object's file a read opened and checked, kept open for the next reads.
+struct KeptFile {
+    object: String,
+    file: Arc<File>,
+    size: u64,
+}
+
+/// Object files the store keeps open for reads: a quarter of the process's open-files limit
+/// at most, and no more than four per lock stripe.
+fn kept_per_stripe() -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills the plain struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 0;
+    }
+    (lim.rlim_cur as usize / 4 / LOCK_STRIPES).min(4)
 }
 
 /// One object's file, its tombstone's, and its lock stripe.
@@ -487,6 +515,8 @@ impl ObjectStore {
             spares_ran_out: std::sync::atomic::AtomicU64::new(0),
             journal,
             replaying: AtomicBool::new(false),
+            kept: (0..LOCK_STRIPES).map(|_| Mutex::new(Vec::new())).collect(),
+            kept_per_stripe: kept_per_stripe(),
         };
         store.replay(records);
         // The replayed changes are synced and their segments go.
@@ -770,10 +800,44 @@ impl ObjectStore {
         Ok(())
     }
 
+    /// The write lock of a stripe, for a change: the files reads kept open in it are
+    /// dropped first.
     fn write_lock(&self, stripe: usize) -> std::sync::RwLockWriteGuard<'_, ()> {
-        self.locks[stripe]
+        let guard = self.locks[stripe]
             .write()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(|p| p.into_inner());
+        self.kept_in(stripe).clear();
+        guard
+    }
+
+    fn kept_in(&self, stripe: usize) -> std::sync::MutexGuard<'_, Vec<KeptFile>> {
+        self.kept[stripe].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// [`ObjectStore::open_read`] through the files kept open in the object's stripe, keeping
+    /// the one it opens. Under the stripe's read lock.
+    fn open_read_kept(&self, object: &str, p: &Paths) -> Result<Option<(Arc<File>, u64)>> {
+        if let Some(k) = self.kept_in(p.stripe).iter().find(|k| k.object == object) {
+            return Ok(Some((k.file.clone(), k.size)));
+        }
+        let Some((file, size)) = self.open_read(object, p)? else {
+            return Ok(None);
+        };
+        let file = Arc::new(file);
+        if self.kept_per_stripe > 0 {
+            let mut kept = self.kept_in(p.stripe);
+            if !kept.iter().any(|k| k.object == object) {
+                if kept.len() >= self.kept_per_stripe {
+                    kept.remove(0);
+                }
+                kept.push(KeptFile {
+                    object: object.to_string(),
+                    file: file.clone(),
+                    size,
+                });
+            }
+        }
+        Ok(Some((file, size)))
     }
 
     /// Opens an object's file for a change: (file, old size, whether it was renamed into
@@ -1058,7 +1122,7 @@ impl ObjectStore {
     }
 
     fn read_locked(&self, object: &str, p: &Paths, offset: u64, len: u64) -> Result<Option<Bytes>> {
-        let Some((file, size)) = self.open_read(object, p)? else {
+        let Some((file, size)) = self.open_read_kept(object, p)? else {
             return Ok(None);
         };
         let end = (offset + len).min(size);
@@ -1292,6 +1356,56 @@ mod tests {
         assert_eq!(read_exact_fresh(&f, 0, 7).unwrap(), Vec::<u8>::new());
         let short = read_exact_fresh(&f, 10, 99_995).unwrap_err();
         assert_eq!(short.kind(), ErrorKind::UnexpectedEof);
+    }
+
+    #[test]
+    fn files_kept_open_for_reads_never_outlive_a_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ObjectStore::open(dir.path()).unwrap();
+        assert!(store.kept_per_stripe > 0, "this test needs files kept");
+        // Objects of one lock stripe, more than it keeps files for.
+        let stripe = store.paths(&name(0)).unwrap().stripe;
+        let same: Vec<String> = (0..20_000)
+            .map(name)
+            .filter(|n| store.paths(n).unwrap().stripe == stripe)
+            .take(store.kept_per_stripe + 3)
+            .collect();
+        assert_eq!(same.len(), store.kept_per_stripe + 3);
+        let read = |o: &str| store.read(o, 0, 100).unwrap().map(|b| b.to_vec());
+        for (i, o) in same.iter().enumerate() {
+            store
+                .write(o, 0, format!("object {i}").as_bytes(), 1)
+                .unwrap();
+        }
+        for _ in 0..2 {
+            for (i, o) in same.iter().enumerate() {
+                assert_eq!(read(o).unwrap(), format!("object {i}").as_bytes());
+            }
+        }
+        assert!(store.kept_in(stripe).len() <= store.kept_per_stripe);
+        // A removed object's file becomes a spare the next new object takes: a read of the
+        // first finds nothing, of the second its own bytes.
+        let (a, b) = (&same[0], &same[1]);
+        assert!(read(a).is_some());
+        let spares = store.spare_count();
+        store.remove(a).unwrap();
+        assert_eq!(store.spare_count(), spares + 1);
+        let fresh = (20_000..40_000)
+            .map(name)
+            .find(|n| store.paths(n).unwrap().stripe == stripe)
+            .unwrap();
+        store.write(&fresh, 0, b"new", 1).unwrap();
+        assert_eq!(store.spare_count(), spares, "the new object took the spare");
+        assert_eq!(read(a), None);
+        assert_eq!(read(&fresh).unwrap(), b"new");
+        // Truncates, writes and deletes are seen by the next read.
+        assert_eq!(read(b).unwrap(), b"object 1");
+        store.truncate(b, 3, 2).unwrap();
+        assert_eq!(read(b).unwrap(), b"obj");
+        store.write(b, 3, b"ect one", 3).unwrap();
+        assert_eq!(read(b).unwrap(), b"object one");
+        store.delete(b, 4).unwrap();
+        assert_eq!(read(b), None);
     }
 
     #[test]
