@@ -110,7 +110,9 @@ fn channel(addr: &str) -> Result<Channel, ClientError> {
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(5))
-        .keep_alive_timeout(Duration::from_secs(5));
+        .keep_alive_timeout(Duration::from_secs(5))
+        .initial_stream_window_size(shoal_proto::DATA_STREAM_WINDOW)
+        .initial_connection_window_size(shoal_proto::DATA_CONN_WINDOW);
     Ok(ep.connect_lazy())
 }
 

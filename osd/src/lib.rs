@@ -92,6 +92,9 @@ pub async fn run(
     let spares = tokio::spawn(spare_loop(osd.clone()));
     let svc = service::OsdService::new(osd);
     let result = tonic::transport::Server::builder()
+        .initial_stream_window_size(shoal_proto::DATA_STREAM_WINDOW)
+        .initial_connection_window_size(shoal_proto::DATA_CONN_WINDOW)
+        .max_frame_size(shoal_proto::DATA_MAX_FRAME)
         .add_service(
             OsdServer::new(svc)
                 .max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES)

@@ -49,6 +49,17 @@ pub const MAX_MESSAGE_BYTES: usize = 80 << 20;
 pub const MAX_BATCH: usize = 256;
 pub const MAX_READ_BATCH_BYTES: u64 = 16 << 20;
 
+/// HTTP/2 flow-control windows of the data path (mounts and OSDs, both ends): a stream may
+/// have a whole 4 MiB object and more in flight, and a connection several such streams,
+/// instead of hyper's defaults (1 MiB per connection on a server), which hold a large
+/// read or write, and the calls beside it, to a window update per megabyte.
+pub const DATA_STREAM_WINDOW: u32 = 8 << 20;
+/// See [`DATA_STREAM_WINDOW`].
+pub const DATA_CONN_WINDOW: u32 = 32 << 20;
+/// Largest HTTP/2 frame an OSD accepts (data in fewer, larger frames; hyper's default is
+/// 16 KiB).
+pub const DATA_MAX_FRAME: u32 = 1 << 20;
+
 /// The connections a daemon's gRPC server accepts on `listener`, with Nagle's algorithm off
 /// (tonic sets it only on listeners it binds itself): small replies and stream messages are
 /// sent at once instead of waiting out the peer's delayed ACK.
