@@ -17,6 +17,7 @@
 
 pub mod config;
 pub mod daemon;
+pub mod fastread;
 pub mod journal;
 pub mod peering;
 pub mod qos;
@@ -90,16 +91,17 @@ pub async fn run(
     let osd = daemon::Osd::new(cfg.id, store, cfg.mds.clone(), qos);
     let reporter = tokio::spawn(report_loop(cfg.clone(), addr.to_string(), osd.clone()));
     let spares = tokio::spawn(spare_loop(osd.clone()));
-    let svc = service::OsdService::new(osd);
+    let svc = service::OsdService::new(osd.clone());
     let result = tonic::transport::Server::builder()
         .initial_stream_window_size(shoal_proto::DATA_STREAM_WINDOW)
         .initial_connection_window_size(shoal_proto::DATA_CONN_WINDOW)
         .max_frame_size(shoal_proto::DATA_MAX_FRAME)
-        .add_service(
+        .add_service(fastread::FastRead::new(
             OsdServer::new(svc)
                 .max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(shoal_proto::MAX_MESSAGE_BYTES),
-        )
+            osd,
+        ))
         .serve_with_incoming_shutdown(shoal_proto::incoming(listener), shutdown)
         .await;
     reporter.abort();

@@ -57,7 +57,7 @@ fn check_batch(n: usize) -> Result<(), Status> {
 }
 
 /// What a read answers: the bytes, and whether the object exists.
-fn read_reply(data: Option<bytes::Bytes>) -> ReadReply {
+pub(crate) fn read_reply(data: Option<bytes::Bytes>) -> ReadReply {
     ReadReply {
         exists: data.is_some(),
         data: data.unwrap_or_default(),
