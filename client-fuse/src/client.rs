@@ -2708,7 +2708,7 @@ impl Client {
             return r;
         }
         self.send_kept_attrs(ino, name).await?;
-        if shoal_proto::quota::is_quota_xattr(name) {
+        if [shoal_proto::quota::RBYTES, shoal_proto::quota::RFILES].contains(&name) {
             self.usage_sent().await;
         }
         let req = GetXattrRequest {

@@ -14,6 +14,7 @@ use shoal_proto::limits::{check_name, BATCH_MAX, RELEASES_MAX};
 use shoal_proto::mds::mds_server::Mds;
 use shoal_proto::mds::*;
 use shoal_proto::placement::{default_min_size, DEFAULT_PG_COUNT, DEFAULT_SIZE};
+use shoal_proto::quota::{RBYTES, RFILES};
 use shoal_proto::request::{session_of, ReqId};
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
@@ -104,6 +105,9 @@ pub struct MdsService {
 type Reply<T> = Result<Response<T>, Status>;
 
 const RATE_WINDOW: Duration = Duration::from_secs(10);
+
+/// Rounds of revocations before a tree's usage is read (see `MdsService::usage_settled`).
+const USAGE_ROUNDS: usize = 4;
 
 fn attr_of(a: Applied) -> Result<Attr, Status> {
     match a {
@@ -292,17 +296,31 @@ impl MdsService {
 
     /// Before `session` reads the usage of directory `dir`'s tree or sets a quota on it
     /// (a first one counts the tree): other sessions' write leases on what is in it are
-    /// revoked, so the sizes and entries they keep reach the MDS first. (A tree too large or
-    /// odd to walk gets its own error from the call itself.)
+    /// revoked, so the sizes and entries they keep reach the MDS first. Again while a round
+    /// finds leases the last one did not revoke (a directory lease's creates, landing, come
+    /// with write leases on the new files), a few rounds at most. (A tree too large or odd
+    /// to walk gets its own error from the call itself.)
     async fn usage_settled(&self, session: Option<u64>, dir: u64) {
-        let written = self.leases.written(session);
-        let Ok(inos) = self.fsm.in_tree(dir, &written) else {
-            return;
-        };
-        let revokes = inos
-            .into_iter()
-            .map(|ino| self.leases.revoke(ino, Vec::new(), session, true));
-        futures::future::join_all(revokes).await;
+        let mut done = std::collections::HashSet::new();
+        for _ in 0..USAGE_ROUNDS {
+            let written: Vec<u64> = self
+                .leases
+                .written(session)
+                .into_iter()
+                .filter(|ino| !done.contains(ino))
+                .collect();
+            let Ok(inos) = self.fsm.in_tree(dir, &written) else {
+                return;
+            };
+            if inos.is_empty() {
+                return;
+            }
+            let revokes = inos
+                .iter()
+                .map(|&ino| self.leases.revoke(ino, Vec::new(), session, true));
+            futures::future::join_all(revokes).await;
+            done.extend(inos);
+        }
     }
 
     /// The directory lease on `dir` for `session`, if it may have one (see
@@ -1244,7 +1262,7 @@ impl Mds for MdsService {
         let session = self.session(req.metadata())?;
         self.acl_settled(session, req.get_ref().ino, &req.get_ref().name)
             .await;
-        if shoal_proto::quota::is_quota_xattr(&req.get_ref().name) {
+        if [RBYTES, RFILES].contains(&&req.get_ref().name[..]) {
             self.usage_settled(session, req.get_ref().ino).await;
         }
         self.node.read_barrier().await?;

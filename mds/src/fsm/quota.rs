@@ -217,33 +217,35 @@ fn walk(
 /// chains if `dir` is a realm, otherwise by a walk of the tree (and the chains of the realms
 /// nested in it, which the walk does not enter).
 pub(super) fn in_tree(t: &Txn<'_>, dir: u64, inos: &[u64]) -> Result<Vec<u64>, MdsError> {
-    let mut out = Vec::new();
-    let mut realms = std::collections::HashSet::new();
+    use std::collections::HashSet;
+    let mut found = HashSet::new();
+    let mut realms = HashSet::new();
     if realm(t, dir)?.is_some() {
         realms.insert(dir);
     } else {
-        let wanted: std::collections::HashSet<u64> = inos.iter().copied().collect();
+        let wanted: HashSet<u64> = inos.iter().copied().collect();
         walk(t, dir, |a, nested| {
             if wanted.contains(&a.ino) {
-                out.push(a.ino);
+                found.insert(a.ino);
             }
             if nested.is_some() {
                 realms.insert(a.ino);
             }
         })?;
     }
+    let mut out = Vec::new();
     for &ino in inos {
-        if ino == dir {
-            out.push(ino);
-            continue;
-        }
-        if realms.is_empty() || out.contains(&ino) {
-            continue;
-        }
-        let Some(a) = t.inode_if_any(ino)? else {
-            continue;
+        let below = if ino == dir || found.contains(&ino) {
+            true
+        } else if realms.is_empty() {
+            false
+        } else {
+            match t.inode_if_any(ino)? {
+                Some(a) => chain(t, a.realm)?.iter().any(|(r, _)| realms.contains(r)),
+                None => false,
+            }
         };
-        if chain(t, a.realm)?.iter().any(|(r, _)| realms.contains(r)) {
+        if below {
             out.push(ino);
         }
     }
