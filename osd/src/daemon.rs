@@ -33,9 +33,10 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
 use tracing::{debug, info, warn};
 
+use crate::applyq::{queued, ApplyQueue};
 use crate::peering::PgInfo;
 use crate::qos::Qos;
-use crate::store::{ObjMeta, ObjectStore, StoreError};
+use crate::store::{ObjMeta, ObjectStore, Pending, StoreError};
 
 const OBJECT_LOCKS: usize = 1024;
 /// Reads up to this size run on the runtime's thread when the object is not being changed.
@@ -119,6 +120,8 @@ pub struct Osd {
     pub epoch_gate: tokio::sync::RwLock<()>,
     /// Small replica ops queued behind calls still out to their replica.
     reps: Batcher<RepCall>,
+    /// Small changes to the store, applied in groups.
+    applyq: Arc<ApplyQueue>,
 }
 
 /// Small replica ops (64 KiB of data or less) to one OSD with two calls out to it already
@@ -182,6 +185,7 @@ impl Osd {
     pub fn new(id: u32, store: Arc<ObjectStore>, mds: Vec<String>, qos: Qos) -> Arc<Osd> {
         Arc::new(Osd {
             id,
+            applyq: ApplyQueue::new(store.clone()),
             store,
             mds,
             map: RwLock::new(Arc::new(MapState {
@@ -359,6 +363,23 @@ impl Osd {
             .map_err(Status::from)
     }
 
+    /// Applies a mutation to the local store: a small one through the apply queue, a large
+    /// one (synced in place) on the blocking pool. Returns the object's size.
+    async fn apply_local(
+        &self,
+        object: String,
+        mutation: Mutation,
+        version: u64,
+    ) -> Result<u64, Status> {
+        if queued(&mutation) {
+            let r = self.applyq.apply(object, mutation, version).await;
+            r.map_err(Status::from)
+        } else {
+            self.blocking(move |s| apply(s, &object, &mutation, version))
+                .await
+        }
+    }
+
     /// Waits until this OSD is the active primary of `object`'s PG at a map no older than
     /// `client_epoch`; returns the map and the PG.
     async fn primary_of(
@@ -480,10 +501,7 @@ impl Osd {
         let prior = version_of(meta);
         let version = next_version(prior, m.placement.epoch);
         let acting = m.placement.acting(pg);
-        let local = {
-            let (o, mu) = (object.clone(), mutation.clone());
-            self.blocking(move |s| apply(s, &o, &mu, version))
-        };
+        let local = self.apply_local(object.clone(), mutation.clone(), version);
         let replicas = join_all(acting.iter().filter(|&&id| id != self.id).map(|&id| {
             let req = RepOpRequest {
                 object: object.clone(),
@@ -615,9 +633,9 @@ impl Osd {
             },
             Err(_) => return Err(Status::invalid_argument(format!("bad op kind {}", r.kind))),
         };
-        let (o, v) = (r.object, r.version);
-        self.blocking(move |s| apply(s, &o, &mutation, v).map(|_| ()))
+        self.apply_local(r.object, mutation, r.version)
             .await
+            .map(|_| ())
     }
 
     /// Fetches a whole object from peer `from`.
@@ -654,13 +672,26 @@ pub fn write_extents(
 
 /// Applies a mutation to the local store at `version`; returns the object's size.
 pub fn apply(s: &ObjectStore, object: &str, m: &Mutation, version: u64) -> Result<u64, StoreError> {
+    let (size, pending) = apply_pending(s, object, m, version)?;
+    s.settled(object, pending)?;
+    Ok(size)
+}
+
+/// [`apply`] without waiting for the change's journal record: the object's size, and what
+/// to settle before acknowledging it.
+pub fn apply_pending(
+    s: &ObjectStore,
+    object: &str,
+    m: &Mutation,
+    version: u64,
+) -> Result<(u64, Pending), StoreError> {
     match m {
         Mutation::Write { extents } => {
             let parts: Vec<(u64, &[u8])> = extents.iter().map(|(o, d)| (*o, &d[..])).collect();
-            s.write_extents(object, &parts, version)
+            s.write_extents_pending(object, &parts, version)
         }
-        Mutation::Truncate { size } => s.truncate(object, *size, version).map(|_| *size),
-        Mutation::Delete => s.delete(object, version).map(|_| 0),
+        Mutation::Truncate { size } => Ok((*size, s.truncate_pending(object, *size, version)?)),
+        Mutation::Delete => Ok((0, s.delete_pending(object, version)?)),
         Mutation::Zero { offset, len } => {
             // Callers hold the object's lock, so its size cannot move underneath.
             let size = s.meta(object).filter(|m| !m.deleted).map_or(0, |m| m.size);
@@ -669,10 +700,10 @@ pub fn apply(s: &ObjectStore, object: &str, m: &Mutation, version: u64) -> Resul
                 // Nothing past the end to keep: cut there (a range wholly past the end
                 // only stamps the version, so every copy moves to it alike).
                 let keep = (*offset).min(size);
-                s.truncate(object, keep, version).map(|_| keep)
+                Ok((keep, s.truncate_pending(object, keep, version)?))
             } else {
                 let zeros = vec![0u8; *len as usize];
-                s.write(object, *offset, &zeros, version)
+                s.write_extents_pending(object, &[(*offset, &zeros)], version)
             }
         }
     }

@@ -5,6 +5,8 @@
 //! - [`journal`]: the store's write-ahead journal: small changes are made durable by a group
 //!   commit of their redo records, checkpointed by a `syncfs` every few seconds and replayed
 //!   at open.
+//! - [`applyq`]: small changes applied in groups on the blocking pool, with one journal wait
+//!   per group.
 //! - [`daemon`]: the OSD's shared state — its OSD map, per-object ordering, and the primary's
 //!   data path (primary-copy replication to the PG's acting set).
 //! - [`peering`]: peering on each new map, recovery and backfill, strays, deep scrub.
@@ -15,6 +17,7 @@
 //! reports usage and its PGs' states every few seconds; those reports are its heartbeat, and
 //! their replies carry the map epoch, so the OSD fetches a new map only when there is one.
 
+pub mod applyq;
 pub mod config;
 pub mod daemon;
 pub mod fastread;

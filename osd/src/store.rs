@@ -121,6 +121,13 @@ pub enum StoreError {
 
 type Result<T> = std::result::Result<T, StoreError>;
 
+/// A change made to the store whose journal record may not be durable yet: it is
+/// acknowledged only after [`ObjectStore::settled`] returns for it. Lets a caller apply many
+/// changes and wait once for the group they went out in.
+#[derive(Debug, Clone, Copy, Default)]
+#[must_use = "a change is durable only once settled"]
+pub struct Pending(Option<Lsn>);
+
 /// What the store knows of one object without reading it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ObjMeta {
@@ -602,6 +609,11 @@ impl ObjectStore {
         }
     }
 
+    /// Returns once a change to `object` made by a `*_pending` call is durable.
+    pub fn settled(&self, object: &str, pending: Pending) -> Result<()> {
+        self.wait(object, pending.0)
+    }
+
     /// Before a change made in place: if the object has journal records not yet
     /// checkpointed, their changes (in its files, unsynced) are synced and a `Synced` record
     /// made durable, so a replay does not lay them over the change. Under the object's lock.
@@ -894,6 +906,18 @@ impl ObjectStore {
         extents: &[(u64, &[u8])],
         version: u64,
     ) -> Result<u64> {
+        let (size, pending) = self.write_extents_pending(object, extents, version)?;
+        self.settled(object, pending)?;
+        Ok(size)
+    }
+
+    /// [`ObjectStore::write_extents`] without waiting for its journal record.
+    pub fn write_extents_pending(
+        &self,
+        object: &str,
+        extents: &[(u64, &[u8])],
+        version: u64,
+    ) -> Result<(u64, Pending)> {
         for (offset, data) in extents {
             Self::check_range(*offset, data.len() as u64)?;
         }
@@ -915,8 +939,7 @@ impl ObjectStore {
         self.seal(object, &p, &file, version, size, renamed, how)?;
         let lsn = self.journal(object, how, version, Change::Write(extents))?;
         drop(guard);
-        self.wait(object, lsn)?;
-        Ok(size)
+        Ok((size, Pending(lsn)))
     }
 
     /// Writes `data` at `offset` of an object of `old_size` bytes with its checksums, unsynced;
@@ -1171,6 +1194,12 @@ impl ObjectStore {
     /// Sets the object's size, dropping or zero-filling its tail, and stamps `version`.
     /// Creates it if missing.
     pub fn truncate(&self, object: &str, size: u64, version: u64) -> Result<()> {
+        let pending = self.truncate_pending(object, size, version)?;
+        self.settled(object, pending)
+    }
+
+    /// [`ObjectStore::truncate`] without waiting for its journal record.
+    pub fn truncate_pending(&self, object: &str, size: u64, version: u64) -> Result<Pending> {
         Self::check_range(size, 0)?;
         let how = self.durable_by(false);
         let p = self.paths(object)?;
@@ -1213,12 +1242,18 @@ impl ObjectStore {
         self.seal(object, &p, &file, version, size, renamed, how)?;
         let lsn = self.journal(object, how, version, Change::Truncate(size))?;
         drop(guard);
-        self.wait(object, lsn)
+        Ok(Pending(lsn))
     }
 
     /// Deletes the object, leaving a tombstone at `version`.
     pub fn delete(&self, object: &str, version: u64) -> Result<()> {
-        self.install(
+        let pending = self.delete_pending(object, version)?;
+        self.settled(object, pending)
+    }
+
+    /// [`ObjectStore::delete`] without waiting for its journal record.
+    pub fn delete_pending(&self, object: &str, version: u64) -> Result<Pending> {
+        self.install_pending(
             object,
             ObjMeta {
                 version,
@@ -1232,6 +1267,11 @@ impl ObjectStore {
     /// Replaces the object with `data` at `meta.version` (or a tombstone when `meta.deleted`),
     /// whatever the store held: how deletes, recovery and repair bring a copy up to date.
     pub fn install(&self, object: &str, meta: ObjMeta, data: &[u8]) -> Result<()> {
+        let pending = self.install_pending(object, meta, data)?;
+        self.settled(object, pending)
+    }
+
+    fn install_pending(&self, object: &str, meta: ObjMeta, data: &[u8]) -> Result<Pending> {
         Self::check_range(0, data.len() as u64)?;
         // A tombstone is journaled; a whole object is written beside and synced in place.
         let how = self.durable_by(!meta.deleted);
@@ -1301,7 +1341,7 @@ impl ObjectStore {
             false => None,
         };
         drop(guard);
-        self.wait(object, lsn)
+        Ok(Pending(lsn))
     }
 
     /// Forgets the object entirely, tombstone included (a stray copy, or a tombstone every
