@@ -43,6 +43,7 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
+    shoal_proto::malloc::keep_large_buffers();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),

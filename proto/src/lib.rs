@@ -9,6 +9,7 @@
 //! - [`quota`]: the names of the quota xattrs.
 //! - [`listing`]: a file's objects as one OSD lists them (clients and the MDS ask every OSD).
 //! - [`request`]: request ids that make MDS mutations exactly-once across retries.
+//! - [`malloc`]: allocator settings that keep the data path's buffers in the heap.
 //!
 //! Both ends of a wire compute striping and placement with this crate, so they always agree.
 
@@ -17,6 +18,7 @@ pub mod error;
 pub mod layout;
 pub mod limits;
 pub mod listing;
+pub mod malloc;
 pub mod pidfile;
 pub mod placement;
 pub mod quota;
