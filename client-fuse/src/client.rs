@@ -1149,6 +1149,16 @@ impl Client {
         Ok(self.overlay(r?.0))
     }
 
+    /// A setattr answered without waiting for anything: one this mount keeps under its
+    /// write lease or may answer itself, on a file that is not closed with work under way.
+    /// None when it has to go the long way ([`Client::setattr`]).
+    pub fn setattr_at_once(&self, req: &SetAttrRequest) -> Option<Attr> {
+        if self.files().get(&req.ino).is_some_and(|s| s.open == 0) {
+            return None;
+        }
+        self.keep_setattr(req).or_else(|| self.setattr_here(req))
+    }
+
     /// Keeps a change of mode, owner or explicit times of a file this mount holds the write
     /// lease on, to go to the MDS with the next size send (close, fsync, a revocation...),
     /// which then gives the lease back in the same request if nothing else is unsent:
@@ -1676,51 +1686,12 @@ impl Client {
             ));
         };
         self.quota_check(ino, end).await?;
-        // The lease is checked and the data kept under one lock, which a give-back takes
-        // before it flushes: no write is kept once the lease is on its way back.
-        let kept = {
-            let mut files = self.files();
-            let s = files.get_mut(&ino).ok_or_else(|| not_open(ino))?;
-            let leased = s.lease_session == session && s.write_leased();
-            if leased {
-                if s.dirty_session != session && !s.dirty.is_empty() {
-                    // Kept under a session that was evicted since: it may not land.
-                    self.drop_kept(s, ClientError::Evicted(s.dirty_session));
-                }
-                let before = s.dirty.cost();
-                s.dirty.insert(off, data.clone());
-                s.kept_until = s.write_until;
-                s.kept_since.get_or_insert_with(Instant::now);
-                // A write over several pieces can leave fewer of them: the cost may shrink.
-                let total = self.recount(before, s.dirty.cost());
-                s.dirty_session = session;
-                if end > s.size {
-                    s.pending = Some(s.pending.unwrap_or(0).max(end));
-                }
-                s.dirty_mtime = Some(now());
-                s.kept_attrs.mtime = None;
-                s.generation += 1;
-                let held = s.dirty.cost() + s.flushing.as_ref().map_or(0, |f| f.cost());
-                let wait = held > FILE_DIRTY_MAX || total > MOUNT_DIRTY_MAX;
-                let start = !wait && !s.flush_queued && s.dirty.cost() >= FLUSH_AT;
-                s.flush_queued |= start;
-                Some((wait, start))
-            } else {
-                None
-            }
-        };
-        match kept {
-            Some((true, _)) => {
+        match self.keep_write(session, ino, off, &data, end, true)? {
+            Some(true) => {
                 self.flush_dirty(ino).await?;
                 return Ok(len as u32);
             }
-            Some((false, start)) => {
-                if start {
-                    let me = self.clone();
-                    tokio::spawn(async move { me.flush_dirty(ino).await });
-                }
-                return Ok(len as u32);
-            }
+            Some(false) => return Ok(len as u32),
             None => {}
         }
         // Without the lease: after whatever is still kept here, straight to the OSDs. Kept
@@ -1752,6 +1723,112 @@ impl Client {
     /// EDQUOT if growing file `ino` to `end` would take a quota over it past its limit, as far
     /// as this mount knows (asking the MDS once when it does not know enough); the MDS checks
     /// again when the size reaches it.
+    /// A write kept under the file's write lease without waiting for anything: the bytes
+    /// written, or None when it has to go the long way ([`Client::write`]): no write lease,
+    /// a quota the MDS must be asked about, or as much kept already as may be. Called with
+    /// the runtime entered (a flush it starts is spawned there).
+    pub fn write_at_once(
+        self: &Arc<Self>,
+        fh: u64,
+        ino: u64,
+        off: u64,
+        data: &Bytes,
+    ) -> Option<Result<u32>> {
+        let session = match self.handle(fh) {
+            Ok(s) => s,
+            Err(e) => return Some(Err(e)),
+        };
+        let len = data.len() as u64;
+        let end = off
+            .checked_add(len)
+            .filter(|&e| e <= shoal_proto::limits::FILE_SIZE_MAX)?;
+        if !self.quota_ok_now(ino, end) {
+            return None;
+        }
+        match self.keep_write(session, ino, off, data, end, false) {
+            Ok(Some(_)) => Some(Ok(len as u32)),
+            Ok(None) => None,
+            Err(e) => Some(Err(e)),
+        }
+    }
+
+    /// Keeps `data` at `off` of open file `ino` if this mount holds its write lease under
+    /// `session`; starts a background flush once enough is kept. Some(true) if the caller
+    /// must now send what is kept before answering (too much kept: only when `may_wait`,
+    /// else nothing is kept and the answer is None), Some(false) if kept, None without the
+    /// lease. The lease is checked and the data kept under one lock, which a give-back
+    /// takes before it flushes: no write is kept once the lease is on its way back.
+    fn keep_write(
+        self: &Arc<Self>,
+        session: u64,
+        ino: u64,
+        off: u64,
+        data: &Bytes,
+        end: u64,
+        may_wait: bool,
+    ) -> Result<Option<bool>> {
+        let (wait, start) = {
+            let mut files = self.files();
+            let s = files.get_mut(&ino).ok_or_else(|| not_open(ino))?;
+            if s.lease_session != session || !s.write_leased() {
+                return Ok(None);
+            }
+            if !may_wait {
+                // What keeping it could bring the file and the mount to, at most.
+                let len = data.len() as u64;
+                let held = s.dirty.cost() + s.flushing.as_ref().map_or(0, |f| f.cost()) + len;
+                let total = self.dirty_total.load(Ordering::Relaxed) + len;
+                if held > FILE_DIRTY_MAX || total > MOUNT_DIRTY_MAX {
+                    return Ok(None);
+                }
+            }
+            if s.dirty_session != session && !s.dirty.is_empty() {
+                // Kept under a session that was evicted since: it may not land.
+                self.drop_kept(s, ClientError::Evicted(s.dirty_session));
+            }
+            let before = s.dirty.cost();
+            s.dirty.insert(off, data.clone());
+            s.kept_until = s.write_until;
+            s.kept_since.get_or_insert_with(Instant::now);
+            // A write over several pieces can leave fewer of them: the cost may shrink.
+            let total = self.recount(before, s.dirty.cost());
+            s.dirty_session = session;
+            if end > s.size {
+                s.pending = Some(s.pending.unwrap_or(0).max(end));
+            }
+            s.dirty_mtime = Some(now());
+            s.kept_attrs.mtime = None;
+            s.generation += 1;
+            let held = s.dirty.cost() + s.flushing.as_ref().map_or(0, |f| f.cost());
+            let wait = held > FILE_DIRTY_MAX || total > MOUNT_DIRTY_MAX;
+            let start = !wait && !s.flush_queued && s.dirty.cost() >= FLUSH_AT;
+            s.flush_queued |= start;
+            (wait, start)
+        };
+        if start {
+            let me = self.clone();
+            tokio::spawn(async move { me.flush_dirty(ino).await });
+        }
+        Ok(Some(wait))
+    }
+
+    /// Whether a write up to `end` fits every quota above file `ino` by what this mount
+    /// knows, without asking the MDS (see [`Client::quota_check`]).
+    fn quota_ok_now(&self, ino: u64, end: u64) -> bool {
+        let files = self.files();
+        let Some(s) = files.get(&ino) else {
+            return true;
+        };
+        if end <= s.pending.unwrap_or(0).max(s.size) || s.realm == 0 {
+            return true;
+        }
+        match s.quota_room {
+            Some(None) => true,
+            Some(Some(room)) => room >= end - s.size,
+            None => false,
+        }
+    }
+
     async fn quota_check(&self, ino: u64, end: u64) -> Result<()> {
         let mut asked = false;
         loop {
