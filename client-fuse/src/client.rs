@@ -2264,11 +2264,16 @@ impl Client {
     /// yet (a leader that just took over, before this session's lease stream is back), asks
     /// again for up to [`KEEP_PATIENCE`]: what is kept would otherwise be dropped.
     async fn keep_lease(&self, ino: u64, patient: bool) -> Result<bool> {
-        let start = Instant::now();
+        let mut first_answer: Option<Instant> = None;
         loop {
-            match self.keep_lease_once(ino).await? {
+            let r = self.keep_lease_once(ino).await?;
+            // Patience counts from the first answer: the first call may itself have waited
+            // for queued changes or an MDS restart, and a clock started before it could run
+            // out on that one answer (the data kept then dropped: EIO at fsync).
+            let since = *first_answer.get_or_insert_with(Instant::now);
+            match r {
                 Keep::Held => return Ok(true),
-                Keep::Marked if patient && start.elapsed() < KEEP_PATIENCE => {
+                Keep::Marked if patient && since.elapsed() < KEEP_PATIENCE => {
                     tokio::time::sleep(KEEP_RETRY).await;
                 }
                 Keep::Marked | Keep::Lost => return Ok(false),
