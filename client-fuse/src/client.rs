@@ -166,6 +166,18 @@ fn later(a: Option<Timespec>, b: Option<Timespec>) -> Option<Timespec> {
 }
 
 impl FileState {
+    /// Records a write up to `end` made under `session`, sent or kept: the size it grows the
+    /// file to, the new mtime (over an explicit one kept), and a new generation.
+    fn written(&mut self, session: u64, end: u64) {
+        self.dirty_session = session;
+        if end > self.size {
+            self.pending = Some(self.pending.unwrap_or(0).max(end));
+        }
+        self.dirty_mtime = Some(now());
+        self.kept_attrs.mtime = None;
+        self.generation += 1;
+    }
+
     /// Whether the write lease is held with time left to use it.
     fn write_leased(&self) -> bool {
         self.write_until
@@ -1701,13 +1713,7 @@ impl Client {
         self.cluster.write(session, ino, &layout, off, data).await?;
         let leased = match self.files().get_mut(&ino) {
             Some(s) => {
-                s.dirty_session = session;
-                if end > s.size {
-                    s.pending = Some(s.pending.unwrap_or(0).max(end));
-                }
-                s.dirty_mtime = Some(now());
-                s.kept_attrs.mtime = None;
-                s.generation += 1;
+                s.written(session, end);
                 s.write_leased()
             }
             None => true,
@@ -1720,9 +1726,6 @@ impl Client {
         Ok(len as u32)
     }
 
-    /// EDQUOT if growing file `ino` to `end` would take a quota over it past its limit, as far
-    /// as this mount knows (asking the MDS once when it does not know enough); the MDS checks
-    /// again when the size reaches it.
     /// A write kept under the file's write lease without waiting for anything: the bytes
     /// written, or None when it has to go the long way ([`Client::write`]): no write lease,
     /// a quota the MDS must be asked about, or as much kept already as may be. Called with
@@ -1792,13 +1795,7 @@ impl Client {
             s.kept_since.get_or_insert_with(Instant::now);
             // A write over several pieces can leave fewer of them: the cost may shrink.
             let total = self.recount(before, s.dirty.cost());
-            s.dirty_session = session;
-            if end > s.size {
-                s.pending = Some(s.pending.unwrap_or(0).max(end));
-            }
-            s.dirty_mtime = Some(now());
-            s.kept_attrs.mtime = None;
-            s.generation += 1;
+            s.written(session, end);
             let held = s.dirty.cost() + s.flushing.as_ref().map_or(0, |f| f.cost());
             let wait = held > FILE_DIRTY_MAX || total > MOUNT_DIRTY_MAX;
             let start = !wait && !s.flush_queued && s.dirty.cost() >= FLUSH_AT;
@@ -1822,6 +1819,8 @@ impl Client {
         if end <= s.pending.unwrap_or(0).max(s.size) || s.realm == 0 {
             return true;
         }
+        // The MDS's room leaves out what this mount grew the file by and has not sent yet:
+        // the growth counts from the size the MDS knows.
         match s.quota_room {
             Some(None) => true,
             Some(Some(room)) => room >= end - s.size,
@@ -1829,35 +1828,24 @@ impl Client {
         }
     }
 
+    /// EDQUOT if growing file `ino` to `end` would take a quota over it past its limit, as far
+    /// as this mount knows (asking the MDS once when it does not know enough); the MDS checks
+    /// again when the size reaches it.
     async fn quota_check(&self, ino: u64, end: u64) -> Result<()> {
-        let mut asked = false;
-        loop {
-            {
-                let mut files = self.files();
-                let Some(s) = files.get_mut(&ino) else {
-                    return Ok(());
-                };
-                if end <= s.pending.unwrap_or(0).max(s.size) || s.realm == 0 {
-                    return Ok(());
-                }
-                // The MDS's room leaves out what this mount grew the file by and has not
-                // sent yet: the growth counts from the size the MDS knows.
-                let growth = end - s.size;
-                match s.quota_room {
-                    Some(None) => return Ok(()),
-                    Some(Some(room)) if room >= growth => return Ok(()),
-                    _ if asked => {
-                        return Err(ClientError::errno_msg(
-                            libc::EDQUOT,
-                            "over a quota of a directory above the file",
-                        ))
-                    }
-                    _ => {}
-                }
+        // What the mount knows of the room may be stale: asked again once before EDQUOT.
+        for asked in [false, true] {
+            if self.quota_ok_now(ino, end) {
+                return Ok(());
+            }
+            if asked {
+                break;
             }
             self.getattr_raw(ino).await?;
-            asked = true;
         }
+        Err(ClientError::errno_msg(
+            libc::EDQUOT,
+            "over a quota of a directory above the file",
+        ))
     }
 
     /// Sends the data written under the write lease to the OSDs (after the flush in flight,

@@ -87,7 +87,7 @@ impl ApplyQueue {
         };
         if start {
             let (q, handle) = (self.clone(), Handle::current());
-            Handle::current().spawn_blocking(move || q.drain(handle));
+            handle.clone().spawn_blocking(move || q.drain(handle));
         }
         answer.await.unwrap_or_else(|_| {
             Err(StoreError::Io {

@@ -503,34 +503,56 @@ fn load_shard(shard: &Path, index: &mut Index) -> io::Result<()> {
 /// large read's buffer is written once, by the kernel). `UnexpectedEof` if the file ends
 /// before.
 fn read_exact_fresh(file: &File, len: usize, at: u64) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    if pread_append(file, &mut buf, len, len, at)? < len {
+        return Err(ErrorKind::UnexpectedEof.into());
+    }
+    Ok(buf)
+}
+
+/// Reads from `file` at `at` into `buf`'s spare capacity (unzeroed), past what it holds,
+/// until `min` bytes came or the file ended, asking for up to `max` in all (a direct read
+/// asks for whole aligned blocks); returns how many bytes it read. `buf` gets room for `max`
+/// more if it lacks it (so a caller that made that room keeps its buffer where it is).
+fn pread_append(
+    file: &File,
+    buf: &mut Vec<u8>,
+    min: usize,
+    max: usize,
+    at: u64,
+) -> io::Result<usize> {
     use std::os::fd::AsRawFd;
-    let mut buf: Vec<u8> = Vec::with_capacity(len);
-    while buf.len() < len {
-        let done = buf.len();
+    buf.reserve(max);
+    let base = buf.len();
+    let mut done = 0;
+    while done < min {
         let spare = buf.spare_capacity_mut();
-        // SAFETY: pread writes at most `len - done` bytes, all within the spare capacity (of
+        // SAFETY: pread writes at most `max - done` bytes, all within the spare capacity (of
         // at least that length), and `set_len` below covers only the bytes it wrote.
         let n = unsafe {
             libc::pread(
                 file.as_raw_fd(),
                 spare.as_mut_ptr().cast(),
-                len - done,
+                max - done,
                 (at + done as u64) as libc::off_t,
             )
         };
         match n {
-            0 => return Err(ErrorKind::UnexpectedEof.into()),
+            0 => break,
             n if n < 0 => {
                 let e = io::Error::last_os_error();
                 if e.kind() != ErrorKind::Interrupted {
                     return Err(e);
                 }
             }
-            // SAFETY: the kernel initialised these `n` bytes.
-            n => unsafe { buf.set_len(done + n as usize) },
+            n => {
+                done += n as usize;
+                // SAFETY: the kernel initialised these `n` bytes.
+                unsafe { buf.set_len(base + done) };
+            }
         }
     }
-    Ok(buf)
+    Ok(done)
 }
 
 impl ObjectStore {
@@ -1152,22 +1174,18 @@ impl ObjectStore {
             .open(&p.obj)
             .ok()?;
         let want = len.div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN;
-        let mut buf = vec![0u8; want + DIRECT_ALIGN];
+        // Only the bytes before the first aligned address are zeroed; the kernel writes the
+        // rest. Past the end of the file it stops short: the last block may be partial.
+        let mut buf: Vec<u8> = Vec::with_capacity(want + DIRECT_ALIGN);
         let start = buf.as_ptr().align_offset(DIRECT_ALIGN);
-        let at = DATA + first * BLOCK;
-        let mut done = 0;
-        while done < len {
-            // Past the end of the file the kernel stops short: the last block may be partial.
-            match direct.read_at(&mut buf[start + done..start + want], at + done as u64) {
-                Ok(0) => return Some(Err(Self::corrupt(object, "object shorter than expected"))),
-                Ok(n) if n % DIRECT_ALIGN != 0 && done + n < len => {
-                    return Some(Err(Self::corrupt(object, "object shorter than expected")))
-                }
-                Ok(n) => done += n,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return None,
-                Err(e) => return Some(Err(Self::io_err(object)(e))),
+        buf.resize(start, 0);
+        match pread_append(&direct, &mut buf, len, want, DATA + first * BLOCK) {
+            Ok(n) if n < len => {
+                return Some(Err(Self::corrupt(object, "object shorter than expected")))
             }
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return None,
+            Err(e) => return Some(Err(Self::io_err(object)(e))),
         }
         let r = self.verify(object, file, first, &buf[start..start + len]);
         Some(r.map(|()| (buf, start)))
