@@ -278,6 +278,16 @@ fn header(version: u64, deleted: bool) -> [u8; HEADER as usize] {
     h
 }
 
+/// Makes `file` the tombstone of `version`: its header stamped deleted, nothing after it.
+/// The header goes out as a whole zeroed block, so a file whose first page is not cached
+/// (a replica's copy, say) is not read from disk first as a 16-byte write would be.
+fn stamp_tombstone(file: &File, version: u64) -> io::Result<()> {
+    let mut block = [0u8; BLOCK as usize];
+    block[..HEADER as usize].copy_from_slice(&header(version, true));
+    file.write_all_at(&block, 0)?;
+    file.set_len(HEADER)
+}
+
 /// Parses a header: Some((version, deleted)) if it is one.
 fn parse_header(h: &[u8]) -> Option<(u64, bool)> {
     if h.len() < HEADER as usize || h[..4] != MAGIC {
@@ -1431,9 +1441,7 @@ impl ObjectStore {
             // Stamped deleted in its own file, cut to the header, synced, then renamed: the
             // file is the tombstone from the sync on, whatever its name (no inode freed or
             // made).
-            file.write_all_at(&header(meta.version, true), 0)
-                .map_err(&io)?;
-            file.set_len(HEADER).map_err(&io)?;
+            stamp_tombstone(&file, meta.version).map_err(&io)?;
             if sync {
                 file.sync_data().map_err(&io)?;
             }
@@ -1441,8 +1449,7 @@ impl ObjectStore {
         } else if meta.deleted {
             // Over an older tombstone in place (16 bytes), or a new one.
             let tomb = open_creating(&p.tomb, false).map_err(&io)?;
-            tomb.write_all_at(&header(meta.version, true), 0)
-                .map_err(&io)?;
+            stamp_tombstone(&tomb, meta.version).map_err(&io)?;
             if sync {
                 tomb.sync_data().map_err(&io)?;
             }
@@ -1884,6 +1891,34 @@ mod tests {
         assert_eq!(&reopened.read(&b, 0, 10).unwrap().unwrap()[..], b"\0\0x");
         reopened.remove(&b).unwrap();
         assert_eq!(reopened.meta(&b), None);
+    }
+
+    #[test]
+    fn tombstones_over_large_objects_and_older_tombstones_are_header_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ObjectStore::open(dir.path()).unwrap();
+        let (big, small) = (name(40), name(41));
+        store.write(&big, 0, &vec![5u8; 300_000], 1).unwrap();
+        store.write(&small, 0, b"abc", 1).unwrap();
+        store.delete(&big, 2).unwrap();
+        store.delete(&small, 2).unwrap();
+        // A delete over a tombstone restamps it with the newer version.
+        store.delete(&small, 5).unwrap();
+        drop(store);
+        let store = ObjectStore::open(dir.path()).unwrap();
+        for (object, version) in [(&big, 2), (&small, 5)] {
+            let tomb = store.paths(object).unwrap().tomb;
+            assert_eq!(fs::metadata(&tomb).unwrap().len(), HEADER, "{object}");
+            assert_eq!(
+                store.meta(object),
+                Some(ObjMeta {
+                    version,
+                    deleted: true,
+                    size: 0
+                })
+            );
+            assert!(store.read(object, 0, 10).unwrap().is_none());
+        }
     }
 
     #[test]
