@@ -166,6 +166,8 @@ struct Sizes {
     files: usize,
     tree: (usize, usize),
     small: usize,
+    /// The pause before each timed phase (see [`cold`]).
+    rest: Duration,
 }
 
 impl Sizes {
@@ -179,6 +181,7 @@ impl Sizes {
                 files: 200,
                 tree: (4, 5),
                 small: 100,
+                rest: Duration::from_millis(100),
             }
         } else {
             Sizes {
@@ -189,6 +192,7 @@ impl Sizes {
                 files: 10_000,
                 tree: (20, 99),
                 small: 5_000,
+                rest: Duration::from_secs(1),
             }
         }
     }
@@ -244,8 +248,19 @@ fn drop_caches() -> bool {
     fs::write("/proc/sys/vm/drop_caches", "3").is_ok()
 }
 
+/// Every timed phase starts from the same state, as in the maintainers' fsbench: what the
+/// phases before left to do in the background given `s.rest` to finish (a filesystem freeing
+/// what an unlink removed, say), dirty data synced, and the kernel's page, dentry and inode
+/// caches dropped. So no figure depends on the phases before it: neither a cache they left
+/// warm nor their leftovers written back by the `sync` a timed phase ends with.
+fn cold(s: &Sizes) {
+    std::thread::sleep(s.rest);
+    drop_caches();
+}
+
 fn seq<T: Target>(t: &T, s: &Sizes, out: &mut Vec<Metric>) -> anyhow::Result<()> {
     let block: Vec<u8> = (0..MIB).map(|i| (i % 251) as u8).collect();
+    cold(s);
     let start = Instant::now();
     let f = t.create("seq")?;
     for i in 0..s.seq_mib {
@@ -259,7 +274,7 @@ fn seq<T: Target>(t: &T, s: &Sizes, out: &mut Vec<Metric>) -> anyhow::Result<()>
         (s.seq_mib * MIB) as f64 / 1e6,
         start.elapsed(),
     ));
-    drop_caches();
+    cold(s);
     let mut buf = vec![0u8; MIB];
     let start = Instant::now();
     let f = t.open("seq", false)?;
@@ -323,7 +338,7 @@ fn random_io<T: Target>(t: &T, s: &Sizes, out: &mut Vec<Metric>) -> anyhow::Resu
     t.close(f)?;
     let blocks = (s.rand_file_mib * MIB / 4096) as u64;
     for (name, write) in [("rand_read_4k", false), ("rand_write_4k", true)] {
-        drop_caches();
+        cold(s);
         let ops = AtomicU64::new(0);
         let stop = AtomicBool::new(false);
         let start = Instant::now();
@@ -373,23 +388,26 @@ fn random_io<T: Target>(t: &T, s: &Sizes, out: &mut Vec<Metric>) -> anyhow::Resu
 fn metadata<T: Target>(t: &T, s: &Sizes, out: &mut Vec<Metric>) -> anyhow::Result<()> {
     t.mkdir("files")?;
     let name = |i: usize| format!("files/f{i:06}");
+    cold(s);
     let start = Instant::now();
     for i in 0..s.files {
         t.close(t.create(&name(i))?)?;
     }
     out.push(rate("create", "ops/s", s.files as f64, start.elapsed()));
+    cold(s);
     let start = Instant::now();
     for i in 0..s.files {
         t.stat(&name(i))?;
     }
     out.push(rate("stat", "ops/s", s.files as f64, start.elapsed()));
-    drop_caches();
+    cold(s);
     let start = Instant::now();
     let listed = t.count("files")?;
     out.push(time("readdir", start.elapsed()));
     if listed != s.files {
         bail!("readdir listed {listed} of {} files", s.files);
     }
+    cold(s);
     let start = Instant::now();
     for i in 0..s.files {
         t.unlink(&name(i))?;
@@ -399,6 +417,7 @@ fn metadata<T: Target>(t: &T, s: &Sizes, out: &mut Vec<Metric>) -> anyhow::Resul
 
     let (top, sub) = s.tree;
     let n = (top * (sub + 1)) as f64;
+    cold(s);
     let start = Instant::now();
     t.mkdir("tree")?;
     for i in 0..top {
@@ -408,6 +427,7 @@ fn metadata<T: Target>(t: &T, s: &Sizes, out: &mut Vec<Metric>) -> anyhow::Resul
         }
     }
     out.push(rate("mkdir_tree", "ops/s", n, start.elapsed()));
+    cold(s);
     let start = Instant::now();
     for i in 0..top {
         for j in 0..sub {
@@ -420,6 +440,7 @@ fn metadata<T: Target>(t: &T, s: &Sizes, out: &mut Vec<Metric>) -> anyhow::Resul
 
     t.mkdir("small")?;
     let data = vec![0x33u8; 4096];
+    cold(s);
     let start = Instant::now();
     for i in 0..s.small {
         t.write_file(&format!("small/s{i}"), &data)?;
@@ -430,7 +451,7 @@ fn metadata<T: Target>(t: &T, s: &Sizes, out: &mut Vec<Metric>) -> anyhow::Resul
         s.small as f64,
         start.elapsed(),
     ));
-    drop_caches();
+    cold(s);
     let mut buf = vec![0u8; 8192];
     let start = Instant::now();
     for i in 0..s.small {
@@ -474,9 +495,10 @@ fn repo_tar(scratch: &Path) -> anyhow::Result<Option<PathBuf>> {
     Ok(ok.then_some(tar))
 }
 
-fn untar(dir: &Path, tar: &Path, out: &mut Vec<Metric>) -> anyhow::Result<()> {
+fn untar(dir: &Path, tar: &Path, s: &Sizes, out: &mut Vec<Metric>) -> anyhow::Result<()> {
     let d = dir.join("untar");
     fs::create_dir(&d)?;
+    cold(s);
     let start = Instant::now();
     let ok = Command::new("tar")
         .arg("-xf")
@@ -526,6 +548,7 @@ fn two_mounts(a: &Path, b: &Path, s: &Sizes, out: &mut Vec<Metric>) -> anyhow::R
     wait_until(db.display(), || db.is_dir())?;
     let ping: Vec<u8> = (0..4096).map(|i| (i % 241) as u8).collect();
     let pong: Vec<u8> = (0..4096).map(|i| (i % 239) as u8).collect();
+    cold(s);
     let start = Instant::now();
     std::thread::scope(|sc| -> anyhow::Result<()> {
         let other = sc.spawn(|| -> anyhow::Result<()> {
@@ -663,7 +686,7 @@ fn workloads<T: Target>(
     };
     if let Some(tar) = tar.filter(|_| runs(Workload::Untar)) {
         progress(label, "tar extraction");
-        untar(dir, tar, &mut out)?;
+        untar(dir, tar, s, &mut out)?;
     }
     if runs(Workload::TwoMounts) {
         progress(label, "two clients on one directory");
