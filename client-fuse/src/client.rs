@@ -354,6 +354,11 @@ pub struct Client {
     dirops: Mutex<dirops::Queue>,
     /// Whether this mount asks for directory leases (on unless `-o nodirleases`).
     dir_leases: std::sync::atomic::AtomicBool,
+    /// Listings taken here of directories whose entries this mount knows all of, by the
+    /// directory handle whose first readdir took them (see [`Client::start_listing`]).
+    listings: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
+    /// The last directory handle handed out.
+    dir_handles: AtomicU64,
 }
 
 /// A byte-range lock request from the kernel (fcntl or flock).
@@ -433,6 +438,8 @@ impl Client {
             dirty_total: AtomicU64::new(0),
             dirops: Mutex::default(),
             dir_leases: std::sync::atomic::AtomicBool::new(true),
+            listings: Mutex::default(),
+            dir_handles: AtomicU64::new(0),
         }
     }
 
@@ -2752,6 +2759,39 @@ impl Client {
         if !rests.is_empty() {
             rests.retain(|&(d, _), _| d != dir);
         }
+    }
+
+    /// A new directory handle (opendir).
+    pub fn open_dir(&self) -> u64 {
+        self.dir_handles.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Directory handle `fh` is closed: its listing goes.
+    pub fn close_dir(&self, fh: u64) {
+        self.listings_map().remove(&fh);
+    }
+
+    fn listings_map(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Vec<DirEntry>>>> {
+        self.listings.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A listing of directory `dir` from its start, through handle `fh`: taken here when this
+    /// mount knows all of its entries under a live lease (see [`Client::local_listing`]), and
+    /// kept for the handle's later calls, which go on in it (as of this call, as a listing
+    /// read from the MDS is). None: the MDS lists it.
+    pub fn start_listing(&self, fh: u64, dir: u64) -> Option<Arc<Vec<DirEntry>>> {
+        let listing = self.local_listing(dir).map(Arc::new);
+        let mut listings = self.listings_map();
+        match &listing {
+            Some(l) => listings.insert(fh, l.clone()),
+            None => listings.remove(&fh),
+        };
+        listing
+    }
+
+    /// The listing handle `fh` took at its start, if it took one here.
+    pub fn listing(&self, fh: u64) -> Option<Arc<Vec<DirEntry>>> {
+        self.listings_map().get(&fh).cloned()
     }
 
     /// One page of a directory, after cookie `after`.

@@ -19,8 +19,8 @@ use fuser::{
 };
 use shoal_proto::limits::check_name;
 use shoal_proto::mds::{
-    AclCaller, Attr, FileKind, LockKind, MakeNodeRequest, RenameRequest, SetAttrRequest, SetTime,
-    Timespec,
+    AclCaller, Attr, DirEntry, FileKind, LockKind, MakeNodeRequest, RenameRequest, SetAttrRequest,
+    SetTime, Timespec,
 };
 use tracing::warn;
 
@@ -84,6 +84,60 @@ fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
             time: Some(system_to_ts(t)),
         },
     })
+}
+
+/// A directory's parent from its attributes (ENOTDIR if they are not a directory's).
+fn dir_parent(a: &Attr) -> Result<u64, Errno> {
+    if a.kind == FileKind::Directory as i32 {
+        Ok(a.parent.max(1))
+    } else {
+        Err(Errno::ENOTDIR)
+    }
+}
+
+/// Adds "." (at offset 0) and ".." of directory `ino` to a listing from `offset`; true if the
+/// kernel's buffer is full.
+fn add_dots(c: &Client, ino: u64, parent: u64, offset: u64, reply: &mut ReplyDirectory) -> bool {
+    let (me, parent) = if ino == c.root() {
+        (1, 1)
+    } else {
+        (c.kernel_ino(ino), c.kernel_ino(parent))
+    };
+    (offset == 0 && reply.add(INodeNo(me), 1, FileType::Directory, "."))
+        || reply.add(INodeNo(parent), 2, FileType::Directory, "..")
+}
+
+/// Answers a readdir of `ino` from `offset` out of a listing taken here (entry i at offset
+/// i + 3); `parent`: its parent, needed only from offsets 0 and 1.
+fn fill_listing(
+    c: &Client,
+    ino: u64,
+    parent: Result<u64, Errno>,
+    list: &[DirEntry],
+    offset: u64,
+    mut reply: ReplyDirectory,
+) {
+    if offset < 2 {
+        let parent = match parent {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        if add_dots(c, ino, parent, offset, &mut reply) {
+            return reply.ok();
+        }
+    }
+    let from = offset.saturating_sub(2) as usize;
+    for (i, e) in list.iter().enumerate().skip(from) {
+        let kind = match file_type(e.kind) {
+            Ok(k) => k,
+            Err(err) => return reply.error(errno(&err)),
+        };
+        let child = INodeNo(c.kernel_ino(e.ino));
+        if reply.add(child, i as u64 + 3, kind, OsStr::from_bytes(&e.name)) {
+            break;
+        }
+    }
+    reply.ok()
 }
 
 fn file_type(kind: i32) -> Result<FileType, ClientError> {
@@ -926,36 +980,65 @@ impl Filesystem for ShoalFs {
         self.go(move |c| async move { reply_empty(reply, c.fsync_handle(fh.0, ino.0).await) });
     }
 
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        reply.opened(FileHandle(self.client.open_dir()), FopenFlags::empty());
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.client.close_dir(fh.0);
+        reply.ok();
+    }
+
     fn readdir(
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectory,
+        reply: ReplyDirectory,
     ) {
         let ino = self.cluster_ino(ino);
+        if offset == 0 {
+            self.client.dir_changed_here(ino.0);
+        }
+        // A directory whose entries this mount knows all of is listed here, in a listing the
+        // handle's first call takes, and in the FUSE thread where "." and ".." are known too.
+        let local = match offset {
+            0 => self.client.start_listing(fh.0, ino.0),
+            _ => self.client.listing(fh.0),
+        };
+        let parent = match offset {
+            0 | 1 => self.client.cached_attr(ino.0).map(|a| dir_parent(&a)),
+            _ => Some(Ok(0)),
+        };
+        if let (Some(list), Some(parent)) = (&local, parent) {
+            return fill_listing(&self.client, ino.0, parent, list, offset, reply);
+        }
         self.go(move |c| async move {
-            if offset == 0 {
-                c.dir_changed_here(ino.0);
-            }
-            if offset < 2 {
-                let parent = match c.getattr(ino.0).await {
-                    Ok(a) if a.kind == FileKind::Directory as i32 => a.parent.max(1),
-                    Ok(_) => return reply.error(Errno::ENOTDIR),
+            let parent = match offset {
+                0 | 1 => match c.getattr(ino.0).await {
+                    Ok(a) => dir_parent(&a),
                     Err(e) => return reply.error(errno(&e)),
-                };
-                let (me, parent) = if ino.0 == c.root() {
-                    (1, 1)
-                } else {
-                    (c.kernel_ino(ino.0), c.kernel_ino(parent))
-                };
-                if offset == 0 && reply.add(INodeNo(me), 1, FileType::Directory, ".") {
-                    return reply.ok();
-                }
-                if reply.add(INodeNo(parent), 2, FileType::Directory, "..") {
-                    return reply.ok();
-                }
+                },
+                _ => Ok(0),
+            };
+            if let Some(list) = &local {
+                return fill_listing(&c, ino.0, parent, list, offset, reply);
+            }
+            let mut reply = reply;
+            let parent = match parent {
+                Ok(p) => p,
+                Err(e) => return reply.error(e),
+            };
+            if offset < 2 && add_dots(&c, ino.0, parent, offset, &mut reply) {
+                return reply.ok();
             }
             let mut after = if offset <= 2 { 0 } else { offset };
             loop {

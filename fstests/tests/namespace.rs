@@ -246,6 +246,95 @@ fn hard_links_symlinks_xattrs_modes_times() {
 }
 
 #[test]
+fn a_directory_made_here_is_listed_here_without_the_mds() {
+    use std::collections::BTreeMap;
+    let c = TestCluster::start();
+    fs::create_dir(c.path("t")).unwrap();
+    fs::create_dir(c.path("t/sub")).unwrap();
+    let n = 1500;
+    for i in 0..n {
+        fs::write(c.path(&format!("t/f{i:04}")), b"x").unwrap();
+    }
+    std::os::unix::fs::symlink("f0000", c.path("t/link")).unwrap();
+    fs::remove_file(c.path("t/f0007")).unwrap();
+    // Every change landed at the MDS, so a listing there would see the same.
+    File::open(c.path("t")).unwrap().sync_all().unwrap();
+    let kind = |t: fs::FileType| -> &'static str {
+        match (t.is_dir(), t.is_symlink()) {
+            (true, _) => "dir",
+            (_, true) => "symlink",
+            _ => "file",
+        }
+    };
+    let mut want: BTreeMap<String, &str> = (0..n)
+        .filter(|&i| i != 7)
+        .map(|i| (format!("f{i:04}"), "file"))
+        .collect();
+    want.insert("sub".into(), "dir");
+    want.insert("link".into(), "symlink");
+    let list = move |p: &Path| -> Vec<(String, &'static str)> {
+        fs::read_dir(p)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.file_name().into_string().unwrap(),
+                    kind(e.file_type().unwrap()),
+                )
+            })
+            .collect()
+    };
+    let once = |listed: Vec<(String, &'static str)>| -> BTreeMap<String, &'static str> {
+        let mut got = BTreeMap::new();
+        for (name, k) in listed {
+            assert!(got.insert(name.clone(), k).is_none(), "{name} listed twice");
+        }
+        got
+    };
+    // With the MDS frozen, the listing (many getdents calls, each entry's type from the
+    // listing itself) comes from what this mount knows.
+    let frozen = shoal_fstests::Frozen::stop(c.pid("mds.0"));
+    let dir = c.path("t");
+    let lister = std::thread::spawn(move || list(&dir));
+    let start = std::time::Instant::now();
+    while !lister.is_finished() && start.elapsed() < std::time::Duration::from_secs(5) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let listed_alone = lister.is_finished();
+    drop(frozen);
+    let seen = lister.join().unwrap();
+    assert!(listed_alone, "the listing waited for the frozen MDS");
+    assert_eq!(once(seen), want);
+    // Entries removed while a listing is under way (one listed already, one not yet) make
+    // no other go missing or come twice.
+    let mut seen = Vec::new();
+    let mut gone = vec!["f1400".to_string()];
+    for (i, e) in fs::read_dir(c.path("t")).unwrap().enumerate() {
+        let e = e.unwrap();
+        seen.push((
+            e.file_name().into_string().unwrap(),
+            kind(e.file_type().unwrap()),
+        ));
+        if i == 100 {
+            let listed = seen[0].0.clone();
+            assert_ne!(listed, "f1400");
+            fs::remove_file(c.path(&format!("t/{listed}"))).unwrap();
+            fs::remove_file(c.path("t/f1400")).unwrap();
+            gone.push(listed);
+        }
+    }
+    let got = once(seen);
+    for name in want.keys().filter(|n| !gone.contains(n)) {
+        assert!(got.contains_key(name), "{name} missing");
+    }
+    // A new listing, here and through the MDS on another mount, has the removals.
+    want.retain(|name, _| !gone.contains(name));
+    assert_eq!(once(list(&c.path("t"))), want);
+    let m2 = c.mount_again("mnt2");
+    assert_eq!(once(list(&m2.join("t"))), want);
+}
+
+#[test]
 fn a_listing_sees_every_change_made_before_it_on_either_mount() {
     let c = TestCluster::start();
     let m2 = c.mount_again("mnt2");

@@ -457,6 +457,34 @@ impl Client {
         Some(())
     }
 
+    /// Directory `dir`'s entries, when this mount knows all of them under a live lease on it
+    /// and the kind of each (a kind never changes: any attributes seen of the inode, or its
+    /// queued create, tell it); their cookies are left 0. None: the MDS lists it.
+    pub(super) fn local_listing(&self, dir: u64) -> Option<Vec<DirEntry>> {
+        let q = self.dirops();
+        let renewal = self.renewal();
+        let leases = self.leases();
+        let d = leases.get(&dir)?;
+        if !Self::live(d, renewal) || !d.complete {
+            return None;
+        }
+        d.entries
+            .iter()
+            .map(|(name, &ino)| {
+                let kind = match q.made.get(&ino) {
+                    Some((_, a)) => a.kind,
+                    None => leases.get(&ino)?.attr?.kind,
+                };
+                Some(DirEntry {
+                    name: name.clone(),
+                    ino,
+                    kind,
+                    cookie: 0,
+                })
+            })
+            .collect()
+    }
+
     /// Unlinks file `name` of `parent` here, under the lease on `parent`, and queues the
     /// unlink; None if it must go to the MDS (the lease missing or about to end, the entry
     /// or its attributes not known, a directory, the file open here). A file that loses its
