@@ -354,9 +354,9 @@ pub struct Client {
     dirops: Mutex<dirops::Queue>,
     /// Whether this mount asks for directory leases (on unless `-o nodirleases`).
     dir_leases: std::sync::atomic::AtomicBool,
-    /// Listings taken here of directories whose entries this mount knows all of, by the
-    /// directory handle whose first readdir took them (see [`Client::start_listing`]).
-    listings: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
+    /// Listings taken here of directories whose entries this mount knows all of (see
+    /// [`Client::start_listing`]).
+    listings: Mutex<crate::listings::Listings>,
     /// The last directory handle handed out.
     dir_handles: AtomicU64,
 }
@@ -2766,32 +2766,40 @@ impl Client {
         self.dir_handles.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    /// Directory handle `fh` is closed: its listing goes.
+    /// Directory handle `fh` is closed (see [`crate::listings`] for how long its listing
+    /// stays).
     pub fn close_dir(&self, fh: u64) {
-        self.listings_map().remove(&fh);
+        self.listings_map().close(fh);
     }
 
-    fn listings_map(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Vec<DirEntry>>>> {
+    fn listings_map(&self) -> std::sync::MutexGuard<'_, crate::listings::Listings> {
         self.listings.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A listing of directory `dir` from its start, through handle `fh`: taken here when this
     /// mount knows all of its entries under a live lease (see [`Client::local_listing`]), and
-    /// kept for the handle's later calls, which go on in it (as of this call, as a listing
-    /// read from the MDS is). None: the MDS lists it.
-    pub fn start_listing(&self, fh: u64, dir: u64) -> Option<Arc<Vec<DirEntry>>> {
-        let listing = self.local_listing(dir).map(Arc::new);
-        let mut listings = self.listings_map();
-        match &listing {
-            Some(l) => listings.insert(fh, l.clone()),
-            None => listings.remove(&fh),
+    /// kept for the later calls, which go on in it (as of this call, as a listing read from
+    /// the MDS is). Its number and entries; None: the MDS lists it.
+    pub fn start_listing(&self, fh: u64, dir: u64) -> Option<(u64, crate::listings::Entries)> {
+        let Some(entries) = self.local_listing(dir).map(Arc::new) else {
+            self.listings_map().restart(fh);
+            return None;
         };
-        listing
+        let id = self.listings_map().start(fh, entries.clone());
+        Some((id, entries))
     }
 
-    /// The listing handle `fh` took at its start, if it took one here.
-    pub fn listing(&self, fh: u64) -> Option<Arc<Vec<DirEntry>>> {
-        self.listings_map().get(&fh).cloned()
+    /// The listing a readdir offset names: None if it is not a listing's taken here (an MDS
+    /// cookie), EINVAL if that listing is no longer kept.
+    pub fn listing_at(&self, offset: u64) -> Option<Result<(u64, crate::listings::Entries)>> {
+        let (id, _) = crate::listings::position(offset)?;
+        Some(match self.listings_map().get(id) {
+            Some(entries) => Ok((id, entries)),
+            None => Err(ClientError::errno_msg(
+                libc::EINVAL,
+                "the directory listing this position belongs to is no longer kept",
+            )),
+        })
     }
 
     /// One page of a directory, after cookie `after`.

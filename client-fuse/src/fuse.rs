@@ -19,8 +19,8 @@ use fuser::{
 };
 use shoal_proto::limits::check_name;
 use shoal_proto::mds::{
-    AclCaller, Attr, DirEntry, FileKind, LockKind, MakeNodeRequest, RenameRequest, SetAttrRequest,
-    SetTime, Timespec,
+    AclCaller, Attr, FileKind, LockKind, MakeNodeRequest, RenameRequest, SetAttrRequest, SetTime,
+    Timespec,
 };
 use tracing::warn;
 
@@ -107,13 +107,13 @@ fn add_dots(c: &Client, ino: u64, parent: u64, offset: u64, reply: &mut ReplyDir
         || reply.add(INodeNo(parent), 2, FileType::Directory, "..")
 }
 
-/// Answers a readdir of `ino` from `offset` out of a listing taken here (entry i at offset
-/// i + 3); `parent`: its parent, needed only from offsets 0 and 1.
+/// Answers a readdir of `ino` from `offset` out of listing `(id, entries)` taken here;
+/// `parent`: its parent, needed only from offsets 0 and 1.
 fn fill_listing(
     c: &Client,
     ino: u64,
     parent: Result<u64, Errno>,
-    list: &[DirEntry],
+    (id, list): &(u64, crate::listings::Entries),
     offset: u64,
     mut reply: ReplyDirectory,
 ) {
@@ -126,14 +126,15 @@ fn fill_listing(
             return reply.ok();
         }
     }
-    let from = offset.saturating_sub(2) as usize;
+    let from = crate::listings::position(offset).map_or(0, |(_, at)| at);
     for (i, e) in list.iter().enumerate().skip(from) {
         let kind = match file_type(e.kind) {
             Ok(k) => k,
             Err(err) => return reply.error(errno(&err)),
         };
         let child = INodeNo(c.kernel_ino(e.ino));
-        if reply.add(child, i as u64 + 3, kind, OsStr::from_bytes(&e.name)) {
+        let at = crate::listings::offset(*id, i);
+        if reply.add(child, at, kind, OsStr::from_bytes(&e.name)) {
             break;
         }
     }
@@ -1009,10 +1010,15 @@ impl Filesystem for ShoalFs {
             self.client.dir_changed_here(ino.0);
         }
         // A directory whose entries this mount knows all of is listed here, in a listing the
-        // handle's first call takes, and in the FUSE thread where "." and ".." are known too.
+        // first call takes and later calls name by their offsets (see `crate::listings`), in
+        // the FUSE thread where "." and ".." are known too.
         let local = match offset {
             0 => self.client.start_listing(fh.0, ino.0),
-            _ => self.client.listing(fh.0),
+            _ => match self.client.listing_at(offset) {
+                Some(Ok(l)) => Some(l),
+                Some(Err(e)) => return reply.error(errno(&e)),
+                None => None,
+            },
         };
         let parent = match offset {
             0 | 1 => self.client.cached_attr(ino.0).map(|a| dir_parent(&a)),

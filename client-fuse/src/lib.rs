@@ -6,6 +6,7 @@
 //!   mount (unflushed size/mtime, unlinked-while-open).
 //! - [`dentries`]: the kernel's directory entries, kept under leases and dropped all at once.
 //! - [`fuse`]: the fuser `Filesystem` that turns kernel requests into [`client`] calls.
+//! - [`listings`]: directory listings the mount takes itself, and their readdir offsets.
 //! - [`mount`]: mount options, the `mount.fuse.shoal` helper, and [`mount::run`] that serves a
 //!   mount until it is unmounted or told to stop.
 //! - [`readcache`]: file data read here, kept for small reads under the file's read lease.
@@ -26,6 +27,7 @@ pub mod cluster;
 pub mod dentries;
 pub mod error;
 pub mod fuse;
+pub mod listings;
 pub mod mount;
 pub mod osdbatch;
 pub mod readcache;

@@ -245,6 +245,53 @@ fn hard_links_symlinks_xattrs_modes_times() {
     ));
 }
 
+/// Lists `dir` through libc: `first` entries on one handle, then the rest on another after
+/// seekdir to the first's telldir. Names and kinds.
+fn list_in_two_handles(dir: &Path, first: usize) -> Vec<(String, &'static str)> {
+    use std::ffi::{CStr, CString};
+    let path = CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
+    let mut out = Vec::new();
+    let read = |d: *mut libc::DIR, n: usize, out: &mut Vec<(String, &'static str)>| {
+        while out.len() < n {
+            // SAFETY: `d` is an open directory stream; the entry is read before the next call.
+            let e = unsafe { libc::readdir(d) };
+            if e.is_null() {
+                return;
+            }
+            // SAFETY: a non-null entry from readdir, its name NUL-terminated.
+            let (name, kind) = unsafe { (CStr::from_ptr((*e).d_name.as_ptr()), (*e).d_type) };
+            let name = name.to_str().unwrap().to_string();
+            if name == "." || name == ".." {
+                continue;
+            }
+            let kind = match kind {
+                libc::DT_DIR => "dir",
+                libc::DT_LNK => "symlink",
+                libc::DT_REG => "file",
+                k => panic!("{name}: d_type {k}"),
+            };
+            out.push((name, kind));
+        }
+    };
+    // SAFETY: a valid C path; the streams are closed below.
+    let d = unsafe { libc::opendir(path.as_ptr()) };
+    assert!(!d.is_null(), "opendir");
+    read(d, first, &mut out);
+    // SAFETY: an open stream.
+    let at = unsafe { libc::telldir(d) };
+    // SAFETY: closed once.
+    unsafe { libc::closedir(d) };
+    // SAFETY: as above.
+    let d = unsafe { libc::opendir(path.as_ptr()) };
+    assert!(!d.is_null(), "opendir again");
+    // SAFETY: an open stream, a position telldir gave for this directory.
+    unsafe { libc::seekdir(d, at) };
+    read(d, usize::MAX, &mut out);
+    // SAFETY: closed once.
+    unsafe { libc::closedir(d) };
+    out
+}
+
 #[test]
 fn a_directory_made_here_is_listed_here_without_the_mds() {
     use std::collections::BTreeMap;
@@ -305,6 +352,9 @@ fn a_directory_made_here_is_listed_here_without_the_mds() {
     let seen = lister.join().unwrap();
     assert!(listed_alone, "the listing waited for the frozen MDS");
     assert_eq!(once(seen), want);
+    // A position taken on one handle goes on in another, as nfsd reopens a directory for
+    // each of its requests and seeks to where the last one ended.
+    assert_eq!(once(list_in_two_handles(&c.path("t"), 500)), want);
     // Entries removed while a listing is under way (one listed already, one not yet) make
     // no other go missing or come twice.
     let mut seen = Vec::new();
