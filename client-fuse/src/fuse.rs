@@ -19,8 +19,8 @@ use fuser::{
 };
 use shoal_proto::limits::check_name;
 use shoal_proto::mds::{
-    AclCaller, Attr, FileKind, LockKind, MakeNodeRequest, RenameRequest, SetAttrRequest, SetTime,
-    Timespec,
+    AclCaller, Attr, DirEntry, FileKind, LockKind, MakeNodeRequest, RenameRequest, SetAttrRequest,
+    SetTime, Timespec,
 };
 use tracing::warn;
 
@@ -128,17 +128,26 @@ fn fill_listing(
     }
     let from = crate::listings::position(offset).map_or(0, |(_, at)| at);
     for (i, e) in list.iter().enumerate().skip(from) {
-        let kind = match file_type(e.kind) {
-            Ok(k) => k,
+        match add_entry(c, &mut reply, e, crate::listings::offset(*id, i)) {
+            Ok(false) => {}
+            Ok(true) => break,
             Err(err) => return reply.error(errno(&err)),
-        };
-        let child = INodeNo(c.kernel_ino(e.ino));
-        let at = crate::listings::offset(*id, i);
-        if reply.add(child, at, kind, OsStr::from_bytes(&e.name)) {
-            break;
         }
     }
     reply.ok()
+}
+
+/// Adds entry `e` to a listing at offset `at`; true if the kernel's buffer is full (it was
+/// not added).
+fn add_entry(
+    c: &Client,
+    reply: &mut ReplyDirectory,
+    e: &DirEntry,
+    at: u64,
+) -> Result<bool, ClientError> {
+    let kind = file_type(e.kind)?;
+    let child = INodeNo(c.kernel_ino(e.ino));
+    Ok(reply.add(child, at, kind, OsStr::from_bytes(&e.name)))
 }
 
 fn file_type(kind: i32) -> Result<FileType, ClientError> {
@@ -1053,12 +1062,11 @@ impl Filesystem for ShoalFs {
                     Err(e) => return reply.error(errno(&e)),
                 };
                 for (i, e) in page.entries.iter().enumerate() {
-                    let kind = match file_type(e.kind) {
-                        Ok(k) => k,
+                    let full = match add_entry(&c, &mut reply, e, e.cookie) {
+                        Ok(full) => full,
                         Err(err) => return reply.error(errno(&err)),
                     };
-                    let child = INodeNo(c.kernel_ino(e.ino));
-                    if reply.add(child, e.cookie, kind, OsStr::from_bytes(&e.name)) {
+                    if full {
                         // No room: the rest of the page waits for the next call, here.
                         page.entries.drain(..i);
                         c.keep_dir_rest(ino.0, after, page);
