@@ -214,6 +214,16 @@ impl TestCluster {
 
     /// Files of every OSD's live objects (`<name>.obj`, not tombstones).
     pub fn object_files(&self) -> Vec<PathBuf> {
+        self.files_of_osds("obj")
+    }
+
+    /// Every OSD's tombstones of deleted objects (`<name>.del`).
+    pub fn tombstone_files(&self) -> Vec<PathBuf> {
+        self.files_of_osds("del")
+    }
+
+    /// Files under every OSD's `objects/` whose extension is `ext`.
+    fn files_of_osds(&self, ext: &str) -> Vec<PathBuf> {
         let mut out = Vec::new();
         for osd in std::fs::read_dir(&self.data)
             .into_iter()
@@ -225,7 +235,7 @@ impl TestCluster {
             }
             walk(&osd.path().join("objects"), &mut out);
         }
-        out.retain(|p| p.extension().is_some_and(|e| e == "obj"));
+        out.retain(|p| p.extension().is_some_and(|e| e == ext));
         out
     }
 }

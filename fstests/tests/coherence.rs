@@ -1214,4 +1214,22 @@ fn files_removed_in_a_directory_held_here_go_at_once_and_their_data_after() {
         left,
         "removed files' objects are left"
     );
+    // Their tombstones hold one block each once the OSDs have a quiet moment: the space the
+    // data held is given back.
+    let held = || -> Vec<(std::path::PathBuf, u64)> {
+        c.tombstone_files()
+            .into_iter()
+            .filter_map(|p| Some((p.clone(), fs::metadata(&p).ok()?.len())))
+            .filter(|(_, len)| *len > 4096)
+            .collect()
+    };
+    assert!(
+        c.tombstone_files().len() >= 9,
+        "a tombstone per removed file's copy"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !held().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(held(), [], "tombstones still hold their object's bytes");
 }

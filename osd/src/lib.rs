@@ -93,7 +93,7 @@ pub async fn run(
     let qos = qos::Qos::new(cfg.recovery_max_active, cfg.recovery_busy_share);
     let osd = daemon::Osd::new(cfg.id, store, cfg.mds.clone(), qos);
     let reporter = tokio::spawn(report_loop(cfg.clone(), addr.to_string(), osd.clone()));
-    let spares = tokio::spawn(spare_loop(osd.clone()));
+    let idle = tokio::spawn(idle_loop(osd.clone()));
     let svc = service::OsdService::new(osd.clone());
     let result = tonic::transport::Server::builder()
         .initial_stream_window_size(shoal_proto::DATA_STREAM_WINDOW)
@@ -108,7 +108,7 @@ pub async fn run(
         .serve_with_incoming_shutdown(shoal_proto::incoming(listener), shutdown)
         .await;
     reporter.abort();
-    spares.abort();
+    idle.abort();
     result.context("serving gRPC")
 }
 
@@ -118,28 +118,54 @@ const SPARES_TARGET: usize = 1024;
 /// Spares made per turn, between which client ops come first.
 const SPARES_PER_TURN: usize = 64;
 
-/// Makes spare files while no client uses this OSD, so that a new object's file is a rename
-/// instead of an inode allocation while a client waits (on ext4 without a journal that
-/// allocation costs 0.15-0.5 ms of CPU, growing with recent deletes, and most of an OSD's
-/// CPU while a tar is extracted once the spares ran out).
-async fn spare_loop(osd: Arc<daemon::Osd>) {
+/// Tombstones cut per turn, between which client ops come first.
+const CUTS_PER_TURN: usize = 64;
+
+/// Work left for while no client uses this OSD, a turn at a time:
+/// - cutting deleted objects' files to their tombstone's block (`ObjectStore::cut_tombstones`):
+///   freeing an object's blocks is most of a delete's cost (ext4's extent work, and with the
+///   `discard` mount option a wait for the device), which otherwise held up the changes
+///   queued behind each delete;
+/// - making spare files, so that a new object's file is a rename instead of an inode
+///   allocation while a client waits (on ext4 without a journal that allocation costs
+///   0.15-0.5 ms of CPU, growing with recent deletes, and most of an OSD's CPU while a tar
+///   is extracted once the spares ran out).
+async fn idle_loop(osd: Arc<daemon::Osd>) {
     let mut target = SPARES_TARGET;
     let mut ran_out = 0;
+    let mut pause = std::time::Duration::from_millis(100);
     loop {
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        tokio::time::sleep(pause).await;
+        pause = std::time::Duration::from_millis(100);
         let now_out = osd.store.spares_ran_out();
         if now_out > ran_out {
             ran_out = now_out;
             target = (target * 2).min(store::SPARES_MAX);
         }
-        if osd.qos.busy() || osd.store.spare_count() >= target {
+        if osd.qos.busy() {
             continue;
         }
         let store = osd.store.clone();
+        if store.uncut_count() > 0 {
+            let cut = tokio::task::spawn_blocking(move || store.cut_tombstones(CUTS_PER_TURN));
+            match cut.await {
+                // More left: the next turn right after a look at client load.
+                Ok(Ok(_)) => pause = std::time::Duration::from_millis(1),
+                Ok(Err(e)) => {
+                    warn!(error = %e, "cannot cut deleted objects' files");
+                    pause = std::time::Duration::from_secs(10);
+                }
+                Err(_) => {}
+            }
+            continue;
+        }
+        if store.spare_count() >= target {
+            continue;
+        }
         let made = tokio::task::spawn_blocking(move || store.make_spares(SPARES_PER_TURN)).await;
         if let Ok(Err(e)) = made {
             warn!(error = %e, "cannot make spare files");
-            tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+            pause = std::time::Duration::from_secs(10);
         }
     }
 }

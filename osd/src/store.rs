@@ -6,8 +6,9 @@
 //! object (the last block's crc covers only the bytes the object has), with room for the
 //! largest object's; the object's bytes start at [`DATA`] (a sparse gap in between). The
 //! object's size is the file's length less [`DATA`]. A deleted object leaves a tombstone
-//! instead, `<name>.del`: a header with the deleted flag, so peering can tell "deleted at
-//! version v" from "never had it". Where a crash left both, the higher version is the
+//! instead, `<name>.del`: a header with the deleted flag (in a block of its own; what the
+//! object held past it is cut off in idle time), so peering can tell "deleted at version v"
+//! from "never had it". Where a crash left both, the higher version is the
 //! object's state and the other file goes at open. `<shard>` is two hex digits of the name's
 //! hash, to keep directories small. One file per object means one create, one open and one
 //! fdatasync per change. Stores of the earlier layout (`<name>` and `<name>.crc`) are
@@ -70,6 +71,9 @@ const LOCK_STRIPES: usize = 256;
 const SHARDS: u32 = 256;
 /// Spare files kept at most (files of removed objects beyond it are deleted).
 pub const SPARES_MAX: usize = 4096;
+/// Bytes that tombstones whose cut is left for idle time may hold on disk, at most; past it
+/// a delete cuts its own file (so deleting frees space even on an OSD never idle).
+const UNCUT_MAX_BYTES: u64 = 256 << 20;
 /// Writes of this many bytes or more are synced in place rather than journaled (their data
 /// would be written twice).
 pub const DIRECT_MIN: usize = 128 << 10;
@@ -193,6 +197,9 @@ pub struct ObjectStore {
     spares: Mutex<Vec<PathBuf>>,
     spare_seq: std::sync::atomic::AtomicU64,
     spares_ran_out: std::sync::atomic::AtomicU64,
+    /// Objects whose tombstone may still hold the object's bytes: a journaled delete only
+    /// stamps the header, and idle time cuts the file ([`ObjectStore::cut_tombstones`]).
+    uncut: Mutex<Uncut>,
     journal: Arc<Journal>,
     /// Replaying the journal at open: changes are redone whatever their files hold.
     replaying: AtomicBool,
@@ -200,6 +207,38 @@ pub struct ObjectStore {
     kept: Vec<Mutex<Vec<KeptFile>>>,
     /// Files kept open per stripe at most (from the open-files limit at open).
     kept_per_stripe: usize,
+}
+
+/// Tombstones left holding their object's bytes, each once, with what they hold on disk.
+#[derive(Default)]
+struct Uncut {
+    objects: Vec<(String, u64)>,
+    listed: HashSet<String>,
+    bytes: u64,
+}
+
+impl Uncut {
+    /// Lists `object`, holding `bytes` (true if it is listed already); false if that would
+    /// pass [`UNCUT_MAX_BYTES`].
+    fn add(&mut self, object: &str, bytes: u64) -> bool {
+        if self.listed.contains(object) {
+            return true;
+        }
+        if self.bytes + bytes > UNCUT_MAX_BYTES {
+            return false;
+        }
+        self.bytes += bytes;
+        self.listed.insert(object.to_string());
+        self.objects.push((object.to_string(), bytes));
+        true
+    }
+
+    fn take(&mut self) -> Option<String> {
+        let (object, bytes) = self.objects.pop()?;
+        self.bytes -= bytes;
+        self.listed.remove(&object);
+        Some(object)
+    }
 }
 
 /// An object's file a read opened and checked, kept open for the next reads.
@@ -278,14 +317,34 @@ fn header(version: u64, deleted: bool) -> [u8; HEADER as usize] {
     h
 }
 
-/// Makes `file` the tombstone of `version`: its header stamped deleted, nothing after it.
-/// The header goes out as a whole zeroed block, so a file whose first page is not cached
-/// (a replica's copy, say) is not read from disk first as a 16-byte write would be.
-fn stamp_tombstone(file: &File, version: u64) -> io::Result<()> {
+/// Makes `file` the tombstone of `version`: its first block is the header stamped deleted,
+/// then zeros. The header goes out as a whole block, so a file whose first page is not
+/// cached (a replica's copy, say) is not read from disk first as a 16-byte write would be.
+/// Returns the bytes the file holds on disk past that block (an object's, for
+/// [`cut_tombstone`]), or 0 if it ends there.
+fn stamp_tombstone(file: &File, version: u64) -> io::Result<u64> {
     let mut block = [0u8; BLOCK as usize];
     block[..HEADER as usize].copy_from_slice(&header(version, true));
     file.write_all_at(&block, 0)?;
-    file.set_len(HEADER)
+    Ok(past_block(&file.metadata()?))
+}
+
+/// What a file holds on disk past its first block (its length past it if its allocation
+/// is not known), or 0 if it ends there.
+fn past_block(m: &fs::Metadata) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    if m.len() <= BLOCK {
+        return 0;
+    }
+    let on_disk = m.blocks() * 512;
+    on_disk.saturating_sub(BLOCK).max(1)
+}
+
+/// Cuts a tombstone's file to its one block, freeing what the object held. Freeing blocks
+/// is the costly part of a delete (ext4's extent work, and with `discard` a wait for the
+/// device), so a journaled delete leaves it for idle time ([`ObjectStore::cut_tombstones`]).
+fn cut_tombstone(file: &File) -> io::Result<()> {
+    file.set_len(BLOCK)
 }
 
 /// Parses a header: Some((version, deleted)) if it is one.
@@ -455,7 +514,9 @@ fn shard_names(shard: &Path) -> io::Result<Vec<String>> {
 /// change short (an object and its tombstone; a tombstone's file renamed to the object's
 /// whose rename did not last, or the other way): the header with the higher version wins,
 /// goes under the name its state calls for, and the others go.
-fn load_shard(shard: &Path, index: &mut Index) -> io::Result<()> {
+/// Tombstones still holding an object's bytes (a crash came before idle time cut them) are
+/// added to `uncut`, or cut here once it holds [`UNCUT_MAX_BYTES`].
+fn load_shard(shard: &Path, index: &mut Index, uncut: &mut Uncut) -> io::Result<()> {
     let mut names = shard_names(shard)?;
     if convert_shard(shard, &names)? {
         names = shard_names(shard)?;
@@ -469,12 +530,14 @@ fn load_shard(shard: &Path, index: &mut Index) -> io::Result<()> {
             continue;
         }
         let path = shard.join(n);
-        let len = fs::metadata(&path)?.len();
+        let stat = fs::metadata(&path)?;
+        let len = stat.len();
         let meta = match read_header(&path).and_then(|h| parse_header(&h)) {
             Some((version, true)) => ObjMeta {
                 version,
                 deleted: true,
-                size: 0,
+                // Only to tell at the end what it holds past its block.
+                size: past_block(&stat),
             },
             // A tombstone's file with a bad header says nothing.
             None if n.ends_with(".del") => continue,
@@ -504,7 +567,11 @@ fn load_shard(shard: &Path, index: &mut Index) -> io::Result<()> {
         if path != want {
             fs::rename(&path, &want)?;
         }
-        index.set(object, Some(meta));
+        if meta.deleted && meta.size > 0 && !uncut.add(object, meta.size) {
+            cut_tombstone(&OpenOptions::new().write(true).open(&want)?)?;
+        }
+        let size = if meta.deleted { 0 } else { meta.size };
+        index.set(object, Some(ObjMeta { size, ..meta }));
     }
     Ok(())
 }
@@ -578,10 +645,11 @@ impl ObjectStore {
     pub fn open_with(dir: &Path, checkpoint_every: Duration) -> io::Result<ObjectStore> {
         let root = dir.join("objects");
         let mut index = Index::default();
+        let mut uncut = Uncut::default();
         for shard in 0..SHARDS {
             let shard = root.join(format!("{shard:02x}"));
             fs::create_dir_all(&shard)?;
-            load_shard(&shard, &mut index)?;
+            load_shard(&shard, &mut index, &mut uncut)?;
         }
         let spare_dir = root.join("spare");
         fs::create_dir_all(&spare_dir)?;
@@ -602,6 +670,7 @@ impl ObjectStore {
             spares: Mutex::new(spares),
             spare_seq: std::sync::atomic::AtomicU64::new(seq),
             spares_ran_out: std::sync::atomic::AtomicU64::new(0),
+            uncut: Mutex::new(uncut),
             journal,
             replaying: AtomicBool::new(false),
             kept: (0..LOCK_STRIPES).map(|_| Mutex::new(Vec::new())).collect(),
@@ -1438,16 +1507,17 @@ impl ObjectStore {
             _ => None,
         };
         if let Some(file) = own {
-            // Stamped deleted in its own file, cut to the header, synced, then renamed: the
-            // file is the tombstone from the sync on, whatever its name (no inode freed or
-            // made).
-            stamp_tombstone(&file, meta.version).map_err(&io)?;
+            // Stamped deleted in its own file, synced, then renamed: the file is the
+            // tombstone from the sync on, whatever its name (no inode freed or made). The
+            // object's bytes after the header block go in idle time.
+            self.stamp(object, &file, meta.version).map_err(&io)?;
             if sync {
                 file.sync_data().map_err(&io)?;
             }
             fs::rename(&p.obj, &p.tomb).map_err(&io)?;
         } else if meta.deleted {
-            // Over an older tombstone in place (16 bytes), or a new one.
+            // Over an older tombstone in place (one not cut yet is in `uncut` already), or a
+            // new one.
             let tomb = open_creating(&p.tomb, false).map_err(&io)?;
             stamp_tombstone(&tomb, meta.version).map_err(&io)?;
             if sync {
@@ -1482,6 +1552,54 @@ impl ObjectStore {
         };
         drop(guard);
         Ok(Pending(lsn))
+    }
+
+    /// [`stamp_tombstone`], leaving the cut of what follows the header block to idle time
+    /// when there is any (the journal record, not the file's length, makes the delete).
+    fn stamp(&self, object: &str, file: &File, version: u64) -> io::Result<()> {
+        let held = stamp_tombstone(file, version)?;
+        if held > 0 && !self.uncut().add(object, held) {
+            cut_tombstone(file)?;
+        }
+        Ok(())
+    }
+
+    fn uncut(&self) -> std::sync::MutexGuard<'_, Uncut> {
+        self.uncut.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Tombstones that may still hold their object's bytes.
+    pub fn uncut_count(&self) -> usize {
+        self.uncut().objects.len()
+    }
+
+    /// Cuts up to `n` tombstones left holding their object's bytes to their header block
+    /// (meant for idle time); returns how many it took from the list. An object written again
+    /// meanwhile is skipped: its file is its own.
+    pub fn cut_tombstones(&self, n: usize) -> io::Result<usize> {
+        let mut done = 0;
+        while done < n {
+            let Some(object) = self.uncut().take() else {
+                break;
+            };
+            done += 1;
+            let Ok(p) = self.paths(&object) else {
+                continue;
+            };
+            let _guard = self.write_lock(p.stripe);
+            if !self.meta(&object).is_some_and(|m| m.deleted) {
+                continue;
+            }
+            let file = match OpenOptions::new().write(true).open(&p.tomb) {
+                Ok(f) => f,
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            if file.metadata()?.len() > BLOCK {
+                cut_tombstone(&file)?;
+            }
+        }
+        Ok(done)
     }
 
     /// Forgets the object entirely, tombstone included (a stray copy, or a tombstone every
@@ -1894,31 +2012,54 @@ mod tests {
     }
 
     #[test]
-    fn tombstones_over_large_objects_and_older_tombstones_are_header_only() {
+    fn tombstones_are_cut_to_their_header_block_in_idle_time_or_after_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let store = ObjectStore::open(dir.path()).unwrap();
-        let (big, small) = (name(40), name(41));
+        let (big, small, again) = (name(40), name(41), name(42));
         store.write(&big, 0, &vec![5u8; 300_000], 1).unwrap();
         store.write(&small, 0, b"abc", 1).unwrap();
-        store.delete(&big, 2).unwrap();
-        store.delete(&small, 2).unwrap();
+        store.write(&again, 0, b"first", 1).unwrap();
+        for o in [&big, &small, &again] {
+            store.delete(o, 2).unwrap();
+        }
         // A delete over a tombstone restamps it with the newer version.
         store.delete(&small, 5).unwrap();
-        drop(store);
-        let store = ObjectStore::open(dir.path()).unwrap();
-        for (object, version) in [(&big, 2), (&small, 5)] {
-            let tomb = store.paths(object).unwrap().tomb;
-            assert_eq!(fs::metadata(&tomb).unwrap().len(), HEADER, "{object}");
-            assert_eq!(
-                store.meta(object),
-                Some(ObjMeta {
+        // Written again before idle time: its file is its own, and not cut.
+        store.write(&again, 0, b"second", 3).unwrap();
+        let len = |o: &String| fs::metadata(store.paths(o).unwrap().tomb).unwrap().len();
+        assert!(len(&big) > 300_000, "the delete left the bytes for later");
+        assert_eq!(store.uncut_count(), 3);
+        let check = |store: &ObjectStore| {
+            for (object, version) in [(&big, 2), (&small, 5)] {
+                let deleted = ObjMeta {
                     version,
                     deleted: true,
-                    size: 0
-                })
-            );
-            assert!(store.read(object, 0, 10).unwrap().is_none());
+                    size: 0,
+                };
+                assert_eq!(store.meta(object), Some(deleted), "{object}");
+                assert!(store.read(object, 0, 10).unwrap().is_none());
+            }
+            let back = store.read(&again, 0, 100).unwrap().unwrap();
+            assert_eq!(&back[..], b"second");
+        };
+        check(&store);
+        // A restart before the cut finds the tombstones still holding bytes.
+        drop(store);
+        let store = ObjectStore::open(dir.path()).unwrap();
+        check(&store);
+        // (The journal's replay may list the object written again too: a cut skips it.)
+        let listed = store.uncut_count();
+        assert!(listed >= 2, "{listed}");
+        assert_eq!(store.cut_tombstones(1).unwrap(), 1);
+        assert_eq!(store.cut_tombstones(100).unwrap(), listed - 1);
+        assert_eq!(store.uncut_count(), 0);
+        for o in [&big, &small] {
+            let tomb = store.paths(o).unwrap().tomb;
+            assert_eq!(fs::metadata(&tomb).unwrap().len(), BLOCK, "{o}");
         }
+        check(&store);
+        drop(store);
+        check(&ObjectStore::open(dir.path()).unwrap());
     }
 
     #[test]
@@ -2097,7 +2238,8 @@ mod tests {
         store.delete(&a, 2).unwrap();
         assert!(!p.obj.exists());
         assert_eq!(fs::metadata(&p.tomb).unwrap().ino(), ino);
-        assert_eq!(fs::metadata(&p.tomb).unwrap().len(), HEADER);
+        assert_eq!(store.cut_tombstones(10).unwrap(), 1);
+        assert_eq!(fs::metadata(&p.tomb).unwrap().len(), BLOCK);
         store.write(&a, 1, b"again", 3).unwrap();
         assert!(!p.tomb.exists());
         assert_eq!(fs::metadata(&p.obj).unwrap().ino(), ino);
