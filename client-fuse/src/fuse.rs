@@ -507,6 +507,50 @@ pub async fn on_revoke(c: &Client, notifier: Option<Notifier>, ino: u64) {
     let _ = done.await;
 }
 
+/// The mode `a` is left with once the change `caller` makes clears setuid, and setgid where
+/// group-execute makes it one or the caller is neither in the file's group nor privileged
+/// (as Linux does): what a write, truncate or fallocate by an unprivileged caller clears, and
+/// a chown of anything but a directory. None: nothing to clear.
+fn privs_to_kill(a: &Attr, chown: bool, caller: &AclCaller) -> Option<u32> {
+    const S_ISUID: u32 = 0o4000;
+    const S_ISGID: u32 = 0o2000;
+    const S_IXGRP: u32 = 0o0010;
+    if chown && a.kind == FileKind::Directory as i32 {
+        return None;
+    }
+    let mut kill = a.perm & S_ISUID;
+    if a.perm & S_ISGID != 0
+        && (a.perm & S_IXGRP != 0 || !(caller.privileged || caller.groups.contains(&a.gid)))
+    {
+        kill |= S_ISGID;
+    }
+    (kill != 0).then_some(a.perm & 0o7777 & !kill)
+}
+
+/// Whether a change by `req` to a file with attributes `a` clears anything: false for
+/// nearly every file, without looking up the caller's groups.
+fn may_kill(a: &Attr, chown: bool, req: &Request) -> Option<u32> {
+    if a.perm & 0o6000 == 0 {
+        return None;
+    }
+    privs_to_kill(a, chown, &acl_caller(req))
+}
+
+/// Clears `ino`'s setuid and setgid as a change by `caller` calls for (see
+/// [`privs_to_kill`]), before the change itself.
+async fn kill_privs(c: &Client, ino: u64, caller: &AclCaller) -> Result<(), ClientError> {
+    let a = c.getattr(ino).await?;
+    if let Some(perm) = privs_to_kill(&a, false, caller) {
+        let req = SetAttrRequest {
+            ino,
+            perm: Some(perm),
+            ..Default::default()
+        };
+        c.setattr(req).await?;
+    }
+    Ok(())
+}
+
 /// Replies with attributes the kernel keeps while the mount's lease on the inode lasts.
 fn reply_attr(c: &Client, reply: ReplyAttr, r: Result<Attr, ClientError>) {
     match r.and_then(|a| kernel_attr(c, &a)) {
@@ -538,6 +582,11 @@ impl Filesystem for ShoalFs {
         // mount together instead of one at a time, up to the background limit; the client
         // answers each from its own task.
         let _ = config.add_capabilities(InitFlags::FUSE_ASYNC_DIO);
+        // Shoal clears setuid and setgid itself where a write, a truncate, a fallocate or a
+        // chown calls for it (see `privs_to_kill`): the kernel then neither asks for
+        // security.capability before every write once an inode was found to have none (it
+        // sets SB_NOSEC), nor refreshes the attributes before every chown.
+        let _ = config.add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2);
         let _ = config.set_max_background(MAX_BACKGROUND);
         // The kernel checks POSIX ACLs too, and leaves the umask to Shoal, which applies it
         // only where no default ACL is inherited. Asked for separately: a kernel without ACL
@@ -665,7 +714,7 @@ impl Filesystem for ShoalFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req_of: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -682,7 +731,12 @@ impl Filesystem for ShoalFs {
         reply: ReplyAttr,
     ) {
         let ino = self.cluster_ino(ino);
-        let req = SetAttrRequest {
+        // A chown of a file clears its setuid and setgid, and so does a truncate by a caller
+        // without CAP_FSETID (taken to be a caller other than root): with
+        // FUSE_HANDLE_KILLPRIV_V2 the kernel leaves that to Shoal.
+        let kills = mode.is_none()
+            && ((uid.is_some() || gid.is_some()) || (size.is_some() && req_of.uid() != 0));
+        let mut req = SetAttrRequest {
             ino: ino.0,
             perm: mode.map(|m| m & 0o7777),
             uid,
@@ -692,10 +746,29 @@ impl Filesystem for ShoalFs {
             mtime: set_time(mtime),
             ..Default::default()
         };
-        if let Some(a) = self.client.setattr_at_once(&req) {
-            return reply_attr(&self.client, reply, Ok(a));
+        let chown = uid.is_some() || gid.is_some();
+        // Attributes not known here: the caller's, to clear what it calls for once they are.
+        let mut unknown = None;
+        if kills {
+            match self.client.cached_attr(ino.0) {
+                Some(a) => req.perm = may_kill(&a, chown, req_of),
+                None => unknown = Some(acl_caller(req_of)),
+            }
         }
-        self.go(move |c| async move { reply_attr(&c, reply, c.setattr(req).await) });
+        if unknown.is_none() {
+            if let Some(a) = self.client.setattr_at_once(&req) {
+                return reply_attr(&self.client, reply, Ok(a));
+            }
+        }
+        self.go(move |c| async move {
+            if let Some(caller) = unknown {
+                match c.getattr(ino.0).await {
+                    Ok(a) => req.perm = privs_to_kill(&a, chown, &caller),
+                    Err(e) => return reply.error(errno(&e)),
+                }
+            }
+            reply_attr(&c, reply, c.setattr(req).await)
+        });
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -872,12 +945,12 @@ impl Filesystem for ShoalFs {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
@@ -886,14 +959,29 @@ impl Filesystem for ShoalFs {
         // The one copy of written data: out of FUSE's request buffer into a shared Bytes that
         // every per-object request slices.
         let data = Bytes::copy_from_slice(data);
+        // A write by a caller without CAP_FSETID clears setuid and setgid (the kernel marks
+        // it so and leaves that to Shoal, see `init`): rare, so by the runtime.
+        let kills = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)
+            && self
+                .client
+                .cached_attr(ino.0)
+                .is_none_or(|a| may_kill(&a, false, req).is_some());
+        let caller = kills.then(|| acl_caller(req));
         // Kept under the write lease: answered here, without a runtime task.
         let _rt = self.rt.enter();
-        match self.client.write_at_once(fh.0, ino.0, offset, &data) {
-            Some(Ok(n)) => return reply.written(n),
-            Some(Err(e)) => return reply.error(errno(&e)),
-            None => {}
+        if !kills {
+            match self.client.write_at_once(fh.0, ino.0, offset, &data) {
+                Some(Ok(n)) => return reply.written(n),
+                Some(Err(e)) => return reply.error(errno(&e)),
+                None => {}
+            }
         }
         self.go(move |c| async move {
+            if let Some(caller) = caller {
+                if let Err(e) = kill_privs(&c, ino.0, &caller).await {
+                    return reply.error(errno(&e));
+                }
+            }
             match c.write(fh.0, ino.0, offset, data).await {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(errno(&e)),
@@ -1206,7 +1294,7 @@ impl Filesystem for ShoalFs {
 
     fn fallocate(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -1215,7 +1303,15 @@ impl Filesystem for ShoalFs {
         reply: ReplyEmpty,
     ) {
         let ino = self.cluster_ino(ino);
+        // Like a write, by a caller other than root it clears setuid and setgid (the kernel
+        // leaves that to Shoal, see `init`).
+        let caller = (req.uid() != 0).then(|| acl_caller(req));
         self.go(move |c| async move {
+            if let Some(caller) = caller {
+                if let Err(e) = kill_privs(&c, ino.0, &caller).await {
+                    return reply.error(errno(&e));
+                }
+            }
             reply_empty(reply, c.fallocate(ino.0, offset, length, mode).await)
         });
     }

@@ -189,6 +189,23 @@ fn posix_setuid_and_setgid_are_cleared_by_unprivileged_writes_and_chown() {
         c.file_of("t", ALICE_ID, ALICE_ID, 0o6777);
         c.expect(BOB, &["truncate", &c.p("t"), "0"], "ok");
         assert_eq!(c.field("t", "mode"), "777", "[{}] truncate", c.site);
+        c.file_of("ot", ALICE_ID, ALICE_ID, 0o6777);
+        c.expect(BOB, &["overwrite", &c.p("ot")], "ok");
+        assert_eq!(c.field("ot", "mode"), "777", "[{}] O_TRUNC", c.site);
+        c.file_of("fa", ALICE_ID, ALICE_ID, 0o6777);
+        c.expect(BOB, &["fallocate", &c.p("fa"), "8192"], "ok");
+        assert_eq!(c.field("fa", "mode"), "777", "[{}] fallocate", c.site);
+        // Without group-execute, setgid stays for a writer in the file's group, and goes
+        // for one outside it.
+        c.file_of("g", ALICE_ID, ALICE_ID, 0o6766);
+        c.expect(BOB_IN_ALICE_GROUP, &["write", &c.p("g"), "more"], "ok");
+        assert_eq!(c.field("g", "mode"), "2766", "[{}] write, g-x", c.site);
+        c.expect(BOB, &["write", &c.p("g"), "more"], "ok");
+        assert_eq!(c.field("g", "mode"), "766", "[{}] write, g-x", c.site);
+        // A chown of a directory keeps them.
+        c.dir_of("d", ALICE_ID, ALICE_ID, 0o2775);
+        c.expect(ROOT, &["chown", &c.p("d"), &BOB_ID.to_string(), "-1"], "ok");
+        assert_eq!(c.field("d", "mode"), "2775", "[{}] chown dir", c.site);
         // A chown, even by the owner to its own group, clears setuid (and setgid, since
         // group-execute is set).
         c.file_of("o", ALICE_ID, ALICE_ID, 0o6755);
@@ -202,6 +219,10 @@ fn posix_setuid_and_setgid_are_cleared_by_unprivileged_writes_and_chown() {
         c.file_of("r", ALICE_ID, ALICE_ID, 0o6777);
         c.expect(ROOT, &["write", &c.p("r"), "more"], "ok");
         assert_eq!(c.field("r", "mode"), "6777", "[{}] root write", c.site);
+        c.expect(ROOT, &["truncate", &c.p("r"), "1"], "ok");
+        assert_eq!(c.field("r", "mode"), "6777", "[{}] root truncate", c.site);
+        // Written data is all there after the clearing write.
+        c.expect(BOB, &["read", &c.p("w")], "ok xmore");
     });
 }
 

@@ -6,7 +6,8 @@
 //!
 //! Ops: `stat P` (prints `mode=OCT uid= gid= nlink= size=`), `chmod P OCT`, `chown P UID GID`
 //! (-1 keeps), `create P OCT` (O_CREAT|O_EXCL), `mkdir P OCT`, `write P TEXT` (O_WRONLY|O_APPEND),
-//! `read P`, `truncate P LEN`, `unlink P`, `rmdir P`, `rename A B`, `link A B`, `symlink T P`,
+//! `read P`, `truncate P LEN`, `overwrite P` (open O_WRONLY|O_TRUNC), `fallocate P LEN` (from
+//! 0), `unlink P`, `rmdir P`, `rename A B`, `link A B`, `symlink T P`,
 //! `access P MODE` (r, w, x letters or `f`; real ids), `eaccess P MODE` (faccessat with
 //! AT_EACCESS: effective ids), `euid UID:GID OP...` (switch only the effective ids, then run
 //! OP), `utime-now P`, and POSIX ACLs as the
@@ -443,6 +444,28 @@ fn op(args: &[String]) -> Result<Result<String, String>, String> {
             Err(e) => Err(errno_name(e.raw_os_error().unwrap_or(0))),
         },
         ["truncate", p, len] => check(unsafe { libc::truncate(cstr(p)?.as_ptr(), num(len)?) }),
+        ["overwrite", p] => {
+            let fd = unsafe { libc::open(cstr(p)?.as_ptr(), libc::O_WRONLY | libc::O_TRUNC) };
+            if fd >= 0 {
+                unsafe { libc::close(fd) };
+            }
+            check(fd)
+        }
+        ["fallocate", p, len] => {
+            let fd = unsafe { libc::open(cstr(p)?.as_ptr(), libc::O_WRONLY) };
+            if fd < 0 {
+                Err(last_errno())
+            } else {
+                let r = unsafe { libc::fallocate(fd, 0, 0, num(len)?) };
+                let r = if r < 0 {
+                    Err(last_errno())
+                } else {
+                    Ok(String::new())
+                };
+                let c = unsafe { libc::close(fd) };
+                r.and(check(c))
+            }
+        }
         ["unlink", p] => check(unsafe { libc::unlink(cstr(p)?.as_ptr()) }),
         ["rmdir", p] => check(unsafe { libc::rmdir(cstr(p)?.as_ptr()) }),
         ["rename", from, to] => {
