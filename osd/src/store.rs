@@ -70,7 +70,7 @@ const FLAG_DELETED: u32 = 1;
 const LOCK_STRIPES: usize = 256;
 const SHARDS: u32 = 256;
 /// Spare files kept at most (files of removed objects beyond it are deleted).
-pub const SPARES_MAX: usize = 4096;
+pub const SPARES_MAX: usize = 16_384;
 /// Bytes that tombstones whose cut is left for idle time may hold on disk, at most; past it
 /// a delete cuts its own file (so deleting frees space even on an OSD never idle).
 const UNCUT_MAX_BYTES: u64 = 256 << 20;
