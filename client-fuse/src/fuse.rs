@@ -527,8 +527,8 @@ fn privs_to_kill(a: &Attr, chown: bool, caller: &AclCaller) -> Option<u32> {
     (kill != 0).then_some(a.perm & 0o7777 & !kill)
 }
 
-/// Whether a change by `req` to a file with attributes `a` clears anything: false for
-/// nearly every file, without looking up the caller's groups.
+/// [`privs_to_kill`] for a change by `req`, which looks up the caller's groups only for a
+/// file that has setuid or setgid (nearly none has).
 fn may_kill(a: &Attr, chown: bool, req: &Request) -> Option<u32> {
     if a.perm & 0o6000 == 0 {
         return None;
@@ -734,8 +734,8 @@ impl Filesystem for ShoalFs {
         // A chown of a file clears its setuid and setgid, and so does a truncate by a caller
         // without CAP_FSETID (taken to be a caller other than root): with
         // FUSE_HANDLE_KILLPRIV_V2 the kernel leaves that to Shoal.
-        let kills = mode.is_none()
-            && ((uid.is_some() || gid.is_some()) || (size.is_some() && req_of.uid() != 0));
+        let chown = uid.is_some() || gid.is_some();
+        let kills = mode.is_none() && (chown || (size.is_some() && req_of.uid() != 0));
         let mut req = SetAttrRequest {
             ino: ino.0,
             perm: mode.map(|m| m & 0o7777),
@@ -746,7 +746,6 @@ impl Filesystem for ShoalFs {
             mtime: set_time(mtime),
             ..Default::default()
         };
-        let chown = uid.is_some() || gid.is_some();
         // Attributes not known here: the caller's, to clear what it calls for once they are.
         let mut unknown = None;
         if kills {
@@ -961,12 +960,15 @@ impl Filesystem for ShoalFs {
         let data = Bytes::copy_from_slice(data);
         // A write by a caller without CAP_FSETID clears setuid and setgid (the kernel marks
         // it so and leaves that to Shoal, see `init`): rare, so by the runtime.
-        let kills = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)
-            && self
-                .client
-                .cached_attr(ino.0)
-                .is_none_or(|a| may_kill(&a, false, req).is_some());
-        let caller = kills.then(|| acl_caller(req));
+        // Only a file with either bit (or not known here) needs the caller's groups.
+        let caller = write_flags
+            .contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)
+            .then(|| self.client.cached_attr(ino.0))
+            .and_then(|known| match known {
+                Some(a) if a.perm & 0o6000 == 0 => None,
+                _ => Some(acl_caller(req)),
+            });
+        let kills = caller.is_some();
         // Kept under the write lease: answered here, without a runtime task.
         let _rt = self.rt.enter();
         if !kills {

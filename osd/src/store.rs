@@ -521,7 +521,8 @@ fn load_shard(shard: &Path, index: &mut Index, uncut: &mut Uncut) -> io::Result<
     if convert_shard(shard, &names)? {
         names = shard_names(shard)?;
     }
-    let mut found: HashMap<&str, Vec<(ObjMeta, PathBuf)>> = HashMap::new();
+    // Each file's state, path, and (a tombstone's) bytes held past its block.
+    let mut found: HashMap<&str, Vec<(ObjMeta, PathBuf, u64)>> = HashMap::new();
     for n in &names {
         let Some(object) = n.strip_suffix(".obj").or_else(|| n.strip_suffix(".del")) else {
             continue;
@@ -536,8 +537,7 @@ fn load_shard(shard: &Path, index: &mut Index, uncut: &mut Uncut) -> io::Result<
             Some((version, true)) => ObjMeta {
                 version,
                 deleted: true,
-                // Only to tell at the end what it holds past its block.
-                size: past_block(&stat),
+                size: 0,
             },
             // A tombstone's file with a bad header says nothing.
             None if n.ends_with(".del") => continue,
@@ -548,16 +548,17 @@ fn load_shard(shard: &Path, index: &mut Index, uncut: &mut Uncut) -> io::Result<
                 size: len.saturating_sub(DATA),
             },
         };
-        found.entry(object).or_default().push((meta, path));
+        let held = if meta.deleted { past_block(&stat) } else { 0 };
+        found.entry(object).or_default().push((meta, path, held));
     }
     for (object, mut files) in found {
         // Highest version first; at a tie the live file.
-        files.sort_by_key(|(m, _)| std::cmp::Reverse((m.version, !m.deleted)));
+        files.sort_by_key(|(m, _, _)| std::cmp::Reverse((m.version, !m.deleted)));
         let mut files = files.into_iter();
-        let Some((meta, path)) = files.next() else {
+        let Some((meta, path, held)) = files.next() else {
             continue;
         };
-        for (_, other) in files {
+        for (_, other, _) in files {
             remove_if_present(&other)?;
         }
         let want = shard.join(format!(
@@ -567,11 +568,10 @@ fn load_shard(shard: &Path, index: &mut Index, uncut: &mut Uncut) -> io::Result<
         if path != want {
             fs::rename(&path, &want)?;
         }
-        if meta.deleted && meta.size > 0 && !uncut.add(object, meta.size) {
+        if held > 0 && !uncut.add(object, held) {
             cut_tombstone(&OpenOptions::new().write(true).open(&want)?)?;
         }
-        let size = if meta.deleted { 0 } else { meta.size };
-        index.set(object, Some(ObjMeta { size, ..meta }));
+        index.set(object, Some(meta));
     }
     Ok(())
 }

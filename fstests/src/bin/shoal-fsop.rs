@@ -55,6 +55,31 @@ fn last_errno() -> String {
     errno_name(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
 }
 
+/// Opens `p` with `flags`, runs `f` on the descriptor (a negative result is its errno), and
+/// closes it: `ok` or the first errno.
+fn on_open(
+    p: &str,
+    flags: libc::c_int,
+    f: impl FnOnce(libc::c_int) -> libc::c_long,
+) -> Result<Result<String, String>, String> {
+    // SAFETY: open and close of a NUL-terminated path that lives across the call.
+    let fd = unsafe { libc::open(cstr(p)?.as_ptr(), flags) };
+    if fd < 0 {
+        return Ok(Err(last_errno()));
+    }
+    let r = if f(fd) < 0 {
+        Err(last_errno())
+    } else {
+        Ok(String::new())
+    };
+    let closed = unsafe { libc::close(fd) };
+    Ok(r.and(if closed < 0 {
+        Err(last_errno())
+    } else {
+        Ok(String::new())
+    }))
+}
+
 fn cstr(s: &str) -> Result<CString, String> {
     CString::new(s).map_err(|_| format!("NUL byte in {s:?}"))
 }
@@ -424,47 +449,20 @@ fn op(args: &[String]) -> Result<Result<String, String>, String> {
             check(fd)
         }
         ["mkdir", p, m] => check(unsafe { libc::mkdir(cstr(p)?.as_ptr(), octal(m)?) }),
-        ["write", p, text] => {
-            let fd = unsafe { libc::open(cstr(p)?.as_ptr(), libc::O_WRONLY | libc::O_APPEND) };
-            if fd < 0 {
-                Err(last_errno())
-            } else {
-                let n = unsafe { libc::write(fd, text.as_ptr().cast(), text.len()) };
-                let r = if n < 0 {
-                    Err(last_errno())
-                } else {
-                    Ok(String::new())
-                };
-                let c = unsafe { libc::close(fd) };
-                r.and(check(c))
-            }
-        }
+        ["write", p, text] => on_open(p, libc::O_WRONLY | libc::O_APPEND, |fd| unsafe {
+            libc::write(fd, text.as_ptr().cast(), text.len()) as libc::c_long
+        })?,
         ["read", p] => match std::fs::read(p) {
             Ok(b) => Ok(String::from_utf8_lossy(&b).into_owned()),
             Err(e) => Err(errno_name(e.raw_os_error().unwrap_or(0))),
         },
         ["truncate", p, len] => check(unsafe { libc::truncate(cstr(p)?.as_ptr(), num(len)?) }),
-        ["overwrite", p] => {
-            let fd = unsafe { libc::open(cstr(p)?.as_ptr(), libc::O_WRONLY | libc::O_TRUNC) };
-            if fd >= 0 {
-                unsafe { libc::close(fd) };
-            }
-            check(fd)
-        }
+        ["overwrite", p] => on_open(p, libc::O_WRONLY | libc::O_TRUNC, |_| 0)?,
         ["fallocate", p, len] => {
-            let fd = unsafe { libc::open(cstr(p)?.as_ptr(), libc::O_WRONLY) };
-            if fd < 0 {
-                Err(last_errno())
-            } else {
-                let r = unsafe { libc::fallocate(fd, 0, 0, num(len)?) };
-                let r = if r < 0 {
-                    Err(last_errno())
-                } else {
-                    Ok(String::new())
-                };
-                let c = unsafe { libc::close(fd) };
-                r.and(check(c))
-            }
+            let len = num(len)?;
+            on_open(p, libc::O_WRONLY, |fd| unsafe {
+                libc::c_long::from(libc::fallocate(fd, 0, 0, len))
+            })?
         }
         ["unlink", p] => check(unsafe { libc::unlink(cstr(p)?.as_ptr()) }),
         ["rmdir", p] => check(unsafe { libc::rmdir(cstr(p)?.as_ptr()) }),
