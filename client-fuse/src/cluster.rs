@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use futures::future::try_join_all;
 use futures::{stream, Stream, StreamExt};
+use shoal_proto::bulk::Rope;
 use shoal_proto::error::{status_errno, WireError};
 use shoal_proto::layout::{
     extents_bound, file_to_extents, first_object_at, object_extents_in_range, object_len_below,
@@ -29,7 +30,6 @@ use shoal_proto::layout::{
 };
 use shoal_proto::mds::mds_client::MdsClient;
 use shoal_proto::mds::{GetOsdMapRequest, Layout, LeaseDown, LeaseUp, OsdMap};
-use shoal_proto::osd::osd_client::OsdClient;
 use shoal_proto::osd::{
     DeleteRequest, Extent, ReadRequest, TruncateRequest, WriteRequest, ZeroRequest,
 };
@@ -41,13 +41,13 @@ use tonic::{Request, Response, Status};
 use tracing::{debug, trace, warn};
 
 use crate::error::ClientError;
-use crate::osdbatch::{DeleteCall, OsdBatches, ReadCall, WriteCall};
+use crate::osdbatch::{DeleteCall, OsdBatches, OsdConn, ReadCall, WriteCall, WriteOp};
 use crate::readcache::ReadCache;
 
 /// The OSD map as the client uses it: placement inputs and a channel per OSD.
 struct MapView {
     placement: Placement,
-    clients: HashMap<u32, (String, OsdClient<Channel>)>,
+    clients: HashMap<u32, (String, OsdConn)>,
 }
 
 /// Ranges spanning more object pieces than this are cut or zeroed only where the OSDs list
@@ -447,9 +447,7 @@ impl Cluster {
         for o in &map.osds {
             let client = match old.clients.get(&o.id) {
                 Some((addr, c)) if *addr == o.addr => c.clone(),
-                _ => OsdClient::new(channel(&o.addr)?)
-                    .max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES)
-                    .max_encoding_message_size(shoal_proto::MAX_MESSAGE_BYTES),
+                _ => OsdConn::new(channel(&o.addr)?),
             };
             clients.insert(o.id, (o.addr.clone(), client));
         }
@@ -477,7 +475,7 @@ impl Cluster {
     /// transport failures and unavailable PGs with map refreshes.
     async fn osd<T, F, Fut>(&self, object: &str, f: F) -> Result<T, ClientError>
     where
-        F: Fn(u32, OsdClient<Channel>, u64) -> Fut,
+        F: Fn(u32, OsdConn, u64) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         let start = Instant::now();
@@ -539,32 +537,31 @@ impl Cluster {
         off: u64,
         data: Bytes,
     ) -> Result<(), ClientError> {
-        self.write_runs(session, ino, layout, &[(off, data)], false)
+        self.write_runs(session, ino, layout, &[(off, Rope::from(data))], false)
             .await
     }
 
     /// Writes non-overlapping `runs` (file offset, bytes) of inode `ino` for `session`: the
     /// pieces that fall in one object go in one request (one version and one sync on each of
-    /// its OSDs), all objects in parallel, each piece a slice of its run (no copy). Every
-    /// request is waited for, failed or not, so none lands after the caller's next write.
-    /// `whole`: the runs are the whole file (one, at 0), which the read cache may then keep.
+    /// its OSDs), all objects in parallel, the first piece of each sent from the run's own
+    /// buffers (no copy). Every request is waited for, failed or not, so none lands after the
+    /// caller's next write. `whole`: the runs are the whole file (one, at 0), which the read
+    /// cache may then keep.
     pub async fn write_runs(
         &self,
         session: u64,
         ino: u64,
         layout: &Layout,
-        runs: &[(u64, Bytes)],
+        runs: &[(u64, Rope)],
         whole: bool,
     ) -> Result<(), ClientError> {
         usable(layout)?;
         let mut changing = self.read_cache.changing(ino);
-        let mut objects: BTreeMap<u64, Vec<Extent>> = BTreeMap::new();
+        let mut objects: BTreeMap<u64, Vec<(u64, Rope)>> = BTreeMap::new();
         for (off, data) in runs {
             for e in file_to_extents(layout, *off, data.len() as u64) {
-                objects.entry(e.objno).or_default().push(Extent {
-                    offset: e.obj_off,
-                    data: data.slice(e.buf_off as usize..(e.buf_off + e.len) as usize),
-                });
+                let piece = data.slice(e.buf_off as usize, (e.buf_off + e.len) as usize);
+                objects.entry(e.objno).or_default().push((e.obj_off, piece));
             }
         }
         let requests = objects.into_iter().flat_map(|(objno, pieces)| {
@@ -575,19 +572,29 @@ impl Cluster {
                 .collect::<Vec<_>>()
         });
         let sent = futures::future::join_all(requests.map(|(object, mut pieces)| {
-            let first = pieces.remove(0);
+            let (offset, data) = pieces.remove(0);
+            let more: Vec<Extent> = pieces
+                .iter()
+                .map(|(offset, data)| Extent {
+                    offset: *offset,
+                    data: data.join(),
+                })
+                .collect();
             async move {
                 self.osd(&object, |id, c, epoch| {
-                    let req = WriteRequest {
-                        object: object.clone(),
-                        offset: first.offset,
-                        data: first.data.clone(),
-                        epoch,
-                        session,
-                        more: pieces.clone(),
+                    let op = WriteOp {
+                        req: WriteRequest {
+                            object: object.clone(),
+                            offset,
+                            data: Bytes::new(),
+                            epoch,
+                            session,
+                            more: more.clone(),
+                        },
+                        data: data.clone(),
                     };
                     let writes = &self.batches.writes;
-                    async move { writes.call(id, WriteCall(c), req).await.map(Response::new) }
+                    async move { writes.call(id, WriteCall(c), op).await.map(Response::new) }
                 })
                 .await
             }
@@ -595,7 +602,9 @@ impl Cluster {
         .await;
         sent.into_iter().try_for_each(|r| r.map(|_| ()))?;
         if let (true, [(0, data)]) = (whole, runs) {
-            changing.wrote_whole(data);
+            if data.len() as u64 <= crate::readcache::BLOCK {
+                changing.wrote_whole(&data.join());
+            }
         }
         Ok(())
     }
@@ -682,7 +691,7 @@ impl Cluster {
             let pl = &map.placement;
             let dark = (0..pl.pg_count).find(|&pg| pl.primary(pg).is_none());
             let lists = futures::future::join_all(ids.iter().map(|id| {
-                let client = map.clients.get(id).map(|(_, c)| c.clone());
+                let client = map.clients.get(id).map(|(_, c)| c.stub.clone());
                 async move {
                     let Some(c) = client else {
                         return Err(Status::unavailable("no address"));
@@ -758,14 +767,14 @@ impl Cluster {
                 if keep == 0 {
                     self.delete_object(session, &object).await
                 } else {
-                    self.osd(&object, |_, mut c, epoch| {
+                    self.osd(&object, |_, c, epoch| {
                         let req = TruncateRequest {
                             object: object.clone(),
                             size: keep,
                             epoch,
                             session,
                         };
-                        async move { c.truncate(req).await }
+                        async move { c.stub.clone().truncate(req).await }
                     })
                     .await
                     .map(|_| ())
@@ -819,7 +828,7 @@ impl Cluster {
                     return self.delete_object(session, &object).await;
                 }
                 for (offset, len) in pieces {
-                    self.osd(&object, |_, mut c, epoch| {
+                    self.osd(&object, |_, c, epoch| {
                         let req = ZeroRequest {
                             object: object.clone(),
                             offset,
@@ -827,7 +836,7 @@ impl Cluster {
                             epoch,
                             session,
                         };
-                        async move { c.zero(req).await }
+                        async move { c.stub.clone().zero(req).await }
                     })
                     .await?;
                 }

@@ -6,6 +6,7 @@
 //! waits for nothing.
 
 use shoal_proto::batch::{answers, Batch, Batcher, Limits};
+use shoal_proto::bulk::{self, Rope};
 use shoal_proto::osd::osd_client::OsdClient;
 use shoal_proto::osd::{
     DeleteBatchRequest, DeleteRequest, ReadBatchRequest, ReadReply, ReadRequest, WriteBatchRequest,
@@ -24,9 +25,29 @@ const LIMITS: Limits = Limits {
     max_weight: 4 << 20,
 };
 
+/// One OSD's client: the generated stub, and its channel for calls framed by
+/// [`shoal_proto::bulk`].
+#[derive(Clone)]
+pub struct OsdConn {
+    pub stub: OsdClient<Channel>,
+    pub channel: Channel,
+}
+
+impl OsdConn {
+    /// A client over `channel`.
+    pub fn new(channel: Channel) -> OsdConn {
+        OsdConn {
+            stub: OsdClient::new(channel.clone())
+                .max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(shoal_proto::MAX_MESSAGE_BYTES),
+            channel,
+        }
+    }
+}
+
 /// Reads through one OSD's client.
 #[derive(Clone)]
-pub struct ReadCall(pub OsdClient<Channel>);
+pub struct ReadCall(pub OsdConn);
 
 impl Batch for ReadCall {
     type Req = ReadRequest;
@@ -37,12 +58,13 @@ impl Batch for ReadCall {
     }
 
     async fn one(&self, req: ReadRequest) -> Result<ReadReply, Status> {
-        Ok(self.0.clone().read(req).await?.into_inner())
+        Ok(self.0.stub.clone().read(req).await?.into_inner())
     }
 
     async fn many(&self, reads: Vec<ReadRequest>) -> Result<Vec<Option<ReadReply>>, Status> {
         let r = self
             .0
+            .stub
             .clone()
             .read_batch(ReadBatchRequest { reads })
             .await?
@@ -51,27 +73,44 @@ impl Batch for ReadCall {
     }
 }
 
+/// A write: its request, with the data of its first extent held apart as a rope (the
+/// request's own `data` is empty), sent without copying it.
+#[derive(Clone, Debug)]
+pub struct WriteOp {
+    pub req: WriteRequest,
+    pub data: Rope,
+}
+
 /// Writes through one OSD's client.
 #[derive(Clone)]
-pub struct WriteCall(pub OsdClient<Channel>);
+pub struct WriteCall(pub OsdConn);
 
 impl Batch for WriteCall {
-    type Req = WriteRequest;
+    type Req = WriteOp;
     type Rep = WriteReply;
 
-    fn weight(req: &WriteRequest) -> Option<u64> {
-        let bytes =
-            req.data.len() as u64 + req.more.iter().map(|e| e.data.len() as u64).sum::<u64>();
+    fn weight(op: &WriteOp) -> Option<u64> {
+        let more: u64 = op.req.more.iter().map(|e| e.data.len() as u64).sum();
+        let bytes = op.data.len() as u64 + more;
         (bytes <= SMALL as u64).then_some(bytes)
     }
 
-    async fn one(&self, req: WriteRequest) -> Result<WriteReply, Status> {
-        Ok(self.0.clone().write(req).await?.into_inner())
+    async fn one(&self, op: WriteOp) -> Result<WriteReply, Status> {
+        let frames = bulk::frames(&op.req, WRITE_DATA_FIELD, op.data.chunks());
+        bulk::unary(&self.0.channel, WRITE_PATH, frames, REPLY_MAX).await
     }
 
-    async fn many(&self, writes: Vec<WriteRequest>) -> Result<Vec<Option<WriteReply>>, Status> {
+    async fn many(&self, ops: Vec<WriteOp>) -> Result<Vec<Option<WriteReply>>, Status> {
+        let writes = ops
+            .into_iter()
+            .map(|op| WriteRequest {
+                data: op.data.join(),
+                ..op.req
+            })
+            .collect();
         let r = self
             .0
+            .stub
             .clone()
             .write_batch(WriteBatchRequest { writes })
             .await?
@@ -80,9 +119,15 @@ impl Batch for WriteCall {
     }
 }
 
+/// `Osd.Write`, and the number of `WriteRequest.data` (see `proto/osd.proto`).
+const WRITE_PATH: &str = "/shoal.osd.Osd/Write";
+const WRITE_DATA_FIELD: u32 = 3;
+/// Largest reply taken to a call sent by [`bulk::unary`] (a write's reply is one number).
+const REPLY_MAX: usize = 64 << 10;
+
 /// Deletes through one OSD's client.
 #[derive(Clone)]
-pub struct DeleteCall(pub OsdClient<Channel>);
+pub struct DeleteCall(pub OsdConn);
 
 impl Batch for DeleteCall {
     type Req = DeleteRequest;
@@ -93,13 +138,14 @@ impl Batch for DeleteCall {
     }
 
     async fn one(&self, req: DeleteRequest) -> Result<(), Status> {
-        self.0.clone().delete(req).await.map(|_| ())
+        self.0.stub.clone().delete(req).await.map(|_| ())
     }
 
     async fn many(&self, deletes: Vec<DeleteRequest>) -> Result<Vec<Option<()>>, Status> {
         let n = deletes.len();
         let r = self
             .0
+            .stub
             .clone()
             .delete_batch(DeleteBatchRequest { deletes })
             .await?

@@ -2,15 +2,20 @@
 //!
 //! [`Extents`] holds one file's dirty bytes as non-overlapping ranges, each a slice of the
 //! buffer a write brought (no copy on the way in); a newer write replaces the bytes it
-//! overlaps. A flush sends them as contiguous runs, copying pieces together only where a run
-//! is made of several, so many small sequential writes go out as a few large ones.
+//! overlaps. A flush sends them as contiguous runs, each a rope of those buffers (large
+//! pieces are sent as they are, small neighbours copied together), so many small sequential
+//! writes go out as a few large ones.
 
 use std::collections::BTreeMap;
 
 use bytes::{Bytes, BytesMut};
+use shoal_proto::bulk::Rope;
 
 /// What one piece costs beyond its bytes (map entry, buffer header), for the memory limits.
 const PIECE_COST: u64 = 128;
+
+/// Pieces shorter than this are copied together into one buffer when sent.
+const JOIN_BELOW: usize = 64 << 10;
 
 /// Keeps `part` of a piece being cut: a copy when it is less than half of it, so cut pieces
 /// never hold on to much more memory than they count.
@@ -105,29 +110,35 @@ impl Extents {
             .collect()
     }
 
-    /// Contiguous runs of what is held, each as one buffer.
-    pub fn runs(&self) -> Vec<(u64, Bytes)> {
-        let mut runs: Vec<(u64, Vec<&Bytes>)> = Vec::new();
+    /// Contiguous runs of what is held, each as a rope of the pieces' own buffers; pieces
+    /// under [`JOIN_BELOW`] next to each other are copied together, so a run of many small
+    /// writes goes as a few buffers.
+    pub fn runs(&self) -> Vec<(u64, Rope)> {
+        let mut runs: Vec<(u64, Rope)> = Vec::new();
+        let mut small = BytesMut::new();
         let mut run_end = None;
         for (&s, d) in &self.map {
-            match runs.last_mut() {
-                Some((_, pieces)) if run_end == Some(s) => pieces.push(d),
-                _ => runs.push((s, vec![d])),
+            if run_end != Some(s) {
+                if let Some((_, rope)) = runs.last_mut() {
+                    rope.push(small.split().freeze());
+                }
+                runs.push((s, Rope::default()));
+            }
+            let Some((_, rope)) = runs.last_mut() else {
+                continue;
+            };
+            if d.len() < JOIN_BELOW {
+                small.extend_from_slice(d);
+            } else {
+                rope.push(small.split().freeze());
+                rope.push(d.clone());
             }
             run_end = Some(s + d.len() as u64);
         }
-        runs.into_iter()
-            .map(|(s, pieces)| match pieces.as_slice() {
-                [one] => (s, (*one).clone()),
-                _ => {
-                    let mut buf = BytesMut::with_capacity(pieces.iter().map(|p| p.len()).sum());
-                    for p in pieces {
-                        buf.extend_from_slice(p);
-                    }
-                    (s, buf.freeze())
-                }
-            })
-            .collect()
+        if let Some((_, rope)) = runs.last_mut() {
+            rope.push(small.split().freeze());
+        }
+        runs
     }
 }
 
@@ -224,8 +235,41 @@ mod tests {
         e.insert(100, b(b'z', 3));
         let runs = e.runs();
         assert_eq!(runs.len(), 2);
-        assert_eq!(runs[0], (0, Bytes::from_static(b"aaaabbbbccccdddd")));
-        assert_eq!(runs[1], (100, b(b'z', 3)));
+        assert_eq!(runs[0].0, 0);
+        assert_eq!(runs[0].1.join(), Bytes::from_static(b"aaaabbbbccccdddd"));
+        assert_eq!(
+            runs[0].1.chunks().len(),
+            1,
+            "small pieces are copied together"
+        );
+        assert_eq!(runs[1].0, 100);
+        assert_eq!(runs[1].1.join(), b(b'z', 3));
+    }
+
+    #[test]
+    fn large_pieces_of_a_run_are_sent_as_they_are() {
+        let big = JOIN_BELOW;
+        let mut e = Extents::default();
+        let pieces = [
+            b(b'a', big),
+            b(b'b', 10),
+            b(b'c', 20),
+            b(b'd', big + 1),
+            b(b'e', 5),
+        ];
+        let mut at = 0u64;
+        for p in &pieces {
+            e.insert(at, p.clone());
+            at += p.len() as u64;
+        }
+        let runs = e.runs();
+        assert_eq!(runs.len(), 1);
+        let rope = &runs[0].1;
+        assert_eq!(&rope.join()[..], &pieces.concat()[..]);
+        let lens: Vec<usize> = rope.chunks().iter().map(Bytes::len).collect();
+        assert_eq!(lens, vec![big, 30, big + 1, 5]);
+        let e0 = e.within(0, 1)[0].1.as_ptr();
+        assert_eq!(rope.chunks()[0].as_ptr(), e0, "a large piece is not copied");
     }
 
     #[test]

@@ -26,7 +26,9 @@ use shoal_proto::layout::MAX_WRITE_EXTENTS;
 use shoal_proto::mds::mds_client::MdsClient;
 use shoal_proto::mds::{GetOsdMapRequest, OsdMap};
 use shoal_proto::osd::osd_client::OsdClient;
-use shoal_proto::osd::{Extent, ObjectCopy, PullRequest, RepKind, RepOpBatchRequest, RepOpRequest};
+use shoal_proto::osd::{
+    Empty, Extent, ObjectCopy, PullRequest, RepKind, RepOpBatchRequest, RepOpRequest,
+};
 use shoal_proto::placement::{stable_hash, Placement};
 use tokio::sync::{Notify, OwnedMutexGuard};
 use tonic::transport::{Channel, Endpoint};
@@ -61,7 +63,7 @@ pub enum Mutation {
 pub struct MapState {
     /// Placement answers for the map.
     pub placement: Placement,
-    peers: HashMap<u32, (String, OsdClient<Channel>)>,
+    peers: HashMap<u32, (String, OsdClient<Channel>, Channel)>,
     /// Evicted client sessions, refused.
     blocklist: HashSet<u64>,
     /// What placement and peering depend on: the pool and each OSD's address, state and
@@ -125,9 +127,17 @@ pub struct Osd {
 }
 
 /// Small replica ops (64 KiB of data or less) to one OSD with two calls out to it already
-/// wait and go together in one `Osd.RepOpBatch` call (see [`shoal_proto::batch`]).
+/// wait and go together in one `Osd.RepOpBatch` call (see [`shoal_proto::batch`]). One that
+/// goes alone is framed by [`shoal_proto::bulk`]: its data is not copied into the request.
 #[derive(Clone)]
-struct RepCall(OsdClient<Channel>);
+struct RepCall {
+    stub: OsdClient<Channel>,
+    channel: Channel,
+}
+
+/// `Osd.RepOp`, and the number of `RepOpRequest.data` (see `proto/osd.proto`).
+const REP_OP_PATH: &str = "/shoal.osd.Osd/RepOp";
+const REP_OP_DATA_FIELD: u32 = 8;
 
 /// Replica ops carrying up to this many bytes may wait to go with others.
 const SMALL_REP_OP: u64 = 64 << 10;
@@ -141,14 +151,18 @@ impl Batch for RepCall {
         (bytes <= SMALL_REP_OP).then_some(bytes.max(1))
     }
 
-    async fn one(&self, req: RepOpRequest) -> Result<(), Status> {
-        self.0.clone().rep_op(req).await.map(|_| ())
+    async fn one(&self, mut req: RepOpRequest) -> Result<(), Status> {
+        let data = std::mem::take(&mut req.data);
+        let frames = shoal_proto::bulk::frames(&req, REP_OP_DATA_FIELD, &[data]);
+        shoal_proto::bulk::unary::<Empty>(&self.channel, REP_OP_PATH, frames, 64 << 10)
+            .await
+            .map(|_| ())
     }
 
     async fn many(&self, ops: Vec<RepOpRequest>) -> Result<Vec<Option<()>>, Status> {
         let n = ops.len();
         let r = self
-            .0
+            .stub
             .clone()
             .rep_op_batch(RepOpBatchRequest { ops })
             .await?
@@ -223,7 +237,7 @@ impl Osd {
 
     /// A client for peer `id`, if the map knows it.
     pub fn peer(&self, id: u32) -> Option<OsdClient<Channel>> {
-        self.map().peers.get(&id).map(|(_, c)| c.clone())
+        self.map().peers.get(&id).map(|(_, c, _)| c.clone())
     }
 
     /// Makes sure the OSD works at `epoch` or newer, fetching the map if it is behind.
@@ -278,13 +292,17 @@ impl Osd {
         }
         let mut peers = HashMap::new();
         for o in &map.osds {
-            let client = match old.peers.get(&o.id) {
-                Some((addr, c)) if *addr == o.addr => c.clone(),
-                _ => OsdClient::new(channel(&o.addr)?)
-                    .max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES)
-                    .max_encoding_message_size(shoal_proto::MAX_MESSAGE_BYTES),
+            let (client, ch) = match old.peers.get(&o.id) {
+                Some((addr, c, ch)) if *addr == o.addr => (c.clone(), ch.clone()),
+                _ => {
+                    let ch = channel(&o.addr)?;
+                    let c = OsdClient::new(ch.clone())
+                        .max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES)
+                        .max_encoding_message_size(shoal_proto::MAX_MESSAGE_BYTES);
+                    (c, ch)
+                }
             };
-            peers.insert(o.id, (o.addr.clone(), client));
+            peers.insert(o.id, (o.addr.clone(), client, ch));
         }
         let me_down = map.osds.iter().any(|o| o.id == self.id && !o.up);
         let placement = Placement::from_map(&map);
@@ -543,12 +561,15 @@ impl Osd {
                     _ => 0,
                 },
             };
-            let client = self.peer(id);
+            let call = self.map().peers.get(&id).map(|(_, c, ch)| RepCall {
+                stub: c.clone(),
+                channel: ch.clone(),
+            });
             async move {
-                let Some(c) = client else {
+                let Some(call) = call else {
                     return (id, Err(Status::unavailable(format!("osd.{id} unknown"))));
                 };
-                (id, self.reps.call(id, RepCall(c), req).await)
+                (id, self.reps.call(id, call, req).await)
             }
         }));
         let (local, replicas) = tokio::join!(local, replicas);

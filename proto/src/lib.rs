@@ -9,11 +9,13 @@
 //! - [`quota`]: the names of the quota xattrs.
 //! - [`listing`]: a file's objects as one OSD lists them (clients and the MDS ask every OSD).
 //! - [`request`]: request ids that make MDS mutations exactly-once across retries.
+//! - [`bulk`]: data-carrying messages framed without copying the data, and calls sending them.
 //! - [`malloc`]: allocator settings that keep the data path's buffers in the heap.
 //!
 //! Both ends of a wire compute striping and placement with this crate, so they always agree.
 
 pub mod batch;
+pub mod bulk;
 pub mod error;
 pub mod layout;
 pub mod limits;
