@@ -115,11 +115,53 @@ pub async fn run(
 /// Spare files the OSD keeps ready for new objects at first (see `ObjectStore::make_spares`);
 /// each time new objects found none, twice as many, up to `store::SPARES_MAX`.
 const SPARES_TARGET: usize = 4096;
-/// Spares made per turn, between which client ops come first.
-const SPARES_PER_TURN: usize = 64;
+/// Spares made per turn, between which client ops come first (a few milliseconds of work
+/// where ext4's inode allocation is slow).
+const SPARES_PER_TURN: usize = 4;
 
 /// Tombstones cut per turn, between which client ops come first.
-const CUTS_PER_TURN: usize = 64;
+const CUTS_PER_TURN: usize = 8;
+
+/// One thread at the lowest CPU priority (`SCHED_IDLE`) for the OSD's idle-time work that
+/// holds no lock a client op needs: it runs only on a core nothing else wants, so an OSD
+/// making spares never slows the client work it shares the machine with (on a 2-core host
+/// three OSDs making spares at once took every core for the first seconds after a start).
+struct IdleThread {
+    jobs: std::sync::mpsc::Sender<Box<dyn FnOnce() + Send>>,
+}
+
+impl IdleThread {
+    fn start() -> std::io::Result<IdleThread> {
+        let (jobs, queue) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        std::thread::Builder::new()
+            .name("osd-idle".into())
+            .spawn(move || {
+                // SAFETY: sched_param is plain old data; pid 0 is the calling thread.
+                let ok = unsafe {
+                    let param: libc::sched_param = std::mem::zeroed();
+                    libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) == 0
+                };
+                if !ok {
+                    warn!(error = %std::io::Error::last_os_error(), "idle-time work runs at normal priority");
+                }
+                while let Ok(job) = queue.recv() {
+                    job();
+                }
+            })?;
+        Ok(IdleThread { jobs })
+    }
+
+    /// Runs `f` on the thread; None if the thread is gone.
+    async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send(Box::new(move || {
+                let _ = tx.send(f());
+            }))
+            .ok()?;
+        rx.await.ok()
+    }
+}
 
 /// Work left for while no client uses this OSD, a turn at a time, turns back to back while
 /// it stays quiet:
@@ -136,6 +178,9 @@ async fn idle_loop(osd: Arc<daemon::Osd>) {
     let mut target = SPARES_TARGET;
     let mut ran_out = 0;
     let mut pause = std::time::Duration::from_millis(100);
+    let idle = IdleThread::start()
+        .map_err(|e| warn!(error = %e, "no idle-priority thread: spares made on the blocking pool"))
+        .ok();
     loop {
         tokio::time::sleep(pause).await;
         pause = std::time::Duration::from_millis(100);
@@ -151,20 +196,29 @@ async fn idle_loop(osd: Arc<daemon::Osd>) {
         // cut only gives space back.
         let store = osd.store.clone();
         let work = if store.spare_count() < target {
-            tokio::task::spawn_blocking(move || store.make_spares(SPARES_PER_TURN)).await
+            match &idle {
+                Some(t) => t.run(move || store.make_spares(SPARES_PER_TURN)).await,
+                None => tokio::task::spawn_blocking(move || store.make_spares(SPARES_PER_TURN))
+                    .await
+                    .ok(),
+            }
         } else if store.uncut_count() > 0 {
-            tokio::task::spawn_blocking(move || store.cut_tombstones(CUTS_PER_TURN)).await
+            // A cut holds its object's stripe lock: at normal priority, so a write waiting
+            // for that lock never waits for a thread that gets no core.
+            tokio::task::spawn_blocking(move || store.cut_tombstones(CUTS_PER_TURN))
+                .await
+                .ok()
         } else {
             continue;
         };
         match work {
             // More left: the next turn right after a look at client load.
-            Ok(Ok(_)) => pause = std::time::Duration::from_millis(1),
-            Ok(Err(e)) => {
+            Some(Ok(_)) => pause = std::time::Duration::from_millis(1),
+            Some(Err(e)) => {
                 warn!(error = %e, "cannot make spare files or cut deleted objects' files");
                 pause = std::time::Duration::from_secs(10);
             }
-            Err(_) => {}
+            None => {}
         }
     }
 }

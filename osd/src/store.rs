@@ -817,15 +817,24 @@ impl ObjectStore {
     /// Makes up to `n` spare files, stopping at [`SPARES_MAX`]; returns how many it made.
     /// Meant for idle time: it is the inode allocation a new object would otherwise wait
     /// for.
+    /// The pool's lock is taken once, at the end: the files are made without it.
     pub fn make_spares(&self, n: usize) -> io::Result<usize> {
-        let mut made = 0;
-        while made < n && self.spare_count() < SPARES_MAX {
+        let room = SPARES_MAX.saturating_sub(self.spare_count());
+        let mut made = Vec::with_capacity(n.min(room));
+        let mut result = Ok(());
+        for _ in 0..n.min(room) {
             let path = self.new_spare_path();
-            drop(open_creating(&path, true)?);
-            self.spares().push(path);
-            made += 1;
+            match open_creating(&path, true) {
+                Ok(_) => made.push(path),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
         }
-        Ok(made)
+        let count = made.len();
+        self.spares().extend(made);
+        result.map(|()| count)
     }
 
     /// A name for one more spare file.
