@@ -283,6 +283,9 @@ const XATTR_CACHE_MAX: usize = 4096;
 /// at least this long left (it is renewed when less than a second is left).
 const CLOSE_MARGIN: Duration = Duration::from_millis(500);
 
+/// A closed new file keeping at most this much goes with its create's batch.
+const GATHER_MAX: u64 = 1 << 20;
+
 /// How long a settled file is remembered (see `Client::settled`): far longer than an MDS
 /// answer takes to come back.
 const SETTLED_FOR: Duration = Duration::from_secs(30);
@@ -359,6 +362,18 @@ pub struct Client {
     listings: Mutex<crate::listings::Listings>,
     /// The last directory handle handed out.
     dir_handles: AtomicU64,
+    /// Files closed here whose create is still queued: their data (and, closed everywhere
+    /// here, their size) go with the queue's next batch (see `Client::gather_closed`).
+    pub(crate) closing: Mutex<Closing>,
+}
+
+/// Closed files left to the next batch of queued changes (see [`Client::gather_closed`]).
+#[derive(Default)]
+pub(crate) struct Closing {
+    /// Their data goes (a close by a descriptor that may not be the last).
+    pub flush: Vec<u64>,
+    /// Closed everywhere here: their data, then their size.
+    pub finish: Vec<u64>,
 }
 
 /// A byte-range lock request from the kernel (fcntl or flock).
@@ -438,6 +453,7 @@ impl Client {
             dirty_total: AtomicU64::new(0),
             dirops: Mutex::default(),
             dir_leases: std::sync::atomic::AtomicBool::new(true),
+            closing: Mutex::default(),
             listings: Mutex::default(),
             dir_handles: AtomicU64::new(0),
         }
@@ -1861,7 +1877,15 @@ impl Client {
     /// may belong to another client by now). A failure is also kept for the file's next
     /// fsync or close (see [`Client::take_flush_error`]).
     pub async fn flush_dirty(&self, ino: u64) -> Result<()> {
-        let r = self.flush_dirty_once(ino).await;
+        self.flush_dirty_asking(ino, true).await
+    }
+
+    /// [`Client::flush_dirty`]; without `may_ask`, nothing that may wait for the MDS: data
+    /// kept past its lease is left where it is instead of asking the MDS to keep the lease,
+    /// and nothing is sent while another flush of the file is under way (for the sender of
+    /// queued changes, which an MDS call waits for).
+    pub(crate) async fn flush_dirty_asking(&self, ino: u64, may_ask: bool) -> Result<()> {
+        let r = self.flush_dirty_once(ino, may_ask).await;
         if let Err(e) = &r {
             warn!(ino, error = %e, "cannot send a file's written data");
             self.latch(ino, e.clone());
@@ -1869,11 +1893,19 @@ impl Client {
         r
     }
 
-    async fn flush_dirty_once(&self, ino: u64) -> Result<()> {
+    async fn flush_dirty_once(&self, ino: u64, may_ask: bool) -> Result<()> {
         let Some(one) = self.files().get(&ino).map(|s| s.flush_lock.clone()) else {
             return Ok(());
         };
-        let _one = one.lock().await;
+        let _one = if may_ask {
+            one.lock().await
+        } else {
+            // A flush under way may be asking the MDS, which waits for the caller.
+            match one.try_lock() {
+                Ok(g) => g,
+                Err(_) => return Ok(()),
+            }
+        };
         let mut asked = false;
         let (taken, session, layout) = loop {
             {
@@ -1910,6 +1942,9 @@ impl Client {
             }
             // The lease ran out (a slow flush before this one, a frozen mount): the kept data
             // may still go if the MDS keeps the lease, i.e. no one else touched the file.
+            if !may_ask {
+                return Ok(());
+            }
             asked = true;
             if let Err(e) = self.keep_lease(ino, true).await {
                 debug!(ino, error = %e, "cannot ask to keep a write lease");
@@ -2477,11 +2512,32 @@ impl Client {
             }
             let start = !s.dirty.is_empty() && !s.flush_queued;
             s.flush_queued |= start;
-            start
+            (start, s.dirty.cost() <= GATHER_MAX)
         };
-        if start {
-            let me = self.clone();
-            tokio::spawn(async move { me.flush_dirty(ino).await });
+        if let (true, small) = start {
+            if !(small && self.gather_closed(ino, false)) {
+                let me = self.clone();
+                tokio::spawn(async move { me.flush_dirty(ino).await });
+            }
+        }
+        true
+    }
+
+    /// Leaves what a close of new file `ino` kept to the next batch of queued changes, which
+    /// its create is in (`finish`: its size too); false if its create went already. A tar's
+    /// or a build's small files then reach each OSD in a few batched calls, one journal
+    /// group for many, and their sizes go in the batch with their creates (see
+    /// `Client::send_changes`).
+    fn gather_closed(&self, ino: u64, finish: bool) -> bool {
+        let mut q = self.dirops();
+        if !q.runner || q.create_of(ino).is_none() {
+            return false;
+        }
+        let mut c = self.closing.lock().unwrap_or_else(|p| p.into_inner());
+        if finish {
+            c.finish.push(ino);
+        } else {
+            c.flush.push(ino);
         }
         true
     }
@@ -2503,8 +2559,67 @@ impl Client {
             }
             s.open = 0;
         }
-        let me = self.clone();
-        tokio::spawn(async move { me.finish_closed(ino).await });
+        if !self.gather_closed(ino, true) {
+            let me = self.clone();
+            tokio::spawn(async move { me.finish_closed(ino).await });
+        }
+        true
+    }
+
+    /// Queues the size, mtime and kept attribute changes of closed file `ino`, whose data
+    /// went, after its create (still queued): no MDS call, so the sender of the queue may
+    /// make it. False: they go the long way ([`Client::finish_closed`]).
+    pub(crate) fn queue_closed_size(&self, ino: u64) -> bool {
+        let Some(sending) = self.files().get(&ino).map(|s| s.sending.clone()) else {
+            return false;
+        };
+        let Ok(_one) = sending.try_lock() else {
+            return false;
+        };
+        let (req, generation) = {
+            let mut files = self.files();
+            let Some(s) = files.get_mut(&ino) else {
+                return false;
+            };
+            let live = s.kept_until.is_none_or(|u| u > Instant::now());
+            if s.open > 0
+                || !s.unsent()
+                || !s.dirty.is_empty()
+                || s.flushing.is_some()
+                || !live
+                || s.dirty_session != self.cluster.session()
+                || s.flush_error.is_some()
+                || s.orphan
+            {
+                return false;
+            }
+            let pending = s.dirty_mtime.map(|_| s.pending.unwrap_or(s.size));
+            let mut req = SetAttrRequest {
+                ino,
+                grow_size: pending,
+                // A size gives the lease back by itself.
+                release_write_lease: pending.is_none(),
+                ..s.kept_attrs.request(ino)
+            };
+            if req.mtime.is_none() {
+                req.mtime = s.dirty_mtime.map(|t| SetTime {
+                    now: false,
+                    time: Some(t),
+                });
+            }
+            (req, s.generation)
+        };
+        if self.size_here(&req).is_none() {
+            return false;
+        }
+        if let Some(s) = self.files().get_mut(&ino) {
+            if s.generation == generation {
+                s.size_sent();
+            } else {
+                s.kept_attrs = KeptAttrs::default();
+            }
+            s.write_until = None;
+        }
         true
     }
 
@@ -2525,7 +2640,7 @@ impl Client {
     /// Sends what a closed file (open nowhere here) kept, gives its write lease back, and
     /// forgets it; an unlinked one is purged then. A failure stays with the file for its next
     /// fsync or close here (unless it was unlinked).
-    async fn finish_closed(&self, ino: u64) {
+    pub(crate) async fn finish_closed(&self, ino: u64) {
         // (Nothing goes once it is open here again: that handle's fsync or close sends.)
         if let Err(e) = self.send_size_or_release(ino, false, false, true).await {
             warn!(ino, error = %e, "cannot send a closed file's writes");

@@ -19,7 +19,11 @@
 //! at most [`SEND_AFTER`] after the first of them was queued. Every other call to the MDS
 //! waits until the changes queued before it have landed (`Cluster::changes_settled`), so the
 //! MDS sees this mount's changes in the order it made them; a revocation of a directory lease
-//! lands them before it is acked, so another mount that looks finds them.
+//! lands them before it is acked, so another mount that looks finds them. A small file
+//! closed while its create is queued leaves its data to the batch as well: the sender sends
+//! the data of all such files at once, then queues their sizes after their creates
+//! ([`Client::send_closed`]), so a tar's files reach the OSDs in batched calls and the MDS in
+//! one entry with their sizes.
 //!
 //! As on a local filesystem, a create is durable once it landed: within [`SEND_AFTER`], at
 //! the next fsync of the file or its directory, or when the mount ends. One the MDS refused
@@ -78,7 +82,7 @@ pub(super) struct Queue {
     numbers: VecDeque<(u64, u64)>,
     /// [`Client::run_changes`] is sending what is queued (a client without a session's
     /// background work, as the CLI's and the CSI driver's, has no one to send it).
-    runner: bool,
+    pub(super) runner: bool,
 }
 
 /// Marks the queue as without a sender when [`Client::run_changes`] stops (its task is
@@ -190,7 +194,7 @@ impl Queue {
     }
 
     /// The queued create of `ino`, if it was not sent yet.
-    fn create_of(&mut self, ino: u64) -> Option<&mut MakeNodeRequest> {
+    pub(super) fn create_of(&mut self, ino: u64) -> Option<&mut MakeNodeRequest> {
         let (seq, _) = self.made.get(&ino)?;
         let i = usize::try_from(seq.checked_sub(self.sent)?).ok()?;
         match self.ops.get_mut(i)?.op.as_mut()? {
@@ -638,6 +642,7 @@ impl Client {
 
     /// Sends what is queued (and takes inode numbers when few are left), then returns.
     pub async fn send_changes(self: &Arc<Self>) {
+        self.send_closed().await;
         let (ops, take, renew_dirs) = {
             let mut q = self.dirops();
             // Decided before the queue is taken: every change made with the numbers of the
@@ -703,6 +708,26 @@ impl Client {
                 Ok(_) => {}
                 Err(e) => tracing::debug!(error = %e, "cannot take inode numbers"),
             }
+        }
+    }
+
+    /// Sends the data of the files closed since the last batch whose creates it holds (all at
+    /// once: the OSD calls of many small files go batched), then queues their sizes after
+    /// their creates. Nothing here waits for the MDS, which would wait for this sender: data
+    /// kept past its lease, and a size that cannot be queued, go the long way in the
+    /// background ([`Client::finish_closed`]).
+    async fn send_closed(self: &Arc<Self>) {
+        let closing = std::mem::take(&mut *self.closing.lock().unwrap_or_else(|p| p.into_inner()));
+        if closing.flush.is_empty() && closing.finish.is_empty() {
+            return;
+        }
+        let all = closing.flush.iter().chain(&closing.finish);
+        futures::future::join_all(all.map(|&ino| self.flush_dirty_asking(ino, false))).await;
+        for ino in closing.finish {
+            // Queued or not, the rest of the close (the lease, forgetting the file) follows.
+            self.queue_closed_size(ino);
+            let me = self.clone();
+            tokio::spawn(async move { me.finish_closed(ino).await });
         }
     }
 
