@@ -23,6 +23,7 @@ use bytes::{Bytes, BytesMut};
 use futures::future::try_join_all;
 use futures::{stream, Stream, StreamExt};
 use shoal_proto::bulk::Rope;
+use shoal_proto::datachan::DataChannel;
 use shoal_proto::error::{status_errno, WireError};
 use shoal_proto::layout::{
     extents_bound, file_to_extents, first_object_at, object_extents_in_range, object_len_below,
@@ -447,7 +448,7 @@ impl Cluster {
         for o in &map.osds {
             let client = match old.clients.get(&o.id) {
                 Some((addr, c)) if *addr == o.addr => c.clone(),
-                _ => OsdConn::new(channel(&o.addr)?),
+                _ => OsdConn::new(DataChannel::new(&o.addr).map_err(ClientError::Protocol)?),
             };
             clients.insert(o.id, (o.addr.clone(), client));
         }

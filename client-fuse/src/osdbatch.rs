@@ -7,12 +7,12 @@
 
 use shoal_proto::batch::{answers, Batch, Batcher, Limits};
 use shoal_proto::bulk::{self, Rope};
+use shoal_proto::datachan::DataChannel;
 use shoal_proto::osd::osd_client::OsdClient;
 use shoal_proto::osd::{
     DeleteBatchRequest, DeleteRequest, ReadBatchRequest, ReadReply, ReadRequest, WriteBatchRequest,
     WriteReply, WriteRequest,
 };
-use tonic::transport::Channel;
 use tonic::Status;
 
 /// Reads and writes up to this long may wait to go with others.
@@ -29,13 +29,13 @@ const LIMITS: Limits = Limits {
 /// [`shoal_proto::bulk`].
 #[derive(Clone)]
 pub struct OsdConn {
-    pub stub: OsdClient<Channel>,
-    pub channel: Channel,
+    pub stub: OsdClient<DataChannel>,
+    pub channel: DataChannel,
 }
 
 impl OsdConn {
     /// A client over `channel`.
-    pub fn new(channel: Channel) -> OsdConn {
+    pub fn new(channel: DataChannel) -> OsdConn {
         OsdConn {
             stub: OsdClient::new(channel.clone())
                 .max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES)

@@ -21,6 +21,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::future::join_all;
 use shoal_proto::batch::{answers, Batch, Batcher, Limits};
+use shoal_proto::datachan::DataChannel;
 use shoal_proto::error::{evicted_status, remap_status, status_errno, WireError};
 use shoal_proto::layout::MAX_WRITE_EXTENTS;
 use shoal_proto::mds::mds_client::MdsClient;
@@ -31,7 +32,6 @@ use shoal_proto::osd::{
 };
 use shoal_proto::placement::{stable_hash, Placement};
 use tokio::sync::{Notify, OwnedMutexGuard};
-use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
 use tracing::{debug, info, warn};
 
@@ -63,7 +63,7 @@ pub enum Mutation {
 pub struct MapState {
     /// Placement answers for the map.
     pub placement: Placement,
-    peers: HashMap<u32, (String, OsdClient<Channel>, Channel)>,
+    peers: HashMap<u32, (String, OsdClient<DataChannel>, DataChannel)>,
     /// Evicted client sessions, refused.
     blocklist: HashSet<u64>,
     /// What placement and peering depend on: the pool and each OSD's address, state and
@@ -131,8 +131,8 @@ pub struct Osd {
 /// goes alone is framed by [`shoal_proto::bulk`]: its data is not copied into the request.
 #[derive(Clone)]
 struct RepCall {
-    stub: OsdClient<Channel>,
-    channel: Channel,
+    stub: OsdClient<DataChannel>,
+    channel: DataChannel,
 }
 
 /// `Osd.RepOp`, and the number of `RepOpRequest.data` (see `proto/osd.proto`).
@@ -154,7 +154,7 @@ impl Batch for RepCall {
     async fn one(&self, mut req: RepOpRequest) -> Result<(), Status> {
         let data = std::mem::take(&mut req.data);
         let frames = shoal_proto::bulk::frames(&req, REP_OP_DATA_FIELD, &[data]);
-        shoal_proto::bulk::unary::<Empty>(&self.channel, REP_OP_PATH, frames, 64 << 10)
+        shoal_proto::bulk::unary::<Empty, _, _>(&self.channel, REP_OP_PATH, frames, 64 << 10)
             .await
             .map(|_| ())
     }
@@ -171,16 +171,9 @@ impl Batch for RepCall {
     }
 }
 
-fn channel(addr: &str) -> Result<Channel, Status> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| Status::internal(format!("bad peer address {addr:?}: {e}")))?
-        .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(5))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .initial_stream_window_size(shoal_proto::DATA_STREAM_WINDOW)
-        .initial_connection_window_size(shoal_proto::DATA_CONN_WINDOW)
-        .connect_lazy())
+/// A peer's channel: data-path HTTP/2 settings, large frames (see [`DataChannel`]).
+fn channel(addr: &str) -> Result<DataChannel, Status> {
+    DataChannel::new(addr).map_err(|e| Status::internal(format!("a peer's address: {e}")))
 }
 
 /// The next version of an object written at `epoch`.
@@ -236,7 +229,7 @@ impl Osd {
     }
 
     /// A client for peer `id`, if the map knows it.
-    pub fn peer(&self, id: u32) -> Option<OsdClient<Channel>> {
+    pub fn peer(&self, id: u32) -> Option<OsdClient<DataChannel>> {
         self.map().peers.get(&id).map(|(_, c, _)| c.clone())
     }
 

@@ -9,16 +9,20 @@
 //! the message as any other: the calls and replies built here are plain gRPC on the wire.
 //!
 //! - [`frames`]: a message as that prefix and its data chunks;
-//! - [`unary`]: a unary call whose request is such frames, over a tonic [`Channel`];
+//! - [`unary`]: a unary call whose request is such frames, over a tonic `Channel` or a
+//!   [`crate::datachan::DataChannel`];
 //! - [`message_of`]: the one message of a gRPC body, for the server side ([`frames`] for its
 //!   reply).
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http_body_util::BodyExt;
 use prost::Message;
-use tonic::transport::Channel;
+use tonic::body::BoxBody;
 use tonic::{Code, Status};
 use tower_service::Service;
+
+/// What a transport may fail with.
+type StdError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Bytes held as a sequence of buffers, sliced and sent without copying them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -139,12 +143,19 @@ pub fn body(frames: Vec<Bytes>, trailers: Option<http::HeaderMap>) -> tonic::bod
 /// `frames` (see [`frames`]) and decodes its reply, taking at most `max_reply` bytes of it.
 /// Errors come as tonic's client gives them: the server's status with its metadata, or a
 /// transport failure as UNAVAILABLE or UNKNOWN.
-pub async fn unary<R: Message + Default>(
-    channel: &Channel,
+pub async fn unary<R, S, B>(
+    channel: &S,
     path: &'static str,
     frames: Vec<Bytes>,
     max_reply: usize,
-) -> Result<R, Status> {
+) -> Result<R, Status>
+where
+    R: Message + Default,
+    S: Service<http::Request<BoxBody>, Response = http::Response<B>> + Clone,
+    S::Error: Into<StdError>,
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<StdError>,
+{
     let req = http::Request::builder()
         .method(http::Method::POST)
         .uri(path)

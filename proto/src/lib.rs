@@ -16,6 +16,7 @@
 
 pub mod batch;
 pub mod bulk;
+pub mod datachan;
 pub mod error;
 pub mod layout;
 pub mod limits;

@@ -1,19 +1,27 @@
 //! A file's objects as one OSD lists them (`Osd.ListFile`), page after page.
 
-use tonic::transport::Channel;
+use tonic::client::GrpcService;
 use tonic::Status;
 
 use crate::osd::osd_client::OsdClient;
 use crate::osd::{FileObject, ListFileRequest};
 
+type StdError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Every live object of inode `ino` numbered `from` or more that the OSD behind `client` holds
 /// a copy of, ascending; with when each copy last changed if `with_mtime`.
-pub async fn list_file(
-    mut client: OsdClient<Channel>,
+pub async fn list_file<T>(
+    mut client: OsdClient<T>,
     ino: u64,
     from: u64,
     with_mtime: bool,
-) -> Result<Vec<FileObject>, Status> {
+) -> Result<Vec<FileObject>, Status>
+where
+    T: GrpcService<tonic::body::BoxBody>,
+    T::Error: Into<StdError>,
+    T::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    <T::ResponseBody as http_body::Body>::Error: Into<StdError> + Send,
+{
     let mut out = Vec::new();
     let mut next = from;
     loop {
