@@ -12,7 +12,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper::client::conn::http2::{self, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -35,7 +35,16 @@ pub struct DataChannel {
 struct Inner {
     addr: String,
     authority: http::uri::Authority,
-    conn: tokio::sync::Mutex<Option<SendRequest<BoxBody>>>,
+    conn: tokio::sync::Mutex<Conn>,
+    /// Connection attempts made (for tests).
+    attempts: std::sync::atomic::AtomicU64,
+}
+
+/// The connection, or how the last attempt to make one failed.
+#[derive(Default)]
+struct Conn {
+    sender: Option<SendRequest<BoxBody>>,
+    failed: Option<(Instant, Status)>,
 }
 
 impl DataChannel {
@@ -50,26 +59,39 @@ impl DataChannel {
             inner: Arc::new(Inner {
                 addr: addr.to_string(),
                 authority,
-                conn: tokio::sync::Mutex::new(None),
+                conn: tokio::sync::Mutex::new(Conn::default()),
+                attempts: std::sync::atomic::AtomicU64::new(0),
             }),
         })
     }
 
-    /// The open connection, or a new one if there is none or it broke.
+    /// The open connection, or a new one if there is none or it broke. A call that waited
+    /// while an attempt began and failed fails with it rather than trying again, so calls
+    /// queued behind an unreachable daemon wait for one attempt, not one each.
     async fn sender(&self) -> Result<SendRequest<BoxBody>, Status> {
+        let asked = Instant::now();
         let mut conn = self.inner.conn.lock().await;
-        if let Some(s) = conn.as_ref().filter(|s| !s.is_closed()) {
+        if let Some(s) = conn.sender.as_ref().filter(|s| !s.is_closed()) {
             return Ok(s.clone());
         }
-        *conn = None;
-        let s = self.inner.connect().await?;
-        *conn = Some(s.clone());
+        conn.sender = None;
+        if let Some((at, why)) = &conn.failed {
+            if *at >= asked {
+                return Err(why.clone());
+            }
+        }
+        let tried = self.inner.connect().await;
+        conn.failed = tried.as_ref().err().map(|e| (Instant::now(), e.clone()));
+        let s = tried?;
+        conn.sender = Some(s.clone());
         Ok(s)
     }
 }
 
 impl Inner {
     async fn connect(&self) -> Result<SendRequest<BoxBody>, Status> {
+        self.attempts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let failed = |e: &dyn std::fmt::Display| {
             Status::unavailable(format!("connecting to {}: {e}", self.addr))
         };
@@ -236,6 +258,34 @@ mod tests {
         let r = read(&ch, 4096).await.unwrap();
         assert!(pattern_of(&r, 4096));
         server.abort();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn calls_waiting_on_a_failed_attempt_fail_with_it() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let ch = DataChannel::new(&addr.to_string()).unwrap();
+        // Hold the connection's lock so that every call below waits for the same attempt.
+        let held = ch.inner.conn.lock().await;
+        let calls: Vec<_> = (0..50)
+            .map(|_| {
+                let ch = ch.clone();
+                tokio::spawn(async move { read(&ch, 1).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(held);
+        for c in calls {
+            let e = c.await.unwrap().unwrap_err();
+            assert_eq!(e.code(), Code::Unavailable, "{e}");
+        }
+        let attempts = ch.inner.attempts.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(attempts, 1, "one attempt for fifty calls");
+        // A call that comes after the failure tries again.
+        assert!(read(&ch, 1).await.is_err());
+        let attempts = ch.inner.attempts.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(attempts, 2);
     }
 
     #[tokio::test]
