@@ -421,6 +421,12 @@ fn write_direct(file: &File, data: &[u8], at: u64) -> io::Result<()> {
     })
 }
 
+/// Where in an object's file the checksums of `len` bytes from block `first` on are, and
+/// how many bytes they take.
+fn checksums_of(first: u64, len: usize) -> (u64, usize) {
+    (HEADER + first * 4, len.div_ceil(BLOCK as usize) * 4)
+}
+
 fn rw() -> OpenOptions {
     OpenOptions::new()
         .read(true)
@@ -1264,13 +1270,13 @@ impl ObjectStore {
             .ok()?;
         // The block checksums are read through the page cache once the data came: ask for
         // them now, so that the two disk reads overlap instead of following one another.
-        let sums_len = (len.div_ceil(BLOCK as usize) * 4) as libc::off_t;
+        let (sums_at, sums_len) = checksums_of(first, len);
         // SAFETY: posix_fadvise reads its arguments only; a failure loses a hint, no more.
         unsafe {
             libc::posix_fadvise(
                 file.as_raw_fd(),
-                (HEADER + first * 4) as libc::off_t,
-                sums_len,
+                sums_at as libc::off_t,
+                sums_len as libc::off_t,
                 libc::POSIX_FADV_WILLNEED,
             )
         };
@@ -1296,9 +1302,9 @@ impl ObjectStore {
     /// checksums.
     fn verify(&self, object: &str, file: &File, first: u64, buf: &[u8]) -> Result<()> {
         let io = Self::io_err(object);
-        let nblocks = buf.len().div_ceil(BLOCK as usize);
-        let mut sums = vec![0u8; nblocks * 4];
-        file.read_exact_at(&mut sums, HEADER + first * 4)
+        let (sums_at, sums_len) = checksums_of(first, buf.len());
+        let mut sums = vec![0u8; sums_len];
+        file.read_exact_at(&mut sums, sums_at)
             .map_err(|e| match e.kind() {
                 ErrorKind::UnexpectedEof => Self::corrupt(object, "checksums missing"),
                 _ => io(e),

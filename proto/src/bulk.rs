@@ -18,11 +18,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http_body_util::BodyExt;
 use prost::Message;
 use tonic::body::BoxBody;
+use tonic::codegen::StdError;
 use tonic::{Code, Status};
 use tower_service::Service;
-
-/// What a transport may fail with.
-type StdError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Bytes held as a sequence of buffers, sliced and sent without copying them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

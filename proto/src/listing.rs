@@ -1,12 +1,11 @@
 //! A file's objects as one OSD lists them (`Osd.ListFile`), page after page.
 
 use tonic::client::GrpcService;
+use tonic::codegen::StdError;
 use tonic::Status;
 
 use crate::osd::osd_client::OsdClient;
 use crate::osd::{FileObject, ListFileRequest};
-
-type StdError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Every live object of inode `ino` numbered `from` or more that the OSD behind `client` holds
 /// a copy of, ascending; with when each copy last changed if `with_mtime`.
