@@ -238,7 +238,8 @@ impl Target for Library {
     }
 
     fn close(&self, f: OpenFile) -> anyhow::Result<()> {
-        Ok(self.rt.block_on(f.close())?)
+        // As a close through the mount: what it kept goes in the background.
+        Ok(self.rt.block_on(f.close_behind())?)
     }
 
     fn stat(&self, rel: &str) -> anyhow::Result<()> {

@@ -1687,9 +1687,14 @@ impl Client {
         }
         let st = self.open_state(ino)?;
         let size = st.size;
-        // The size may have grown through another mount; ask when reading past what we know.
+        // The size may have grown through another mount; ask when reading past what we know,
+        // unless this mount's lease on the file is live: another mount's growth revokes it
+        // before that mount's write returns, so the size cached under it is the file's.
         let size = if off + len as u64 > size {
-            let fresh = self.getattr_raw(ino).await?.size;
+            let fresh = match self.cached_attr(ino) {
+                Some(a) => a.size,
+                None => self.getattr_raw(ino).await?.size,
+            };
             if let Some(s) = self.files().get_mut(&ino) {
                 s.size = fresh;
             }

@@ -258,6 +258,9 @@ impl Session {
     }
 }
 
+/// The lock owner a library close names (see [`OpenFile::close_behind`]).
+const NO_LOCK_OWNER: u64 = 0;
+
 /// A regular file open through a [`Session`]. [`OpenFile::close`] reports what a close
 /// reports; dropping it unclosed leaves it open until the session ends.
 pub struct OpenFile {
@@ -285,6 +288,24 @@ impl OpenFile {
     /// Makes what was written durable: the data on the OSDs, the size at the MDS.
     pub async fn sync(&self) -> Result<()> {
         self.client.fsync_handle(self.fh, self.ino).await
+    }
+
+    /// Closes it as a close through a mount does. Under the file's write lease (with time
+    /// left), what was written goes to the OSDs and the MDS in the background, started now,
+    /// as a local filesystem writes its page cache back: [`OpenFile::sync`] before the close,
+    /// or the session's end, waits for it; another client that looks at the file revokes the
+    /// lease, which waits for it too; a failure to send is reported by the file's next sync or
+    /// close in this session. Otherwise, as [`OpenFile::close`].
+    pub async fn close_behind(self) -> Result<()> {
+        let (c, fh, ino) = (&self.client, self.fh, self.ino);
+        // The library takes no POSIX locks: no lock owner of its own is ever held.
+        if !(c.close_at_once(fh, ino, None, false) || c.close_kept(fh, ino, NO_LOCK_OWNER)) {
+            return self.close().await;
+        }
+        if c.close_at_once(fh, ino, None, true) || c.release_kept(fh, ino, None) {
+            return Ok(());
+        }
+        c.release(fh, ino).await
     }
 
     /// Closes it: its data and size are sent (a failure to send them is reported here).

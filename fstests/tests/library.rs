@@ -126,3 +126,56 @@ fn the_library_reads_writes_a_mount_kept_under_its_lease_and_not_its_own_stale_c
         lib.end().await;
     });
 }
+
+#[test]
+fn files_the_library_closes_behind_are_seen_whole_and_a_read_past_its_end_sees_growth() {
+    use std::io::Write;
+    let c = TestCluster::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let lib = library(&c).await;
+        // Closed as a mount closes: the data goes in the background under the write lease,
+        // and a look through the mount revokes it, which waits for the data.
+        for i in 0..40usize {
+            let f = lib.create(&format!("f{i}"), 0o644).await.unwrap();
+            let data = Bytes::from(vec![i as u8 + 1; 3000 + i]);
+            f.write_at(0, data).await.unwrap();
+            f.close_behind().await.unwrap();
+        }
+        for i in 0..40usize {
+            assert_eq!(
+                fs::read(c.path(&format!("f{i}"))).unwrap(),
+                vec![i as u8 + 1; 3000 + i],
+                "file {i}"
+            );
+        }
+        // A read past the end this session knows; then the mount appends (revoking the
+        // session's lease), and the same read sees the new end.
+        let f = lib.open("f0").await.unwrap();
+        assert_eq!(f.read_at(0, 8192).await.unwrap().len(), 3000);
+        let mut a = fs::OpenOptions::new()
+            .append(true)
+            .open(c.path("f0"))
+            .unwrap();
+        a.write_all(b"tail").unwrap();
+        drop(a);
+        let got = f.read_at(0, 8192).await.unwrap();
+        assert_eq!(got.len(), 3004);
+        assert_eq!(&got[3000..], b"tail");
+        assert_eq!(&f.read_at(3002, 100).await.unwrap()[..], b"il");
+        // Written here again and closed behind: the mount's reader sees it at once.
+        f.write_at(3004, Bytes::from_static(b"more")).await.unwrap();
+        f.close_behind().await.unwrap();
+        let whole = fs::read(c.path("f0")).unwrap();
+        assert_eq!(whole.len(), 3008);
+        assert_eq!(&whole[3000..], b"tailmore");
+        // The session's end sends what its closes left (nothing may be lost with it).
+        let g = lib.create("last", 0o644).await.unwrap();
+        g.write_at(0, Bytes::from_static(b"at the end"))
+            .await
+            .unwrap();
+        g.close_behind().await.unwrap();
+        lib.end().await;
+    });
+    assert_eq!(fs::read(c.path("last")).unwrap(), b"at the end");
+}
