@@ -53,7 +53,8 @@ pub struct RunArgs {
     /// Small sizes and short runs (seconds in all): checks the harness, not the speed.
     #[arg(long)]
     pub quick: bool,
-    /// A tar file to extract (default: one made from this repository's files, if run in it).
+    /// A tar file to extract (default, when run in this repository: its files and the sources
+    /// of the crates it depends on from Cargo's registry, 3,500 files; with --quick, its files).
     #[arg(long)]
     pub tar: Option<PathBuf>,
     /// Write the results as JSON here.
@@ -477,8 +478,15 @@ fn metadata<T: Target>(t: &T, s: &Sizes, out: &mut Vec<Metric>) -> anyhow::Resul
     Ok(())
 }
 
-/// A tar of this repository's tracked files, made once in a temporary directory.
-fn repo_tar(scratch: &Path) -> anyhow::Result<Option<PathBuf>> {
+/// Files the default tar holds at least (unless `--quick`): about as many as the 3,491 of the
+/// maintainers' fsbench tree, so that one extraction takes long enough to measure steadily.
+const TAR_FILES: usize = 3_500;
+
+/// The default tar: a real source tree, made once in a temporary directory. This repository's
+/// tracked files and, unless `quick`, the sources of the crates its `Cargo.lock` pins, as
+/// Cargo's registry holds them, whole crates in name order until [`TAR_FILES`] files. Returns
+/// the tar and what it holds; None outside a git checkout.
+fn source_tar(scratch: &Path, quick: bool) -> anyhow::Result<Option<(PathBuf, String)>> {
     let files = Command::new("git").args(["ls-files", "-z"]).output();
     let Some(files) = files
         .ok()
@@ -486,18 +494,113 @@ fn repo_tar(scratch: &Path) -> anyhow::Result<Option<PathBuf>> {
     else {
         return Ok(None);
     };
+    let mut count = files.stdout.iter().filter(|&&b| b == 0).count();
     let list = scratch.join("files");
     fs::write(&list, &files.stdout)?;
+    let mut crates = Vec::new();
+    if !quick {
+        for (dir, name) in locked_sources()? {
+            if count >= TAR_FILES {
+                break;
+            }
+            count += files_under(&dir.join(&name));
+            crates.push((dir, name));
+        }
+    }
     let tar = scratch.join("source.tar");
-    let ok = Command::new("tar")
-        .arg("-cf")
-        .arg(&tar)
-        .arg("--null")
-        .arg("-T")
-        .arg(&list)
-        .status()?
-        .success();
-    Ok(ok.then_some(tar))
+    let mut cmd = Command::new("tar");
+    cmd.arg("-cf").arg(&tar);
+    for (dir, name) in &crates {
+        cmd.arg("-C").arg(dir).arg(name);
+    }
+    let here = std::env::current_dir()?;
+    cmd.arg("-C").arg(&here).arg("--null").arg("-T").arg(&list);
+    if !cmd.status()?.success() {
+        return Ok(None);
+    }
+    let what = format!(
+        "{count} files: this repository and the sources of {} crates it depends on",
+        crates.len()
+    );
+    Ok(Some((tar, what)))
+}
+
+/// The registry crates `Cargo.lock` (at the top of this checkout) pins whose sources Cargo's
+/// registry holds, in name order: (registry source directory, `NAME-VERSION`).
+fn locked_sources() -> anyhow::Result<Vec<(PathBuf, String)>> {
+    let top = Command::new("git")
+        .args(["rev-parse", "--show-toplevel"])
+        .output()?;
+    let top = PathBuf::from(String::from_utf8_lossy(&top.stdout).trim());
+    let Ok(lock) = fs::read_to_string(top.join("Cargo.lock")) else {
+        return Ok(Vec::new());
+    };
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
+    let Some(home) = home else {
+        return Ok(Vec::new());
+    };
+    let mut registries: Vec<PathBuf> = fs::read_dir(home.join("registry/src"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    registries.sort();
+    let mut out: Vec<(PathBuf, String)> = locked_registry_crates(&lock)
+        .into_iter()
+        .filter_map(|name| {
+            let dir = registries.iter().find(|r| r.join(&name).is_dir())?;
+            Some((dir.clone(), name))
+        })
+        .collect();
+    out.sort_by(|a, b| a.1.cmp(&b.1));
+    Ok(out)
+}
+
+/// `NAME-VERSION` of each package from a registry in a `Cargo.lock`'s text.
+fn locked_registry_crates(lock: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let (mut name, mut version, mut registry) = (None, None, false);
+    let mut done = |name: &mut Option<&str>, version: &mut Option<&str>, registry: &mut bool| {
+        if let (Some(n), Some(v), true) = (name.take(), version.take(), *registry) {
+            out.push(format!("{n}-{v}"));
+        }
+        *registry = false;
+    };
+    for line in lock.lines() {
+        let line = line.trim();
+        if line == "[[package]]" {
+            done(&mut name, &mut version, &mut registry);
+        }
+        let value = |key: &str| {
+            line.strip_prefix(key)
+                .and_then(|r| r.trim_start().strip_prefix('='))
+                .map(|r| r.trim().trim_matches('"'))
+        };
+        if let Some(v) = value("name") {
+            name = Some(v);
+        } else if let Some(v) = value("version") {
+            version = Some(v);
+        } else if let Some(v) = value("source") {
+            registry = v.starts_with("registry+");
+        }
+    }
+    done(&mut name, &mut version, &mut registry);
+    out
+}
+
+/// Regular files and symlinks under `dir`, at any depth.
+fn files_under(dir: &Path) -> usize {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => files_under(&e.path()),
+            Ok(_) => 1,
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 /// The median of `s.untars` extractions, each into a new directory and from cold: one takes
@@ -791,9 +894,12 @@ pub fn run(a: &RunArgs) -> anyhow::Result<()> {
         .context("--library")?;
     let sizes = Sizes::of(a.quick);
     let scratch = tempfile::tempdir()?;
-    let tar = match &a.tar {
-        Some(t) => Some(t.clone()),
-        None => repo_tar(scratch.path())?,
+    let (tar, tar_what) = match &a.tar {
+        Some(t) => (Some(t.clone()), t.display().to_string()),
+        None => match source_tar(scratch.path(), a.quick)? {
+            Some((t, what)) => (Some(t), what),
+            None => (None, String::new()),
+        },
     };
     if !drop_caches() {
         eprintln!("note: not root, so caches are not dropped before reads");
@@ -825,6 +931,9 @@ pub fn run(a: &RunArgs) -> anyhow::Result<()> {
     }
     let rss = watch.map(RssWatch::finish).unwrap_or_default();
     let mut md = table(&labels, &results);
+    if tar.is_some() && picked(&a.only, Workload::Untar) {
+        md += &format!("\nuntar: {tar_what}\n");
+    }
     if !rss.is_empty() {
         md += "\n| process | peak RSS (MiB) | limit (MiB) |\n|---|---:|---:|\n";
         for (name, kib) in &rss {
@@ -851,6 +960,7 @@ pub fn run(a: &RunArgs) -> anyhow::Result<()> {
             p,
             serde_json::to_vec_pretty(&serde_json::json!({
                 "quick": a.quick,
+                "untar": tar_what,
                 "targets": v,
                 "rss_peak_kib": rss.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
             }))?,
@@ -862,6 +972,42 @@ pub fn run(a: &RunArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_tar_takes_the_registry_crates_a_lock_file_pins() {
+        let lock = r#"
+version = 4
+
+[[package]]
+name = "shoal-bench"
+version = "0.1.0"
+dependencies = [
+ "anyhow",
+]
+
+[[package]]
+name = "anyhow"
+version = "1.0.98"
+source = "registry+https://github.com/rust-lang/crates.io-index"
+checksum = "e16d2d3311acee920a9eb8d33b8cbc1787ce4a264e85f964c2404b969bdcd487"
+
+[[package]]
+name = "mine"
+version = "0.2.0"
+source = "git+https://example.org/mine#abc"
+
+[[package]]
+name = "bytes"
+version = "1.10.1"
+source = "registry+https://github.com/rust-lang/crates.io-index"
+"#;
+        assert_eq!(
+            locked_registry_crates(lock),
+            vec!["anyhow-1.0.98".to_string(), "bytes-1.10.1".to_string()]
+        );
+        assert!(locked_registry_crates("").is_empty());
+        assert!(locked_registry_crates("[[package]]\nname = \"x\"\n").is_empty());
+    }
 
     #[test]
     fn a_metric_a_target_did_not_measure_shows_a_dash() {
