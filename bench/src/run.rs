@@ -538,7 +538,8 @@ fn locked_sources() -> anyhow::Result<Vec<(PathBuf, String)>> {
     let home = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
-    let Some(home) = home else {
+    // Absolute: tar takes each relative -C from the one before.
+    let Some(home) = home.and_then(|h| fs::canonicalize(h).ok()) else {
         return Ok(Vec::new());
     };
     let mut registries: Vec<PathBuf> = fs::read_dir(home.join("registry/src"))
@@ -568,7 +569,8 @@ fn locked_registry_crates(lock: &str) -> Vec<String> {
     };
     for line in lock.lines() {
         let line = line.trim();
-        if line == "[[package]]" {
+        // Every table (a package, or a `[[patch.unused]]` after them) ends the one before.
+        if line.starts_with('[') {
             done(&mut name, &mut version, &mut registry);
         }
         let value = |key: &str| {
@@ -1000,6 +1002,10 @@ source = "git+https://example.org/mine#abc"
 name = "bytes"
 version = "1.10.1"
 source = "registry+https://github.com/rust-lang/crates.io-index"
+
+[[patch.unused]]
+name = "patched"
+version = "9.9.9"
 "#;
         assert_eq!(
             locked_registry_crates(lock),

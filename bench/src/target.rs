@@ -178,6 +178,8 @@ impl Library {
     pub fn finish(self) -> anyhow::Result<()> {
         let s = &self.session;
         self.rt.block_on(async {
+            // What the workloads' closes left to the background went, or the run fails.
+            s.sync_closed().await?;
             let mut dirs = vec![self.base.clone()];
             let mut order = Vec::new();
             while let Some(d) = dirs.pop() {

@@ -1691,7 +1691,9 @@ impl Client {
         // unless this mount's lease on the file is live: another mount's growth revokes it
         // before that mount's write returns, so the size cached under it is the file's.
         let size = if off + len as u64 > size {
-            let fresh = match self.cached_attr(ino) {
+            // (The MDS's size: the one kept in the file's state; unsent writes here are laid
+            // over it where it is used.)
+            let fresh = match self.cached_raw(ino) {
                 Some(a) => a.size,
                 None => self.getattr_raw(ino).await?.size,
             };
@@ -2688,6 +2690,21 @@ impl Client {
     pub async fn finish_all_closed(&self) {
         let closed = self.closed_files();
         futures::future::join_all(closed.into_iter().map(|ino| self.finish_closed(ino))).await;
+    }
+
+    /// Sends what every closed file kept, then reports the first failure to send that a
+    /// closed file holds. Each failure is reported once (as an fsync or close reports it); what
+    /// failed to go stays here and is sent again later.
+    pub async fn sync_closed(&self) -> Result<()> {
+        self.finish_all_closed().await;
+        let mut files = self.files();
+        let mut first = None;
+        for s in files.values_mut().filter(|s| s.open == 0) {
+            if let Some(e) = s.flush_error.take() {
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
     }
 
     /// Before this mount reads a tree's usage or sets a first quota on it, which count the

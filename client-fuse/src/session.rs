@@ -109,6 +109,12 @@ impl Session {
         &self.client
     }
 
+    /// Sends what closes left to the background ([`OpenFile::close_behind`]) and reports the
+    /// first failure to send any of it (each failure once).
+    pub async fn sync_closed(&self) -> Result<()> {
+        self.client.sync_closed().await
+    }
+
     /// Sends what closed files kept, then ends the session at the MDS (its locks and leases
     /// go at once, not after the session timeout); waits at most 5 s for the MDS.
     pub async fn end(&self) {
@@ -294,8 +300,9 @@ impl OpenFile {
     /// left), what was written goes to the OSDs and the MDS in the background, started now,
     /// as a local filesystem writes its page cache back: [`OpenFile::sync`] before the close,
     /// or the session's end, waits for it; another client that looks at the file revokes the
-    /// lease, which waits for it too; a failure to send is reported by the file's next sync or
-    /// close in this session. Otherwise, as [`OpenFile::close`].
+    /// lease, which waits for it too. A failure to send is reported by the file's next sync or
+    /// close in this session, or by [`Session::sync_closed`]; [`Session::end`] sends what is
+    /// left but only logs a failure. Otherwise, as [`OpenFile::close`].
     pub async fn close_behind(self) -> Result<()> {
         let (c, fh, ino) = (&self.client, self.fh, self.ino);
         // The library takes no POSIX locks: no lock owner of its own is ever held.

@@ -169,7 +169,12 @@ fn files_the_library_closes_behind_are_seen_whole_and_a_read_past_its_end_sees_g
         let whole = fs::read(c.path("f0")).unwrap();
         assert_eq!(whole.len(), 3008);
         assert_eq!(&whole[3000..], b"tailmore");
-        // The session's end sends what its closes left (nothing may be lost with it).
+        // A file whose create went long ago, written again and closed behind: what its
+        // close kept goes by `sync_closed` (which reports no failure) and the session's end.
+        let g = lib.open("f1").await.unwrap();
+        g.write_at(0, Bytes::from_static(b"again")).await.unwrap();
+        g.close_behind().await.unwrap();
+        lib.sync_closed().await.unwrap();
         let g = lib.create("last", 0o644).await.unwrap();
         g.write_at(0, Bytes::from_static(b"at the end"))
             .await
@@ -178,4 +183,7 @@ fn files_the_library_closes_behind_are_seen_whole_and_a_read_past_its_end_sees_g
         lib.end().await;
     });
     assert_eq!(fs::read(c.path("last")).unwrap(), b"at the end");
+    let f1 = fs::read(c.path("f1")).unwrap();
+    assert_eq!(&f1[..5], b"again");
+    assert_eq!(&f1[5..], &[2u8; 3000 - 5 + 1][..]);
 }
