@@ -649,6 +649,25 @@ impl Client {
         }
     }
 
+    /// Keeps that `ino` has no `security.capability`, which the MDS read under the lease its
+    /// reply to a request sent at `sent` granted: unless that lease was revoked since, or this
+    /// mount changed the file's attributes since it asked.
+    fn keep_no_caps(&self, ino: u64, sent: Instant) {
+        let renewal = self.renewal();
+        let mut leases = self.leases();
+        let Some(l) = leases.get_mut(&ino) else {
+            return;
+        };
+        if Self::live(l, renewal)
+            && l.revoked.is_none_or(|r| r < sent)
+            && l.floor.is_none_or(|f| sent >= f)
+            && l.xattr_floor.is_none_or(|f| sent >= f)
+            && l.xattrs.len() < 64
+        {
+            l.xattrs.insert(Bytes::from_static(dirops::NO_CAPS), None);
+        }
+    }
+
     /// This mount is changing `ino` in a way that may change its extended attributes (a
     /// chmod rewrites its access ACL): what is cached of them goes, and replies to getxattr
     /// requests sent before now are not kept.
@@ -1121,8 +1140,12 @@ impl Client {
         let mut r = r.inspect_err(|_| self.entries_unknown_everywhere(parent))?;
         let dir = r.dir.take();
         let dir_ms = r.dir_lease_ms;
+        let no_caps = r.no_capabilities;
         let (attr, write_ms) = self.leased_reply(r, sent, Some(parent))?;
         self.entry_made(parent, name, &attr, sent, dir);
+        if no_caps {
+            self.keep_no_caps(attr.ino, sent);
+        }
         if dir_ms > 0 {
             // On the new directory for a mkdir, else on the parent.
             let dir = if attr.kind == FileKind::Directory as i32 {

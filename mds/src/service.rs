@@ -108,6 +108,8 @@ const RATE_WINDOW: Duration = Duration::from_secs(10);
 
 /// Rounds of revocations before a tree's usage is read (see `MdsService::usage_settled`).
 const USAGE_ROUNDS: usize = 4;
+/// The extended attribute that gives an executable file capabilities.
+const CAPABILITIES: &[u8] = b"security.capability";
 
 fn attr_of(a: Applied) -> Result<Attr, Status> {
     match a {
@@ -368,6 +370,7 @@ impl MdsService {
             write_lease_ms,
             dir: None,
             dir_lease_ms: 0,
+            no_capabilities: false,
         }))
     }
 
@@ -398,6 +401,7 @@ impl MdsService {
             write_lease_ms: 0,
             dir,
             dir_lease_ms: 0,
+            no_capabilities: false,
         }))
     }
 
@@ -811,6 +815,7 @@ impl Mds for MdsService {
             write_lease_ms: 0,
             dir: None,
             dir_lease_ms: 0,
+            no_capabilities: false,
         }))
     }
 
@@ -887,6 +892,7 @@ impl Mds for MdsService {
             write_lease_ms,
             dir: None,
             dir_lease_ms: 0,
+            no_capabilities: false,
         }))
     }
 
@@ -949,6 +955,12 @@ impl Mds for MdsService {
             .await?;
         reply.get_mut().write_lease_ms = write_lease_ms;
         reply.get_mut().dir_lease_ms = dir_lease_ms;
+        if reply.get_ref().lease_ms > 0 && made.kind == FileKind::Regular as i32 {
+            // Read after the lease was granted (by `entry_reply`).
+            let caps = self.fsm.getxattr(made.ino, CAPABILITIES);
+            reply.get_mut().no_capabilities =
+                matches!(caps, Err(MdsError::Fs { errno, .. }) if errno == libc::ENODATA);
+        }
         Ok(reply)
     }
 
@@ -1113,6 +1125,7 @@ impl Mds for MdsService {
                             write_lease_ms,
                             dir: None,
                             dir_lease_ms: 0,
+                            no_capabilities: false,
                         }),
                         errno: 0,
                         message: String::new(),

@@ -60,7 +60,7 @@ const DIR_MARGIN: Duration = Duration::from_millis(500);
 const RENEW_WHILE_USED: Duration = shoal_proto::limits::LEASE_HOLD_MAX;
 
 /// Extended attributes a new file is known not to have.
-const NO_CAPS: &[u8] = b"security.capability";
+pub(super) const NO_CAPS: &[u8] = b"security.capability";
 const NO_ACL: &[u8] = b"system.posix_acl_access";
 const NO_DEFAULT_ACL: &[u8] = b"system.posix_acl_default";
 
