@@ -6,8 +6,9 @@
 //! as root); random 4 KiB reads and writes from several threads (O_DIRECT where the target
 //! takes it); create, stat and unlink of many empty files; mkdir and rmdir of a tree; 4 KiB
 //! small files written and read back; readdir of a large directory; extraction of a tar of a
-//! source tree (`--tar`, by default one made from this repository's files when run inside it;
-//! the median of five extractions, each from cold);
+//! source tree (`--tar`; by default, when run inside this repository, its files and the
+//! sources of crates it depends on, see [`source_tar`]; the median of five extractions, each
+//! from cold);
 //! two clients on one directory (`--second`: another mount of the target's filesystem), a
 //! ping-pong of files and both writing and reading each other's files at once.
 //! `--quick` shrinks everything to seconds (what CI runs); the figures then mean little.
@@ -605,9 +606,8 @@ fn files_under(dir: &Path) -> usize {
         .sum()
 }
 
-/// The median of `s.untars` extractions, each into a new directory and from cold: one takes
-/// a few tens of milliseconds for this repository's tar, where a single sample is mostly
-/// what else the machine did at that moment.
+/// The median of `s.untars` extractions, each into a new directory and from cold: a single
+/// sample of a small tar is mostly what else the machine did at that moment.
 fn untar(dir: &Path, tar: &Path, s: &Sizes, out: &mut Vec<Metric>) -> anyhow::Result<()> {
     let mut took = Vec::with_capacity(s.untars);
     for round in 0..s.untars {

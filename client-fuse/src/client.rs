@@ -633,38 +633,33 @@ impl Client {
         {
             return;
         }
+        self.keep_xattr_read(ino, name, value, sent, false);
+    }
+
+    /// [`Client::keep_xattr`] of an answer the MDS read for a request sent at `sent`;
+    /// `after_grant`: it read it after granting the lease its reply brought (so no lease need
+    /// have been held when the request went).
+    fn keep_xattr_read(
+        &self,
+        ino: u64,
+        name: &[u8],
+        value: Option<Bytes>,
+        sent: Instant,
+        after_grant: bool,
+    ) {
         let renewal = self.renewal();
         let mut leases = self.leases();
         let Some(l) = leases.get_mut(&ino) else {
             return;
         };
         if Self::live(l, renewal)
-            && l.held_since.is_some_and(|h| h <= sent)
+            && (after_grant || l.held_since.is_some_and(|h| h <= sent))
             && l.floor.is_none_or(|f| sent >= f)
             && l.xattr_floor.is_none_or(|f| sent >= f)
             && l.revoked.is_none_or(|r| r < sent)
             && l.xattrs.len() < 64
         {
             l.xattrs.insert(Bytes::copy_from_slice(name), value);
-        }
-    }
-
-    /// Keeps that `ino` has no `security.capability`, which the MDS read under the lease its
-    /// reply to a request sent at `sent` granted: unless that lease was revoked since, or this
-    /// mount changed the file's attributes since it asked.
-    fn keep_no_caps(&self, ino: u64, sent: Instant) {
-        let renewal = self.renewal();
-        let mut leases = self.leases();
-        let Some(l) = leases.get_mut(&ino) else {
-            return;
-        };
-        if Self::live(l, renewal)
-            && l.revoked.is_none_or(|r| r < sent)
-            && l.floor.is_none_or(|f| sent >= f)
-            && l.xattr_floor.is_none_or(|f| sent >= f)
-            && l.xattrs.len() < 64
-        {
-            l.xattrs.insert(Bytes::from_static(dirops::NO_CAPS), None);
         }
     }
 
@@ -1144,7 +1139,8 @@ impl Client {
         let (attr, write_ms) = self.leased_reply(r, sent, Some(parent))?;
         self.entry_made(parent, name, &attr, sent, dir);
         if no_caps {
-            self.keep_no_caps(attr.ino, sent);
+            // Read after the lease on the new file was granted.
+            self.keep_xattr_read(attr.ino, dirops::NO_CAPS, None, sent, true);
         }
         if dir_ms > 0 {
             // On the new directory for a mkdir, else on the parent.

@@ -703,6 +703,11 @@ pub fn cpath(p: &std::path::Path) -> std::ffi::CString {
 
 /// setxattr(2) of a text value; the errno on failure.
 pub fn set_xattr(p: &std::path::Path, name: &str, value: &str) -> Result<(), i32> {
+    set_xattr_bytes(p, name, value.as_bytes())
+}
+
+/// setxattr(2); the errno on failure.
+pub fn set_xattr_bytes(p: &std::path::Path, name: &str, value: &[u8]) -> Result<(), i32> {
     let n = std::ffi::CString::new(name).unwrap();
     // SAFETY: valid NUL-terminated strings and a buffer of the given length.
     let r = unsafe {
@@ -723,6 +728,11 @@ pub fn set_xattr(p: &std::path::Path, name: &str, value: &str) -> Result<(), i32
 
 /// getxattr(2) of a text value (up to 256 bytes); the errno on failure.
 pub fn get_xattr(p: &std::path::Path, name: &str) -> Result<String, i32> {
+    get_xattr_bytes(p, name).map(|v| String::from_utf8(v).unwrap())
+}
+
+/// getxattr(2) of a value of up to 256 bytes; the errno on failure.
+pub fn get_xattr_bytes(p: &std::path::Path, name: &str) -> Result<Vec<u8>, i32> {
     let n = std::ffi::CString::new(name).unwrap();
     let mut buf = vec![0u8; 256];
     // SAFETY: valid NUL-terminated strings and a buffer of the given length.
@@ -738,7 +748,7 @@ pub fn get_xattr(p: &std::path::Path, name: &str) -> Result<String, i32> {
         return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
     }
     buf.truncate(r as usize);
-    Ok(String::from_utf8(buf).unwrap())
+    Ok(buf)
 }
 
 /// fallocate(2) on an open file.

@@ -483,52 +483,32 @@ fn namespace_changes_on_one_mount_are_seen_at_once_on_another() {
 
 #[test]
 fn capabilities_set_on_one_mount_show_on_the_mount_that_made_the_file() {
-    use shoal_fstests::cpath;
-    use std::ffi::CString;
+    use shoal_fstests::{get_xattr_bytes, set_xattr_bytes};
     let c = TestCluster::start();
     let m2 = c.mount_again("mnt2");
     fs::create_dir(c.path("d")).unwrap();
-    let name = CString::new("security.capability").unwrap();
+    let name = "security.capability";
     // Revision 2, effective, CAP_NET_RAW permitted.
     let caps: [u8; 20] = [
         1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     ];
-    let get = |p: &std::path::Path| -> Result<Vec<u8>, i32> {
-        let mut buf = vec![0u8; 64];
-        // SAFETY: valid NUL-terminated strings and a buffer of the given length.
-        let r = unsafe {
-            libc::getxattr(
-                cpath(p).as_ptr(),
-                name.as_ptr(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-            )
-        };
-        if r < 0 {
-            return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
-        }
-        buf.truncate(r as usize);
-        Ok(buf)
-    };
     for i in 0..20 {
         let f = format!("d/f{i}");
         // The second mount looks in the directory, so the first makes its files at the MDS,
         // whose reply says the new file has no capabilities (the kernel asks before a write).
         assert_eq!(errno_of(fs::metadata(m2.join(&f))), Some(libc::ENOENT));
         fs::write(c.path(&f), b"data").unwrap();
-        assert_eq!(get(&c.path(&f)), Err(libc::ENODATA), "round {i}");
-        // SAFETY: valid NUL-terminated strings and a buffer of the given length.
-        let r = unsafe {
-            libc::setxattr(
-                cpath(&m2.join(&f)).as_ptr(),
-                name.as_ptr(),
-                caps.as_ptr().cast(),
-                caps.len(),
-                0,
-            )
-        };
-        assert_eq!(r, 0, "setxattr: {}", std::io::Error::last_os_error());
-        assert_eq!(get(&c.path(&f)).as_deref(), Ok(&caps[..]), "round {i}");
+        assert_eq!(
+            get_xattr_bytes(&c.path(&f), name),
+            Err(libc::ENODATA),
+            "round {i}"
+        );
+        set_xattr_bytes(&m2.join(&f), name, &caps).unwrap();
+        assert_eq!(
+            get_xattr_bytes(&c.path(&f), name).as_deref(),
+            Ok(&caps[..]),
+            "round {i}"
+        );
         assert_eq!(fs::read(m2.join(&f)).unwrap(), b"data");
     }
 }
